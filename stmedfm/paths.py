@@ -1,0 +1,71 @@
+"""Where things live: the one module that owns paths (cookiecutter-data-science style).
+
+Data is never inside the project. A MedMNIST file ``{flag}.npz`` (or ``{flag}_{size}.npz`` for MedMNIST+) is
+looked up, in order, in an explicit ``data_dir`` argument, ``$STMEDFM_DATA`` and ``~/.medmnist`` (MedMNIST's own
+default root). Downloads go to the first of these that is given (explicit, then environment), else
+``~/.medmnist``. Project outputs (results, figures, runs) live under the project root, which is the current
+directory unless ``$STMEDFM_ROOT`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_DATA = "STMEDFM_DATA"
+ENV_MIRROR = "STMEDFM_MIRROR"
+ENV_ROOT = "STMEDFM_ROOT"
+ENV_CACHE = "STMEDFM_CACHE"
+MEDMNIST_DEFAULT_ROOT = Path("~/.medmnist")
+MANIFEST_NAME = "MANIFEST.json"
+
+
+def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Directories searched for data files, in order of precedence (duplicates removed)."""
+    candidates: list[Path] = []
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    if os.environ.get(ENV_DATA):
+        candidates.append(Path(os.environ[ENV_DATA]))
+    candidates.append(MEDMNIST_DEFAULT_ROOT)
+    out: list[Path] = []
+    for c in candidates:
+        c = c.expanduser()
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Where a download lands: the explicit directory, else ``$STMEDFM_DATA``, else ``~/.medmnist``."""
+    return data_dirs(data_dir)[0]
+
+
+def project_root() -> Path:
+    """Root of the project outputs: ``$STMEDFM_ROOT`` or the current directory."""
+    return Path(os.environ.get(ENV_ROOT, ".")).expanduser().resolve()
+
+
+def results_dir(study: str) -> Path:
+    """Tidy result tables of one study: ``results/<study>/``."""
+    return project_root() / "results" / study
+
+
+def figures_dir(study: str) -> Path:
+    """Figures of one study: ``figures/<study>/``."""
+    return project_root() / "figures" / study
+
+
+def runs_dir(study: str) -> Path:
+    """Executed notebooks and HTML of one study run: ``runs/<study>/``."""
+    return project_root() / "runs" / study
+
+
+def cache_dir() -> Path:
+    """Per-user cache (checksum verification records): ``$STMEDFM_CACHE`` or ``~/.cache/stmedfm``."""
+    return Path(os.environ.get(ENV_CACHE, "~/.cache/stmedfm")).expanduser()
+
+
+def params_dir() -> Path:
+    """The project's parameter files (``params/``)."""
+    return project_root() / "params"
