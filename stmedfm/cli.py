@@ -1,0 +1,181 @@
+"""``stmedfm``: the command line of the study.
+
+Commands: ``data`` (registry and local status), ``download`` (official files, MD5-checked), ``params``
+(Table 4), ``synthetic`` (test files of official shapes), ``study`` (run or resume a parameter file),
+``tables`` (paper tables from a result store), ``figures`` (paper figures). Errors a user can act on are printed
+as one paragraph without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from stmedfm.errors import StmedfmError
+
+
+def _frame_out(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "markdown":
+        return markdown(frame)
+    return frame.to_string(index=False)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table without the optional ``tabulate`` dependency."""
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_data(args) -> None:
+    from stmedfm import data, paths
+
+    frame = data.status_table(data_dir=args.data_dir, size=args.size)
+    if args.format == "table":
+        print(f"data directories searched, in order: {', '.join(map(str, paths.data_dirs(args.data_dir)))}")
+    print(_frame_out(frame, args.format), end="" if args.format != "table" else "\n")
+
+
+def cmd_download(args) -> None:
+    from stmedfm import download
+
+    for flag in args.flags:
+        path = download.download(flag, size=args.size, data_dir=args.data_dir, mirror=args.mirror,
+                                 retries=args.retries)
+        print(f"{flag}: verified {path}")
+
+
+def cmd_params(args) -> None:
+    from stmedfm.config import PAPER_TASKS
+    from stmedfm.peft import parameter_table
+
+    tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
+    frame = parameter_table(tasks=tasks, strategies=args.strategies.split(","), width=args.width)
+    print(_frame_out(frame, args.format), end="" if args.format != "table" else "\n")
+
+
+def cmd_synthetic(args) -> None:
+    from stmedfm.synthetic import write_synthetic
+
+    written = write_synthetic(args.directory, args.flags, n=args.n, size=args.size, seed=args.seed, scale=args.scale)
+    for flag, path in written.items():
+        print(f"{flag}: {path} (synthetic: for tests only, never for results)")
+
+
+def _config(args):
+    from stmedfm.config import StudyConfig, parse_overrides
+
+    overrides = parse_overrides(args.param)
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    return StudyConfig.load(args.params, overrides)
+
+
+def cmd_study(args) -> None:
+    from stmedfm.study import run_study
+
+    cfg = _config(args)
+    store = run_study(cfg, out=args.out, progress=not args.quiet)
+    print(f"study '{cfg.study}': results in {store.root}")
+
+
+def cmd_tables(args) -> None:
+    from stmedfm.tables import write_tables
+
+    written = write_tables(args.results)
+    for path in written:
+        print(path)
+
+
+def cmd_figures(args) -> None:
+    from stmedfm.plots import write_figures
+
+    for path in write_figures(args.results, args.out):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stmedfm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="list MedMNIST flags with their local status (missing / verified / bad checksum)")
+    p.add_argument("--data-dir")
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("download", help="download official MedMNIST files (MD5-verified, atomic)")
+    p.add_argument("flags", nargs="+")
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--data-dir", help="target directory (default: $STMEDFM_DATA, else ~/.medmnist)")
+    p.add_argument("--mirror", help="base URL of an institutional mirror (default: $STMEDFM_MIRROR, else Zenodo)")
+    p.add_argument("--retries", type=int, default=3)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("params", help="Table 4: total and trainable parameters per task and strategy")
+    p.add_argument("--tasks", help="comma-separated flags (default: the paper's four)")
+    p.add_argument("--strategies", default="scratch,full,lora,adapter")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("synthetic", help="write synthetic files of official shapes (tests only, never results)")
+    p.add_argument("directory")
+    p.add_argument("flags", nargs="+")
+    p.add_argument("--n", type=int, default=None, help="samples per split")
+    p.add_argument("--scale", type=float, default=None, help="fraction of the official split sizes")
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("study", help="run or resume a study from a parameter file")
+    p.add_argument("params", nargs="?", help="YAML parameter file (default: the paper's protocol)")
+    p.add_argument("--out", help="result directory (default: results/<study>)")
+    p.add_argument("--seeds", help="a count (5) or a list (0,1,2)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("tables", help="write the paper's tables (CSV + markdown) from a result store")
+    p.add_argument("results", help="result directory, e.g. results/offline")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("figures", help="draw the paper's figures (PNG + SVG) from a result store")
+    p.add_argument("results")
+    p.add_argument("--out", help="figure directory (default: figures/<study>)")
+    p.set_defaults(func=cmd_figures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seeds", None) is not None:
+        import yaml
+
+        args.seeds = yaml.safe_load(args.seeds if "," not in args.seeds else f"[{args.seeds}]")
+    try:
+        args.func(args)
+    except StmedfmError as exc:
+        print(f"stmedfm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stmedfm: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

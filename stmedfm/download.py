@@ -1,0 +1,196 @@
+"""Fetch official MedMNIST files, safely: nothing half-written ever sits where a data file is expected.
+
+A download streams into a hidden ``.part`` file beside the target, is checked against the official MD5 (or an
+explicit ``md5``), and only then is renamed into place atomically. Connection errors, 5xx answers and cut bodies
+are retried with exponential backoff; 4xx answers and checksum mismatches are not (retrying cannot fix them).
+Nothing here runs on import: files are fetched only when :func:`download` is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stmedfm import __version__, data, paths, registry
+from stmedfm.errors import StmedfmError
+
+CHUNK = 1 << 20  # 1 MiB
+TIMEOUT = 60.0  # seconds without data before a connection counts as failed
+
+__all__ = ["download", "download_many", "source_url"]
+
+
+class _Failure(Exception):
+    """One failed attempt: ``what`` is said to the user, ``retry`` says whether trying again can help."""
+
+    def __init__(self, what: str, retry: bool):
+        super().__init__(what)
+        self.what = what
+        self.retry = retry
+
+
+def source_url(flag: str, size: int = 28, mirror: str | None = None) -> str:
+    """The official URL, or ``{mirror}/{filename}`` when a mirror (argument, else ``$STMEDFM_MIRROR``) is set."""
+    info = registry.get(flag)
+    mirror = mirror or os.environ.get(paths.ENV_MIRROR) or None
+    if mirror:
+        return f"{mirror.rstrip('/')}/{info.filename(size)}"
+    if size not in info.url:
+        raise StmedfmError(f"No official URL is known for {info.flag} at {size} px; pass --mirror URL.")
+    return info.url[size]
+
+
+def _fetch(url: str, part: Path, expected_md5: str, timeout: float, progress: bool, label: str) -> None:
+    """One attempt: stream ``url`` into ``part`` and check length and MD5; raises :class:`_Failure`."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"stmedfm/{__version__}"})
+    received, total = 0, None
+    md5 = hashlib.md5()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp, open(part, "wb") as out:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
+                      leave=False) as bar:
+                while True:
+                    try:
+                        chunk = resp.read(CHUNK)
+                    except http.client.IncompleteRead as exc:
+                        chunk = exc.partial
+                        if chunk:
+                            out.write(chunk)
+                            received += len(chunk)
+                        raise _Failure(_cut(received, total), retry=True) from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    md5.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except _Failure:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise _Failure(f"HTTP {exc.code} {exc.reason}", retry=exc.code >= 500) from exc
+    except urllib.error.URLError as exc:
+        raise _Failure(f"cannot connect ({exc.reason})", retry=True) from exc
+    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+        if received or total:
+            raise _Failure(_cut(received, total) + f" ({type(exc).__name__})", retry=True) from exc
+        raise _Failure(f"cannot connect ({type(exc).__name__}: {exc})", retry=True) from exc
+    except OSError as exc:  # local problems: writing the .part file
+        raise _Failure(f"cannot write {part} ({exc.strerror or exc})", retry=False) from exc
+    if total is not None and received < total:
+        raise _Failure(_cut(received, total), retry=True)
+    got = md5.hexdigest()
+    if got != expected_md5:
+        raise _Failure(f"checksum mismatch: expected md5 {expected_md5}, got {got} ({received} bytes)", retry=False)
+
+
+def _cut(received: int, total: int | None) -> str:
+    return f"connection cut after {received} of {total if total is not None else 'an unknown number of'} bytes"
+
+
+def _present(target: Path, flag: str, size: int, md5: str | None) -> bool:
+    """Whether ``target`` already holds a good file (official/manifest checksum, or the explicit ``md5``)."""
+    if not target.is_file():
+        return False
+    try:
+        if md5 is None:
+            data.verify(target, flag, size)
+            return True
+        return data.file_digests(target, ("md5",))["md5"] == md5
+    except (StmedfmError, OSError):
+        return False
+
+
+def download(
+    flag: str,
+    size: int = 28,
+    data_dir: str | os.PathLike | None = None,
+    mirror: str | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+    progress: bool = True,
+    md5: str | None = None,
+    timeout: float = TIMEOUT,
+) -> Path:
+    """Download one flag's file into :func:`stmedfm.paths.download_dir` and return its path.
+
+    Returns at once when a verified file is already there. ``retries`` is the number of *further* attempts after
+    the first (so at most ``1 + retries`` requests), waiting ``backoff * 2**i`` seconds before retry ``i``. ``md5``
+    overrides the official checksum (for mirrors serving other content, and tests). A pre-existing file that fails
+    verification is replaced only by a good download; on any failure no new file is left behind.
+    """
+    info = registry.get(flag)
+    name = info.filename(size)
+    url = source_url(info.flag, size, mirror)
+    expected = md5 or info.md5.get(size)
+    if not expected:
+        raise StmedfmError(f"No official MD5 is known for {name}; pass md5=... to check the download.")
+    target_dir = paths.download_dir(data_dir)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StmedfmError(
+            f"Cannot create the download directory {target_dir} ({exc.strerror or exc}). Pass a writable directory "
+            f"(--data-dir) or set ${paths.ENV_DATA}."
+        ) from exc
+    target = target_dir / name
+    if _present(target, info.flag, size, md5):
+        return target
+
+    attempts = 1 + max(0, int(retries))
+    failure: _Failure | None = None
+    for attempt in range(attempts):
+        if attempt and backoff > 0:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        part: Path | None = None
+        try:
+            with tempfile.NamedTemporaryFile(dir=target_dir, delete=False, prefix="." + name, suffix=".part") as fh:
+                part = Path(fh.name)
+            _fetch(url, part, expected, timeout, progress, name)
+            os.replace(part, target)
+            part = None
+            return target
+        except _Failure as exc:
+            failure = exc
+            if not exc.retry:
+                break
+        except OSError as exc:
+            failure = _Failure(f"cannot write into {target_dir} ({exc.strerror or exc})", retry=False)
+            break
+        finally:
+            if part is not None:
+                part.unlink(missing_ok=True)
+    assert failure is not None
+    tried = f" after {attempt + 1} attempt{'s' if attempt else ''}"
+    raise StmedfmError(
+        f"Could not download {info.flag} ({name}) from {url}: {failure.what}{tried}. Nothing was written to "
+        f"{target}. Try again later, pass --mirror URL (or set ${paths.ENV_MIRROR}) to a server holding {name}, or, "
+        f"on a machine without internet, copy the official file into {target_dir} (or point ${paths.ENV_DATA} at a "
+        f"directory holding it)."
+    )
+
+
+def download_many(flags, size: int = 28, **kwargs) -> dict[str, Path]:
+    """Download several flags (same options as :func:`download`); tries all, then reports every failure at once."""
+    out: dict[str, Path] = {}
+    errors: list[str] = []
+    for flag in flags:
+        try:
+            out[registry.get(flag).flag] = download(flag, size=size, **kwargs)
+        except StmedfmError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise StmedfmError(
+            f"{len(errors)} of {len(errors) + len(out)} downloads failed"
+            f"{' (the others succeeded: ' + ', '.join(out) + ')' if out else ''}. " + " ".join(errors)
+        )
+    return out

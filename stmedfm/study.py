@@ -1,0 +1,397 @@
+"""A study: plan every run from the parameters, execute what is not done yet, store tidy results.
+
+Design:
+
+* :func:`plan` turns a :class:`~stmedfm.config.StudyConfig` into pretraining jobs (one per seed and set of
+  pretraining tasks) and downstream runs, each tagged with the experiment(s) it belongs to. A run is identified
+  by what defines it (task, strategy, steps, lr, class weights, starting checkpoint, K, split, seed, and the
+  training fields of the config), not by the experiment that asked for it: Table 11's "weights on" rows *are*
+  Table 5's runs, and run once.
+* :class:`ResultStore` keeps one JSON file per finished run under ``results/<study>/runs/`` (written atomically
+  by the client process, the only writer) and pretrained checkpoints under ``checkpoints/``. Rerunning skips
+  finished runs, so an interrupted study resumes without duplicates. The tidy tables (``metrics.csv``: one row
+  per run x metric; ``runs.csv``, ``pretrain_loss.csv``, ``per_class.csv``, ``confusion.csv``,
+  ``reliability.csv``) are rebuilt from those files after every study.
+* Runs fan out over worker processes (``workers``, default = CPU cores), each with one torch thread; a single
+  worker runs in-process, also with one thread, so the same seed gives the same numbers whatever the count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import multiprocessing as mp
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from stmedfm import data as D
+from stmedfm import paths, registry
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.train import RunResult, RunSpec, pretrain, run_downstream
+
+#: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
+TRAINING_FIELDS = (
+    "image_size", "width", "ln_affine", "lora_r", "lora_alpha", "adapter_bottleneck", "batch_size_2d",
+    "batch_size_3d", "weight_decay", "class_weight_clip", "augment", "temperature_scaling", "eval_max_samples",
+)
+PRETRAIN_FIELDS = (
+    "image_size", "width", "ln_affine", "batch_size_2d", "batch_size_3d", "weight_decay", "class_weights",
+    "class_weight_clip", "augment", "pretrain_steps", "pretrain_lr", "task_sampling", "sampling_alpha",
+    "loss_log_normalise",
+)
+EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    seed: int
+    tasks: tuple[str, ...]
+
+    def id(self, cfg: StudyConfig) -> str:
+        fields = {f: getattr(cfg, f) for f in PRETRAIN_FIELDS}
+        if cfg.task_sampling != "temperature":
+            fields.pop("sampling_alpha")
+        return "pretrain-" + _digest({"seed": self.seed, "tasks": self.tasks, **fields})
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    experiment: str
+    variant: str  #: the ablation setting this run stands for (e.g. 'weights off', '2D-only', 'extended')
+    spec: RunSpec
+
+    @property
+    def pretrain_job(self) -> PretrainJob | None:
+        return PretrainJob(self.spec.seed, self.spec.pretrain) if self.spec.pretrain else None
+
+
+def run_id(cfg: StudyConfig, spec: RunSpec) -> str:
+    """Identity of a run: its spec, the training fields of the config and its checkpoint's identity."""
+    fields = {f: getattr(cfg, f) for f in TRAINING_FIELDS}
+    ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg) if spec.pretrain else None
+    return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
+
+
+def plan(cfg: StudyConfig) -> list[PlannedRun]:
+    """Every (experiment, run) the parameters ask for, in a stable order; the same spec may appear twice."""
+    full_pretrain = tuple(cfg.pretrain_tasks)
+    out: list[PlannedRun] = []
+
+    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1):
+        steps = cfg.steps(task, strategy) if steps is None else steps
+        class_weights = cfg.class_weights if class_weights is None else class_weights
+        pretrain = () if strategy == "scratch" else (full_pretrain if pretrain is None else pretrain)
+        # the per-class / reliability / confusion outputs belong to the calibration task's standard run
+        detail = (task == cfg.calibration_task and strategy == cfg.calibration_strategy and k == 0
+                  and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
+                  and pretrain == (() if strategy == "scratch" else full_pretrain))
+        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy),
+                       class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail)
+
+    for seed in cfg.seeds:
+        for task in cfg.downstream_tasks:
+            for strategy in cfg.strategies:
+                out.append(PlannedRun("transfer", "", spec(task, strategy, seed)))
+        for task, steps in cfg.fewshot_tasks.items():
+            for k in cfg.fewshot_k:
+                for split in range(cfg.fewshot_splits):
+                    for strategy in cfg.fewshot_strategies:
+                        out.append(PlannedRun("fewshot", f"K={k}", spec(task, strategy, seed, steps=steps, k=k, split=split)))
+        for task in cfg.class_weight_ablation_tasks:
+            for strategy in cfg.class_weight_ablation_strategies:
+                for on in (True, False):
+                    out.append(PlannedRun("class_weights", "weights on" if on else "weights off",
+                                          spec(task, strategy, seed, class_weights=on)))
+        for task in cfg.leave_out_tasks:
+            without = tuple(t for t in full_pretrain if t != task)
+            for strategy in cfg.leave_out_strategies:
+                out.append(PlannedRun("leave_out", "all tasks", spec(task, strategy, seed)))
+                out.append(PlannedRun("leave_out", f"without {task}", spec(task, strategy, seed, pretrain=without)))
+        for task in cfg.extended_tasks:
+            out.append(PlannedRun("extended", "extended", spec(task, "scratch", seed, steps=cfg.extended_scratch_steps)))
+            out.append(PlannedRun("extended", "extended", spec(task, "full", seed, steps=cfg.extended_full_steps)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see either the old or the new content, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class ResultStore:
+    """The files of one study under ``results/<study>/`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # locations
+    def run_path(self, rid: str) -> Path:
+        return self.root / "runs" / f"{rid}.json"
+
+    def checkpoint_path(self, job_id: str) -> Path:
+        return self.root / "checkpoints" / f"{job_id}.pt"
+
+    def loss_path(self, job_id: str) -> Path:
+        return self.root / "checkpoints" / f"{job_id}.loss.csv"
+
+    # state
+    def has_run(self, rid: str) -> bool:
+        return self.run_path(rid).is_file()
+
+    def has_checkpoint(self, job_id: str) -> bool:
+        return self.checkpoint_path(job_id).is_file() and self.loss_path(job_id).is_file()
+
+    def write_run(self, rid: str, result: RunResult) -> None:
+        record = {
+            "run_id": rid, **result.spec.key(), "detail": result.spec.detail,
+            "total_params": result.total_params, "trainable_params": result.trainable_params,
+            "seconds": round(result.seconds, 3), "metrics": result.metrics,
+            "extras": {k: v.to_dict(orient="records") for k, v in result.extras.items()},
+        }
+        atomic_write_text(self.run_path(rid), json.dumps(record, default=float))
+
+    def read_run(self, rid: str) -> dict:
+        return json.loads(self.run_path(rid).read_text())
+
+    def write_config(self, cfg: StudyConfig) -> None:
+        atomic_write_text(self.root / "config.yaml", cfg.to_yaml())
+
+    def config(self) -> StudyConfig:
+        path = self.root / "config.yaml"
+        if not path.is_file():
+            raise StmedfmError(f"'{self.root}' holds no study (no config.yaml). Run `stmedfm study PARAMS --out {self.root}` first.")
+        return StudyConfig.load(path)
+
+    # tidy tables
+    def consolidate(self, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
+        """Rebuild the tidy CSV tables from the finished runs of the current plan; returns them."""
+        planned = plan(cfg)
+        run_rows, metric_rows = [], []
+        extras: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        cache: dict[str, dict] = {}
+        for p in planned:
+            rid = run_id(cfg, p.spec)
+            if not self.has_run(rid):
+                continue
+            rec = cache.get(rid) or cache.setdefault(rid, self.read_run(rid))
+            key = {"run_id": rid, "experiment": p.experiment, "variant": p.variant, **p.spec.key()}
+            run_rows.append({**key, "total_params": rec["total_params"], "trainable_params": rec["trainable_params"],
+                             "seconds": rec["seconds"]})
+            metric_rows += [{**key, "metric": m, "value": v} for m, v in rec["metrics"].items()]
+            if p.experiment == "transfer":
+                for name, records in rec["extras"].items():
+                    frame = pd.DataFrame(records)
+                    for col, val in reversed(list(key.items())):
+                        frame.insert(0, col, val)
+                    extras[name].append(frame)
+        tables = {"runs": pd.DataFrame(run_rows), "metrics": pd.DataFrame(metric_rows)}
+        tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
+        losses = []
+        for job in sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks)):
+            jid = job.id(cfg)
+            if self.has_checkpoint(jid):
+                frame = pd.read_csv(self.loss_path(jid))
+                frame.insert(0, "pretrain", "+".join(job.tasks))
+                frame.insert(0, "seed", job.seed)
+                losses.append(frame)
+        if losses:
+            tables["pretrain_loss"] = pd.concat(losses, ignore_index=True)
+        for name, frame in tables.items():
+            atomic_write_csv(self.root / f"{name}.csv", frame)
+        return tables
+
+    def table(self, name: str) -> pd.DataFrame:
+        path = self.root / f"{name}.csv"
+        if not path.is_file():
+            raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
+        return pd.read_csv(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def preflight(cfg: StudyConfig) -> None:
+    """Everything that can fail before training: files present and verified, K not larger than any class."""
+    missing, problems = [], []
+    for task in cfg.all_tasks():
+        try:
+            D.locate(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        except StmedfmError:
+            missing.append(task)
+    if missing and cfg.download:
+        from stmedfm.download import download
+
+        for task in missing:
+            download(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        missing = []
+    if missing:
+        size = "" if cfg.image_size == 28 else f" --size {cfg.image_size}"
+        dirs = ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir))
+        raise StmedfmError(
+            f"Study '{cfg.study}' needs {len(missing)} MedMNIST file(s) that are not here: "
+            f"{', '.join(registry.get(t).filename(cfg.image_size) for t in missing)} (searched: {dirs}). "
+            f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / -p download=true), "
+            f"or, on a machine without internet, copy the official files into one of those directories. "
+            f"Without them, run the offline protocol: `make study PARAMS=params/offline.yaml`.")
+    for task in cfg.all_tasks():
+        D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout
+    if cfg.fewshot_tasks and cfg.fewshot_k:
+        k = max(cfg.fewshot_k)
+        for task in cfg.fewshot_tasks:
+            labels = D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)["train"].labels
+            counts = torch.bincount(labels, minlength=registry.get(task).n_classes)
+            if int(counts.min()) < k:
+                c = int(counts.argmin())
+                problems.append(f"'{task}' class {c} has {int(counts[c])} training samples but fewshot_k asks for K={k}")
+    if problems:
+        raise StmedfmError("Few-shot parameters exceed the data: " + "; ".join(problems) +
+                           ". Lower 'fewshot_k' or drop the task from 'fewshot_tasks'.")
+
+
+# --- worker side --------------------------------------------------------------------------------------------------
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+@lru_cache(maxsize=4)
+def _load_checkpoint(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _pretrain_job(cfg_dict: dict, job: PretrainJob, ckpt: str, loss_csv: str) -> tuple[PretrainJob, float]:
+    t0 = time.perf_counter()
+    cfg = StudyConfig.from_dict(cfg_dict)
+    state, losses = pretrain(cfg, list(job.tasks), job.seed)
+    atomic_torch_save(Path(ckpt), state)
+    atomic_write_csv(Path(loss_csv), losses)
+    return job, time.perf_counter() - t0
+
+
+def _run_job(cfg_dict: dict, rid: str, spec: RunSpec, ckpt: str | None) -> tuple[str, RunResult]:
+    cfg = StudyConfig.from_dict(cfg_dict)
+    state = _load_checkpoint(ckpt) if ckpt else None
+    return rid, run_downstream(cfg, spec, state)
+
+
+@contextlib.contextmanager
+def single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _InlineFuture:
+    def __init__(self, fn, args):
+        self._fn, self._args = fn, args
+
+    def result(self):
+        return self._fn(*self._args)
+
+
+def _execute(fn, argsets: list[tuple], workers: int) -> Iterator:
+    """Results of ``fn(*args)`` for every argset, as they finish (in-process when one worker)."""
+    if workers <= 1 or len(argsets) <= 1:
+        with single_thread():
+            for args in argsets:
+                yield fn(*args)
+        return
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(argsets)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = [pool.submit(fn, *args) for args in argsets]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: bool = True,
+              workers: int | None = None) -> ResultStore:
+    """Run (or resume) every planned run of ``cfg``; returns the store with its tidy tables rebuilt."""
+    preflight(cfg)
+    store = ResultStore(out or paths.results_dir(cfg.study))
+    store.write_config(cfg)
+    workers = workers or cfg.workers or default_workers()
+    planned = plan(cfg)
+    cfg_dict = cfg.to_dict()
+
+    jobs = sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+    todo_jobs = [j for j in jobs if not store.has_checkpoint(j.id(cfg))]
+    if todo_jobs:
+        bar = tqdm(total=len(todo_jobs), desc="pretraining", disable=not progress)
+        args = [(cfg_dict, j, str(store.checkpoint_path(j.id(cfg))), str(store.loss_path(j.id(cfg)))) for j in todo_jobs]
+        for job, secs in _execute(_pretrain_job, args, workers):
+            bar.update()
+            bar.write(f"pretrained seed={job.seed} on {'+'.join(job.tasks)} in {secs:.1f} s")
+        bar.close()
+
+    unique: dict[str, PlannedRun] = {}
+    for p in planned:
+        unique.setdefault(run_id(cfg, p.spec), p)
+    todo = [(rid, p) for rid, p in unique.items() if not store.has_run(rid)]
+    if todo:
+        bar = tqdm(total=len(todo), desc=f"study {cfg.study}", disable=not progress)
+        args = [(cfg_dict, rid, p.spec, str(store.checkpoint_path(p.pretrain_job.id(cfg))) if p.pretrain_job else None)
+                for rid, p in todo]
+        for rid, result in _execute(_run_job, args, workers):
+            store.write_run(rid, result)
+            bar.update()
+            s, m = result.spec, result.metrics
+            bar.write(f"{unique[rid].experiment:13s} {s.task} {s.strategy} seed={s.seed}"
+                      f"{f' K={s.k} split={s.fewshot_split}' if s.k else ''}: acc {m['accuracy']:.3f} "
+                      f"AUROC {m['macro_auroc']:.3f} ECE {m['ece']:.3f} ({result.seconds:.1f} s)")
+        bar.close()
+    store.consolidate(cfg)
+    return store

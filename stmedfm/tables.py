@@ -1,0 +1,173 @@
+"""The paper's tables, computed from a study's tidy results.
+
+Each table is a tidy frame: the keys of its rows (task, strategy, ...), ``mean``, ``ci95`` (half-width of the
+95 % t-interval over seeds; empty with one seed), ``n`` (seeds), and, where our flag is the paper's flag, the
+paper's published value (``paper``, stored as data in ``paper_results.csv``) and ``delta`` = mean - paper.
+Every row names its flag, so a parameter file that fills a paper role with another flag shows it.
+:func:`write_tables` writes each as CSV and markdown into ``results/<study>/tables/``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from stmedfm.config import StudyConfig
+from stmedfm.study import ResultStore, atomic_write_csv, atomic_write_text
+
+METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
+METRIC_TABLES = {
+    "table5_accuracy": "accuracy",
+    "table6_macro_f1": "macro_f1",
+    "table7_auroc": "macro_auroc",
+    "table8_ece": "ece",
+    "table8b_brier": "brier",
+}
+STRATEGY_ORDER = {"scratch": 0, "full": 1, "lora": 2, "adapter": 3, "linear_probe": 4}
+
+
+@lru_cache(maxsize=1)
+def paper_results() -> pd.DataFrame:
+    """The paper's published numbers, one row per (table, task, strategy, variant, k, class, metric)."""
+    with resources.files("stmedfm").joinpath("paper_results.csv").open() as fh:
+        frame = pd.read_csv(fh, dtype={"variant": str})
+    frame["variant"] = frame["variant"].fillna("")
+    frame["class"] = frame["class"].astype("Int64")
+    return frame
+
+
+def ci95(values) -> float:
+    """Half-width of the two-sided 95 % t-interval of the mean (NaN for fewer than two values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def summarise(frame: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
+    """Mean, 95 % CI and count of ``value`` over seeds, per group of ``by``."""
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, "mean", "ci95", "n"])
+    grouped = frame.groupby(by, sort=False, dropna=False)[value]
+    out = grouped.agg(mean="mean", n="count").reset_index()
+    out["ci95"] = grouped.apply(ci95).to_numpy()
+    return out[[*by, "mean", "ci95", "n"]]
+
+
+def with_paper(frame: pd.DataFrame, table: str, metric: str | None = None) -> pd.DataFrame:
+    """Attach the paper's value and the delta where the row's flag (and setting) is the paper's."""
+    paper = paper_results()
+    paper = paper[paper["table"] == table]
+    if metric is not None:
+        paper = paper[paper["metric"] == metric]
+    keys = [c for c in ("task", "strategy", "variant", "k", "class", "metric") if c in frame.columns and c in paper.columns]
+    if metric is not None and "metric" not in frame.columns:
+        paper = paper.drop(columns="metric")
+    paper = paper[[*keys, "value"]].rename(columns={"value": "paper"})
+    if "class" in keys:
+        frame = frame.assign(**{"class": frame["class"].astype("Int64")})
+    merged = frame.merge(paper, on=keys, how="left") if keys else frame.assign(paper=np.nan)
+    merged["delta"] = merged["mean"] - merged["paper"]
+    return merged
+
+
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    if "strategy" in frame.columns:
+        frame = frame.assign(_s=frame["strategy"].map(STRATEGY_ORDER)).sort_values(
+            [c for c in ("task", "variant", "k", "_s", "metric") if c in frame.columns or c == "_s"], kind="stable")
+        frame = frame.drop(columns="_s")
+    return frame.reset_index(drop=True)
+
+
+def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
+    """Every paper table (and the temperature-scaling table) from one result store."""
+    from stmedfm.peft import parameter_table
+
+    cfg = store.config()
+    metrics = store.table("metrics")
+    metrics["variant"] = metrics["variant"].fillna("")
+    tables: dict[str, pd.DataFrame] = {}
+
+    params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, width=cfg.width)
+    long = params.melt(id_vars=["task", "strategy"], value_vars=["total", "trainable"], var_name="metric", value_name="mean")
+    long["metric"] = long["metric"] + "_params"
+    tables["table4_params"] = _order(with_paper(long, "table4_params"))
+
+    transfer = metrics[metrics["experiment"] == "transfer"]
+    for name, metric in METRIC_TABLES.items():
+        sub = transfer[transfer["metric"] == metric]
+        tables[name] = _order(with_paper(summarise(sub, ["task", "strategy"]), name, metric))
+
+    fewshot = metrics[(metrics["experiment"] == "fewshot") & (metrics["metric"] == "macro_auroc")]
+    for name, task in zip(("table9_fewshot", "table10_fewshot"), list(cfg.fewshot_tasks)[:2]):
+        sub = fewshot[(fewshot["task"] == task) & (fewshot["fewshot_split"] == 0)]
+        tables[name] = _order(with_paper(summarise(sub, ["task", "k", "strategy"]), name, "macro_auroc"))
+    if not fewshot.empty:
+        per_seed = fewshot.groupby(["task", "k", "strategy", "seed"], sort=False)["value"].agg(["mean", "std"]).reset_index()
+        t10b = summarise(per_seed, ["task", "k", "strategy"], value="mean")
+        t10b["std_splits"] = per_seed.groupby(["task", "k", "strategy"], sort=False)["std"].mean().to_numpy()
+        t10b = with_paper(t10b, "table10b_fewshot_splits", "macro_auroc")
+        paper_std = paper_results()
+        paper_std = paper_std[(paper_std["table"] == "table10b_fewshot_splits") & (paper_std["metric"] == "macro_auroc_std")]
+        t10b = t10b.merge(paper_std[["task", "k", "strategy", "value"]].rename(columns={"value": "paper_std_splits"}),
+                          on=["task", "k", "strategy"], how="left")
+        tables["table10b_fewshot_splits"] = _order(t10b)
+
+    for name, experiment in (("table11_class_weights", "class_weights"), ("table12_pretrain_subset", "leave_out"),
+                             ("table12b_extended", "extended")):
+        sub = metrics[(metrics["experiment"] == experiment) & (metrics["metric"].isin(METRICS))]
+        by = ["task", "strategy", "variant", "steps", "metric"] if experiment == "extended" else ["task", "strategy", "variant", "metric"]
+        tables[name] = _order(with_paper(summarise(sub, by), name))
+
+    per_class_path = store.root / "per_class.csv"
+    if per_class_path.is_file() and cfg.calibration_task:
+        pc = pd.read_csv(per_class_path)
+        pc = pc[(pc["task"] == cfg.calibration_task) & (pc["strategy"] == cfg.calibration_strategy)]
+        long = pc.melt(id_vars=["task", "strategy", "seed", "class", "name"], value_vars=["support", "precision", "recall", "f1"],
+                       var_name="metric", value_name="value")
+        t13 = summarise(long, ["task", "strategy", "class", "name", "metric"])
+        tables["table13_per_class"] = with_paper(t13, "table13_per_class").reset_index(drop=True)
+
+    ts = transfer[transfer["metric"].isin(["ece", "ece_ts", "brier", "brier_ts", "nll", "nll_ts", "temperature"])]
+    tables["temperature_scaling"] = _order(summarise(ts, ["task", "strategy", "metric"]))
+    return tables
+
+
+def format_markdown(frame: pd.DataFrame) -> str:
+    """A readable markdown table: 'mean ± ci' in one column, numbers rounded to 3 decimals."""
+    from stmedfm.cli import markdown
+
+    show = frame.copy()
+    if "mean" in show.columns:
+        def fmt(row):
+            m, c = row["mean"], row.get("ci95", np.nan)
+            if pd.isna(m):
+                return ""
+            if float(m).is_integer() and abs(m) >= 100:
+                return f"{int(m)}"
+            return f"{m:.3f}" if pd.isna(c) else f"{m:.3f} ± {c:.3f}"
+        show.insert(list(show.columns).index("mean"), "ours", show.apply(fmt, axis=1))
+        show = show.drop(columns=[c for c in ("mean", "ci95") if c in show.columns])
+    for col in ("paper", "delta", "std_splits", "paper_std_splits"):
+        if col in show.columns:
+            show[col] = show[col].map(lambda v: "" if pd.isna(v) else (f"{int(v)}" if float(v).is_integer() and abs(v) >= 100 else f"{v:+.3f}" if col == "delta" else f"{v:.3f}"))
+    return markdown(show)
+
+
+def write_tables(results: str | Path) -> list[Path]:
+    """Write every table as CSV and markdown into ``<results>/tables/``; returns the written paths."""
+    store = ResultStore(results)
+    out_dir = store.root / "tables"
+    written = []
+    for name, frame in build_tables(store).items():
+        atomic_write_csv(out_dir / f"{name}.csv", frame)
+        atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n" + format_markdown(frame))
+        written += [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
+    return written

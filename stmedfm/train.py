@@ -1,0 +1,284 @@
+"""Training and evaluation loops: multi-task pretraining, one downstream run, evaluation.
+
+Everything is a pure function of its inputs and an integer seed, so a run gives the same numbers in any
+process and with any number of workers (each run uses one torch thread; see :mod:`stmedfm.study`).
+Batches are drawn from in-memory uint8 tensors, converted and flipped as whole batches; evaluation runs
+under ``torch.inference_mode()`` once per split, and temperature scaling reuses the validation logits.
+
+Decisions the paper leaves open, written down here:
+
+* A step draws ``batch`` indices uniformly *with replacement* from the training pool (no epochs: the budgets
+  are in steps, Table 3). A pool smaller than the batch (few-shot) is used whole, in random order.
+* Class weights come from the labels of the pool actually trained on (a balanced K-shot pool gets weights 1).
+* A downstream run on a task that was pretrained starts from the pretrained head; otherwise a fresh head.
+  Downstream models keep one head only, which is how Table 4 counts parameters.
+* No learning-rate schedule, no gradient clipping: the paper names none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from stmedfm import data as D
+from stmedfm import registry
+from stmedfm.calibration import apply_temperature, fit_temperature, softmax
+from stmedfm.config import StudyConfig
+from stmedfm.metrics import classification_metrics
+from stmedfm.model import STMedFM
+from stmedfm.peft import count_parameters, prepare
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any parts (unlike ``hash``, identical in every process)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Pool:
+    """What one task trains on: a split (or a subset of it) plus the loss weights derived from it."""
+
+    task: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor | None
+    batch_size: int
+
+    def batch(self, g: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.labels)
+        if n <= self.batch_size:
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.randint(n, (self.batch_size,), generator=g)
+        x = D.to_float(self.images[idx])
+        if augment:
+            x = D.random_flip(x, g)
+        return x, self.labels[idx]
+
+
+def make_pool(cfg: StudyConfig, task: str, indices: torch.Tensor | None = None, class_weights: bool | None = None) -> Pool:
+    """Training pool of ``task`` (optionally a subset), with clipped inverse-frequency weights when enabled."""
+    split = D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)["train"]
+    images, labels = split.images, split.labels
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+    use_weights = cfg.class_weights if class_weights is None else class_weights
+    n_classes = registry.get(task).n_classes
+    weights = D.class_weights(labels, n_classes, clip=tuple(cfg.class_weight_clip)) if use_weights else None
+    return Pool(task, images, labels, weights, cfg.batch_size(task))
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, pool: Pool, log_normalise: bool = False) -> torch.Tensor:
+    w = None if pool.weights is None else pool.weights.to(logits.device)
+    loss = F.cross_entropy(logits, y.to(logits.device), weight=w)
+    if log_normalise:  # UMedPT: a task's loss is divided by log(C), so tasks with many classes do not dominate
+        loss = loss / math.log(max(logits.shape[1], 2))
+    return loss
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def train_steps(model: STMedFM, pool: Pool, steps: int, lr: float, cfg: StudyConfig, g: torch.Generator) -> list[float]:
+    """Single-task training: ``steps`` AdamW updates of the trainable parameters; returns the loss of each step."""
+    dev = next(model.parameters()).device
+    opt = _optimizer(model, lr, cfg.weight_decay)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        x, y = pool.batch(g, cfg.augment)
+        loss = loss_fn(model(x.to(dev), pool.task), y, pool)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def sampling_probabilities(cfg: StudyConfig, tasks: list[str]) -> dict[str, float]:
+    """Probability of drawing each task at a pretraining step, from the *official* train sizes."""
+    if cfg.task_sampling in ("uniform", "all_tasks"):
+        return {t: 1 / len(tasks) for t in tasks}
+    if cfg.task_sampling == "temperature":
+        w = {t: registry.get(t).n_samples["train"] ** cfg.sampling_alpha for t in tasks}
+        total = sum(w.values())
+        return {t: v / total for t, v in w.items()}
+    return registry.train_proportions(tasks)
+
+
+def task_schedule(cfg: StudyConfig, tasks: list[str], steps: int, g: torch.Generator) -> list[list[str]]:
+    """The tasks of every pretraining step: one drawn task per step, or every task (``all_tasks``)."""
+    if cfg.task_sampling == "all_tasks":
+        return [list(tasks) for _ in range(steps)]
+    probs = sampling_probabilities(cfg, tasks)
+    p = torch.tensor([probs[t] for t in tasks], dtype=torch.float64)
+    draws = torch.multinomial(p, steps, replacement=True, generator=g)
+    return [[tasks[int(i)]] for i in draws]
+
+
+def build_model(cfg: StudyConfig, tasks: list[str], seed: int) -> STMedFM:
+    torch.manual_seed(seed)
+    return STMedFM(tasks, width=cfg.width, ln_affine=cfg.ln_affine)
+
+
+def pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> tuple[dict, pd.DataFrame]:
+    """Multi-task pretraining (Section III.D); returns the state dict and the loss of every step with its task.
+
+    ``proportional``/``uniform``/``temperature`` draw one task per step and update the shared backbone and that
+    task's head; ``all_tasks`` (UMedPT) accumulates one batch of every task before each optimiser step.
+    """
+    tasks = list(tasks)
+    model = build_model(cfg, tasks, derive_seed(seed, "pretrain-init", *tasks)).to(device())
+    dev = next(model.parameters()).device
+    pools = {t: make_pool(cfg, t) for t in tasks}
+    g = generator(derive_seed(seed, "pretrain-data", *tasks))
+    opt = _optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
+    model.train()
+    rows = []
+    for step, step_tasks in enumerate(task_schedule(cfg, tasks, cfg.pretrain_steps, g)):
+        opt.zero_grad(set_to_none=True)
+        for t in step_tasks:
+            x, y = pools[t].batch(g, cfg.augment)
+            loss = loss_fn(model(x.to(dev), t), y, pools[t], cfg.loss_log_normalise)
+            loss.backward()
+            rows.append((step, t, loss.item()))
+        opt.step()
+    losses = pd.DataFrame(rows, columns=["step", "task", "loss"])
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, losses
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Logits of a whole split, in evaluation batches, without autograd bookkeeping."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model(D.to_float(images[i:i + batch_size]).to(dev), task).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).double().numpy()
+
+
+def eval_subset(n: int, cfg: StudyConfig, task: str, split: str) -> torch.Tensor | None:
+    """The fixed evaluation subset of smoke runs (``eval_max_samples``); None = the whole split."""
+    if cfg.eval_max_samples is None or n <= cfg.eval_max_samples:
+        return None
+    g = generator(derive_seed("eval-subset", task, split))
+    return torch.randperm(n, generator=g)[: cfg.eval_max_samples].sort().values
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one downstream run; its hash is the run's identity in the result store."""
+
+    task: str
+    strategy: str
+    seed: int
+    steps: int
+    lr: float
+    class_weights: bool
+    pretrain: tuple[str, ...] = ()  #: pretraining tasks of the starting checkpoint; () for scratch
+    k: int = 0  #: K-shot per class; 0 = the full train split
+    fewshot_split: int = -1  #: index of the random K-shot split; -1 = none
+    detail: bool = False  #: also store per-class report, confusion matrix and reliability bins
+
+    def key(self) -> dict:
+        return {"task": self.task, "strategy": self.strategy, "seed": self.seed, "steps": self.steps,
+                "lr": self.lr, "class_weights": self.class_weights, "pretrain": "+".join(self.pretrain),
+                "k": self.k, "fewshot_split": self.fewshot_split}
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    metrics: dict[str, float]
+    total_params: int
+    trainable_params: int
+    seconds: float
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> STMedFM:
+    """A single-head model for ``spec``: fresh (scratch) or from the checkpoint, prepared for the strategy."""
+    init_seed = derive_seed(spec.seed, "head-init", spec.task, spec.k, spec.fewshot_split)
+    if spec.strategy == "scratch":
+        model = build_model(cfg, [spec.task], init_seed)
+    else:
+        if pretrained is None:
+            raise ValueError(f"strategy {spec.strategy} needs a pretrained checkpoint")
+        model = build_model(cfg, list(spec.pretrain), init_seed)
+        model.load_state_dict(pretrained)
+        if spec.task not in model.heads:
+            torch.manual_seed(init_seed)
+            model.add_head(spec.task)
+        model.keep_heads([spec.task])
+    return prepare(model, spec.strategy, spec.task, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                   adapter_bottleneck=cfg.adapter_bottleneck)
+
+
+def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> RunResult:
+    """Adapt, then evaluate on the test split; temperature is fitted on the validation split."""
+    from stmedfm.metrics import confusion, per_class_report, reliability_bins
+
+    t0 = time.perf_counter()
+    task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
+    info = task_data.info
+    indices = None
+    if spec.k:
+        g_k = generator(derive_seed(spec.seed, "kshot", spec.task, spec.k, spec.fewshot_split))
+        indices = D.kshot_indices(task_data["train"].labels, spec.k, info.n_classes, g_k)
+    pool = make_pool(cfg, spec.task, indices, spec.class_weights)
+    model = downstream_model(cfg, spec, pretrained).to(device())
+    total, trainable = count_parameters(model)
+    g = generator(derive_seed(spec.seed, "train-data", spec.task, spec.k, spec.fewshot_split))
+    train_steps(model, pool, spec.steps, spec.lr, cfg, g)
+
+    logits = {}
+    labels = {}
+    for split in ("val", "test") if cfg.temperature_scaling else ("test",):
+        s = task_data[split]
+        sub = eval_subset(len(s), cfg, spec.task, split)
+        images, y = (s.images, s.labels) if sub is None else (s.images[sub], s.labels[sub])
+        logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task))
+        labels[split] = y.numpy()
+    probs = softmax(logits["test"])
+    metrics = classification_metrics(labels["test"], probs)
+    if cfg.temperature_scaling:
+        temperature = fit_temperature(logits["val"], labels["val"])
+        scaled = classification_metrics(labels["test"], apply_temperature(logits["test"], temperature))
+        metrics.update({f"{m}_ts": scaled[m] for m in ("ece", "brier", "nll")})
+        metrics["temperature"] = temperature
+    extras = {}
+    if spec.detail:
+        extras = {
+            "per_class": per_class_report(labels["test"], probs, list(info.labels)),
+            "confusion": _confusion_frame(confusion(labels["test"], probs)),
+            "reliability": reliability_bins(labels["test"], probs),
+        }
+    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras)
+
+
+def _confusion_frame(matrix: np.ndarray) -> pd.DataFrame:
+    true, pred = np.indices(matrix.shape)
+    return pd.DataFrame({"true": true.ravel(), "pred": pred.ravel(), "count": matrix.ravel()})

@@ -1,0 +1,201 @@
+"""stmedfm.download against a local HTTP server (127.0.0.1 only): success, 404, 5xx, cut bodies, bad bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from stmedfm import data, paths, registry
+from stmedfm.download import download, download_many, source_url
+from stmedfm.errors import StmedfmError
+
+
+class Server:
+    """A mirror serving ``files`` under ``/mirror/``; ``mode`` selects how it misbehaves; ``requests`` logs paths."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.mode = "ok"
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server naming)
+                server.requests.append(self.path)
+                name = self.path.rsplit("/", 1)[-1]
+                body = server.files.get(name) if self.path.startswith("/mirror/") else None
+                if server.mode == "404" or body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                if server.mode == "500":
+                    self.send_error(500, "Internal Server Error")
+                    return
+                if server.mode == "wrong":
+                    body = body[::-1]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.mode == "cut":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/mirror"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def blood_bytes(synthetic_dir) -> bytes:
+    return (synthetic_dir / "bloodmnist.npz").read_bytes()
+
+
+@pytest.fixture
+def server(blood_bytes, no_default_data):
+    srv = Server({"bloodmnist.npz": blood_bytes})
+    yield srv
+    srv.close()
+
+
+def _fast(**kw):
+    return dict(backoff=0, progress=False, timeout=10, **kw)
+
+
+def _assert_empty(directory: Path):
+    left = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    assert left == [], f"nothing may be left behind, found {left}"
+
+
+def test_success_writes_identical_verified_bytes(server, blood_bytes, synthetic_dir, tmp_path):
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    path = download("bloodmnist", data_dir=tmp_path, mirror=server.base + "/", **_fast(md5=md5))
+    assert path == tmp_path / "bloodmnist.npz"
+    assert path.read_bytes() == blood_bytes
+    assert server.requests == ["/mirror/bloodmnist.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bloodmnist.npz"], "no .part file may remain"
+    # with the synthetic manifest beside it, the downloaded file verifies like the original
+    shutil.copy(synthetic_dir / paths.MANIFEST_NAME, tmp_path / paths.MANIFEST_NAME)
+    assert data.verify(path, "bloodmnist") == "manifest"
+    # present and good: no second request
+    assert download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5)) == path
+    assert download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast()) == path
+    assert len(server.requests) == 1
+
+
+def test_http_404_is_not_retried(server, tmp_path):
+    server.mode = "404"
+    target = tmp_path / "data"
+    with pytest.raises(StmedfmError) as err:
+        download("bloodmnist", data_dir=target, mirror=server.base, **_fast(retries=3))
+    msg = str(err.value)
+    assert "HTTP 404" in msg and f"{server.base}/bloodmnist.npz" in msg
+    assert "--mirror" in msg and "copy the official file into" in msg and str(target) in msg
+    assert len(server.requests) == 1
+    _assert_empty(target)
+
+
+def test_http_500_is_retried(server, tmp_path):
+    server.mode = "500"
+    with pytest.raises(StmedfmError, match=r"HTTP 500 .*after 3 attempts"):
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(retries=2))
+    assert len(server.requests) == 3
+    _assert_empty(tmp_path)
+
+
+def test_cut_body_is_retried_then_reported(server, blood_bytes, tmp_path):
+    server.mode = "cut"
+    with pytest.raises(StmedfmError) as err:
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(retries=2))
+    total = len(blood_bytes)
+    assert f"connection cut after {total // 2} of {total} bytes" in str(err.value)
+    assert len(server.requests) == 3, "1 attempt + retries=2"
+    _assert_empty(tmp_path)
+
+
+def test_wrong_content_is_a_checksum_mismatch(server, blood_bytes, tmp_path):
+    server.mode = "wrong"
+    expected = registry.get("bloodmnist").md5[28]
+    with pytest.raises(StmedfmError) as err:
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(retries=3))
+    msg = str(err.value)
+    assert f"checksum mismatch: expected md5 {expected}, got {hashlib.md5(blood_bytes[::-1]).hexdigest()}" in msg
+    assert len(server.requests) == 1, "a checksum mismatch is not retried"
+    _assert_empty(tmp_path)
+
+
+def test_good_bytes_with_official_md5_are_rejected(server, tmp_path):
+    """Synthetic bytes are not the official file: without an md5 override the download must fail."""
+    with pytest.raises(StmedfmError, match="checksum mismatch"):
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast())
+    _assert_empty(tmp_path)
+
+
+def test_mirror_from_environment(server, blood_bytes, tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.ENV_MIRROR, server.base)
+    assert source_url("bloodmnist", 64) == f"{server.base}/bloodmnist_64.npz"
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    path = download("bloodmnist", data_dir=tmp_path, **_fast(md5=md5))
+    assert path.read_bytes() == blood_bytes
+    assert server.requests == ["/mirror/bloodmnist.npz"]
+
+
+def test_official_url_without_mirror(no_default_data):
+    assert source_url("pathmnist") == registry.get("pathmnist").url[28]
+    assert source_url("pathmnist", 224).startswith("https://zenodo.org/") and "pathmnist_224.npz" in source_url(
+        "pathmnist", 224
+    )
+
+
+def test_download_dir_defaults_to_env_data(server, blood_bytes, tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.ENV_DATA, str(tmp_path / "env"))
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    assert download("bloodmnist", mirror=server.base, **_fast(md5=md5)) == tmp_path / "env" / "bloodmnist.npz"
+
+
+def test_cannot_connect(tmp_path, no_default_data):
+    with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StmedfmError, match=r"cannot connect .*after 2 attempts.*--mirror"):
+        download("bloodmnist", data_dir=tmp_path, mirror=f"http://127.0.0.1:{port}", **_fast(retries=1))
+    _assert_empty(tmp_path)
+
+
+def test_load_task_download_end_to_end(server, blood_bytes, tmp_path, monkeypatch):
+    """load_task(download=True) fetches a missing file and verifies it (registry md5 made to match the mirror)."""
+    monkeypatch.setenv(paths.ENV_MIRROR, server.base)
+    monkeypatch.setitem(registry.get("bloodmnist").md5, 28, hashlib.md5(blood_bytes).hexdigest())
+    task = data.load_task("bloodmnist", data_dir=tmp_path, download=True)
+    assert len(task["train"]) == 48
+    assert data.verify(tmp_path / "bloodmnist.npz", "bloodmnist") == "md5"
+
+
+def test_download_many_reports_every_failure(server, blood_bytes, tmp_path):
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    with pytest.raises(StmedfmError) as err:
+        download_many(["bloodmnist", "pathmnist"], data_dir=tmp_path, mirror=server.base, **_fast(md5=md5))
+    msg = str(err.value)
+    assert msg.startswith("1 of 2 downloads failed (the others succeeded: bloodmnist)")
+    assert "pathmnist.npz" in msg and "HTTP 404" in msg
+    assert download_many(["bloodmnist"], data_dir=tmp_path, mirror=server.base, **_fast(md5=md5)) == {
+        "bloodmnist": tmp_path / "bloodmnist.npz"
+    }
