@@ -370,7 +370,7 @@ def load_task(flag: str, size: int = 28, data_dir: str | os.PathLike | None = No
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 batch -> float32 in [-1, 1] (x / 127.5 - 1), one vectorised op on the whole batch."""
-    return x.to(torch.float32).div_(127.5).sub_(1.0)
+    return x.to(torch.float32, copy=True).div_(127.5).sub_(1.0)  # copy: never modify a float input in place
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -484,4 +484,4 @@ def class_weights(labels: torch.Tensor, n_classes: int, clip: tuple[float, float
     lo, hi = clip
     w = torch.where(counts > 0, n / (n_classes * counts.clamp(min=1)), torch.full_like(counts, float("inf")))
     w = w.clamp(min=lo, max=hi)
-    return w.to(torch.float32)
+    return (w / w.mean()).to(torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import socket
 import tempfile
 import time
 import urllib.error
@@ -77,9 +78,13 @@ def _fetch(url: str, part: Path, expected_md5: str, timeout: float, progress: bo
     except _Failure:
         raise
     except urllib.error.HTTPError as exc:
+        exc.close()  # an HTTPError holds the open response
         raise _Failure(f"HTTP {exc.code} {exc.reason}", retry=exc.code >= 500) from exc
     except urllib.error.URLError as exc:
-        raise _Failure(f"cannot connect ({exc.reason})", retry=True) from exc
+        # A host name that does not resolve means no network (or a wrong mirror): retrying cannot help.
+        offline = isinstance(exc.reason, socket.gaierror)
+        what = "no network: the host name does not resolve" if offline else "cannot connect"
+        raise _Failure(f"{what} ({exc.reason})", retry=not offline) from exc
     except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
         if received or total:
             raise _Failure(_cut(received, total) + f" ({type(exc).__name__})", retry=True) from exc

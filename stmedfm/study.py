@@ -264,9 +264,16 @@ def preflight(cfg: StudyConfig) -> None:
     if missing and cfg.download:
         from stmedfm.download import download
 
-        for task in missing:
-            download(task, size=cfg.image_size, data_dir=cfg.data_dir)
-        missing = []
+        reason = ""
+        for task in list(missing):
+            try:
+                download(task, size=cfg.image_size, data_dir=cfg.data_dir)
+            except StmedfmError as exc:  # stop at the first failure: the others would fail the same way
+                reason = f" Downloading failed: {exc}"
+                break
+            missing.remove(task)
+    else:
+        reason = ""
     if missing:
         size = "" if cfg.image_size == 28 else f" --size {cfg.image_size}"
         dirs = ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir))
@@ -275,7 +282,7 @@ def preflight(cfg: StudyConfig) -> None:
             f"{', '.join(registry.get(t).filename(cfg.image_size) for t in missing)} (searched: {dirs}). "
             f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / -p download=true), "
             f"or, on a machine without internet, copy the official files into one of those directories. "
-            f"Without them, run the offline protocol: `make study PARAMS=params/offline.yaml`.")
+            f"Without them, run the offline protocol: `make study PARAMS=params/offline.yaml`.{reason}")
     for task in cfg.all_tasks():
         D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout
     if cfg.fewshot_tasks and cfg.fewshot_k:

@@ -13,7 +13,6 @@ flags every positive class adds its square. Gaussian noise (sd 20) is added on t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os

@@ -199,3 +199,22 @@ def test_download_many_reports_every_failure(server, blood_bytes, tmp_path):
     assert download_many(["bloodmnist"], data_dir=tmp_path, mirror=server.base, **_fast(md5=md5)) == {
         "bloodmnist": tmp_path / "bloodmnist.npz"
     }
+
+
+def test_unresolvable_host_is_not_retried(tmp_path, monkeypatch, no_default_data):
+    """No network at all (DNS fails): one attempt, a clear message, nothing left behind."""
+    import urllib.error
+    import urllib.request
+
+    calls = []
+
+    def no_dns(*args, **kwargs):
+        calls.append(1)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_dns)
+    with pytest.raises(StmedfmError) as err:
+        download("bloodmnist", data_dir=tmp_path, retries=3, backoff=0, progress=False)
+    assert len(calls) == 1
+    assert "no network: the host name does not resolve" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
