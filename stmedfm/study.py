@@ -360,6 +360,16 @@ def _execute(fn, argsets: list[tuple], workers: int) -> Iterator:
             raise
 
 
+def estimated_cost(cfg: StudyConfig, spec: RunSpec) -> float:
+    """Relative cost of a run (images through the network; a 3D volume counts as 28 images), for scheduling."""
+    info = registry.get(spec.task)
+    unit = 28.0 if info.dim == 3 else 1.0
+    n_eval = sum(info.n_samples[s] for s in (("val", "test") if cfg.temperature_scaling else ("test",)))
+    if cfg.eval_max_samples:
+        n_eval = min(n_eval, 2 * cfg.eval_max_samples)
+    return unit * (3 * spec.steps * cfg.batch_size(spec.task) + n_eval)
+
+
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -388,6 +398,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     for p in planned:
         unique.setdefault(run_id(cfg, p.spec), p)
     todo = [(rid, p) for rid, p in unique.items() if not store.has_run(rid)]
+    todo.sort(key=lambda item: -estimated_cost(cfg, item[1].spec))  # longest first: no straggler at the end
     if todo:
         bar = tqdm(total=len(todo), desc=f"study {cfg.study}", disable=not progress)
         args = [(cfg_dict, rid, p.spec, str(store.checkpoint_path(p.pretrain_job.id(cfg))) if p.pretrain_job else None)
