@@ -300,3 +300,21 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return out
+
+
+def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> StudyConfig:
+    """The config of a notebook: the parameter file ``params`` overridden by every variable of ``namespace``
+    named like a field (this is how papermill's ``-p key value`` reaches the study).
+
+    The ``parameters`` cell of a notebook defines only ``params`` (the file), so nothing a notebook sets for
+    itself can leak into a run with another parameter file. A relative ``params`` path is resolved against the
+    current directory, then the project root (notebooks run in ``notebooks/``).
+    """
+    from stmedfm import paths
+
+    path = Path(params)
+    if not path.is_absolute() and not path.is_file():
+        path = paths.project_root() / path
+    known = set(StudyConfig.keys())
+    overrides = {k: v for k, v in namespace.items() if k in known and not k.startswith("_")}
+    return StudyConfig.load(path, overrides)

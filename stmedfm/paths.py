@@ -42,8 +42,16 @@ def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def project_root() -> Path:
-    """Root of the project outputs: ``$STMEDFM_ROOT`` or the current directory."""
-    return Path(os.environ.get(ENV_ROOT, ".")).expanduser().resolve()
+    """Root of the project outputs: ``$STMEDFM_ROOT``, else the nearest directory at or above the current one
+    holding ``params/`` and ``pyproject.toml`` (so notebooks running in ``notebooks/`` write to the same
+    ``results/``), else the current directory."""
+    if os.environ.get(ENV_ROOT):
+        return Path(os.environ[ENV_ROOT]).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "params").is_dir() and (d / "pyproject.toml").is_file():
+            return d
+    return here
 
 
 def results_dir(study: str) -> Path:

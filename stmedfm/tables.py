@@ -140,25 +140,46 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _cell(mean, ci=np.nan, paper=np.nan) -> str:
+    """'0.634 ± 0.012' (integers plain), with the paper's value in brackets when known."""
+    if pd.isna(mean):
+        return ""
+    if float(mean).is_integer() and abs(mean) >= 100:
+        text = f"{int(mean)}"
+    else:
+        text = f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
+    if not pd.isna(paper):
+        text += f" ({int(paper) if float(paper).is_integer() and abs(paper) >= 100 else f'{paper:.3f}'})"
+    return text
+
+
 def format_markdown(frame: pd.DataFrame) -> str:
-    """A readable markdown table: 'mean ± ci' in one column, numbers rounded to 3 decimals."""
+    """A readable markdown table: 'mean ± ci (paper)' cells; tables with a metric column get one column per metric."""
     from stmedfm.cli import markdown
 
-    show = frame.copy()
-    if "mean" in show.columns:
-        def fmt(row):
-            m, c = row["mean"], row.get("ci95", np.nan)
-            if pd.isna(m):
-                return ""
-            if float(m).is_integer() and abs(m) >= 100:
-                return f"{int(m)}"
-            return f"{m:.3f}" if pd.isna(c) else f"{m:.3f} ± {c:.3f}"
-        show.insert(list(show.columns).index("mean"), "ours", show.apply(fmt, axis=1))
-        show = show.drop(columns=[c for c in ("mean", "ci95") if c in show.columns])
-    for col in ("paper", "delta", "std_splits", "paper_std_splits"):
+    if frame.empty or "mean" not in frame.columns:
+        return markdown(frame)
+    cells = frame.apply(lambda r: _cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan)), axis=1)
+    show = frame.assign(ours=cells)
+    if "metric" in show.columns and show["metric"].nunique() > 1:
+        keys = [c for c in show.columns if c not in ("metric", "mean", "ci95", "n", "paper", "delta", "ours",
+                                                     "std_splits", "paper_std_splits")]
+        wide = show.pivot_table(index=keys, columns="metric", values="ours", aggfunc="first", sort=False)
+        order = {m: i for i, m in enumerate((*METRICS, "total_params", "trainable_params", "support", "precision",
+                                              "recall", "f1", "ece_ts", "brier_ts", "nll", "nll_ts", "temperature"))}
+        metrics = sorted(show["metric"].drop_duplicates(), key=lambda m: (order.get(m, len(order)), m))
+        wide = wide[metrics].reset_index()
+        wide.columns.name = None
+        note = "Cells: mean ± 95 % CI over seeds (paper's value in brackets where the flag is the paper's).\n\n"
+        return note + markdown(wide)
+    show = show.drop(columns=[c for c in ("mean", "ci95", "paper") if c in show.columns])
+    for col in ("delta", "std_splits", "paper_std_splits"):
         if col in show.columns:
-            show[col] = show[col].map(lambda v: "" if pd.isna(v) else (f"{int(v)}" if float(v).is_integer() and abs(v) >= 100 else f"{v:+.3f}" if col == "delta" else f"{v:.3f}"))
-    return markdown(show)
+            show[col] = show[col].map(lambda v: "" if pd.isna(v) else (f"{v:+.3f}" if col == "delta" else f"{v:.3f}"))
+    order = [c for c in show.columns if c not in ("ours", "n", "delta", "std_splits", "paper_std_splits")]
+    order += [c for c in ("ours", "delta", "std_splits", "paper_std_splits", "n") if c in show.columns]
+    note = "ours: mean ± 95 % CI over seeds (paper's value in brackets where the flag is the paper's); delta = ours - paper.\n\n"
+    return note + markdown(show[order])
 
 
 def write_tables(results: str | Path) -> list[Path]:

@@ -1,5 +1,7 @@
 """Parameters: defaults are the paper, files and overrides parse, every bad value fails before work."""
 
+from pathlib import Path
+
 import pytest
 
 from stmedfm.config import StudyConfig, parse_overrides
@@ -72,3 +74,13 @@ def test_validation_messages(values, message):
 def test_missing_parameter_file():
     with pytest.raises(StmedfmError, match="does not exist"):
         StudyConfig.load("params/nope.yaml")
+
+
+def test_notebook_namespace_overrides_only_named_fields(tmp_path, monkeypatch):
+    from stmedfm.config import from_namespace
+
+    monkeypatch.chdir(tmp_path)  # like a notebook outside the project: the path resolves against the root
+    monkeypatch.setenv("STMEDFM_ROOT", str(Path(__file__).resolve().parents[1]))
+    cfg = from_namespace("params/smoke.yaml", {"seeds": 3, "pretrain_steps": 7, "params": "x", "unrelated": 1})
+    assert cfg.study == "smoke" and cfg.seeds == [0, 1, 2] and cfg.pretrain_steps == 7
+    assert cfg.eval_max_samples == 256  # from the file
