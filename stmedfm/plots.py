@@ -33,6 +33,7 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Patch
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
 from stmedfm import paths, registry
@@ -71,9 +72,7 @@ STRATEGY_COLORS = {
 }
 STRATEGY_MARKERS = {"scratch": "s", "full": "o", "lora": "^", "adapter": "D", "linear_probe": "v"}
 #: Colours of tasks (Figure 2's points), distinct from the strategy colours where possible.
-TASK_COLORS = [_CB[9], _CB[3], _CB[5], _CB[6], _CB[8], _CB[0], _CB[1], _CB[2], _CB[4], _CB[7]]
-FIGURE_NAMES = ("fig1_architecture", "fig2_pretraining_loss", "fig3_train_size_auroc", "fig4_fewshot",
-                "fig5_fewshot", "fig6_reliability", "fig7_confusion")
+TASK_COLORS = [_CB[0], _CB[3], _CB[2], _CB[4], _CB[1], _CB[9], _CB[5], _CB[6], _CB[8], _CB[7]]
 
 
 def style() -> dict:
@@ -120,8 +119,10 @@ def _color(strategy: str) -> str:
 
 def _strategies(values) -> list[str]:
     """The strategies present, in the paper's order (unknown names last, alphabetically)."""
-    present = sorted({str(v) for v in values}, key=lambda s: (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s))
-    return present
+    def rank(s: str) -> tuple[int, str]:
+        return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s)
+
+    return sorted({str(v) for v in values}, key=rank)
 
 
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
@@ -250,7 +251,7 @@ def fig1_architecture(model=None) -> Figure:
     from torch import nn
 
     from stmedfm.model import STMedFM
-    from stmedfm.peft import Adapter, LoRALinear
+    from stmedfm.peft import LoRALinear
 
     if model is None:
         model = _default_model()
@@ -311,119 +312,119 @@ def fig1_architecture(model=None) -> Figure:
                 ha="center", va="center", fontsize=8.6, color="#444444", style="italic")
 
         # ---- encoder ----------------------------------------------------------------------------------------
-        ex0, ex1, ey0, ey1 = 6.5, 12.45, 0.75, H - 1.05
+        ex0, ex1, ey0, ey1 = 6.5, 12.75, 0.75, H - 1.05
         _box(ax, ex0, ey0, ex1 - ex0, ey1 - ey0, fc=C_ENC, ec="#555555", ls="--", lw=1.2, radius=0.15, zorder=0.5)
         ax.text((ex0 + ex1) / 2, ey1 - 0.28, f"Shared encoder · {_fmt(encoder_params)} params", ha="center",
                 va="center", fontsize=10.5, weight="bold")
-        rows: list[tuple[str, object]] = []
-        for i, block in enumerate(blocks):
-            rows.append(("block", i))
-            rows.append(("adapter", i))
+        rows: list[tuple[str, int | None]] = []
+        for i in range(len(blocks)):
+            rows += [("block", i), ("adapter", i)]
         rows.append(("norm", None))
         heights = {"block": 1.45, "adapter": 0.5, "norm": 0.45}
-        gap = 0.28
+        gap = 0.3
         avail = (ey1 - 0.6) - (ey0 + 0.15)
         need = sum(heights[k] for k, _ in rows) + gap * (len(rows) - 1)
         scale = min(1.0, avail / need)
+        x_bus = ex0 + 0.16  # where the input of a block comes down (left edge of the encoder)
+        layer_x0 = ex0 + 0.6
+        x_junction = layer_x0 - 0.22  # the residual branch leaves here
+        widths = (0.95, 1.25, 0.62, 1.25)
+        r = 0.17
+        x_add = layer_x0 + sum(widths) + 0.22 * len(widths) + r  # centre of the (+) of every block
+        x_right = x_add + 0.4  # right edge of adapters and final norm, which sit under the (+)
         y = ey1 - 0.6
-        cx = (ex0 + ex1) / 2
-        row_centres = []
-        entry_point = None
+        prev_out = None  # (x, y) of the previous row's output on its left edge, or bottom centre
+        stem_entry = None
         for kind, i in rows:
             h = heights[kind] * scale
             top, bottom = y, y - h
             if kind == "block":
                 block = blocks[i]
-                by = bottom + 0.38 * scale  # layer boxes sit above the LoRA badges
                 bh = 0.48 * scale
-                ax.text(ex0 + 0.12, top - 0.02, f"block {i + 1} · {_fmt(block_params[i])}", ha="left", va="top",
-                        fontsize=8.6, weight="bold", color="#333333")
-                items = [("norm", block.norm, 0.95), ("fc1", block.fc1, 1.25), ("act", block.act, 0.62),
-                         ("fc2", block.fc2, 1.25)]
-                x = ex0 + 0.45
-                x_start = x - 0.2
-                for j, (attr, module, w) in enumerate(items):
-                    label = _describe(module)
+                by = bottom + 0.4 * scale  # layer boxes sit above the LoRA badges
+                ym = by + bh / 2
+                ax.text(ex0 + 0.12, top + 0.02, f"block {i + 1} · {_fmt(block_params[i])} params", ha="left",
+                        va="top", fontsize=8.6, weight="bold", color="#333333")
+                x = layer_x0
+                for j, (attr, w) in enumerate(zip(("norm", "fc1", "act", "fc2"), widths)):
+                    module = getattr(block, attr)
                     n = base_numel(module)
-                    text = f"{label}\n({_fmt(n)})" if n else label
+                    text = f"{_describe(module)}\n({_fmt(n)})" if n else _describe(module)
                     _box(ax, x, by, w, bh, text, fc="white", fontsize=7.8 if n else 8.4)
                     if attr in ("fc1", "fc2"):
                         is_lora = isinstance(module, LoRALinear)
                         badge = (f"LoRA r={module.r} +{_fmt(module.lora_A.numel() + module.lora_B.numel())}"
-                                 if is_lora else "LoRA insertion point")
+                                 if is_lora else "LoRA point")
                         _box(ax, x + 0.05, by - 0.34 * scale, w - 0.1, 0.27 * scale, badge,
                              fc=C_LORA if is_lora else "white", ec=C_LORA, ls="-" if is_lora else "--",
                              fontsize=7.2, color="white" if is_lora else C_LORA, weight="bold", radius=0.05)
-                    if j == 0 and entry_point is None:
-                        entry_point = (x, by + bh / 2)
-                    nxt = x + w + 0.22
-                    if j < len(items) - 1:
-                        _arrow(ax, (x + w, by + bh / 2), (nxt, by + bh / 2), lw=1.0)
-                    x = nxt
-                # residual add
-                r = 0.17
-                circle_x = x + r
-                _arrow(ax, (x - 0.22, by + bh / 2), (circle_x - r, by + bh / 2), lw=1.0)
-                ax.add_patch(Circle((circle_x, by + bh / 2), r, fc="white", ec="#333333", lw=1.2, zorder=3))
-                ax.text(circle_x, by + bh / 2, "+", ha="center", va="center", fontsize=11, weight="bold", zorder=4)
-                y_res = by + bh + 0.16 * scale
-                ax.plot([x_start, x_start, circle_x], [by + bh / 2, y_res, y_res], color="#777777", lw=1.0,
-                        zorder=1.5)
-                _arrow(ax, (circle_x, y_res), (circle_x, by + bh / 2 + r), color="#777777", lw=1.0)
-                ax.text((x_start + circle_x) / 2, y_res + 0.02, "residual", ha="center", va="bottom",
-                        fontsize=7.5, color="#777777", style="italic")
-                row_centres.append((kind, circle_x, by + bh / 2, top, bottom))
-            elif kind == "adapter":
-                w = 4.4
-                if adapters:
-                    a = adapters[i]
-                    down = a.down if isinstance(getattr(a, "down", None), nn.Linear) else None
-                    shape = (f"{down.in_features}→{down.out_features}→{a.up.out_features}" if down is not None
-                             and isinstance(getattr(a, "up", None), nn.Linear) else "")
-                    text = f"Adapter {shape} (bottleneck + residual) · +{_fmt(_numel(a))}"
-                    _box(ax, cx - w / 2, bottom, w, h, text, fc=C_ADAPT, ec=C_ADAPT, fontsize=8.4, color="white",
-                         weight="bold")
+                    end = x + w + 0.22 if j < len(widths) - 1 else x_add - r
+                    _arrow(ax, (x + w, ym), (end, ym), lw=1.0)
+                    x += w + 0.22
+                ax.add_patch(Circle((x_add, ym), r, fc="white", ec="#333333", lw=1.2, zorder=3))
+                ax.text(x_add, ym, "+", ha="center", va="center", fontsize=11, weight="bold", zorder=4)
+                # input: from the stems (first block) or down the left bus from the previous row
+                if prev_out is None:
+                    stem_entry = (x_bus, ym)
                 else:
-                    _box(ax, cx - w / 2, bottom, w, h, "adapter insertion point (after the block)", fc="white",
-                         ec=C_ADAPT, ls="--", fontsize=8.4, color=C_ADAPT, weight="bold")
-                row_centres.append((kind, cx, bottom + h / 2, top, bottom))
+                    ax.plot([prev_out[0], x_bus, x_bus], [prev_out[1], prev_out[1], ym], color="#333333", lw=1.1,
+                            zorder=1.5, solid_joinstyle="miter")
+                ax.plot([x_bus, x_junction], [ym, ym], color="#333333", lw=1.1, zorder=1.5)
+                _arrow(ax, (x_junction, ym), (layer_x0, ym), lw=1.1)
+                # residual branch: junction -> up -> across -> down into (+)
+                y_res = by + bh + 0.17 * scale
+                ax.add_patch(Circle((x_junction, ym), 0.035, fc="#555555", ec="none", zorder=3))
+                ax.plot([x_junction, x_junction, x_add], [ym, y_res, y_res], color="#777777", lw=1.0, zorder=1.5)
+                _arrow(ax, (x_add, y_res), (x_add, ym + r), color="#777777", lw=1.0)
+                ax.text((x_junction + x_add) / 2, y_res + 0.02, "residual", ha="center", va="bottom",
+                        fontsize=7.5, color="#777777", style="italic")
+                prev_out = ("below", x_add, ym - r)
             else:
-                w = 2.0
-                _box(ax, cx - w / 2, bottom, w, h, f"final {_describe(enc.norm)} · {_fmt(_numel(enc.norm))}",
-                     fc="white", fontsize=8.6)
-                row_centres.append((kind, cx, bottom + h / 2, top, bottom))
+                w = 4.3 if kind == "adapter" else 2.3
+                x0 = x_right - w
+                if prev_out is not None and prev_out[0] == "below":
+                    _arrow(ax, (prev_out[1], prev_out[2]), (x_add, top), lw=1.1)
+                if kind == "adapter" and adapters:
+                    a = adapters[i]
+                    down, up = getattr(a, "down", None), getattr(a, "up", None)
+                    shape = (f" {down.in_features}→{down.out_features}→{up.out_features}"
+                             if isinstance(down, nn.Linear) and isinstance(up, nn.Linear) else "")
+                    _box(ax, x0, bottom, w, h, f"Adapter{shape} (bottleneck + residual) · +{_fmt(_numel(a))}",
+                         fc=C_ADAPT, ec=C_ADAPT, fontsize=8.4, color="white", weight="bold")
+                elif kind == "adapter":
+                    _box(ax, x0, bottom, w, h, "adapter insertion point (after the block)", fc="white", ec=C_ADAPT,
+                         ls="--", fontsize=8.4, color=C_ADAPT, weight="bold")
+                else:
+                    _box(ax, x0, bottom, w, h, f"final {_describe(enc.norm)} · {_fmt(_numel(enc.norm))}",
+                         fc="white", fontsize=8.6)
+                    final_y = bottom + h / 2
+                if kind == "adapter" and i + 1 < len(blocks):
+                    prev_out = (x0, bottom + h / 2)  # left edge: to the bus, down into the next block
+                else:
+                    prev_out = ("below", x_add, bottom)
             y = bottom - gap * scale
-        # vertical flow between rows: block output (+) -> adapter -> next block's first layer
-        for (k0, x0, yc0, t0, b0), (k1, x1, yc1, t1, b1) in zip(row_centres, row_centres[1:]):
-            start = (x0, yc0 - 0.17) if k0 == "block" else (x0, b0)
-            if k1 == "block":
-                end = (ex0 + 0.45 + 0.45, t1 - 0.3 * scale)
-                _arrow(ax, start, end, lw=1.1)
-            else:
-                _arrow(ax, start, (x1, t1), lw=1.1)
-        # stems -> first block
-        if entry_point is not None:
-            for sx, sy in stem_right:
-                _arrow(ax, (sx, sy), (entry_point[0] - 0.02, entry_point[1]), lw=1.3,
-                       connection="arc3,rad=0.0")
-            ax.text(6.15, (stem_right[0][1] + entry_point[1]) / 2 + 0.25, f"{model.width}-d", fontsize=8.4,
-                    color="#444444", ha="center", rotation=0)
+        if not blocks:  # an encoder without blocks: stems go straight to the final norm
+            stem_entry = (x_right - 2.3, final_y)
+        # stems -> the first block's input
+        for sx, sy in stem_right:
+            ax.plot([sx, stem_entry[0]], [sy, stem_entry[1]], color="#333333", lw=1.3, zorder=1.5)
+        ax.text((5.9 + stem_entry[0]) / 2, (stem_right[0][1] + stem_entry[1]) / 2 + 0.18, f"{model.width}-d",
+                fontsize=8.4, color="#444444", ha="center", va="bottom")
 
         # ---- heads -------------------------------------------------------------------------------------------
-        hx0, hw = 12.85, 3.0
+        hx0, hw = 13.05, 2.85
         head_lines = [f"{t}: {_describe(h)} · {_fmt(_numel(h))}" for t, h in model.heads.items()]
         if not head_lines:
             head_lines = ["(no head: add_head(task))"]
         hh = 0.42 * (len(head_lines) + 1) + 0.2
-        final = row_centres[-1]
-        hy0 = final[2] - hh / 2
+        hy0 = max(1.2, final_y - hh / 2)
         _box(ax, hx0, hy0, hw, hh, fc=C_HEAD)
         ax.text(hx0 + hw / 2, hy0 + hh - 0.3, f"Task head(s) · {_fmt(head_params)} params", ha="center",
                 va="center", fontsize=10, weight="bold")
         for i, line in enumerate(head_lines):
             ax.text(hx0 + 0.12, hy0 + hh - 0.72 - 0.42 * i, line, ha="left", va="center", fontsize=8.4)
-        _arrow(ax, (cx + 1.0, final[2]), (hx0, final[2]), lw=1.3)
-        _box(ax, hx0 + 0.5, hy0 - 0.95, hw - 1.0, 0.55, "logits (B, C)", fc="white", fontsize=9)
+        _arrow(ax, (x_right, final_y), (hx0, final_y), lw=1.3)
+        _box(ax, hx0 + 0.6, hy0 - 0.9, hw - 1.2, 0.5, "logits (B, C)", fc="white", fontsize=9)
         _arrow(ax, (hx0 + hw / 2, hy0), (hx0 + hw / 2, hy0 - 0.4), lw=1.2)
 
         # ---- totals and legend --------------------------------------------------------------------------------
@@ -438,11 +439,12 @@ def fig1_architecture(model=None) -> Figure:
         ax.text(hx0, H - 1.15, "\n".join(summary), ha="left", va="top", fontsize=8.6, linespacing=1.45,
                 bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="#bbbbbb"))
         handles = [
-            Patch(fc=C_LORA, ec=C_LORA, label="LoRA (rank-r update of an encoder Linear)"),
-            Patch(fc=C_ADAPT, ec=C_ADAPT, label="Adapter (residual bottleneck after a block)"),
-            Patch(fc="white", ec="#555555", ls="--", label="dashed outline: insertion point / shared encoder"),
+            Patch(fc=C_LORA, ec=C_LORA, label="LoRA: rank-r update of a Linear"),
+            Patch(fc=C_ADAPT, ec=C_ADAPT, label="Adapter: bottleneck after a block"),
+            Patch(fc="white", ec="#555555", ls="--", label="dashed: insertion point / shared"),
         ]
-        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(0.995, 0.01), fontsize=8.4, frameon=True)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=((hx0 - 0.1) / W, (H - 2.95) / H),
+                  fontsize=8.4, frameon=True)
     fig.stmedfm_counts = {  # for tests and notebooks: the numbers written in the figure
         "stem2d": n2d, "stem3d": n3d, "encoder": encoder_params, "heads": head_params, "lora": lora_params,
         "adapters": adapter_params, "total": _numel(model),
@@ -475,7 +477,8 @@ def fig2_pretraining_loss(loss: pd.DataFrame, pretrain: str | None = None, windo
         counts = sets.value_counts()
         pretrain = max(counts.index, key=lambda p: (_n_tasks(p), counts[p]))
     elif pretrain not in set(sets):
-        raise _empty("Figure 2", f"pretraining set '{pretrain}' is not in the table (sets: {', '.join(sorted(set(sets)))}).")
+        raise _empty("Figure 2", f"pretraining set '{pretrain}' is not in the table "
+                     f"(sets: {', '.join(sorted(set(sets)))}).")
     frame = frame[sets == pretrain].sort_values(["seed", "step"])
     seeds = sorted(frame["seed"].unique())
     steps = np.sort(frame["step"].unique())
@@ -491,13 +494,13 @@ def fig2_pretraining_loss(loss: pd.DataFrame, pretrain: str | None = None, windo
 
     tasks = list(dict.fromkeys(frame["task"]))
     with rc_context(style()):
-        fig = Figure(figsize=(8.5, 5))
+        fig = Figure(figsize=(11, 5))
         ax = fig.add_subplot()
-        alpha = 0.55 if len(seeds) == 1 else 0.3
+        alpha = 0.8 if len(seeds) == 1 else 0.6
         for i, task in enumerate(tasks):
             g = frame[frame["task"] == task]
-            ax.scatter(g["step"], g["loss"], s=12, alpha=alpha, color=TASK_COLORS[i % len(TASK_COLORS)],
-                       edgecolors="none", label=f"loss of a {task} step", zorder=2)
+            ax.scatter(g["step"], g["loss"], s=18, alpha=alpha, color=TASK_COLORS[i % len(TASK_COLORS)],
+                       edgecolors="none", label=f"{task} batch", zorder=2)
         mean = table.mean(axis=1)
         if len(seeds) > 1:
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color="#222222", alpha=0.18,
@@ -508,10 +511,13 @@ def fig2_pretraining_loss(loss: pd.DataFrame, pretrain: str | None = None, windo
         ax.plot(mean.index, mean.to_numpy(), color="#111111", lw=2.0, label=line_label, zorder=4)
         ax.set_xlabel("pretraining step")
         ax.set_ylabel(ylabel)
+        per_step = frame.groupby(["seed", "step"]).size().max()
+        sampling = "one sampled task per step" if per_step == 1 else "every task at every step"
         ax.set_title(f"Multi-task pretraining loss · pretrain on {pretrain.replace('+', ' + ')}\n"
-                     f"({len(tasks)} tasks, {_seeds_text(len(seeds))}, one sampled task per step)")
+                     f"({len(tasks)} tasks, {_seeds_text(len(seeds))}, {sampling}; points: loss of one batch)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(steps.min() - 0.5, steps.max() + 0.5)
-        ax.legend(loc="upper right", markerscale=1.6)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=1.5, borderaxespad=0)
         fig.tight_layout()
     return fig
 
@@ -531,6 +537,25 @@ def _spread(positions: list[float], gap: float, lo: float = 0.0, hi: float = 1.0
     if q and q[0] < lo:
         q = [v + (lo - q[0]) for v in q]
     return q
+
+
+def _dodge(n: int, step: float = 0.07) -> list[float]:
+    """Horizontal offsets in inches that keep the error bars of ``n`` lines at one x apart."""
+    return [(i - (n - 1) / 2) * step for i in range(n)]
+
+
+def _errorbar(ax, x, y, err, dx: float, **kwargs):
+    """``ax.errorbar`` shifted ``dx`` inches sideways on screen (the data x stay exact); the shifted artists do not
+    autoscale, so the data limits are updated here."""
+    x, y, err = (np.asarray(v, dtype=float) for v in (x, y, err))
+    err = np.nan_to_num(err)
+    shift = ax.transData + ScaledTranslation(dx, 0, ax.figure.dpi_scale_trans)
+    container = ax.errorbar(x, y, yerr=err, transform=shift, **kwargs)
+    ok = np.isfinite(y)
+    if ok.any():
+        ax.update_datalim(np.column_stack([np.r_[x[ok], x[ok]], np.r_[y[ok] - err[ok], y[ok] + err[ok]]]))
+        ax.autoscale_view()
+    return container
 
 
 def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None = None,
@@ -554,14 +579,14 @@ def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None
     n_values = summary["n"].tolist()
 
     with rc_context(style()):
-        fig = Figure(figsize=(8.5, 5.6))
+        fig = Figure(figsize=(10.5, 5.6))
         ax = fig.add_subplot()
-        for strategy in _strategies(summary["strategy"]):
+        strategies = _strategies(summary["strategy"])
+        for strategy, dx in zip(strategies, _dodge(len(strategies))):
             g = summary[summary["strategy"] == strategy].sort_values("size")
-            ax.errorbar(g["size"].to_numpy(dtype=float), g["mean"].to_numpy(dtype=float),
-                        yerr=np.nan_to_num(g["ci95"].to_numpy(dtype=float)), color=_color(strategy),
-                        marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
-                        label=_label(strategy), zorder=3)
+            _errorbar(ax, g["size"], g["mean"], g["ci95"], dx, color=_color(strategy),
+                      marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
+                      label=_label(strategy), zorder=3)
         ax.set_xscale("log")
         xs = np.array(sorted(size_of.values()), dtype=float)
         lo, hi = xs.min() / 1.8, xs.max() * 1.8
@@ -580,7 +605,8 @@ def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None
                         arrowprops=dict(arrowstyle="-", color="#777777", lw=0.8, shrinkA=0, shrinkB=0))
         ci_text = ("single seed: no interval" if max(n_values) < 2 else
                    f"mean ± 95 % CI over seeds (t, n = {_n_range(n_values)})")
-        ax.legend(title=ci_text, loc="best")
+        ax.legend(title=ci_text.replace(" over", "\nover"), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0)
         ax.set_title(f"Training-set size vs test {metric.replace('_', ' ').replace('auroc', 'AUROC')} "
                      f"(transfer, {len(tasks)} tasks)", pad=48)
         fig.tight_layout()
@@ -605,16 +631,13 @@ def fig_fewshot(metrics: pd.DataFrame, task: str, metric: str = "macro_auroc") -
     strategies = _strategies(stats["strategy"])
 
     with rc_context(style()):
-        fig = Figure(figsize=(7.5, 5))
+        fig = Figure(figsize=(9, 5))
         ax = fig.add_subplot()
-        offsets = np.linspace(-0.06, 0.06, len(strategies)) if len(strategies) > 1 else [0.0]
-        for strategy, dx in zip(strategies, offsets):
+        for strategy, dx in zip(strategies, _dodge(len(strategies))):
             g = stats[stats["strategy"] == strategy].sort_values("k")
-            shift = ax.transData + ScaledTranslation(dx, 0, fig.dpi_scale_trans)  # dodge in inches, x data exact
-            ax.errorbar(g["k"].to_numpy(dtype=float), g["mean"].to_numpy(dtype=float),
-                        yerr=np.nan_to_num(g["std"].to_numpy(dtype=float)), color=_color(strategy),
-                        marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
-                        label=_label(strategy), transform=shift, zorder=3)
+            _errorbar(ax, g["k"], g["mean"], g["std"], dx, color=_color(strategy),
+                      marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
+                      label=_label(strategy), zorder=3)
         ax.set_xticks(ks)
         ax.set_xticklabels([str(k) for k in ks])
         pad = max(0.5, 0.08 * (ks[-1] - ks[0]))
@@ -623,8 +646,8 @@ def fig_fewshot(metrics: pd.DataFrame, task: str, metric: str = "macro_auroc") -
         ax.set_ylabel("test macro AUROC (mean ± std)")
         ax.axhline(0.5, color="#999999", lw=0.9, ls="--", zorder=1)
         ax.text(ks[-1] + pad * 0.95, 0.5, "chance", ha="right", va="bottom", fontsize=8.4, color="#777777")
-        ax.legend(title=f"error bars: std over {n_splits} split{'s' if n_splits != 1 else ''} × "
-                        f"{_seeds_text(n_seeds)}", loc="best")
+        ax.legend(title=f"mean ± std over\n{n_splits} split{'s' if n_splits != 1 else ''} × "
+                        f"{_seeds_text(n_seeds)}", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.set_title(f"Few-shot {metric.replace('_', ' ').replace('auroc', 'AUROC')} vs K on {task} "
                      f"({registry.get(task).modality})" if task in registry.flags() else
                      f"Few-shot {metric} vs K on {task}")
@@ -658,8 +681,8 @@ def pool_reliability(reliability: pd.DataFrame) -> pd.DataFrame:
 
 def fig6_reliability(reliability: pd.DataFrame, task: str, strategy: str = "full") -> Figure:
     """Figure 6: reliability diagram (accuracy per confidence bin), pooled over seeds weighted by bin counts,
-    with the diagonal of perfect calibration, the gap to each bin's mean confidence, a histogram of the counts,
-    and the pooled ECE in the title."""
+    with the diagonal of perfect calibration, each bin's mean confidence (a line marks the gap), a histogram of the
+    counts, and the pooled ECE in the title."""
     _require(reliability, ("task", "strategy", "seed", "bin", "lower", "upper", "count", "confidence", "accuracy"),
              "fig6_reliability")
     sub = _detail_rows(reliability, task, strategy)
@@ -675,21 +698,22 @@ def fig6_reliability(reliability: pd.DataFrame, task: str, strategy: str = "full
     colour = _color(strategy)
 
     with rc_context(style()):
-        fig = Figure(figsize=(6.8, 7.2))
+        fig = Figure(figsize=(9.6, 7.0))
         gs = fig.add_gridspec(2, 1, height_ratios=(3.2, 1), hspace=0.08)
         ax = fig.add_subplot(gs[0])
         hx = fig.add_subplot(gs[1], sharex=ax)
         ax.bar(full["lower"], full["accuracy"], width=width, align="edge", color=colour, alpha=0.85,
                edgecolor="white", lw=0.8, label="accuracy in bin (pooled)", zorder=2)
-        ax.bar(full["lower"], full["confidence"] - full["accuracy"], bottom=full["accuracy"], width=width,
-               align="edge", fill=False, edgecolor=STRATEGY_COLORS["scratch"], hatch="///", lw=0.6,
-               label="gap to mean confidence", zorder=2)
+        centres = (full["lower"] + full["upper"]).to_numpy() / 2
+        ax.vlines(centres, full["accuracy"], full["confidence"], color="#d55e00", lw=1.6, zorder=3)
+        ax.plot(centres, full["confidence"], ls="none", marker="D", ms=4.5, color="#d55e00",
+                label="mean confidence in bin (line: gap)", zorder=4)
         ax.plot([0, 1], [0, 1], ls="--", color="#333333", lw=1.2, label="perfect calibration", zorder=3)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy (fraction correct)")
         ax.tick_params(labelbottom=False)
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         n_bins = len(pooled)
         ax.set_title(f"Reliability diagram: {task} under {_label(strategy)}\n{n_bins} bins, "
                      f"{_seeds_text(n_seeds)} pooled (N = {n_total:,}) · ECE = {ece:.3f}")
@@ -765,6 +789,9 @@ def _save_atomic(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp.{fmt}")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, not mkstemp's 0600
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
     try:
         with rc_context(style()):

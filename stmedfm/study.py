@@ -53,7 +53,7 @@ PRETRAIN_FIELDS = (
     "class_weight_clip", "augment", "pretrain_steps", "pretrain_lr", "task_sampling", "sampling_alpha",
     "loss_log_normalise",
 )
-EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended")
+EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency")
 
 
 def _digest(obj) -> str:
@@ -95,16 +95,18 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
     full_pretrain = tuple(cfg.pretrain_tasks)
     out: list[PlannedRun] = []
 
-    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1):
+    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0):
         steps = cfg.steps(task, strategy) if steps is None else steps
         class_weights = cfg.class_weights if class_weights is None else class_weights
         pretrain = () if strategy == "scratch" else (full_pretrain if pretrain is None else pretrain)
         # the per-class / reliability / confusion outputs belong to the calibration task's standard run
         detail = (task == cfg.calibration_task and strategy == cfg.calibration_strategy and k == 0
                   and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
-                  and pretrain == (() if strategy == "scratch" else full_pretrain))
+                  and pretrain == (() if strategy == "scratch" else full_pretrain)
+                  and split == -1 and fraction == 1.0)
         return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy),
-                       class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail)
+                       class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail,
+                       fraction=float(fraction))
 
     for seed in cfg.seeds:
         for task in cfg.downstream_tasks:
@@ -128,10 +130,30 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
         for task in cfg.extended_tasks:
             out.append(PlannedRun("extended", "extended", spec(task, "scratch", seed, steps=cfg.extended_scratch_steps)))
             out.append(PlannedRun("extended", "extended", spec(task, "full", seed, steps=cfg.extended_full_steps)))
+        # beyond the paper: the same strategies at several step budgets (a budget equal to the standard one *is*
+        # the transfer run), and stratified fractions of the train split with repeats (the repeat index is the
+        # run's fewshot_split, which also seeds its head and batches)
+        for task, budgets in cfg.budget_tasks.items():
+            for steps in budgets:
+                for strategy in cfg.budget_strategies:
+                    out.append(PlannedRun("budget", f"{steps} steps", spec(task, strategy, seed, steps=steps)))
+        for task in cfg.data_fraction_tasks:
+            for fraction in cfg.data_fractions:
+                for repeat in range(cfg.data_fraction_repeats):
+                    for strategy in cfg.data_fraction_strategies:
+                        out.append(PlannedRun("data_efficiency", f"{100 * fraction:g} %",
+                                              spec(task, strategy, seed, split=repeat, fraction=fraction)))
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def _umask_mode() -> int:
+    """The permissions a plain ``open()`` would give (mkstemp's 0600 would hide results from other users)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that readers see either the old or the new content, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +161,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -156,6 +179,7 @@ def atomic_torch_save(path: Path, obj) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
