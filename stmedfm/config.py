@@ -18,7 +18,13 @@ Table 12 (2D-only pretrain)  ``leave_out_tasks`` (pretrain without the task, ada
                              ``leave_out_strategies``)
 Table 12b (longer budget)    ``extended_tasks``, ``extended_scratch_steps``, ``extended_full_steps``
 Table 13, Figures 6-7        ``calibration_task`` under ``calibration_strategy``
+beyond: AUROC vs budget      ``budget_tasks`` (task -> step counts) x ``budget_strategies``
+beyond: data efficiency      ``data_fraction_tasks`` x ``data_fractions`` x ``data_fraction_strategies``
+                             x ``data_fraction_repeats`` (stratified subsets of the train split)
 ==========================  ===========================================================
+
+The "beyond" fields default to off (empty), so the paper's and the offline parameter files plan exactly the
+runs they planned before these fields existed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from stmedfm.errors import StmedfmError
 PAPER_TASKS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 STRATEGY_NAMES = ("scratch", "full", "lora", "adapter", "linear_probe")
 SAMPLERS = ("proportional", "uniform", "temperature", "all_tasks")
+FLIP_POLICIES = ("all", "label_safe")
 
 
 @dataclass
@@ -75,6 +82,9 @@ class StudyConfig:
     class_weights: bool = True  #: inverse-frequency class weights, clipped to class_weight_clip, renormalised
     class_weight_clip: list[float] = field(default_factory=lambda: [0.1, 5.0])
     augment: bool = True  #: random flips during training
+    #: 'all' (paper): flips for every task; 'label_safe': no flips for flags whose classes name a body side
+    #: (OrganMNIST*: 'kidney-left'), because mirroring swaps their labels (see README, "Flips and laterality")
+    flip_policy: str = "all"
 
     # --- downstream transfer (Tables 5-8b) ---------------------------------------------------------------------
     downstream_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
@@ -103,6 +113,14 @@ class StudyConfig:
     extended_tasks: list[str] = field(default_factory=lambda: ["organmnist3d"])
     extended_scratch_steps: int = 240
     extended_full_steps: int = 150
+
+    # --- beyond the paper (stmedfm.beyond; off by default) ---------------------------------------------------
+    budget_tasks: dict[str, list[int]] = field(default_factory=dict)  #: task -> downstream step counts
+    budget_strategies: list[str] = field(default_factory=lambda: ["scratch", "full", "lora", "adapter"])
+    data_fraction_tasks: list[str] = field(default_factory=list)  #: tasks trained on fractions of their train split
+    data_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
+    data_fraction_strategies: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "full"])
+    data_fraction_repeats: int = 3  #: stratified subsets per (seed, task, fraction), seeded by all four
 
     # --- outputs ---------------------------------------------------------------------------------------------
     calibration_task: str | None = "pathmnist"  #: per-class report, reliability diagram, confusion matrix
@@ -160,7 +178,8 @@ class StudyConfig:
         """Every flag the study reads, in first-mention order."""
         out: list[str] = []
         for t in [*self.pretrain_tasks, *self.downstream_tasks, *self.fewshot_tasks,
-                  *self.class_weight_ablation_tasks, *self.leave_out_tasks, *self.extended_tasks]:
+                  *self.class_weight_ablation_tasks, *self.leave_out_tasks, *self.extended_tasks,
+                  *self.budget_tasks, *self.data_fraction_tasks]:
             if t not in out:
                 out.append(t)
         return out
@@ -180,7 +199,7 @@ class StudyConfig:
                      "finetune_steps_3d", "extended_scratch_steps", "extended_full_steps", "batch_size_2d",
                      "batch_size_3d", "eval_batch_size_2d", "eval_batch_size_3d", "fewshot_splits", "width",
                      "lora_r", "adapter_bottleneck", "pretrain_lr", "lr_scratch", "lr_full", "lr_peft",
-                     "lr_linear_probe", "lora_alpha", "sampling_alpha"):
+                     "lr_linear_probe", "lora_alpha", "sampling_alpha", "data_fraction_repeats"):
             positive(name, getattr(self, name))
         if self.weight_decay < 0:
             raise StmedfmError(f"Parameter 'weight_decay' must be >= 0, got {self.weight_decay}.")
@@ -189,21 +208,39 @@ class StudyConfig:
         lo, hi = self.class_weight_clip
         if not 0 < lo <= hi:
             raise StmedfmError(f"Parameter 'class_weight_clip' must be [low, high] with 0 < low <= high, got {self.class_weight_clip}.")
+        if self.flip_policy not in FLIP_POLICIES:
+            raise StmedfmError(f"Unknown flip_policy '{self.flip_policy}'.{registry.closest(self.flip_policy, FLIP_POLICIES)} "
+                               f"Choose one of {', '.join(FLIP_POLICIES)}.")
         if self.task_sampling not in SAMPLERS:
             raise StmedfmError(f"Unknown task_sampling '{self.task_sampling}'.{registry.closest(self.task_sampling, SAMPLERS)} "
                                f"Choose one of {', '.join(SAMPLERS)}.")
 
         for name in ("pretrain_tasks", "downstream_tasks", "class_weight_ablation_tasks", "leave_out_tasks",
-                     "extended_tasks"):
+                     "extended_tasks", "data_fraction_tasks"):
             for flag in getattr(self, name):
                 self._check_flag(name, flag)
+        if not isinstance(self.budget_tasks, dict):
+            raise StmedfmError("Parameter 'budget_tasks' must map a task to a list of step counts, "
+                               "e.g. {retinamnist: [30, 120, 450]}.")
+        for flag, budgets in self.budget_tasks.items():
+            self._check_flag("budget_tasks", flag)
+            if not isinstance(budgets, list) or not budgets:
+                raise StmedfmError(f"'budget_tasks.{flag}' must be a non-empty list of step counts, got {budgets!r}.")
+            for steps in budgets:
+                if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+                    raise StmedfmError(f"'budget_tasks.{flag}' step counts must be positive integers, got {steps!r}.")
+        for f in self.data_fractions:
+            if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+                raise StmedfmError(f"Parameter 'data_fractions' holds fractions of the train split in (0, 1] "
+                                   f"(0.01 = 1 %), got {f!r}.")
         for flag, steps in self.fewshot_tasks.items():
             self._check_flag("fewshot_tasks", flag)
             positive(f"fewshot_tasks.{flag}", steps)
         if not self.pretrain_tasks and (self.uses_pretraining()):
             raise StmedfmError("Parameter 'pretrain_tasks' is empty but the study has pretrained strategies; "
                                "name at least one pretraining task or use only 'scratch'.")
-        for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies"):
+        for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies",
+                     "budget_strategies", "data_fraction_strategies"):
             for s in getattr(self, name):
                 if s not in STRATEGY_NAMES:
                     raise StmedfmError(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, STRATEGY_NAMES)} "
@@ -237,6 +274,8 @@ class StudyConfig:
             or self.leave_out_tasks
             or self.extended_tasks
             or set(self.class_weight_ablation_strategies) - {"scratch"}
+            or (self.budget_tasks and set(self.budget_strategies) - {"scratch"})
+            or (self.data_fraction_tasks and set(self.data_fraction_strategies) - {"scratch"})
         )
 
     def _check_flag(self, param: str, flag: str) -> None:
@@ -282,10 +321,13 @@ def _coerce(key: str, value: Any) -> Any:
         return [int(v) for v in value]
     if key in ("pretrain_tasks", "downstream_tasks", "strategies", "fewshot_strategies", "leave_out_tasks",
                "class_weight_ablation_tasks", "class_weight_ablation_strategies", "leave_out_strategies",
-               "extended_tasks") and isinstance(value, str):
+               "extended_tasks", "budget_strategies", "data_fraction_tasks", "data_fraction_strategies") \
+            and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    if key == "fewshot_tasks" and value is None:
+    if key in ("fewshot_tasks", "budget_tasks") and value is None:
         return {}
+    if key == "data_fractions" and isinstance(value, (list, tuple)):
+        return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
     if key in ("pretrain_tasks", "downstream_tasks") and value is None:
         return []
     return value

@@ -43,6 +43,11 @@ class FlagInfo:
         return self.task.startswith("multi-label")
 
     @property
+    def lateral(self) -> bool:
+        """Whether class names carry a body side ('femur-left'): mirroring an image swaps such labels."""
+        return any(("left" in name or "right" in name) for name in self.labels)
+
+    @property
     def modality(self) -> str:
         return "3D" if self.dim == 3 else "2D"
 

@@ -56,6 +56,17 @@ PRETRAIN_FIELDS = (
 EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency")
 
 
+#: Fields added after the first reference results: part of a run's identity only when not at their default,
+#: so adding them did not change the identity of any finished run.
+LATER_FIELDS = {"flip_policy": "all"}
+
+
+def _fields(cfg: StudyConfig, names) -> dict:
+    fields = {f: getattr(cfg, f) for f in names}
+    fields.update({f: getattr(cfg, f) for f, default in LATER_FIELDS.items() if getattr(cfg, f) != default})
+    return fields
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -66,7 +77,7 @@ class PretrainJob:
     tasks: tuple[str, ...]
 
     def id(self, cfg: StudyConfig) -> str:
-        fields = {f: getattr(cfg, f) for f in PRETRAIN_FIELDS}
+        fields = _fields(cfg, PRETRAIN_FIELDS)
         if cfg.task_sampling != "temperature":
             fields.pop("sampling_alpha")
         return "pretrain-" + _digest({"seed": self.seed, "tasks": self.tasks, **fields})
@@ -85,7 +96,7 @@ class PlannedRun:
 
 def run_id(cfg: StudyConfig, spec: RunSpec) -> str:
     """Identity of a run: its spec, the training fields of the config and its checkpoint's identity."""
-    fields = {f: getattr(cfg, f) for f in TRAINING_FIELDS}
+    fields = _fields(cfg, TRAINING_FIELDS)
     ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg) if spec.pretrain else None
     return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
 

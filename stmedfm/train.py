@@ -63,6 +63,7 @@ class Pool:
     labels: torch.Tensor
     weights: torch.Tensor | None
     batch_size: int
+    flips: bool = True  #: False for label-unsafe flips (flip_policy 'label_safe' on a lateral flag)
 
     def batch(self, g: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.labels)
@@ -71,7 +72,7 @@ class Pool:
         else:
             idx = torch.randint(n, (self.batch_size,), generator=g)
         x = D.to_float(self.images[idx])
-        if augment:
+        if augment and self.flips:
             x = D.random_flip(x, g)
         return x, self.labels[idx]
 
@@ -85,7 +86,8 @@ def make_pool(cfg: StudyConfig, task: str, indices: torch.Tensor | None = None, 
     use_weights = cfg.class_weights if class_weights is None else class_weights
     n_classes = registry.get(task).n_classes
     weights = D.class_weights(labels, n_classes, clip=tuple(cfg.class_weight_clip)) if use_weights else None
-    return Pool(task, images, labels, weights, cfg.batch_size(task))
+    flips = not (cfg.flip_policy == "label_safe" and registry.get(task).lateral)
+    return Pool(task, images, labels, weights, cfg.batch_size(task), flips)
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, pool: Pool, log_normalise: bool = False) -> torch.Tensor:
@@ -200,13 +202,17 @@ class RunSpec:
     class_weights: bool
     pretrain: tuple[str, ...] = ()  #: pretraining tasks of the starting checkpoint; () for scratch
     k: int = 0  #: K-shot per class; 0 = the full train split
-    fewshot_split: int = -1  #: index of the random K-shot split; -1 = none
+    fewshot_split: int = -1  #: index of the random K-shot split or data-fraction repeat; -1 = none
     detail: bool = False  #: also store per-class report, confusion matrix and reliability bins
+    fraction: float = 1.0  #: stratified fraction of the train split (data efficiency); 1.0 = all of it
 
     def key(self) -> dict:
-        return {"task": self.task, "strategy": self.strategy, "seed": self.seed, "steps": self.steps,
-                "lr": self.lr, "class_weights": self.class_weights, "pretrain": "+".join(self.pretrain),
-                "k": self.k, "fewshot_split": self.fewshot_split}
+        key = {"task": self.task, "strategy": self.strategy, "seed": self.seed, "steps": self.steps,
+               "lr": self.lr, "class_weights": self.class_weights, "pretrain": "+".join(self.pretrain),
+               "k": self.k, "fewshot_split": self.fewshot_split}
+        if self.fraction != 1.0:  # only when set, so the identity of every run without it is unchanged
+            key["fraction"] = self.fraction
+        return key
 
 
 @dataclass
@@ -248,6 +254,9 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
     if spec.k:
         g_k = generator(derive_seed(spec.seed, "kshot", spec.task, spec.k, spec.fewshot_split))
         indices = D.kshot_indices(task_data["train"].labels, spec.k, info.n_classes, g_k)
+    elif spec.fraction != 1.0:  # data efficiency: a stratified subset seeded by (seed, task, fraction, repeat)
+        g_f = generator(derive_seed(spec.seed, "fraction", spec.task, spec.fraction, spec.fewshot_split))
+        indices = D.stratified_fraction_indices(task_data["train"].labels, spec.fraction, g_f)
     pool = make_pool(cfg, spec.task, indices, spec.class_weights)
     model = downstream_model(cfg, spec, pretrained).to(device())
     total, trainable = count_parameters(model)

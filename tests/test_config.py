@@ -63,6 +63,7 @@ def test_overrides_parse_as_yaml():
         ({"image_size": 32}, "Unsupported image size 32"),
         ({"image_size": 128}, "organmnist3d"),
         ({"seeds": 0}, "'seeds' must be positive"),
+        ({"flip_policy": "label-safe"}, "Unknown flip_policy 'label-safe'. Did you mean 'label_safe'?"),
     ],
 )
 def test_validation_messages(values, message):

@@ -140,3 +140,16 @@ def test_cli_prints_errors_without_traceback(capsys):
     assert main(["study", "params/does-not-exist.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stmedfm: error: Parameter file") and "Traceback" not in err
+
+
+def test_run_identity_is_stable():
+    """Stored results are found by these ids: a change here orphans every finished run (add fields via LATER_FIELDS)."""
+    from stmedfm.study import PretrainJob
+    from stmedfm.train import RunSpec
+
+    cfg = StudyConfig()
+    spec = RunSpec(task="pathmnist", strategy="lora", seed=0, steps=120, lr=2e-3, class_weights=True,
+                   pretrain=tuple(cfg.pretrain_tasks))
+    assert run_id(cfg, spec) == "run-43f61d1aed33087f"
+    assert PretrainJob(0, tuple(cfg.pretrain_tasks)).id(cfg) == "pretrain-179d0ffcf32bcfe4"
+    assert run_id(cfg.replace(flip_policy="label_safe"), spec) != "run-43f61d1aed33087f"

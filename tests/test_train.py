@@ -48,3 +48,17 @@ def test_run_is_deterministic_and_reports_table4_counts(synthetic_dir):
     assert a.metrics == b.metrics
     assert (a.total_params, a.trainable_params) == (160040, 160040)
     assert {"accuracy", "macro_f1", "macro_auroc", "ece", "brier", "ece_ts", "brier_ts", "temperature"} <= set(a.metrics)
+
+
+def test_label_safe_flips_spare_lateral_flags_only(synthetic_dir):
+    # OrganMNIST3D names body sides ('kidney-left'): mirroring would swap its labels
+    assert registry.get("organmnist3d").lateral and not registry.get("bloodmnist").lateral
+    safe = StudyConfig(data_dir=str(synthetic_dir), flip_policy="label_safe")
+    assert make_pool(safe, "organmnist3d").flips is False
+    assert make_pool(safe, "bloodmnist").flips is True
+    assert make_pool(StudyConfig(data_dir=str(synthetic_dir)), "organmnist3d").flips is True  # the paper flips all
+    pool = make_pool(safe, "organmnist3d")
+    x, _ = pool.batch(generator(0), augment=True)
+    idx = torch.randint(len(pool.labels), (pool.batch_size,), generator=generator(0))
+    from stmedfm.data import to_float
+    assert torch.equal(x, to_float(pool.images[idx]))  # no flip applied
