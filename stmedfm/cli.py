@@ -1,7 +1,8 @@
 """``stmedfm``: the command line of the study.
 
 Commands: ``data`` (registry and local status), ``download`` (official files, MD5-checked), ``params``
-(Table 4), ``synthetic`` (test files of official shapes), ``study`` (run or resume a parameter file),
+(Table 4), ``synthetic`` (test files of official shapes), ``study`` (run or resume a parameter file, locally
+or on a Dask cluster), ``bench`` (our pipeline vs a MedMNIST-style one),
 ``tables`` (paper tables from a result store), ``figures`` (paper figures). Errors a user can act on are printed
 as one paragraph without a traceback, with exit status 2.
 """
@@ -86,8 +87,30 @@ def cmd_study(args) -> None:
     from stmedfm.study import run_study
 
     cfg = _config(args)
-    store = run_study(cfg, out=args.out, progress=not args.quiet)
+    store = run_study(cfg, out=args.out, progress=not args.quiet, scheduler=args.scheduler)
     print(f"study '{cfg.study}': results in {store.root}")
+
+
+def cmd_bench(args) -> None:
+    from stmedfm.bench import run_bench
+
+    run_bench(quick=args.quick, out=args.out, workers=args.workers, synthetic_dir=args.synthetic_dir,
+              real_data_dir=args.data_dir)
+
+
+def cmd_beyond(args) -> None:
+    from stmedfm import beyond
+    from stmedfm.config import parse_overrides
+
+    overrides = parse_overrides(args.param)
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    study = beyond.load(args.params, overrides, out=args.out)
+    tables = beyond.run(study, workers=args.workers, progress=not args.quiet)
+    beyond.write_figures(study, tables)
+    for line in beyond.findings(study, tables):
+        print(f"- {line}")
+    print(f"beyond study '{study.name}': tables in {study.root}, figures in {study.figures}")
 
 
 def cmd_tables(args) -> None:
@@ -144,10 +167,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="result directory (default: results/<study>)")
     p.add_argument("--seeds", help="a count (5) or a list (0,1,2)")
     p.add_argument("--workers", type=int)
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (default: $DASK_SCHEDULER_ADDRESS, else a "
+                        "local process pool; 'local' forces the pool); needs stmedfm[dask]")
     p.add_argument("--data-dir")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("bench", help="our pipeline vs a MedMNIST-style one: throughput, protocol wall time, memory")
+    p.add_argument("--quick", action="store_true", help="tiny files and budgets, well under a minute (CI)")
+    p.add_argument("--out", help="CSV to write (default: results/bench.csv)")
+    p.add_argument("--workers", type=int, help="worker processes of our study runs (default: CPU cores)")
+    p.add_argument("--synthetic-dir", help="where official-size synthetic files are kept (default: the cache)")
+    p.add_argument("--data-dir", help="the real files for params/offline.yaml (default: $STMEDFM_DATA, ...)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("beyond", help="run or resume a beyond study (variants of a study; params/beyond.yaml)")
+    p.add_argument("params", help="beyond parameter file, e.g. params/beyond.yaml")
+    p.add_argument("--out", help="result directory (default: results/<study>)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                   help="override a StudyConfig field in every variant (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_beyond)
 
     p = sub.add_parser("tables", help="write the paper's tables (CSV + markdown) from a result store")
     p.add_argument("results", help="result directory, e.g. results/offline")

@@ -21,18 +21,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import multiprocessing as mp
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -198,6 +197,20 @@ def atomic_torch_save(path: Path, obj) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 class ResultStore:
     """The files of one study under ``results/<study>/`` (see the module docstring)."""
 
@@ -334,25 +347,27 @@ def preflight(cfg: StudyConfig) -> None:
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-@lru_cache(maxsize=4)
-def _load_checkpoint(path: str) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _pretrain_job(cfg_dict: dict, job: PretrainJob, ckpt: str, loss_csv: str) -> tuple[PretrainJob, float]:
+# Tasks are pure functions of picklable arguments and return everything the client stores: workers never touch
+# the result store, so they may run in this process, in a local pool or on the machines of a Dask cluster.
+# Checkpoints travel as bytes (the serialised state dict): returned by the pretraining task, written to
+# checkpoints/ by the client, and handed to the runs that need them through Executor.share.
+def _pretrain_job(cfg_dict: dict, job: PretrainJob) -> tuple[bytes, str, float]:
+    """Pretrain; return (checkpoint as torch.save bytes, loss table as CSV text, seconds)."""
     t0 = time.perf_counter()
     cfg = StudyConfig.from_dict(cfg_dict)
     state, losses = pretrain(cfg, list(job.tasks), job.seed)
-    atomic_torch_save(Path(ckpt), state)
-    atomic_write_csv(Path(loss_csv), losses)
-    return job, time.perf_counter() - t0
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue(), losses.to_csv(index=False), time.perf_counter() - t0
 
 
-def _run_job(cfg_dict: dict, rid: str, spec: RunSpec, ckpt: str | None) -> tuple[str, RunResult]:
+@lru_cache(maxsize=4)
+def _load_checkpoint(blob: bytes) -> dict:
+    """A checkpoint's state dict, deserialised once per worker process and reused by the runs that start from it."""
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+def _run_job(cfg_dict: dict, rid: str, spec: RunSpec, ckpt: bytes | None) -> tuple[str, RunResult]:
     cfg = StudyConfig.from_dict(cfg_dict)
     state = _load_checkpoint(ckpt) if ckpt else None
     return rid, run_downstream(cfg, spec, state)
@@ -366,33 +381,6 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(before)
-
-
-class _InlineFuture:
-    def __init__(self, fn, args):
-        self._fn, self._args = fn, args
-
-    def result(self):
-        return self._fn(*self._args)
-
-
-def _execute(fn, argsets: list[tuple], workers: int) -> Iterator:
-    """Results of ``fn(*args)`` for every argset, as they finish (in-process when one worker)."""
-    if workers <= 1 or len(argsets) <= 1:
-        with single_thread():
-            for args in argsets:
-                yield fn(*args)
-        return
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(argsets)), mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(fn, *args) for args in argsets]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
 
 
 def estimated_cost(cfg: StudyConfig, spec: RunSpec) -> float:
@@ -409,9 +397,22 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+#: Pretraining jobs start before any run: each one unblocks many runs.
+PRETRAIN_PRIORITY = 10**12
+
+
 def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: bool = True,
-              workers: int | None = None) -> ResultStore:
-    """Run (or resume) every planned run of ``cfg``; returns the store with its tidy tables rebuilt."""
+              workers: int | None = None, scheduler=None) -> ResultStore:
+    """Run (or resume) every planned run of ``cfg``; returns the store with its tidy tables rebuilt.
+
+    Runs execute on a local process pool of ``workers`` processes (default: ``cfg.workers``, else CPU cores;
+    one worker = in this process), or on a Dask cluster when ``scheduler`` (an address such as
+    ``tcp://host:8786`` or a ``distributed.Client``) or ``$DASK_SCHEDULER_ADDRESS`` is given; ``'local'`` forces
+    the pool. Scratch runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is
+    written. The numbers do not depend on any of this.
+    """
+    from stmedfm.executors import Task, executor_for, run_tasks
+
     preflight(cfg)
     store = ResultStore(out or paths.results_dir(cfg.study))
     store.write_config(cfg)
@@ -419,32 +420,68 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     planned = plan(cfg)
     cfg_dict = cfg.to_dict()
 
-    jobs = sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
-    todo_jobs = [j for j in jobs if not store.has_checkpoint(j.id(cfg))]
-    if todo_jobs:
-        bar = tqdm(total=len(todo_jobs), desc="pretraining", disable=not progress)
-        args = [(cfg_dict, j, str(store.checkpoint_path(j.id(cfg))), str(store.loss_path(j.id(cfg)))) for j in todo_jobs]
-        for job, secs in _execute(_pretrain_job, args, workers):
-            bar.update()
-            bar.write(f"pretrained seed={job.seed} on {'+'.join(job.tasks)} in {secs:.1f} s")
-        bar.close()
-
     unique: dict[str, PlannedRun] = {}
     for p in planned:
         unique.setdefault(run_id(cfg, p.spec), p)
     todo = [(rid, p) for rid, p in unique.items() if not store.has_run(rid)]
-    todo.sort(key=lambda item: -estimated_cost(cfg, item[1].spec))  # longest first: no straggler at the end
-    if todo:
-        bar = tqdm(total=len(todo), desc=f"study {cfg.study}", disable=not progress)
-        args = [(cfg_dict, rid, p.spec, str(store.checkpoint_path(p.pretrain_job.id(cfg))) if p.pretrain_job else None)
-                for rid, p in todo]
-        for rid, result in _execute(_run_job, args, workers):
-            store.write_run(rid, result)
+    jobs = sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+    todo_jobs = {j.id(cfg): j for j in jobs if not store.has_checkpoint(j.id(cfg))}
+    if not todo and not todo_jobs:
+        store.consolidate(cfg)
+        return store
+
+    users: dict[str, int] = defaultdict(int)  # job id -> runs still to start from its checkpoint
+    for _, p in todo:
+        if p.pretrain_job:
+            users[p.pretrain_job.id(cfg)] += 1
+    tasks = [Task(jid, _pretrain_job, (cfg_dict, job), PRETRAIN_PRIORITY - i, payload=job)
+             for i, (jid, job) in enumerate(todo_jobs.items())]
+    with executor_for(workers, scheduler, n_tasks=len(todo) + len(todo_jobs)) as executor:
+        shared: dict[str, object] = {}  # job id -> checkpoint handle (Executor.share of its bytes)
+
+        def checkpoint(jid: str):
+            if jid not in shared:  # from an earlier (resumed) study: read once from the store
+                shared[jid] = executor.share(store.checkpoint_path(jid).read_bytes())
+            return shared[jid]
+
+        def run_args(rid: str, p: PlannedRun):
+            return lambda: (cfg_dict, rid, p.spec, checkpoint(p.pretrain_job.id(cfg)) if p.pretrain_job else None)
+
+        for rid, p in todo:
+            jid = p.pretrain_job.id(cfg) if p.pretrain_job else None
+            tasks.append(Task(rid, _run_job, run_args(rid, p), estimated_cost(cfg, p.spec),
+                              after=(jid,) if jid in todo_jobs else (), payload=p))  # longest first
+        bar = tqdm(total=len(tasks), desc=f"study {cfg.study}", disable=not progress)
+        if progress:
+            bar.write(f"{len(todo_jobs)} pretraining jobs and {len(todo)} runs on {executor.describe()}")
+
+        def on_result(task: Task, result) -> None:
             bar.update()
-            s, m = result.spec, result.metrics
-            bar.write(f"{unique[rid].experiment:13s} {s.task} {s.strategy} seed={s.seed}"
+            if isinstance(task.payload, PretrainJob):
+                blob, loss_csv, secs = result
+                atomic_write_bytes(store.checkpoint_path(task.key), blob)
+                atomic_write_text(store.loss_path(task.key), loss_csv)
+                if users[task.key]:
+                    shared[task.key] = executor.share(blob)
+                job = task.payload
+                bar.write(f"pretrained seed={job.seed} on {'+'.join(job.tasks)} in {secs:.1f} s")
+                return
+            rid, res = result
+            store.write_run(rid, res)
+            p = task.payload
+            if p.pretrain_job:
+                jid = p.pretrain_job.id(cfg)
+                users[jid] -= 1
+                if not users[jid] and jid in shared:
+                    executor.release(shared.pop(jid))
+            s, m = res.spec, res.metrics
+            bar.write(f"{p.experiment:13s} {s.task} {s.strategy} seed={s.seed}"
                       f"{f' K={s.k} split={s.fewshot_split}' if s.k else ''}: acc {m['accuracy']:.3f} "
-                      f"AUROC {m['macro_auroc']:.3f} ECE {m['ece']:.3f} ({result.seconds:.1f} s)")
-        bar.close()
+                      f"AUROC {m['macro_auroc']:.3f} ECE {m['ece']:.3f} ({res.seconds:.1f} s)")
+
+        try:
+            run_tasks(executor, tasks, on_result)
+        finally:
+            bar.close()
     store.consolidate(cfg)
     return store

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ from stmedfm import data as D
 from stmedfm import registry
 from stmedfm.calibration import apply_temperature, fit_temperature, softmax
 from stmedfm.config import StudyConfig
-from stmedfm.metrics import classification_metrics
+from stmedfm.metrics import brier, classification_metrics, ece, nll
 from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
 
@@ -172,13 +173,75 @@ def pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> tuple[dict, pd.Da
 
 
 # ---------------------------------------------------------------------------------------------------------------
+class _Replay(torch.nn.Module):
+    """Stands in for a stem during evaluation: returns the stem's recorded output batches, in order."""
+
+    def __init__(self, outputs: list[torch.Tensor]) -> None:
+        super().__init__()
+        self._outputs = iter(outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = next(self._outputs)
+        if z.shape[0] != x.shape[0]:
+            raise RuntimeError("replayed stem features do not match the evaluation batches")
+        return z
+
+
+#: Stem outputs of evaluation splits, per (stem weights, split, batching): see :func:`predict_logits`.
+_STEM_CACHE: OrderedDict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = OrderedDict()
+STEM_CACHE_SIZE = 32
+
+
+def _weights_digest(module: torch.nn.Module) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in module.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()
+
+
 @torch.inference_mode()
-def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Logits of a whole split, in evaluation batches, without autograd bookkeeping."""
+def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: int,
+                   reuse: tuple | None = None) -> np.ndarray:
+    """Logits of a whole split, in evaluation batches, without autograd bookkeeping.
+
+    ``reuse`` = ``(split images, *names)``, the loaded split ``images`` come from and what names the rows taken
+    from it (task, split, subset digest), lets runs whose stem is frozen share its work: LoRA, adapters and the linear probe never change the convolutional stem, so every such run from the
+    same checkpoint would compute the same stem outputs on the same batches. They are recorded once per process,
+    keyed by a digest of the stem's weights, the split and the batching, and replayed through the model's own
+    forward (the stem module is swapped for a replay of its outputs), so the logits are bit-identical. Evaluating
+    the stem is most of the cost of evaluation, and evaluation most of the cost of a few-shot run.
+    """
     model.eval()
     dev = next(model.parameters()).device
-    out = [model(D.to_float(images[i:i + batch_size]).to(dev), task).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    starts = range(0, len(images), batch_size)
+    name = "stem3d" if model.task_dims.get(task) == 3 else "stem2d"
+    stem = getattr(model, name)
+    key = source = None
+    if reuse is not None and not any(p.requires_grad for p in stem.parameters()):
+        source, *names = reuse
+        key = (_weights_digest(stem), id(source), tuple(names), len(images), batch_size, str(dev),
+               torch.get_num_threads())
+    hit = _STEM_CACHE.get(key) if key is not None else None
+    if hit is not None and hit[0] is source:  # the very split recorded (a reloaded file is another tensor)
+        _STEM_CACHE.move_to_end(key)
+        setattr(model, name, _Replay(hit[1]))
+        try:
+            out = [model(D.to_float(images[i:i + batch_size]).to(dev), task).float().cpu() for i in starts]
+        finally:
+            setattr(model, name, stem)
+        return torch.cat(out).double().numpy()
+    recorded: list[torch.Tensor] = []
+    handle = stem.register_forward_hook(lambda m, a, z: recorded.append(z.clone())) if key is not None else None
+    try:
+        out = [model(D.to_float(images[i:i + batch_size]).to(dev), task).float().cpu() for i in starts]
+    finally:
+        if handle is not None:
+            handle.remove()
+    if key is not None:
+        _STEM_CACHE[key] = (source, recorded)  # holding source keeps its id from being reused
+        while len(_STEM_CACHE) > STEM_CACHE_SIZE:
+            _STEM_CACHE.popitem(last=False)
     return torch.cat(out).double().numpy()
 
 
@@ -269,14 +332,18 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
         s = task_data[split]
         sub = eval_subset(len(s), cfg, spec.task, split)
         images, y = (s.images, s.labels) if sub is None else (s.images[sub], s.labels[sub])
-        logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task))
+        # runs with a frozen stem from the same checkpoint share the stem's outputs (see predict_logits)
+        rows = None if sub is None else hashlib.sha1(sub.numpy().tobytes()).hexdigest()
+        reuse = (s.images, spec.task, split, rows)
+        logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse)
         labels[split] = y.numpy()
     probs = softmax(logits["test"])
     metrics = classification_metrics(labels["test"], probs)
     if cfg.temperature_scaling:
         temperature = fit_temperature(logits["val"], labels["val"])
-        scaled = classification_metrics(labels["test"], apply_temperature(logits["test"], temperature))
-        metrics.update({f"{m}_ts": scaled[m] for m in ("ece", "brier", "nll")})
+        scaled = apply_temperature(logits["test"], temperature)  # only what is reported after scaling:
+        metrics.update({"ece_ts": ece(labels["test"], scaled), "brier_ts": brier(labels["test"], scaled),
+                        "nll_ts": nll(labels["test"], scaled)})  # the same functions classification_metrics uses
         metrics["temperature"] = temperature
     extras = {}
     if spec.detail:

@@ -88,6 +88,21 @@ def test_width_128_count():
     assert count_parameters(STMedFM(["pathmnist"], width=128)) == (352041, 352041)
 
 
+@pytest.mark.parametrize(("strategy", "total", "trainable"), [
+    # LoRA r=4 on fc1 (128->256) and fc2 (256->128) of both blocks: 4*(128+256) per layer * 4 layers = 6144;
+    # trainable = LoRA 6144 + 3 LayerNorms 3*2*128 = 768 + head 1161 = 8073 (width 64: 3072 + 384 + 585 = 4041)
+    ("lora", 352041 + 6144, 8073),
+    # adapter (bottleneck 16) per block: down 128*16+16 = 2064, up 16*128+128 = 2176 -> 4240; 2 blocks 8480;
+    # trainable = 8480 + 768 + 1161 = 10409 (width 64: 4256 + 384 + 585 = 5225)
+    ("adapter", 352041 + 8480, 10409),
+    ("linear_probe", 352041, 1161),  # head 128*9 + 9
+    ("full", 352041, 352041),
+])
+def test_width_128_counts_per_strategy(strategy, total, trainable):
+    torch.manual_seed(0)
+    assert count_parameters(prepare(STMedFM(["pathmnist"], width=128), strategy, "pathmnist")) == (total, trainable)
+
+
 def test_ln_affine_false_count():
     # the 3 LayerNorms (2 blocks + final) lose 3 * 128 = 384 parameters: 160105 - 384
     model = STMedFM(["pathmnist"], ln_affine=False)

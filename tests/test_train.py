@@ -1,5 +1,7 @@
 """Training pieces: task sampling, class-weighted pools, determinism of a run."""
 
+import math
+
 import pytest
 import torch
 
@@ -62,3 +64,59 @@ def test_label_safe_flips_spare_lateral_flags_only(synthetic_dir):
     idx = torch.randint(len(pool.labels), (pool.batch_size,), generator=generator(0))
     from stmedfm.data import to_float
     assert torch.equal(x, to_float(pool.images[idx]))  # no flip applied
+
+
+# --- training options beyond the paper (UMedPT): accumulation step, loss normalisation -------------------------
+def _count_optimizer_steps(monkeypatch):
+    import stmedfm.train as train_mod
+
+    calls = {"step": 0}
+    real = train_mod._optimizer
+
+    def counting(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        step = opt.step
+
+        def counted(*a, **k):
+            calls["step"] += 1
+            return step(*a, **k)
+
+        opt.step = counted
+        return opt
+
+    monkeypatch.setattr(train_mod, "_optimizer", counting)
+    return calls
+
+
+@pytest.mark.parametrize("sampling", ["all_tasks", "proportional"])
+def test_pretraining_step_touches_every_task_once_per_update_under_all_tasks(synthetic_dir, monkeypatch, sampling):
+    from stmedfm.train import pretrain
+
+    tasks = ["bloodmnist", "dermamnist", "organmnist3d"]
+    cfg = StudyConfig(data_dir=str(synthetic_dir), pretrain_tasks=tasks, pretrain_steps=4, task_sampling=sampling,
+                      batch_size_3d=2)
+    calls = _count_optimizer_steps(monkeypatch)
+    _, losses = pretrain(cfg, tasks, seed=0)
+    assert calls["step"] == 4  # one optimiser update per step, whatever the sampler
+    assert sorted(losses["step"].unique()) == [0, 1, 2, 3]
+    per_step = losses.groupby("step")["task"].agg(list)
+    if sampling == "all_tasks":  # one batch of every task, each exactly once, accumulated before the update
+        assert all(sorted(ts) == sorted(tasks) for ts in per_step)
+    else:
+        assert all(len(ts) == 1 for ts in per_step)
+
+
+def test_loss_log_normalisation_values():
+    from stmedfm.train import Pool, loss_fn
+
+    pool = Pool("bloodmnist", torch.empty(0), torch.empty(0), None, 32)
+    y = torch.tensor([0, 3])
+    zeros = torch.zeros(2, 8)  # uniform prediction over C = 8: cross-entropy log 8, divided by log 8 = 1
+    assert loss_fn(zeros, y, pool).item() == pytest.approx(math.log(8))
+    assert loss_fn(zeros, y, pool, log_normalise=True).item() == pytest.approx(1.0)
+    # logits (2, 0, ..., 0), true class 0: CE = log(e^2 + 7) - 2 = 2.666468 - 2 = 0.666468; / log 8 (2.079442) = 0.320503
+    logits = torch.zeros(1, 8)
+    logits[0, 0] = 2.0
+    assert loss_fn(logits, torch.tensor([0]), pool, log_normalise=True).item() == pytest.approx(0.320503, abs=1e-6)
+    # binary task (C = 2): divided by log 2
+    assert loss_fn(torch.zeros(1, 2), torch.tensor([1]), pool, log_normalise=True).item() == pytest.approx(1.0)
