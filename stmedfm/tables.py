@@ -37,7 +37,7 @@ def paper_results() -> pd.DataFrame:
     """The paper's published numbers, one row per (table, task, strategy, variant, k, class, metric)."""
     with resources.files("stmedfm").joinpath("paper_results.csv").open() as fh:
         frame = pd.read_csv(fh, dtype={"variant": str})
-    frame["variant"] = frame["variant"].fillna("")
+    frame["variant"] = frame["variant"].astype(object).fillna("")
     frame["class"] = frame["class"].astype("Int64")
     return frame
 
@@ -92,7 +92,7 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
 
     cfg = store.config()
     metrics = store.table("metrics")
-    metrics["variant"] = metrics["variant"].fillna("")
+    metrics["variant"] = metrics["variant"].astype(object).fillna("")  # all-empty columns are read as float
     tables: dict[str, pd.DataFrame] = {}
 
     params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, width=cfg.width)
@@ -140,11 +140,14 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def _cell(mean, ci=np.nan, paper=np.nan) -> str:
-    """'0.634 ± 0.012' (integers plain), with the paper's value in brackets when known."""
+COUNT_METRICS = ("support", "total_params", "trainable_params", "steps")
+
+
+def _cell(mean, ci=np.nan, paper=np.nan, count=False) -> str:
+    """'0.634 ± 0.012' (counts plain), with the paper's value in brackets when known."""
     if pd.isna(mean):
         return ""
-    if float(mean).is_integer() and abs(mean) >= 100:
+    if count or (float(mean).is_integer() and abs(mean) >= 100):
         text = f"{int(mean)}"
     else:
         text = f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
@@ -159,7 +162,8 @@ def format_markdown(frame: pd.DataFrame) -> str:
 
     if frame.empty or "mean" not in frame.columns:
         return markdown(frame)
-    cells = frame.apply(lambda r: _cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan)), axis=1)
+    cells = frame.apply(lambda r: _cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan),
+                                        r.get("metric") in COUNT_METRICS), axis=1)
     show = frame.assign(ours=cells)
     if "metric" in show.columns and show["metric"].nunique() > 1:
         keys = [c for c in show.columns if c not in ("metric", "mean", "ci95", "n", "paper", "delta", "ours",

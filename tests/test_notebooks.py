@@ -1,0 +1,209 @@
+"""The committed notebooks (numbered 01-08, no outputs except nbval reference outputs, a parameters cell that
+defines only ``params``, badges, the Colab cell) and the helpers of stmedfm.notebook they call.
+
+Running the notebooks is nbval's job: ``pytest --nbval-lax notebooks/`` (part of ``make test``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from matplotlib.figure import Figure
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from stmedfm import notebook as nb
+from stmedfm import paths, registry
+from stmedfm.config import StudyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+FILES = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def test_the_numbered_notebooks_exist():
+    assert [f.stem for f in FILES] == list(nb.NOTEBOOKS)
+    assert [f.stem[:2] for f in FILES] == [f"{i:02d}" for i in range(1, len(nb.NOTEBOOKS) + 1)]
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_committed_notebook_is_clean(path):
+    """No outputs or execution counts except nbval's reference outputs; parameters cell first, defining only
+    ``params`` (the smoke file); badges; the Colab cell; no cell binding a StudyConfig field name."""
+    found = nb.problems(path)
+    assert not found, (f"{path.name}: " + "; ".join(found) +
+                       ". Fix with `python -m stmedfm.notebook strip` (outputs) or `... refresh` (reference outputs).")
+    first = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][0]
+    default = nb.NOTEBOOK_PARAMS.get(path.stem, nb.DEFAULT_PARAMS)
+    assert first.source.strip() == f'params = "{default}"'
+
+
+def test_reference_outputs_exist_where_the_issue_asks_for_them():
+    """Dataset sizes (01) and parameter counts / shapes (02) are checked by nbval; no other notebook has outputs."""
+    checked = {}
+    for path in FILES:
+        cells = [c for c in nbformat.read(path, as_version=4).cells if nb.is_checked(c)]
+        checked[path.stem] = cells
+        assert all(c.outputs for c in cells)
+    assert len(checked["01_data"]) >= 1 and "34561" in checked["01_data"][0].outputs[0]["text"]
+    table4 = "".join(o["text"] for c in checked["02_architecture"] for o in c.outputs)
+    assert "4041" in table4 and "160105" in table4 and " no\n" not in table4
+    assert all(not cells for name, cells in checked.items() if name not in ("01_data", "02_architecture"))
+
+
+def test_links_come_from_one_constant():
+    assert nb.colab_url("01_data") == (f"https://colab.research.google.com/github/{nb.GITHUB_REPO}/blob/"
+                                       f"{nb.GITHUB_BRANCH}/notebooks/01_data.ipynb")
+    assert nb.binder_url("01_data").endswith(
+        f"/v2/gh/{nb.GITHUB_REPO}/{nb.GITHUB_BRANCH}?labpath=notebooks%2F01_data.ipynb")
+    assert nb.github_url() in nb.colab_cell()
+
+
+def test_readme_has_the_badges_and_every_notebook():
+    readme = (ROOT / "README.md").read_text()
+    assert nb.badges() in readme
+    for name in nb.NOTEBOOKS:
+        assert nb.colab_url(name) in readme, name
+    # every GitHub / Colab / Binder link to the project uses the one constant
+    texts = [readme, *(p.read_text() for p in FILES)]
+    for text in texts:
+        for repo in re.findall(r"(?:colab\.research\.google\.com/github|mybinder\.org/v2/gh|github\.com)/"
+                               r"([\w.-]+/[\w.-]+)", text):
+            assert repo == nb.GITHUB_REPO
+
+
+# --- the maintenance helpers ----------------------------------------------------------------------------------------
+def _notebook(*cells):
+    book = new_notebook(cells=[new_markdown_cell(nb.badges("01_data")), *cells])
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return book
+
+
+def _params():
+    cell = new_code_cell('params = "params/smoke.yaml"')
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def test_is_checked_follows_nbval():
+    assert nb.is_checked(new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"))
+    assert nb.is_checked(new_code_cell("x = 1\n#   NBVAL_CHECK_OUTPUT  \nprint(x)"))
+    assert not nb.is_checked(new_code_cell("# NBVAL_CHECK_OUTPUT  sizes\nprint(1)"))  # nbval ignores this line
+    assert not nb.is_checked(new_markdown_cell("# NBVAL_CHECK_OUTPUT"))
+
+
+def test_strip_keeps_only_reference_outputs(tmp_path):
+    checked = new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)", execution_count=7,
+                            outputs=[new_output("stream", name="stdout", text="1\n"),
+                                     new_output("stream", name="stderr", text="warning\n")])
+    plain = new_code_cell("1 + 1", execution_count=8, outputs=[new_output("execute_result", data={"text/plain": "2"},
+                                                                           execution_count=8)])
+    book = nb.strip(_notebook(_params(), new_code_cell(nb.colab_cell()), checked, plain))
+    assert checked.outputs == [new_output("stream", name="stdout", text="1\n")] and checked.execution_count == 3
+    assert plain.outputs == [] and plain.execution_count is None
+    path = tmp_path / "01_data.ipynb"
+    nbformat.write(book, path)
+    assert nb.problems(path) == []
+
+
+def test_problems_names_what_is_wrong(tmp_path):
+    params = new_code_cell('params = "params/smoke.yaml"\nseeds = 3')  # not tagged, and defines more than params
+    leak = new_code_cell("from stmedfm import notebook\nstrategies = ['full']")
+    unrun = new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)")
+    output = new_code_cell("1", execution_count=1, outputs=[new_output("execute_result", data={"text/plain": "1"},
+                                                                        execution_count=1)])
+    path = tmp_path / "01_data.ipynb"
+    nbformat.write(_notebook(params, new_code_cell("pass"), leak, unrun, output), path)
+    text = "\n".join(nb.problems(path))
+    assert "not tagged 'parameters'" in text
+    assert "must define only 'params'" in text
+    assert "Colab install cell" in text
+    assert "['strategies']" in text
+    assert "has no reference output" in text
+    assert "has outputs but no" in text
+
+
+# --- the data and architecture helpers, on synthetic files of official shapes -------------------------------------
+@pytest.fixture
+def synthetic_cfg(synthetic_dir) -> StudyConfig:
+    return StudyConfig(data_dir=str(synthetic_dir))  # the paper's four flags, 2D and 3D
+
+
+def test_table1_and_split_sizes(synthetic_cfg):
+    t1 = nb.table1(synthetic_cfg).set_index("flag")
+    assert list(t1.index) == ["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"]
+    assert set(t1["status"]) == {"verified"}  # synthetic files are listed in their MANIFEST.json
+    assert t1.loc["organmnist3d", "input shape"] == "(28, 28, 28)"
+    assert "pretraining task 1" in t1.loc["pathmnist", "roles"] and "calibration task" in t1.loc["pathmnist", "roles"]
+    sizes = nb.split_sizes(synthetic_cfg).set_index("flag")
+    assert sizes.loc["organmnist3d", "loaded as"] == "(1, 28, 28, 28)"
+    assert sizes.loc["pathmnist", "train"] == 48 and sizes.loc["pathmnist", "official sizes"] == "no"
+
+
+def test_class_distribution_and_weights(synthetic_cfg):
+    dist = nb.class_distribution(synthetic_cfg)
+    assert len(dist) == sum(registry.get(t).n_classes for t in synthetic_cfg.all_tasks())
+    for _, d in dist.groupby("task"):
+        assert d["train share"].sum() == pytest.approx(1.0)
+        assert d["weight"].mean() == pytest.approx(1.0, abs=1e-5)
+    summary = nb.imbalance_summary(dist).set_index("task")
+    assert summary.loc["organmnist3d", "classes"] == 11
+    off = nb.class_distribution(synthetic_cfg.replace(class_weights=False))
+    assert set(off["weight"]) == {1.0}
+    assert isinstance(nb.fig_class_distribution(dist), Figure)
+
+
+def test_fig_samples_2d_grid_and_3d_slices(synthetic_cfg):
+    grid = nb.fig_samples("dermamnist", synthetic_cfg, per_class=3)
+    assert len(grid.axes) == 7 * 3
+    slices = nb.fig_samples("organmnist3d", synthetic_cfg)
+    assert len(slices.axes) == 11 * 3
+    assert [ax.get_title() for ax in slices.axes[:3]] == ["axial (mid z)", "coronal (mid y)", "sagittal (mid x)"]
+
+
+def test_architecture_and_parameter_counts():
+    cfg = StudyConfig()
+    arch = nb.architecture_table(nb.study_model(cfg)).set_index("component")["parameters"]
+    assert arch["2D stem"] == 56_320 and arch["3D stem"] == 69_664 and arch["shared encoder"] == 33_536
+    assert arch["LoRA"] == 3_072 and arch["adapters"] == 4_256 and arch["task head (pathmnist)"] == 585
+    plain = nb.architecture_table(nb.study_model(cfg).__class__(["bloodmnist"]))
+    assert "LoRA" not in set(plain["component"])
+    t4 = nb.table4_against_paper()
+    assert len(t4) == 16 and set(t4["same as paper"]) == {"yes"}
+
+
+def test_forward_shapes():
+    shapes = nb.forward_shapes(StudyConfig()).set_index("flag")
+    assert list(shapes["logits"]) == [(2, 8), (2, 11), (2, 11), (2, 11)]
+    assert shapes.loc["organmnist3d", "batch"] == (2, 1, 28, 28, 28)
+    assert set(shapes["encoder"]) == {(2, 64)}
+
+
+# --- config, setup, tables and figures of a tiny study on synthetic files ---------------------------------------------
+def test_config_takes_papermill_overrides_from_the_namespace():
+    cfg = nb.config("params/smoke.yaml", {"seeds": 3, "pretrain_steps": "7", "unrelated": 1, "_private": 2})
+    assert cfg.study == "smoke" and cfg.seeds == [0, 1, 2] and cfg.pretrain_steps == 7
+
+
+@pytest.mark.slow
+def test_setup_runs_then_reuses_and_writes_tables_and_figures(synthetic_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path))
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump({
+        "study": "tiny", "data_dir": str(synthetic_dir), "workers": 1, "pretrain_tasks": ["bloodmnist", "dermamnist"],
+        "pretrain_steps": 2, "downstream_tasks": ["bloodmnist"], "strategies": ["scratch", "full"],
+        "scratch_steps_2d": 2, "finetune_steps_2d": 2, "fewshot_tasks": {}, "class_weight_ablation_tasks": [],
+        "leave_out_tasks": [], "extended_tasks": [], "calibration_task": "bloodmnist"}))
+    cfg, store = nb.setup(str(params), {})
+    assert store.root == tmp_path / "results" / "tiny"
+    assert "2 runs in results/tiny (0 reused, 2 computed" in capsys.readouterr().out
+    _, _ = nb.setup(str(params), {})
+    assert "(2 reused, 0 computed" in capsys.readouterr().out
+    tables = nb.study_tables(store)
+    assert (store.root / "tables" / "table7_auroc.md").is_file()
+    assert set(tables["table7_auroc"]["strategy"]) == {"scratch", "full"}
+    fig = nb.fig_class_distribution(nb.class_distribution(cfg))
+    assert nb.save_figure(fig, "figX", cfg) is fig
+    assert {p.name for p in (tmp_path / "figures" / "tiny").iterdir()} == {"figX.png", "figX.svg"}
