@@ -411,7 +411,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     the pool. Scratch runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is
     written. The numbers do not depend on any of this.
     """
-    from stmedfm.executors import Task, executor_for, run_tasks
+    from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
 
     preflight(cfg)
     store = ResultStore(out or paths.results_dir(cfg.study))
@@ -437,6 +437,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     tasks = [Task(jid, _pretrain_job, (cfg_dict, job), PRETRAIN_PRIORITY - i, payload=job)
              for i, (jid, job) in enumerate(todo_jobs.items())]
     with executor_for(workers, scheduler, n_tasks=len(todo) + len(todo_jobs)) as executor:
+        if not isinstance(executor, InlineExecutor):
+            D._load_cached.cache_clear()  # the workers load the data; the client only needed it for preflight
         shared: dict[str, object] = {}  # job id -> checkpoint handle (Executor.share of its bytes)
 
         def checkpoint(jid: str):

@@ -1,0 +1,512 @@
+"""``stmedfm bench``: our pipeline side by side with a MedMNIST-style one, on the same machine, in one run.
+
+The **baseline** is how MedMNIST's own examples train: a per-item ``torch.utils.data.Dataset`` that turns each
+image into a PIL image and then into a tensor with per-item transforms (ToTensor, Normalize(0.5, 0.5), random
+flips; written here with PIL and numpy, no torchvision), batched by a ``DataLoader`` in the same process, fed to
+the model in the default contiguous NCHW layout, fp32, under ``torch.no_grad()`` for evaluation, every run in
+one process with torch's default threads, glibc's default allocator. 3D volumes cannot be PIL images, so their
+per-item transforms are numpy (as MedMNIST's 3D examples do). It trains the same model with the same batch
+sizes, budgets, batch indices and evaluation splits as ours; it only differs in how batches are made and fed.
+
+**Ours** is the study as shipped: whole batches indexed from in-memory uint8 tensors, converted and flipped as
+one tensor op, channels-last stems, evaluation under ``inference_mode`` with the frozen stem's outputs shared
+between runs, the tuned allocator, runs fanned out over one single-thread process per core.
+
+Measures (one row each in ``results/bench.csv``: measure, ours, baseline, ratio = ours / baseline, unit, machine):
+
+* train throughput 2D (batch 32) and 3D (batch 8), eval throughput 2D (batch 256) and 3D (batch 32), in
+  samples/s, one thread each side (so the pipelines are compared, not the thread counts);
+* wall time of ``params/paper.yaml`` (1 seed, and 5 seeds for ours) on synthetic files of the official shapes
+  and sizes, since compute does not depend on pixel values; the same protocol through the baseline loop; and
+  ``params/offline.yaml`` on the real files when they are present;
+* peak memory: the largest sum of RSS over the process tree of a protocol run (sampled with psutil; without
+  psutil, the client's peak plus the largest worker's, from ``getrusage``).
+
+``--quick`` (CI) runs the same code on tiny files with tiny budgets in well under a minute: its numbers show the
+plumbing works, not how fast anything is (process start-up dominates them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from stmedfm import data as D
+from stmedfm import paths, registry
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+
+COLUMNS = ["measure", "ours", "baseline", "ratio", "unit", "machine"]
+PAPER_FLAGS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
+
+#: --quick: a fixed subset of the paper's protocol (one 2D and the 3D task, three strategies, few-shot K=1 on 3D)
+#: on tiny files with budgets of a few steps: it exercises every code path of both sides, fast
+QUICK_N = {"train": 48, "val": 16, "test": 32}
+QUICK_OVERRIDES = dict(seeds=1, pretrain_tasks=["bloodmnist", "organmnist3d"], pretrain_steps=4,
+                       downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
+                       scratch_steps_2d=3, scratch_steps_3d=2, finetune_steps_2d=3, finetune_steps_3d=2,
+                       fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1], fewshot_splits=1,
+                       fewshot_strategies=["full", "adapter"], class_weight_ablation_tasks=[], leave_out_tasks=[],
+                       extended_tasks=[], calibration_task="bloodmnist")
+THROUGHPUT = {  # steps / samples per measure: (quick, full)
+    "train_2d": (8, 150), "train_3d": (3, 40), "eval_2d": (512, 4096), "eval_3d": (64, 320),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the baseline: a MedMNIST-style per-item pipeline
+class PerItem2D(Dataset):
+    """MedMNIST's ``__getitem__``: array -> PIL image (grayscale converted to RGB, as ``as_rgb=True``) -> per-item
+    random flips (RandomHorizontalFlip / RandomVerticalFlip on the PIL image) -> ToTensor -> Normalize(.5, .5)."""
+
+    def __init__(self, split: D.Split, n_channels: int, flip: bool, seed: int = 0) -> None:
+        x = split.images
+        # MedMNIST's own layout: (N, H, W) for grayscale, (N, H, W, 3) for RGB
+        self.images = x[:, 0].numpy().copy() if n_channels == 1 else x.permute(0, 2, 3, 1).contiguous().numpy()
+        self.labels = split.labels.numpy()
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i]).convert("RGB")
+        if self.flip:
+            if self.rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if self.rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        x = np.asarray(img, dtype=np.float32) / 255.0  # ToTensor: HWC [0, 255] -> CHW [0, 1]
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        x = (x - 0.5) / 0.5  # Normalize(mean=.5, std=.5)
+        return x, int(self.labels[i])
+
+
+class PerItem3D(Dataset):
+    """MedMNIST 3D style: one volume at a time as a numpy array, per-item flips, scaled to [-1, 1]."""
+
+    def __init__(self, split: D.Split, flip: bool, seed: int = 0) -> None:
+        self.images = split.images.numpy()  # (N, 1, D, H, W)
+        self.labels = split.labels.numpy()
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].astype(np.float32) / 255.0
+        if self.flip:
+            for axis in (1, 2, 3):
+                if self.rng.random() < 0.5:
+                    x = np.flip(x, axis)
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        return (x - 0.5) / 0.5, int(self.labels[i])
+
+
+def per_item_dataset(task: str, split: D.Split, flip: bool, seed: int = 0) -> Dataset:
+    info = registry.get(task)
+    return PerItem3D(split, flip, seed) if info.dim == 3 else PerItem2D(split, info.n_channels, flip, seed)
+
+
+class PoolBatches(Sampler):
+    """The batch indices our ``Pool.batch`` draws (uniform with replacement; a small pool whole, shuffled), so the
+    baseline trains on the same samples and only the pipeline differs."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, g: torch.Generator) -> None:
+        self.n, self.batch_size, self.steps, self.g = n, batch_size, steps, g
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            if self.n <= self.batch_size:
+                yield torch.randperm(self.n, generator=self.g).tolist()
+            else:
+                yield torch.randint(self.n, (self.batch_size,), generator=self.g).tolist()
+
+
+def nchw(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with contiguous (NCHW / NCDHW) conv weights, as a default PyTorch model has."""
+    model.stem2d.to(memory_format=torch.contiguous_format)
+    model.stem3d.to(memory_format=torch.contiguous_format)
+    return model
+
+
+def baseline_forward(model, x: torch.Tensor, task: str) -> torch.Tensor:
+    """The model's computation on an NCHW batch, without our channels-last conversion."""
+    stem = model.stem3d if x.ndim == 5 else model.stem2d
+    return model.heads[task](model.encoder(stem(x)))
+
+
+def _loader(task: str, split: D.Split, indices, batch_size: int, steps: int, g: torch.Generator, flip: bool,
+            seed: int) -> DataLoader:
+    if indices is not None:
+        split = D.Split(split.images[indices], split.labels[indices])
+    ds = per_item_dataset(task, split, flip, seed)
+    return DataLoader(ds, batch_sampler=PoolBatches(len(ds), batch_size, steps, g), num_workers=0)
+
+
+def baseline_train(model, task: str, loader, weights, lr: float, cfg: StudyConfig) -> None:
+    from stmedfm.train import _optimizer
+
+    opt = _optimizer(model, lr, cfg.weight_decay)
+    model.train()
+    for x, y in loader:
+        loss = torch.nn.functional.cross_entropy(baseline_forward(model, x, task), y, weight=weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def baseline_logits(model, task: str, split: D.Split, batch_size: int) -> np.ndarray:
+    loader = DataLoader(per_item_dataset(task, split, flip=False), batch_size=batch_size, shuffle=False)
+    model.eval()
+    with torch.no_grad():
+        out = [baseline_forward(model, x, task) for x, _ in loader]
+    return torch.cat(out).double().numpy()
+
+
+def baseline_pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> dict:
+    from stmedfm.train import _optimizer, build_model, derive_seed, generator, make_pool, task_schedule
+
+    model = nchw(build_model(cfg, tasks, derive_seed(seed, "pretrain-init", *tasks)))
+    g = generator(derive_seed(seed, "pretrain-data", *tasks))
+    schedule = task_schedule(cfg, tasks, cfg.pretrain_steps, g)
+    steps = {t: sum(t in s for s in schedule) for t in tasks}
+    pools = {t: make_pool(cfg, t) for t in tasks}
+    loaders = {t: iter(_loader(t, D.load_task(t, cfg.image_size, cfg.data_dir)["train"], None, cfg.batch_size(t),
+                               steps[t], g, cfg.augment, seed)) for t in tasks}
+    opt = _optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
+    model.train()
+    for step_tasks in schedule:
+        opt.zero_grad()
+        for t in step_tasks:
+            x, y = next(loaders[t])
+            torch.nn.functional.cross_entropy(baseline_forward(model, x, t), y, weight=pools[t].weights).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def baseline_run(cfg: StudyConfig, spec, pretrained: dict | None) -> dict[str, float]:
+    """One downstream run through the baseline pipeline; the same metrics as ours."""
+    from stmedfm.calibration import apply_temperature, fit_temperature, softmax
+    from stmedfm.metrics import brier, classification_metrics, ece, nll
+    from stmedfm.train import derive_seed, downstream_model, eval_subset, generator, make_pool
+
+    task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
+    indices = None
+    if spec.k:
+        g_k = generator(derive_seed(spec.seed, "kshot", spec.task, spec.k, spec.fewshot_split))
+        indices = D.kshot_indices(task_data["train"].labels, spec.k, task_data.info.n_classes, g_k)
+    pool = make_pool(cfg, spec.task, indices, spec.class_weights)
+    model = nchw(downstream_model(cfg, spec, pretrained))
+    g = generator(derive_seed(spec.seed, "train-data", spec.task, spec.k, spec.fewshot_split))
+    loader = _loader(spec.task, task_data["train"], indices, cfg.batch_size(spec.task), spec.steps, g, cfg.augment,
+                     spec.seed)
+    baseline_train(model, spec.task, loader, pool.weights, spec.lr, cfg)
+    logits, labels = {}, {}
+    for split in ("val", "test") if cfg.temperature_scaling else ("test",):
+        s = task_data[split]
+        sub = eval_subset(len(s), cfg, spec.task, split)
+        s = s if sub is None else D.Split(s.images[sub], s.labels[sub])
+        logits[split] = baseline_logits(model, spec.task, s, cfg.eval_batch_size(spec.task))
+        labels[split] = s.labels.numpy()
+    metrics = classification_metrics(labels["test"], softmax(logits["test"]))
+    if cfg.temperature_scaling:
+        scaled = apply_temperature(logits["test"], fit_temperature(logits["val"], labels["val"]))
+        metrics.update(ece_ts=ece(labels["test"], scaled), brier_ts=brier(labels["test"], scaled),
+                       nll_ts=nll(labels["test"], scaled))
+    return metrics
+
+
+def baseline_study(cfg: StudyConfig) -> int:
+    """Every unique run of the protocol through the baseline pipeline, one after the other, in this process.
+    Nothing is stored (only the time matters); returns the number of runs."""
+    from stmedfm.study import plan, preflight, run_id
+
+    preflight(cfg)
+    planned = plan(cfg)
+    unique = {}
+    for p in planned:
+        unique.setdefault(run_id(cfg, p.spec), p)
+    states = {}
+    for job in sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks)):
+        states[job] = baseline_pretrain(cfg, list(job.tasks), job.seed)
+    for p in unique.values():
+        baseline_run(cfg, p.spec, states.get(p.pretrain_job))
+    return len(unique)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measures, each in a fresh process (so one side's allocator, caches or threads cannot help the other)
+def _throughput(data_dir: str, quick: bool) -> dict[str, dict[str, float]]:
+    """Both sides in one fresh process: the baseline first, with glibc's default allocator, then ours."""
+    from stmedfm.executors import prepare_worker
+
+    torch.set_num_threads(1)
+    base = _throughput_of("baseline", data_dir, quick)
+    prepare_worker()
+    return {"baseline": base, "ours": _throughput_of("ours", data_dir, quick)}
+
+
+def _throughput_of(kind: str, data_dir: str, quick: bool) -> dict[str, float]:
+    from stmedfm.peft import prepare
+    from stmedfm.train import build_model, generator, make_pool, predict_logits, train_steps
+
+    i = 0 if quick else 1
+    cfg = StudyConfig.from_dict({"data_dir": data_dir, "pretrain_tasks": ["bloodmnist", "organmnist3d"],
+                                 "downstream_tasks": ["bloodmnist", "organmnist3d"], "calibration_task": None})
+    out = {}
+    for task, dim in (("bloodmnist", "2d"), ("organmnist3d", "3d")):
+        model = prepare(build_model(cfg, [task], 0), "full", task)
+        if kind == "baseline":
+            model = nchw(model)
+        bs = cfg.batch_size(task)
+        steps = THROUGHPUT[f"train_{dim}"][i]
+        split = D.load_task(task, data_dir=data_dir)["train"]
+        pool = make_pool(cfg, task)
+        for warm, n in ((True, 2), (False, steps)):
+            t0 = time.perf_counter()
+            if kind == "ours":
+                train_steps(model, pool, n, 1e-3, cfg, generator(1))
+            else:
+                baseline_train(model, task, _loader(task, split, None, bs, n, generator(1), True, 0), pool.weights,
+                               1e-3, cfg)
+            dt = time.perf_counter() - t0
+        out[f"train_{dim}"] = steps * bs / dt
+        test = D.load_task(task, data_dir=data_dir)["test"]
+        n = min(len(test), THROUGHPUT[f"eval_{dim}"][i])
+        test = D.Split(test.images[:n], test.labels[:n])
+        ebs = cfg.eval_batch_size(task)
+        for warm, s in ((True, D.Split(test.images[:ebs], test.labels[:ebs])), (False, test)):
+            t0 = time.perf_counter()
+            if kind == "ours":
+                predict_logits(model, task, s.images, ebs)
+            else:
+                baseline_logits(model, task, s, ebs)
+            dt = time.perf_counter() - t0
+        out[f"eval_{dim}"] = n / dt
+    return out
+
+
+def _protocol(kind: str, params: str, overrides: dict, workers: int | None) -> dict[str, float]:
+    cfg = StudyConfig.load(params, overrides)
+    t0 = time.perf_counter()
+    if kind == "ours":
+        from stmedfm.study import plan, run_id, run_study
+
+        with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as out:
+            run_study(cfg, out=out, progress=False, workers=workers)
+        runs = len({run_id(cfg, p.spec) for p in plan(cfg)})
+    else:
+        runs = baseline_study(cfg)
+    return {"seconds": time.perf_counter() - t0, "runs": runs}
+
+
+def _child_main(payload: dict) -> dict:
+    if payload["what"] == "throughput":
+        result = _throughput(payload["data_dir"], payload["quick"])
+    else:
+        result = _protocol(payload["kind"], payload["params"], payload["overrides"], payload.get("workers"))
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["rusage_peak_bytes"] = kib * 1024
+    return result
+
+
+def _measure(payload: dict) -> dict:
+    """Run one measure in a fresh Python process; add ``peak_rss`` (bytes) of its whole process tree."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
+        out_path, err_path = Path(tmp) / "out.json", Path(tmp) / "err.txt"
+        cmd = [sys.executable, "-m", "stmedfm.bench", json.dumps(payload), str(out_path)]
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=os.getcwd())
+            peak = 0
+            if psutil is not None:
+                try:
+                    ps = psutil.Process(proc.pid)
+                    while proc.poll() is None:
+                        total = 0
+                        for p in [ps, *ps.children(recursive=True)]:
+                            try:
+                                total += p.memory_info().rss
+                            except psutil.Error:
+                                pass
+                        peak = max(peak, total)
+                        time.sleep(0.05)
+                except psutil.Error:
+                    pass
+            proc.wait()
+        if proc.returncode != 0 or not out_path.is_file():
+            tail = err_path.read_text()[-2000:]
+            raise StmedfmError(f"bench measure {payload['what']} ({payload['kind']}) failed "
+                               f"(exit {proc.returncode}):\n{tail}")
+        result = json.loads(out_path.read_text())
+    result["peak_rss"] = peak if peak else result["rusage_peak_bytes"]
+    result["rss_method"] = "psutil" if peak else "getrusage"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def machine() -> str:
+    """CPU model, cores, memory, torch and Python versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _synthetic(directory: Path, n=None, scale=None, flags=PAPER_FLAGS) -> Path:
+    """Synthetic files of ``flags`` in ``directory`` (kept when already there: writing official sizes takes ~40 s)."""
+    from stmedfm.synthetic import write_synthetic
+
+    if not all((directory / registry.get(f).filename(28)).is_file() for f in flags):
+        directory.mkdir(parents=True, exist_ok=True)
+        write_synthetic(directory, flags, n=n, scale=scale, seed=0)
+    return directory
+
+
+def _row(measure: str, ours: float, baseline: float | None, unit: str, mach: str) -> dict:
+    base = np.nan if baseline is None else float(baseline)
+    ratio = float(ours) / base if base and not np.isnan(base) else np.nan
+    return {"measure": measure, "ours": float(ours), "baseline": base, "ratio": ratio, "unit": unit, "machine": mach}
+
+
+def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers: int | None = None,
+              synthetic_dir: str | os.PathLike | None = None, real_data_dir: str | os.PathLike | None = None,
+              log=print) -> pd.DataFrame:
+    """Run every measure, write ``out`` (default ``results/bench.csv``) atomically, return the table."""
+    from stmedfm.study import atomic_write_text, default_workers
+
+    workers = workers or default_workers()
+    mach = machine()
+    out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
+    rows: list[dict] = []
+    log(f"stmedfm bench{' --quick' if quick else ''} on {mach}; {workers} workers")
+    load = _load()
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores): timings are contended")
+    log("Synthetic files of the official shapes stand in for the missing paper files: compute does not depend "
+        "on pixel values, only on shapes and sizes.")
+    with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
+        tmp = Path(tmp)
+        # --- throughput: small files are enough (batches are drawn from memory)
+        small = tmp / "small"
+        for flag, m in (("bloodmnist", "eval_2d"), ("organmnist3d", "eval_3d")):
+            _synthetic(small, n={"train": 512, "val": 64, "test": THROUGHPUT[m][0 if quick else 1]}, flags=(flag,))
+        log("throughput, baseline then ours ...")
+        got = _measure({"what": "throughput", "kind": "both", "data_dir": str(small), "quick": quick})
+        for m, label in (("train_2d", "train throughput 2D, batch 32, 1 thread"),
+                         ("train_3d", "train throughput 3D, batch 8, 1 thread"),
+                         ("eval_2d", "eval throughput 2D, batch 256, 1 thread"),
+                         ("eval_3d", "eval throughput 3D, batch 32, 1 thread")):
+            rows.append(_row(label, got["ours"][m], got["baseline"][m], "samples/s", mach))
+
+        # --- the paper's protocol
+        paper = str(paths.params_dir() / "paper.yaml")
+        if quick:
+            data = _synthetic(tmp / "quick", n=QUICK_N)
+            over = {**QUICK_OVERRIDES, "data_dir": str(data)}
+            name = "paper.yaml quick subset (tiny), 1 seed"
+            protocols = [(name, over, True)]
+        else:
+            data = _synthetic(Path(synthetic_dir) if synthetic_dir else paths.cache_dir() / "bench" / "official-size",
+                              scale=1.0)
+            protocols = [("paper.yaml, 1 seed", {"data_dir": str(data), "seeds": 1}, True),
+                         ("paper.yaml, 5 seeds", {"data_dir": str(data), "seeds": 5}, False)]
+        for name, over, with_baseline in protocols:
+            res = {}
+            for kind in ("ours", "baseline") if with_baseline else ("ours",):
+                log(f"{name}, {kind} ...")
+                res[kind] = _measure({"what": "protocol", "kind": kind, "params": paper, "overrides": over,
+                                      "workers": workers})
+                log(f"  {res[kind]['seconds']:.1f} s for {res[kind]['runs']} runs")
+            b = res.get("baseline")
+            rows.append(_row(f"wall time, {name}", res["ours"]["seconds"], b and b["seconds"], "s", mach))
+            rows.append(_row(f"peak RSS, {name}", res["ours"]["peak_rss"] / 2**20, b and b["peak_rss"] / 2**20,
+                             "MiB", mach))
+        if not quick:
+            offline = str(paths.params_dir() / "offline.yaml")
+            cfg = StudyConfig.load(offline, {"data_dir": str(real_data_dir)} if real_data_dir else None)
+            try:
+                for t in cfg.all_tasks():
+                    D.locate(t, data_dir=cfg.data_dir)
+            except StmedfmError:
+                log("offline.yaml: its real files are not here ($STMEDFM_DATA); skipped")
+            else:
+                log(f"offline.yaml ({len(cfg.seeds)} seeds, real files), ours ...")
+                over = {"data_dir": str(real_data_dir)} if real_data_dir else {}
+                res = _measure({"what": "protocol", "kind": "ours", "params": offline, "overrides": over,
+                                "workers": workers})
+                rows.append(_row(f"wall time, offline.yaml, {len(cfg.seeds)} seeds (real files)", res["seconds"],
+                                 None, "s", mach))
+                rows.append(_row(f"peak RSS, offline.yaml, {len(cfg.seeds)} seeds (real files)",
+                                 res["peak_rss"] / 2**20, None, "MiB", mach))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    atomic_write_text(out, frame.to_csv(index=False))
+    if load is not None:
+        log(f"load average at start / end: {load:.2f} / {_load():.2f}")
+    log(format_table(frame))
+    log(f"written: {out}")
+    return frame
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """The table as printed: ratio = ours / baseline, and which side is faster (or leaner) by how much."""
+    lines = [f"machine: {frame['machine'].iloc[0]}" if len(frame) else ""]
+    head = f"{'measure':<62} {'ours':>10} {'baseline':>10} {'ratio':>7}  unit        "
+    lines += [head, "-" * len(head)]
+    for r in frame.itertuples(index=False):
+        base = "" if np.isnan(r.baseline) else f"{r.baseline:10.1f}"
+        ratio = "" if np.isnan(r.ratio) else f"{r.ratio:7.2f}"
+        better = ""
+        if not np.isnan(r.ratio) and r.ratio > 0:
+            gain = r.ratio if r.unit == "samples/s" else 1 / r.ratio
+            better = f"{gain:.2f}x {'faster' if r.unit != 'MiB' else 'less'}" if gain >= 1 else \
+                f"{1 / gain:.2f}x {'slower' if r.unit != 'MiB' else 'more'}"
+        lines.append(f"{r.measure:<62} {r.ours:10.1f} {base:>10} {ratio:>7}  {r.unit:<10}  {better}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # one measure in a fresh process: python -m stmedfm.bench PAYLOAD_JSON OUT_JSON
+    result = _child_main(json.loads(sys.argv[1]))
+    Path(sys.argv[2]).write_text(json.dumps(result))

@@ -1,0 +1,105 @@
+"""`stmedfm bench --quick` end to end (no timing assertions), the baseline pipeline, and the speed-ups that must
+not change a number (shared stem outputs of frozen stems)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stmedfm import bench
+from stmedfm import data as D
+from stmedfm.cli import main
+from stmedfm.config import StudyConfig
+from stmedfm.train import RunSpec, downstream_model, predict_logits, pretrain
+
+
+def test_quick_bench_writes_one_row_per_measure(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "compute does not depend on pixel values" in printed and "ratio" in printed
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["measure", "ours", "baseline", "ratio", "unit", "machine"]
+    measures = list(frame["measure"])
+    assert measures[:4] == ["train throughput 2D, batch 32, 1 thread", "train throughput 3D, batch 8, 1 thread",
+                            "eval throughput 2D, batch 256, 1 thread", "eval throughput 3D, batch 32, 1 thread"]
+    assert any(m.startswith("wall time, paper.yaml") for m in measures)
+    assert any(m.startswith("peak RSS, paper.yaml") for m in measures)
+    assert set(frame["unit"]) == {"samples/s", "s", "MiB"}
+    assert (frame["ours"] > 0).all() and (frame["baseline"] > 0).all()  # quick measures every row both ways
+    np.testing.assert_allclose(frame["ratio"], frame["ours"] / frame["baseline"], rtol=1e-9)
+    assert frame["machine"].nunique() == 1 and "cores" in frame["machine"].iloc[0]
+    assert not list(tmp_path.glob(".bench.csv.*"))  # written atomically: no temporary file left
+
+
+def test_format_table_says_which_side_wins():
+    frame = pd.DataFrame([bench._row("train", 200.0, 100.0, "samples/s", "m"), bench._row("wall", 50.0, 100.0, "s", "m"),
+                          bench._row("rss", 300.0, 100.0, "MiB", "m"), bench._row("only ours", 5.0, None, "s", "m")])
+    assert frame["ratio"].iloc[0] == 2.0 and frame["ratio"].iloc[1] == 0.5 and math.isnan(frame["ratio"].iloc[3])
+    text = bench.format_table(frame)
+    assert "2.00x faster" in text and "3.00x more" in text
+
+
+def test_baseline_items_match_our_batches(synthetic_dir):
+    """The per-item pipeline gives the same input tensors as our batch conversion (up to float rounding)."""
+    for task in ("bloodmnist", "organmnist3d"):
+        split = D.load_task(task, data_dir=synthetic_dir)["train"]
+        ds = bench.per_item_dataset(task, split, flip=False)
+        x, y = ds[3]
+        ours = D.to_float(split.images[3:4])[0]
+        assert x.shape == ours.shape and x.dtype == torch.float32 and y == int(split.labels[3])
+        torch.testing.assert_close(x, ours, rtol=0, atol=1e-6)
+
+
+def small_cfg(data_dir, tasks) -> StudyConfig:
+    return StudyConfig.from_dict(dict(data_dir=str(data_dir), pretrain_tasks=tasks, pretrain_steps=2,
+                                      downstream_tasks=tasks, fewshot_tasks={}, class_weight_ablation_tasks=[],
+                                      leave_out_tasks=[], extended_tasks=[], calibration_task=None))
+
+
+def test_shared_stem_outputs_give_bit_identical_logits(synthetic_dir):
+    """LoRA / adapter / linear-probe runs replay the frozen stem's recorded outputs: the logits must not change."""
+    cfg = small_cfg(synthetic_dir, ["bloodmnist", "organmnist3d"])
+    state, _ = pretrain(cfg, ["bloodmnist", "organmnist3d"], 0)
+    test = D.load_task("organmnist3d", data_dir=synthetic_dir)["test"]
+    for strategy in ("lora", "adapter", "linear_probe", "full"):
+        spec = RunSpec("organmnist3d", strategy, 0, 2, 1e-3, True, ("bloodmnist", "organmnist3d"))
+        model = downstream_model(cfg, spec, state)
+        plain = predict_logits(model, "organmnist3d", test.images, 8)
+        key = (test.images, "organmnist3d", "test", None)
+        first = predict_logits(model, "organmnist3d", test.images, 8, reuse=key)  # records (frozen stems only)
+        again = predict_logits(model, "organmnist3d", test.images, 8, reuse=key)  # replays
+        np.testing.assert_array_equal(plain, first)
+        np.testing.assert_array_equal(plain, again)
+
+
+def test_shared_stem_outputs_follow_the_weights(synthetic_dir):
+    """A stem with other weights (another checkpoint) never gets the outputs recorded for the first one."""
+    cfg = small_cfg(synthetic_dir, ["organmnist3d"])
+    test = D.load_task("organmnist3d", data_dir=synthetic_dir)["test"]
+    key = (test.images, "organmnist3d", "test", None)
+    outs = []
+    for seed in (0, 1):
+        state, _ = pretrain(cfg, ["organmnist3d"], seed)
+        model = downstream_model(cfg, RunSpec("organmnist3d", "lora", seed, 2, 1e-3, True, ("organmnist3d",)), state)
+        outs.append((predict_logits(model, "organmnist3d", test.images, 8, reuse=key),
+                     predict_logits(model, "organmnist3d", test.images, 8)))
+    for cached, plain in outs:
+        np.testing.assert_array_equal(cached, plain)
+    assert not np.array_equal(outs[0][0], outs[1][0])
+
+
+@pytest.mark.parametrize("strategy", ["scratch", "full"])
+def test_trainable_stems_are_never_recorded(synthetic_dir, strategy):
+    from stmedfm import train
+
+    cfg = small_cfg(synthetic_dir, ["bloodmnist"])
+    state = pretrain(cfg, ["bloodmnist"], 0)[0] if strategy != "scratch" else None
+    model = downstream_model(cfg, RunSpec("bloodmnist", strategy, 0, 1, 1e-3, True,
+                                          ("bloodmnist",) if state else ()), state)
+    test = D.load_task("bloodmnist", data_dir=synthetic_dir)["test"]
+    before = len(train._STEM_CACHE)
+    predict_logits(model, "bloodmnist", test.images, 16, reuse=(test.images, "bloodmnist", "test", None))
+    assert len(train._STEM_CACHE) == before

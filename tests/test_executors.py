@@ -1,0 +1,120 @@
+"""Executors: the task graph scheduler, the executor choice, and a study on a Dask LocalCluster giving the same
+rows as the local process pool."""
+
+import sys
+
+import pandas as pd
+import pytest
+
+from stmedfm import executors as E
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.study import ResultStore, run_study
+
+
+def tiny(data_dir, **changes) -> StudyConfig:
+    """Every experiment of the protocol (2D and 3D, pretrained and scratch) with budgets of a few steps."""
+    values = dict(
+        study="tiny", data_dir=str(data_dir), seeds=[0, 1], pretrain_tasks=["bloodmnist", "organmnist3d"],
+        pretrain_steps=3, downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
+        scratch_steps_2d=2, scratch_steps_3d=2, finetune_steps_2d=2, finetune_steps_3d=2,
+        fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1], fewshot_splits=1, fewshot_strategies=["full", "adapter"],
+        class_weight_ablation_tasks=[], leave_out_tasks=["organmnist3d"], leave_out_strategies=["lora"],
+        extended_tasks=[], calibration_task="bloodmnist")
+    values.update(changes)
+    return StudyConfig.from_dict(values)
+
+
+def sorted_metrics(store) -> pd.DataFrame:
+    m = store.table("metrics")
+    return m.sort_values(["run_id", "experiment", "variant", "metric"]).reset_index(drop=True)
+
+
+# --- the scheduler -------------------------------------------------------------------------------------------------
+def _echo(x):
+    return x
+
+
+def _fail(x):
+    raise ValueError(f"task {x} failed")
+
+
+def test_run_tasks_respects_dependencies_and_priorities():
+    done = []
+    tasks = [
+        E.Task("run-a", _echo, lambda: ("a",), priority=5, after=("pre",)),
+        E.Task("scratch-small", _echo, ("s1",), priority=1),
+        E.Task("scratch-big", _echo, ("s2",), priority=9),
+        E.Task("pre", _echo, ("p",), priority=100),
+        E.Task("run-b", _echo, lambda: ("b",), priority=7, after=("pre",)),
+    ]
+    with E.InlineExecutor() as ex:
+        E.run_tasks(ex, tasks, lambda task, result: done.append(result))
+    # pretraining first (it unblocks runs); then whatever is ready, by priority: its runs outrank the small one
+    assert done == ["p", "s2", "b", "a", "s1"]
+
+
+def test_run_tasks_raises_the_first_failure_and_stops():
+    done = []
+    tasks = [E.Task("ok", _echo, (1,), priority=2), E.Task("bad", _fail, (2,), priority=1),
+             E.Task("after", _echo, (3,), priority=0, after=("bad",))]
+    with E.InlineExecutor() as ex, pytest.raises(ValueError, match="task 2 failed"):
+        E.run_tasks(ex, tasks, lambda task, result: done.append(result))
+    assert done == [1]
+
+
+def test_unknown_dependency_is_an_error():
+    with E.InlineExecutor() as ex, pytest.raises(ValueError, match="unknown keys"):
+        E.run_tasks(ex, [E.Task("a", _echo, (1,), after=("nope",))], lambda t, r: None)
+
+
+def test_scheduler_choice(monkeypatch):
+    monkeypatch.delenv(E.ENV_SCHEDULER, raising=False)
+    assert E.resolve_scheduler(None) is None
+    assert E.resolve_scheduler("local") is None
+    monkeypatch.setenv(E.ENV_SCHEDULER, "tcp://10.1.2.3:8786")
+    assert E.resolve_scheduler(None) == "tcp://10.1.2.3:8786"
+    assert E.resolve_scheduler("local") is None  # 'local' wins over the environment
+    assert E.resolve_scheduler("tcp://other:1") == "tcp://other:1"
+    monkeypatch.delenv(E.ENV_SCHEDULER)
+    with E.make_executor(4, n_tasks=1) as ex:
+        assert isinstance(ex, E.InlineExecutor)  # one task: no pool to start
+
+
+def test_missing_distributed_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(StmedfmError, match=r"stmedfm\[dask\]"):
+        E.make_executor(2, scheduler="tcp://127.0.0.1:8786")
+
+
+# --- a study on a Dask cluster ------------------------------------------------------------------------------------
+def test_dask_cluster_gives_the_same_rows_as_the_local_pool(synthetic_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    cfg = tiny(synthetic_dir)
+    pool = run_study(cfg, out=tmp_path / "pool", progress=False, workers=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        dask = run_study(cfg, out=tmp_path / "dask", progress=False, scheduler=client)
+        assert client.status == "running"  # a Client passed in is the caller's: left open
+    pd.testing.assert_frame_equal(sorted_metrics(pool), sorted_metrics(dask), check_exact=True)
+    pd.testing.assert_frame_equal(pool.table("pretrain_loss"), dask.table("pretrain_loss"), check_exact=True)
+    assert len(pool.table("runs")) == len(dask.table("runs")) > 0
+    # the client wrote every checkpoint and run; a rerun on the cluster's absence resumes from them
+    ckpts = sorted(p.name for p in (tmp_path / "dask" / "checkpoints").glob("*.pt"))
+    assert ckpts == sorted(p.name for p in (tmp_path / "pool" / "checkpoints").glob("*.pt")) and len(ckpts) == 4
+    again = run_study(cfg, out=tmp_path / "dask", progress=False, workers=1)
+    pd.testing.assert_frame_equal(sorted_metrics(again), sorted_metrics(dask))
+
+
+def test_resumed_runs_take_checkpoints_from_the_store(synthetic_dir, tmp_path):
+    """Runs of a checkpoint written by an earlier study read it from the store (no pretraining again)."""
+    cfg = tiny(synthetic_dir, seeds=[0], strategies=["full"], fewshot_tasks={}, leave_out_tasks=[], calibration_task=None)
+    first = run_study(cfg.replace(strategies=["scratch"]), out=tmp_path / "s", progress=False, workers=1)
+    assert not list((first.root / "checkpoints").glob("*.pt"))
+    run_study(cfg, out=tmp_path / "s", progress=False, workers=1)
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "checkpoints").glob("*.pt")}
+    assert len(mtimes) == 1
+    store = run_study(cfg.replace(strategies=["full", "lora"]), out=tmp_path / "s", progress=False, workers=1)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # reused, not rewritten
+    assert set(store.table("runs")["strategy"]) == {"full", "lora"}
+    assert isinstance(store, ResultStore)
