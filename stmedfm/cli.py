@@ -110,7 +110,7 @@ def cmd_beyond(args) -> None:
     beyond.write_figures(study, tables)
     for line in beyond.findings(study, tables):
         print(f"- {line}")
-    print(f"beyond study '{study.name}': tables in {study.root}, figures in {study.figures}")
+    print(f"beyond study '{study.name}': tables in {study.root}, figures in {study.figures_dir}")
 
 
 def cmd_tables(args) -> None:

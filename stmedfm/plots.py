@@ -889,13 +889,15 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = No
 VARIANT_COLORS = ["#222222", _CB[0], _CB[1], _CB[2], _CB[3], _CB[4], _CB[9], _CB[5], _CB[6], _CB[8]]
 
 
-def _band(ax, x, mean, ci, color, label, ls="-", marker="o", alpha=0.16):
-    """A mean line with markers and a shaded 95 % CI band (no band where the CI is undefined)."""
+def _band(ax, x, mean, ci, color, label, ls="-", marker="o", alpha=0.16, clip=(0.0, 1.0)):
+    """A mean line with markers and a shaded 95 % CI band (clipped to the metric's range ``clip``; no band where
+    the CI is undefined)."""
     x, mean, ci = (np.asarray(v, dtype=float) for v in (x, mean, ci))
     ax.plot(x, mean, ls=ls, marker=marker, ms=4.5, lw=1.6, color=color, label=label, zorder=3)
     ok = np.isfinite(ci)
     if ok.any():
-        ax.fill_between(x[ok], (mean - ci)[ok], (mean + ci)[ok], color=color, alpha=alpha, lw=0, zorder=2)
+        lo, hi = np.clip(mean - ci, *clip), np.clip(mean + ci, *clip)
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=alpha, lw=0, zorder=2)
 
 
 def _log_ticks(ax, values, fmt="{:g}") -> None:

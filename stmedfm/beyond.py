@@ -1,0 +1,619 @@
+"""Beyond the paper: a set of variant studies, run through the same engine, compared with paired tests.
+
+Sampling, width and LayerNorm settings act on *pretraining*, so one "beyond" study is a set of variant
+:class:`~stmedfm.config.StudyConfig` objects read from one parameter file (``params/beyond.yaml``)::
+
+    study: beyond                     # results/beyond/, figures/beyond/
+    base: params/offline.yaml         # the protocol the variants start from (tasks, budgets, seeds, ...)
+    small_task: retinamnist           # the small, rarely sampled task of another modality (paper: organmnist3d)
+    dominant_task: organamnist        # the dominant pretraining task (paper: pathmnist)
+    baseline: proportional            # the paper's setting, which the others are compared with
+    common: {...}                     # StudyConfig fields applied to every variant (on top of base)
+    variants: {name: {...}}           # StudyConfig fields of each variant (on top of common)
+    contrasts: [{hypothesis, a, b}]   # hypothesis tests: the transfer gap of variant a vs variant b
+
+Each variant runs with :func:`stmedfm.study.run_study` into ``results/<study>/<variant>/`` (so an interrupted
+variant resumes where it stopped). Runs and checkpoints are identified by what they compute, so a run that two
+variants share (Scratch does not depend on the pretraining sampler) is computed once and copied by id into the
+other variant's store. :func:`aggregate` then writes tidy tables with a ``variant`` column into
+``results/<study>/`` (the run-level ``variant`` of the engine, e.g. '120 steps', is renamed ``setting``):
+
+=============================  ===================================================================================
+``metrics.csv``                one row per variant x run x metric
+``variants.csv``               each variant's pretraining settings and the small task's share of pretraining
+``budget_auroc.csv``           macro AUROC mean +- 95 % CI over seeds per variant, task, strategy, step budget
+``data_efficiency_auroc.csv``  macro AUROC per variant, task, strategy, fraction of the train split
+``comparisons.csv``            every paired comparison (:mod:`stmedfm.stats`), with its family and Holm p
+=============================  ===================================================================================
+
+The *transfer gap* of a pretrained strategy is its AUROC minus Scratch's AUROC of the same variant (same seed,
+same budget); negative = negative transfer. Hypothesis contrasts compare the gap of two variants, paired over
+seeds, after averaging it over the budget grid (one number per seed: the mean AUROC across budgets, i.e. the
+normalised area under the AUROC-vs-budget curve), so each (contrast, strategy) is one test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from stmedfm import paths, stats
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.study import ResultStore, atomic_write_csv, atomic_write_text, plan, run_id, run_study
+
+__all__ = ["Beyond", "load", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
+           "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
+
+FILE_KEYS = ("study", "base", "small_task", "dominant_task", "baseline", "common", "variants", "contrasts")
+METRIC = "macro_auroc"
+PRETRAINED = ("full", "lora", "adapter", "linear_probe")
+
+
+@dataclass
+class Beyond:
+    """One beyond study: its variant configs, the roles of its tasks and where its results go."""
+
+    name: str
+    configs: dict[str, StudyConfig]
+    small_task: str
+    dominant_task: str
+    baseline: str
+    contrasts: list[dict] = field(default_factory=list)
+    out: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.out if self.out is not None else paths.results_dir(self.name)
+
+    @property
+    def figures_dir(self) -> Path:
+        return paths.figures_dir(self.name)
+
+    def planned_keys(self) -> set[tuple]:
+        """What a complete result set must contain: (variant, experiment, task, strategy, seed, steps, repeat,
+        fraction) of every planned run. Keys, not run ids, so committed tables stay recognisable."""
+        return {(v, p.experiment, p.spec.task, p.spec.strategy, int(p.spec.seed), int(p.spec.steps),
+                 int(p.spec.fewshot_split), round(float(p.spec.fraction), 6))
+                for v, cfg in self.configs.items() for p in plan(cfg)}
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise StmedfmError(f"Parameter file '{path}' does not exist. The project's files are in params/.")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StmedfmError(f"Parameter file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise StmedfmError(f"Parameter file '{path}' must hold a mapping.")
+    return doc
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.is_absolute() and not p.is_file():
+        p = paths.project_root() / p
+    return p
+
+
+def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out: str | os.PathLike | None = None) -> Beyond:
+    """Read a beyond parameter file; ``overrides`` (StudyConfig fields, e.g. data_dir) apply to every variant."""
+    path = _resolve(params)
+    doc = _read_yaml(path)
+    unknown = [k for k in doc if k not in FILE_KEYS]
+    if unknown:
+        raise StmedfmError(f"Unknown key(s) {', '.join(unknown)} in '{path}'; a beyond file has {', '.join(FILE_KEYS)} "
+                           f"(StudyConfig fields go under 'common' or a variant).")
+    name = str(doc.get("study", path.stem))
+    variants = doc.get("variants") or {}
+    if not isinstance(variants, dict) or not variants:
+        raise StmedfmError(f"'{path}' must name at least one variant under 'variants'.")
+    base_values: dict[str, Any] = {}
+    if doc.get("base"):
+        base_values = _read_yaml(_resolve(doc["base"]))
+    common = doc.get("common") or {}
+    configs = {}
+    for variant, values in variants.items():
+        merged = {**base_values, **common, **(values or {}), **(overrides or {}), "study": f"{name}-{variant}"}
+        try:
+            configs[str(variant)] = StudyConfig.from_dict(merged)
+        except StmedfmError as exc:
+            raise StmedfmError(f"Variant '{variant}' of '{path}': {exc}") from None
+    baseline = str(doc.get("baseline", next(iter(configs))))
+    contrasts = list(doc.get("contrasts") or [])
+    for c in contrasts:
+        for side in ("a", "b"):
+            if c.get(side) not in configs:
+                raise StmedfmError(f"Contrast {c} in '{path}' names variant '{c.get(side)}', which is not defined "
+                                   f"(variants: {', '.join(configs)}).")
+    if baseline not in configs:
+        raise StmedfmError(f"'baseline' is '{baseline}', which is not a variant of '{path}'.")
+    return Beyond(name=name, configs=configs, small_task=str(doc.get("small_task", "")),
+                  dominant_task=str(doc.get("dominant_task", "")), baseline=baseline, contrasts=contrasts,
+                  out=Path(out) if out is not None else None)
+
+
+def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Beyond:
+    """A notebook's study: the beyond file ``params`` with every variable of ``namespace`` named like a StudyConfig
+    field applied to every variant (how papermill's ``-p key value`` and the Colab cell's ``download`` reach it)."""
+    known = set(StudyConfig.keys()) - {"study"}
+    return load(params, {k: v for k, v in namespace.items() if k in known and not k.startswith("_")})
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.share")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _share(study: Beyond, variant: str) -> int:
+    """Copy into ``variant``'s store every run and checkpoint it plans that a sibling variant already has."""
+    cfg = study.configs[variant]
+    store = ResultStore(study.root / variant)
+    others = [ResultStore(study.root / v) for v in study.configs if v != variant and (study.root / v).is_dir()]
+    shared = 0
+    planned = plan(cfg)
+    for p in planned:
+        rid = run_id(cfg, p.spec)
+        if store.has_run(rid):
+            continue
+        for other in others:
+            if other.has_run(rid):
+                _link_or_copy(other.run_path(rid), store.run_path(rid))
+                shared += 1
+                break
+    for job in {p.pretrain_job for p in planned if p.pretrain_job}:
+        jid = job.id(cfg)
+        if store.has_checkpoint(jid):
+            continue
+        for other in others:
+            if other.has_checkpoint(jid):
+                _link_or_copy(other.loss_path(jid), store.loss_path(jid))
+                _link_or_copy(other.checkpoint_path(jid), store.checkpoint_path(jid))
+                break
+    return shared
+
+
+def run(study: Beyond, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Run (or resume) every variant, then aggregate; returns the aggregated tables."""
+    for variant, cfg in study.configs.items():
+        _share(study, variant)
+        run_study(cfg, out=study.root / variant, progress=progress, workers=workers)
+    return aggregate(study)
+
+
+def complete(study: Beyond) -> bool:
+    """Whether ``results/<study>/metrics.csv`` already holds every planned run of every variant."""
+    path = study.root / "metrics.csv"
+    if not path.is_file():
+        return False
+    try:
+        m = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return False
+    cols = ["variant", "experiment", "task", "strategy", "seed", "steps", "fewshot_split", "fraction"]
+    if m.empty or any(c not in m.columns for c in cols):
+        return False
+    m = m[cols].drop_duplicates()
+    have = {(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), round(float(r[7]), 6))
+            for r in m.itertuples(index=False)}
+    return study.planned_keys() <= have
+
+
+def results(study: Beyond, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """The study's tables: read from ``results/<study>/`` when they are complete (the committed full run),
+    else computed (resuming whatever runs exist)."""
+    if complete(study):
+        return read(study)
+    return run(study, workers=workers, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def variant_table(study: Beyond) -> pd.DataFrame:
+    """Per variant: pretraining settings and the share of pretraining the small and dominant tasks get."""
+    from stmedfm.train import sampling_probabilities
+
+    rows = []
+    for v, cfg in study.configs.items():
+        probs = sampling_probabilities(cfg, cfg.pretrain_tasks) if cfg.pretrain_tasks else {}
+        row = {"variant": v, "task_sampling": cfg.task_sampling,
+               "sampling_alpha": cfg.sampling_alpha if cfg.task_sampling == "temperature" else np.nan,
+               "width": cfg.width, "ln_affine": cfg.ln_affine, "loss_log_normalise": cfg.loss_log_normalise,
+               "pretrain": "+".join(cfg.pretrain_tasks), "pretrain_steps": cfg.pretrain_steps,
+               "pretrain_batches": cfg.pretrain_steps * (len(cfg.pretrain_tasks) if cfg.task_sampling == "all_tasks"
+                                                         else 1),
+               "seeds": len(cfg.seeds)}
+        for role, task in (("small", study.small_task), ("dominant", study.dominant_task)):
+            share = probs.get(task, 0.0)
+            batches = cfg.pretrain_steps if (cfg.task_sampling == "all_tasks" and task in probs) else share * cfg.pretrain_steps
+            row[f"{role}_share"] = share
+            row[f"{role}_batches"] = batches  # expected pretraining batches of the task
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(study: Beyond) -> dict[str, pd.DataFrame]:
+    """Collect every variant's tidy tables into ``results/<study>/`` with a ``variant`` column; returns them."""
+    metrics, runs, losses = [], [], []
+    for v, cfg in study.configs.items():
+        store = ResultStore(study.root / v)
+        tables = store.consolidate(cfg)
+        for frame, acc in ((tables.get("metrics"), metrics), (tables.get("runs"), runs),
+                           (tables.get("pretrain_loss"), losses)):
+            if frame is None or frame.empty:
+                continue
+            frame = frame.rename(columns={"variant": "setting"})
+            frame.insert(0, "variant", v)
+            acc.append(frame)
+    out = {
+        "metrics": _tidy(pd.concat(metrics, ignore_index=True)) if metrics else pd.DataFrame(),
+        "runs": _tidy(pd.concat(runs, ignore_index=True)) if runs else pd.DataFrame(),
+        "pretrain_loss": pd.concat(losses, ignore_index=True) if losses else pd.DataFrame(),
+        "variants": variant_table(study),
+    }
+    out.update(summaries(out["metrics"]))
+    out["comparisons"] = comparisons(study, out["metrics"])
+    for name, frame in out.items():
+        atomic_write_csv(study.root / f"{name}.csv", frame)
+    write_tables(study, out)
+    return out
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    if "fraction" not in frame.columns:
+        frame["fraction"] = 1.0
+    frame["fraction"] = frame["fraction"].fillna(1.0)
+    frame["setting"] = frame["setting"].fillna("")
+    return frame
+
+
+def read(study: Beyond) -> dict[str, pd.DataFrame]:
+    """The aggregated tables of a finished study, from ``results/<study>/``."""
+    out = {}
+    for name in ("metrics", "runs", "pretrain_loss", "variants", "budget_auroc", "data_efficiency_auroc",
+                 "comparisons"):
+        path = study.root / f"{name}.csv"
+        try:
+            out[name] = pd.read_csv(path, keep_default_na=True)
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            out[name] = pd.DataFrame()
+    if not out["metrics"].empty:
+        out["metrics"]["setting"] = out["metrics"]["setting"].fillna("")
+    return out
+
+
+def summaries(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Mean +- 95 % CI of macro AUROC per budget and per data fraction."""
+    from stmedfm.tables import summarise
+
+    if metrics.empty:
+        return {"budget_auroc": pd.DataFrame(), "data_efficiency_auroc": pd.DataFrame()}
+    auroc = metrics[metrics["metric"] == METRIC]
+    budget = auroc[auroc["experiment"] == "budget"]
+    frac = auroc[auroc["experiment"] == "data_efficiency"]
+    return {
+        "budget_auroc": summarise(budget, ["variant", "task", "strategy", "steps"]),
+        "data_efficiency_auroc": summarise(frac, ["variant", "task", "strategy", "fraction"]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _per_seed_gap(metrics: pd.DataFrame, task: str, by_budget: bool = False) -> pd.DataFrame:
+    """AUROC and transfer gap (pretrained - Scratch of the same variant, seed and budget) of the budget runs.
+
+    Without ``by_budget`` both are averaged over the budget grid per (variant, strategy, seed)."""
+    m = metrics[(metrics["experiment"] == "budget") & (metrics["metric"] == METRIC) & (metrics["task"] == task)]
+    if m.empty:
+        return pd.DataFrame(columns=["variant", "strategy", "seed", "steps", "auroc", "gap"])
+    m = m.drop_duplicates(["variant", "strategy", "seed", "steps"])
+    scratch = m[m["strategy"] == "scratch"][["variant", "seed", "steps", "value"]].rename(columns={"value": "scratch"})
+    m = m.merge(scratch, on=["variant", "seed", "steps"], how="left")
+    m = m.assign(auroc=m["value"], gap=m["value"] - m["scratch"])
+    keys = ["variant", "strategy", "seed"] + (["steps"] if by_budget else [])
+    return m.groupby(keys, sort=False)[["auroc", "gap"]].mean().reset_index()
+
+
+def _family(rows: list[dict], family: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame.insert(0, "family", family)
+    frame["p_holm"] = stats.holm(frame["p_two_sided"])
+    frame["p_floor"] = frame["n"].map(stats.min_two_sided_p)
+    return frame
+
+
+def _pair(a: pd.Series, b: pd.Series) -> dict:
+    joined = pd.concat([a, b], axis=1, keys=["a", "b"], join="inner").dropna()
+    return stats.paired_test(joined["a"], joined["b"])
+
+
+def comparisons(study: Beyond, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Every family of paired comparisons (macro AUROC), Holm-corrected within its family.
+
+    * ``transfer:<task>`` — pretrained strategy vs Scratch of the same variant, per variant; the value per seed is
+      the AUROC averaged over the budget grid (one test per variant x strategy);
+    * ``transfer_by_budget:<task>`` — the same at every budget (descriptive; many tests, so Holm is harsh);
+    * ``hypotheses:<small task>`` — the contrasts of the parameter file: gap of variant a vs gap of variant b;
+    * ``rebalancing:<dominant task>`` — the same contrasts on the dominant task (where both variants have it):
+      what giving the small task more of pretraining costs the dominant one;
+    * ``data_efficiency:<task>`` — pretrained (linear probe / full) vs Scratch at each fraction, paired over
+      (seed, repeat).
+    """
+    if metrics.empty:
+        return pd.DataFrame()
+    frames = []
+    tasks = [t for t in (study.small_task, study.dominant_task) if t]
+    for task in tasks:
+        for by_budget in (False, True):
+            gap = _per_seed_gap(metrics, task, by_budget)
+            if gap.empty:
+                continue
+            rows = []
+            keys = ["variant", "strategy"] + (["steps"] if by_budget else [])
+            for key, sub in gap[gap["strategy"] != "scratch"].groupby(keys, sort=False):
+                key = dict(zip(keys, key))
+                idx = ["seed"]
+                a = sub.set_index(idx)["auroc"]
+                b = (sub.set_index(idx)["auroc"] - sub.set_index(idx)["gap"])
+                rows.append({"task": task, **key, "a": key["strategy"], "b": "scratch", "value": "auroc",
+                             **_pair(a, b)})
+            frames.append(_family(rows, f"{'transfer_by_budget' if by_budget else 'transfer'}:{task}"))
+        gap = _per_seed_gap(metrics, task)
+        rows = []
+        for c in study.contrasts:
+            for strategy in [s for s in gap["strategy"].drop_duplicates() if s != "scratch"]:
+                a = gap[(gap["variant"] == c["a"]) & (gap["strategy"] == strategy)].set_index("seed")["gap"]
+                b = gap[(gap["variant"] == c["b"]) & (gap["strategy"] == strategy)].set_index("seed")["gap"]
+                if a.empty or b.empty:
+                    continue
+                rows.append({"task": task, "hypothesis": c.get("hypothesis", ""), "variant": c["a"],
+                             "strategy": strategy, "a": c["a"], "b": c["b"], "value": "gap", **_pair(a, b)})
+        # on the dominant task the same contrasts measure what re-balancing pretraining costs it
+        frames.append(_family(rows, f"{'hypotheses' if task == study.small_task else 'rebalancing'}:{task}"))
+    frac = metrics[(metrics["experiment"] == "data_efficiency") & (metrics["metric"] == METRIC)]
+    for (variant, task), sub in frac.groupby(["variant", "task"], sort=False):
+        rows = []
+        idx = ["seed", "fewshot_split"]
+        for fraction, fsub in sub.groupby("fraction", sort=True):
+            scratch = fsub[fsub["strategy"] == "scratch"].set_index(idx)["value"]
+            for strategy in [s for s in fsub["strategy"].drop_duplicates() if s != "scratch"]:
+                a = fsub[fsub["strategy"] == strategy].set_index(idx)["value"]
+                rows.append({"task": task, "variant": variant, "strategy": strategy, "fraction": fraction,
+                             "a": strategy, "b": "scratch", "value": "auroc", **_pair(a, scratch)})
+        frames.append(_family(rows, f"data_efficiency:{task}"))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    first = ["family", "task", "hypothesis", "variant", "strategy", "steps", "fraction", "a", "b", "value"]
+    cols = [c for c in first if c in out.columns] + [c for c in out.columns if c not in first]
+    return out[cols]
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _fmt_p(p: float) -> str:
+    return "" if pd.isna(p) else (f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}")
+
+
+def comparison_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """A readable version of comparison rows: the keys that vary, 'diff [95% CI]', the sign count, the
+    rank-biserial r and the p-values (two-sided, one-sided a > b, Holm, and the floor reachable with n pairs)."""
+    if frame.empty:
+        return frame
+    frame = frame.reset_index(drop=True)
+    keys = [c for c in ("family", "task", "hypothesis", "variant", "strategy", "steps", "fraction", "a", "b")
+            if c in frame.columns]
+    show = frame[keys].dropna(axis=1, how="all")
+    show = show[[c for c in show.columns if show[c].nunique(dropna=False) > 1 or c in ("a", "b", "strategy")]]
+    show = show.astype(object).where(show.notna(), "")
+    if "steps" in show.columns:
+        show["steps"] = show["steps"].map(lambda v: "" if v == "" else int(v))
+    if "fraction" in show.columns:
+        show["fraction"] = show["fraction"].map(lambda v: "" if v == "" else f"{100 * v:g} %")
+    show["diff [95% CI]"] = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not pd.isna(lo) else f"{m:+.3f}"
+                             for m, lo, hi in zip(frame["mean_diff"], frame["ci_low"], frame["ci_high"])]
+    show["signs +/-/0"] = [f"{p}/{n}/{z}" for p, n, z in zip(frame["n_pos"], frame["n_neg"], frame["n_zero"])]
+    show["r_rb"] = frame["rank_biserial"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
+    for col in ("p_two_sided", "p_greater", "p_holm", "p_floor"):
+        show[col] = frame[col].map(_fmt_p)
+    show["n"] = frame["n"]
+    return show
+
+
+def _comparison_markdown(frame: pd.DataFrame) -> str:
+    from stmedfm.cli import markdown
+
+    return markdown(comparison_view(frame)) if not frame.empty else "(no comparisons)\n"
+
+
+def write_tables(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[Path]:
+    """Markdown versions of the summaries and comparisons into ``results/<study>/tables/``."""
+    from stmedfm.cli import markdown
+    from stmedfm.tables import _cell
+
+    out_dir = study.root / "tables"
+    written = []
+    note = ("Cells: macro AUROC, mean ± 95 % t-CI over seeds (data efficiency: over seeds x repeats). "
+            "Comparisons: paired differences a - b; p_floor is the smallest two-sided Wilcoxon p reachable "
+            "with n pairs (0.0625 for 5).\n\n")
+    for name, cols in (("budget_auroc", "steps"), ("data_efficiency_auroc", "fraction")):
+        frame = tables.get(name)
+        if frame is None or frame.empty:
+            continue
+        cells = frame.assign(cell=[_cell(m, c) for m, c in zip(frame["mean"], frame["ci95"])])
+        parts = [f"# {name}\n\n{note}"]
+        for task, sub in cells.groupby("task", sort=False):  # one table per task: its own budgets / fractions
+            wide = sub.pivot_table(index=["variant", "strategy"], columns=cols, values="cell", aggfunc="first",
+                                   sort=False)
+            wide = wide[sorted(wide.columns)].reset_index()
+            label = (lambda c: f"{c:g} steps") if cols == "steps" else (lambda c: f"{100 * c:g} %")
+            wide.columns = [label(c) if isinstance(c, (int, float)) else c for c in wide.columns]
+            parts.append(f"## {task}\n\n{markdown(wide)}\n")
+        path = out_dir / f"{name}.md"
+        atomic_write_text(path, "".join(parts))
+        written.append(path)
+    comp = tables.get("comparisons")
+    if comp is not None and not comp.empty:
+        parts = [f"# comparisons\n\n{note}"]
+        for fam, sub in comp.groupby("family", sort=False):
+            parts.append(f"## {fam}\n\n{_comparison_markdown(sub)}\n")
+        path = out_dir / "comparisons.md"
+        atomic_write_text(path, "".join(parts))
+        written.append(path)
+    var = tables.get("variants")
+    if var is not None and not var.empty:
+        path = out_dir / "variants.md"
+        atomic_write_text(path, f"# variants\n\n{markdown(var.round(4))}")
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------------------
+def hypothesis_summary(comp: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Per hypothesis: how many (contrast x strategy) tests favour it (CI of the gap change above 0), go against
+    it (below 0) or are undecided, and the mean gap change. Every contrast is written so that its hypothesis
+    predicts a positive difference."""
+    sub = comp[comp["family"] == f"hypotheses:{task}"] if not comp.empty else comp
+    if sub.empty:
+        return pd.DataFrame(columns=["hypothesis", "tests", "favour", "against", "undecided", "mean_change",
+                                     "min_p_holm", "pos_pairs", "pairs"])
+    rows = []
+    for h, hs in sub.groupby("hypothesis", sort=False):
+        favour = int((hs["ci_low"] > 0).sum())
+        against = int((hs["ci_high"] < 0).sum())
+        rows.append({"hypothesis": h, "tests": len(hs), "favour": favour, "against": against,
+                     "undecided": len(hs) - favour - against, "mean_change": float(hs["mean_diff"].mean()),
+                     "min_p_holm": float(hs["p_holm"].min()), "pos_pairs": int(hs["n_pos"].sum()),
+                     "pairs": int(hs["n"].sum())})
+    return pd.DataFrame(rows)
+
+
+def findings(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """The findings as sentences with their numbers, computed from the tables (smoke or full)."""
+    comp = tables.get("comparisons", pd.DataFrame())
+    lines = []
+    if comp is None or comp.empty:
+        return ["No comparisons: the study has no finished runs."]
+    for task, role in ((study.small_task, "small task"), (study.dominant_task, "dominant task")):
+        fam = comp[(comp["family"] == f"transfer:{task}") & (comp["variant"] == study.baseline)]
+        if fam.empty:
+            continue
+        parts = [f"{r.strategy} {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r.n_pos}/{r.n} seeds > 0, "
+                 f"p={r.p_two_sided:.3g}, one-sided {r.p_greater:.3g})" for r in fam.itertuples()]
+        lines.append(f"Transfer gap on the {role} {task} under {study.baseline} sampling (pretrained - Scratch, "
+                     f"macro AUROC averaged over the budget grid): " + "; ".join(parts) + ".")
+        best = comp[comp["family"] == f"transfer:{task}"].sort_values("mean_diff", ascending=False).head(1)
+        for r in best.itertuples():
+            lines.append(f"Largest gap on {task}: {r.variant} + {r.strategy}, {r.mean_diff:+.3f} "
+                         f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r.n_pos}/{r.n} seeds > 0).")
+    summary = hypothesis_summary(comp, study.small_task)
+    for r in summary.itertuples():
+        lines.append(f"Hypothesis '{r.hypothesis}' on {study.small_task}: {r.favour}/{r.tests} contrast x strategy "
+                     f"tests favour it (95 % CI of the gap change > 0), {r.against} go against it, "
+                     f"mean gap change {r.mean_change:+.3f} AUROC; {r.pos_pairs}/{r.pairs} seed pairs positive; "
+                     f"smallest Holm p {r.min_p_holm:.3g}.")
+    if not summary.empty:
+        ranked = summary.assign(score=summary["favour"] - summary["against"]).sort_values(
+            ["score", "mean_change"], ascending=False)
+        top = ranked.iloc[0]
+        if top["favour"] == 0:
+            lines.append("No hypothesis is supported: no contrast moves the transfer gap in its predicted direction "
+                         "with a 95 % CI excluding 0.")
+        else:
+            strength = ("strongly (every test favours it)" if top["favour"] == top["tests"] else
+                        "mostly (at least half of its tests favour it, fewer against)"
+                        if 2 * top["favour"] >= top["tests"] and top["against"] < top["favour"] else "weakly")
+            sub_n = int(comp.loc[comp["family"] == f"hypotheses:{study.small_task}", "n"].min())
+            floor = stats.min_two_sided_p(sub_n)
+            lines.append(f"Best-supported hypothesis: '{top['hypothesis']}', {strength}: {top['favour']}/{top['tests']} "
+                         f"tests favour it, {top['against']} against, mean gap change {top['mean_change']:+.3f} AUROC "
+                         f"(Wilcoxon floor with {int(sub_n)} pairs: two-sided p >= {floor:.4g}).")
+    reb = comp[comp["family"] == f"rebalancing:{study.dominant_task}"]
+    if not reb.empty:
+        parts = [f"{r.a} {r.strategy} {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in reb.itertuples()]
+        lines.append(f"Cost of re-balancing to the dominant task {study.dominant_task} (gap change vs {study.baseline}): "
+                     + "; ".join(parts) + ".")
+    de = comp[comp["family"].str.startswith("data_efficiency:")]
+    for (task, strategy), sub in de.groupby(["task", "strategy"], sort=False):
+        sig = sub[sub["p_holm"] < 0.05]
+        n_up, n_down = int((sig["mean_diff"] > 0).sum()), int((sig["mean_diff"] < 0).sum())
+        sub = sub.sort_values("fraction")
+        diffs = ", ".join(f"{100 * r.fraction:g} %: {r.mean_diff:+.3f}" for r in sub.itertuples())
+        lines.append(f"Data efficiency on {task}, {strategy} vs Scratch (AUROC difference by fraction of the train "
+                     f"split; {int(sub['n'].min())} (seed, repeat) pairs each): {diffs}; Holm p < 0.05 at "
+                     f"{n_up} fraction(s) in favour of {strategy} and {n_down} in favour of Scratch.")
+    return lines
+
+
+def figures(study: Beyond, tables: dict[str, pd.DataFrame]) -> dict:
+    """The beyond figures the tables support, by file name: ``budget_auroc_<small task>_<hypothesis>`` (the
+    variants of each hypothesis's contrasts), ``budget_auroc_<dominant task>`` (every variant that has it),
+    ``data_efficiency`` and ``hypotheses_<small task>`` (forest plot of the contrasts)."""
+    from stmedfm import plots
+
+    out: dict = {}
+    metrics = tables.get("metrics", pd.DataFrame())
+    if metrics is None or metrics.empty:
+        return out
+    for task in (study.small_task, study.dominant_task):
+        sub = metrics[(metrics["experiment"] == "budget") & (metrics["task"] == task)]
+        if sub.empty:
+            continue
+        present = list(dict.fromkeys(sub["variant"]))
+        groups = hypothesis_variants(study) if task == study.small_task else {}
+        if not groups:
+            out[f"budget_auroc_{task}"] = plots.fig_budget_auroc(metrics, task)
+        for hypothesis, variants in groups.items():  # one figure per hypothesis: its variants, baseline first
+            variants = [v for v in variants if v in present]
+            if variants:
+                out[f"budget_auroc_{task}_{_slug(hypothesis)}"] = plots.fig_budget_auroc(metrics, task, variants)
+    if (metrics["experiment"] == "data_efficiency").any():
+        out["data_efficiency"] = plots.fig_data_efficiency(metrics)
+    comp = tables.get("comparisons", pd.DataFrame())
+    if comp is not None and not comp.empty and (comp["family"] == f"hypotheses:{study.small_task}").any():
+        out[f"hypotheses_{study.small_task}"] = plots.fig_contrasts(comp, study.small_task)
+    return out
+
+
+def hypothesis_variants(study: Beyond) -> dict[str, list[str]]:
+    """The variants each hypothesis's contrasts name, the baseline first when it is among them."""
+    out: dict[str, list[str]] = {}
+    for c in study.contrasts:
+        h = out.setdefault(c.get("hypothesis", ""), [])
+        for v in (c["b"], c["a"]):
+            if v not in h:
+                h.append(v)
+    for h, vs in out.items():
+        if study.baseline in vs:
+            vs.remove(study.baseline)
+            vs.insert(0, study.baseline)
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
+
+
+def write_figures(study: Beyond, tables: dict[str, pd.DataFrame], out: str | os.PathLike | None = None) -> list[Path]:
+    """Every figure of :func:`figures` as PNG (150 dpi) and SVG into ``figures/<study>/`` (or ``out``)."""
+    from stmedfm import plots
+
+    out_dir = Path(out) if out is not None else study.figures_dir
+    written: list[Path] = []
+    for name, fig in figures(study, tables).items():
+        written += plots._write(fig, out_dir, name)
+    return written

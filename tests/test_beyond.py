@@ -1,0 +1,222 @@
+"""Beyond the paper: budget and data-efficiency experiments, variant studies, their tables and figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import stmedfm.study as study_mod
+import stmedfm.train as train_mod
+from stmedfm import beyond, paths
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.study import plan, run_id
+from stmedfm.train import RunSpec, run_downstream
+
+PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
+
+
+def test_new_fields_leave_existing_run_identities_unchanged():
+    # ids computed with the code before the data-fraction field existed (git HEAD 9fda786)
+    cfg = StudyConfig()
+    spec = RunSpec(task="organmnist3d", strategy="full", seed=0, steps=50, lr=1.5e-3, class_weights=True,
+                   pretrain=PAPER_PRETRAIN)
+    assert "fraction" not in spec.key()
+    assert run_id(cfg, spec) == "run-365fc32525974b0c"
+    fewshot = RunSpec(task="dermamnist", strategy="lora", seed=2, steps=40, lr=2e-3, class_weights=True,
+                      pretrain=PAPER_PRETRAIN, k=5, fewshot_split=1)
+    assert run_id(cfg, fewshot) == "run-8ae23f88f27b0bde"
+    half = RunSpec(task="dermamnist", strategy="full", seed=0, steps=40, lr=2e-3, class_weights=True, fraction=0.5)
+    assert half.key()["fraction"] == 0.5
+
+
+def test_paper_and_offline_files_plan_no_beyond_runs():
+    for name, n in (("paper", 5 * (20 + 2 * 3 * 3 * 3 + 8 + 4 + 2)), ("offline", 415)):
+        cfg = StudyConfig.load(paths.project_root() / "params" / f"{name}.yaml")
+        planned = plan(cfg)
+        assert len(planned) == n
+        assert not {p.experiment for p in planned} & {"budget", "data_efficiency"}
+        assert all(p.spec.fraction == 1.0 for p in planned)
+
+
+def test_budget_and_data_efficiency_plans(synthetic_dir):
+    cfg = StudyConfig.from_dict(dict(
+        data_dir=str(synthetic_dir), seeds=2, pretrain_tasks=["bloodmnist", "dermamnist"], downstream_tasks=["dermamnist"],
+        strategies=["scratch", "full"], fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[],
+        extended_tasks=[], calibration_task=None, budget_tasks={"dermamnist": [30, 120, 150]},
+        budget_strategies=["scratch", "full", "lora"], data_fraction_tasks=["dermamnist"], data_fractions=[0.1, 1],
+        data_fraction_repeats=2, data_fraction_strategies=["scratch", "linear_probe"]))
+    planned = plan(cfg)
+    budget = [p for p in planned if p.experiment == "budget"]
+    frac = [p for p in planned if p.experiment == "data_efficiency"]
+    assert len(budget) == 2 * 3 * 3 and len(frac) == 2 * 2 * 2 * 2
+    assert {p.variant for p in budget} == {"30 steps", "120 steps", "150 steps"}
+    assert {p.variant for p in frac} == {"10 %", "100 %"} and {p.spec.fewshot_split for p in frac} == {0, 1}
+    # a budget equal to the standard one is the transfer run (Scratch 150, Full 120): computed once
+    transfer = {run_id(cfg, p.spec) for p in planned if p.experiment == "transfer"}
+    shared = {run_id(cfg, p.spec) for p in budget} & transfer
+    assert len(shared) == 2 * 2
+    with pytest.raises(StmedfmError, match="data_fractions"):
+        cfg.replace(data_fractions=[0, 0.5])
+    with pytest.raises(StmedfmError, match="budget_tasks.dermamnist"):
+        cfg.replace(budget_tasks={"dermamnist": [0]})
+
+
+def test_fraction_runs_train_on_a_stratified_subset_seeded_per_repeat(synthetic_dir, monkeypatch):
+    seen = []
+    real = train_mod.make_pool
+
+    def recording(cfg, task, indices=None, class_weights=None):
+        seen.append(None if indices is None else indices.clone())
+        return real(cfg, task, indices, class_weights)
+
+    monkeypatch.setattr(train_mod, "make_pool", recording)
+    cfg = StudyConfig(data_dir=str(synthetic_dir), temperature_scaling=False)
+    base = dict(task="bloodmnist", strategy="scratch", seed=0, steps=1, lr=2e-3, class_weights=True)
+    for split, fraction in ((0, 0.5), (0, 0.5), (1, 0.5), (0, 1.0)):
+        run_downstream(cfg, RunSpec(**base, fewshot_split=split, fraction=fraction), None)
+    a, again, other, full = seen
+    labels = train_mod.D.load_task("bloodmnist", data_dir=synthetic_dir)["train"].labels
+    counts = torch.bincount(labels, minlength=8)
+    assert len(a) == int(torch.round(counts.double() * 0.5).clamp(min=1).sum())  # 48 images, 6 per class -> 3 each
+    assert torch.equal(torch.bincount(labels[a], minlength=8), torch.full((8,), 3))
+    assert torch.equal(a, again) and not torch.equal(a, other) and full is None
+
+
+def _tiny_beyond(tmp_path, data_dir) -> beyond.Beyond:
+    doc = {
+        "study": "tiny_beyond", "small_task": "dermamnist", "dominant_task": "bloodmnist", "baseline": "prop",
+        "common": dict(data_dir=str(data_dir), seeds=2, pretrain_tasks=["bloodmnist", "dermamnist"],
+                       pretrain_steps=3, downstream_tasks=[], fewshot_tasks={}, class_weight_ablation_tasks=[],
+                       leave_out_tasks=[], extended_tasks=[], calibration_task=None, temperature_scaling=False,
+                       budget_tasks={"dermamnist": [2, 4], "bloodmnist": [2]}, budget_strategies=["scratch", "full", "lora"]),
+        "variants": {"prop": {}, "all": {"task_sampling": "all_tasks"},
+                     "frac": {"budget_tasks": {}, "seeds": 1, "data_fraction_tasks": ["dermamnist"],
+                              "data_fractions": [0.25, 1.0], "data_fraction_repeats": 2, "scratch_steps_2d": 2,
+                              "finetune_steps_2d": 2}},
+        "contrasts": [{"hypothesis": "sampling share", "a": "all", "b": "prop"}],
+    }
+    path = tmp_path / "tiny_beyond.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return beyond.load(path, out=tmp_path / "results")
+
+
+def test_variant_study_shares_runs_aggregates_and_reads_back(synthetic_dir, tmp_path, monkeypatch):
+    study = _tiny_beyond(tmp_path, synthetic_dir)
+    calls = []
+    real = study_mod.run_downstream
+    monkeypatch.setattr(study_mod, "run_downstream", lambda cfg, spec, state: calls.append(spec) or real(cfg, spec, state))
+    tables = beyond.run(study, workers=1, progress=False)
+    # prop: (2 + 1 budgets) x 3 strategies x 2 seeds = 18; all: the same minus its 6 Scratch runs (shared by id);
+    # frac: 2 fractions x 2 repeats x 3 strategies x 1 seed = 12
+    assert len(calls) == 18 + 12 + 12
+    m = tables["metrics"]
+    assert list(m.columns[:3]) == ["variant", "run_id", "experiment"] and "setting" in m.columns
+    assert set(m["variant"]) == {"prop", "all", "frac"}
+    scratch = m[(m["strategy"] == "scratch") & (m["experiment"] == "budget")]
+    assert scratch.groupby("run_id")["variant"].nunique().eq(2).all()  # the same Scratch runs in both variants
+    assert set(m.loc[m["experiment"] == "data_efficiency", "fraction"]) == {0.25, 1.0}
+    comp = tables["comparisons"]
+    assert {"transfer:dermamnist", "transfer_by_budget:dermamnist", "hypotheses:dermamnist",
+            "transfer:bloodmnist", "rebalancing:bloodmnist", "data_efficiency:dermamnist"} <= set(comp["family"])
+    hyp = comp[comp["family"] == "hypotheses:dermamnist"]
+    assert len(hyp) == 2 and set(hyp["strategy"]) == {"full", "lora"} and (hyp["n"] == 2).all()
+    for fam, sub in comp.groupby("family"):  # Holm within each family
+        np.testing.assert_allclose(sub["p_holm"], beyond.stats.holm(sub["p_two_sided"]))
+    var = tables["variants"].set_index("variant")
+    assert var.loc["all", "small_batches"] == 3 and var.loc["prop", "small_share"] == pytest.approx(7007 / (11959 + 7007))
+    for name in ("metrics", "variants", "budget_auroc", "data_efficiency_auroc", "comparisons"):
+        assert (study.root / f"{name}.csv").is_file()
+    assert (study.root / "tables" / "comparisons.md").read_text().count("## ") == comp["family"].nunique()
+    assert beyond.complete(study)
+    calls.clear()
+    again = beyond.results(study, workers=1, progress=False)  # complete: read back, nothing recomputed
+    assert calls == [] and len(again["metrics"]) == len(m)
+    lines = beyond.findings(study, again)
+    assert any(line.startswith("Transfer gap on the small task dermamnist") for line in lines)
+    assert any("Hypothesis 'sampling share'" in line for line in lines)
+    written = beyond.write_figures(study, again, out=tmp_path / "fig")
+    assert {p.name for p in written} >= {"budget_auroc_dermamnist_sampling_share.png", "data_efficiency.svg",
+                                         "hypotheses_dermamnist.png"}
+    # the command line resumes the same study (nothing to compute) and writes figures under the project root
+    from stmedfm.cli import main
+
+    monkeypatch.setenv("STMEDFM_ROOT", str(tmp_path))
+    assert main(["beyond", str(tmp_path / "tiny_beyond.yaml"), "--out", str(study.root), "--workers", "1", "-q"]) == 0
+    assert calls == [] and (tmp_path / "figures" / "tiny_beyond" / "data_efficiency.png").is_file()
+
+
+def test_beyond_files_validate():
+    study = beyond.load(paths.project_root() / "params" / "beyond.yaml")
+    assert study.baseline == "proportional" and study.small_task == "retinamnist"
+    cfgs = study.configs
+    assert cfgs["all_tasks"].task_sampling == "all_tasks" and cfgs["width128"].width == 128
+    assert cfgs["proportional"].budget_tasks["retinamnist"] == [30, 60, 120, 240, 450]
+    assert all(len(c.seeds) >= 5 for v, c in cfgs.items() if v != "data_efficiency")
+    assert cfgs["data_efficiency"].data_fractions == [0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
+    assert all(not c.temperature_scaling for c in cfgs.values())
+    smoke = beyond.load(paths.project_root() / "params" / "beyond_smoke.yaml")
+    assert smoke.name == "beyond_smoke"
+    bad = {"variants": {"a": {}}, "contrasts": [{"a": "a", "b": "nope"}]}
+    with pytest.raises(StmedfmError, match="names variant 'nope'"):
+        beyond.load(_write(bad))
+    with pytest.raises(StmedfmError, match="Variant 'a'.*pretrain_step"):
+        beyond.load(_write({"variants": {"a": {"pretrain_step": 3}}}))
+
+
+def _write(doc) -> str:
+    import tempfile
+
+    fh = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    yaml.safe_dump(doc, fh)
+    fh.close()
+    return fh.name
+
+
+# --- figures --------------------------------------------------------------------------------------------------
+def _budget_frame() -> pd.DataFrame:
+    rows = []
+    for variant, shift in (("proportional", 0.0), ("uniform", 0.05)):
+        for strategy, base in (("scratch", 0.60), ("full", 0.65)):
+            for steps in (30, 120):
+                for seed in range(3):
+                    value = base + (shift if strategy != "scratch" else 0) + steps / 1000 + 0.01 * seed
+                    rid = f"{'shared' if strategy == 'scratch' else variant}-{strategy}-{steps}-{seed}"
+                    rows.append(dict(variant=variant, experiment="budget", task="retinamnist", strategy=strategy,
+                                     steps=steps, seed=seed, metric="macro_auroc", value=value, run_id=rid))
+    return pd.DataFrame(rows)
+
+
+def test_budget_figure_draws_means_and_ci_bands():
+    from stmedfm.plots import fig_budget_auroc
+    from stmedfm.tables import ci95
+
+    fig = fig_budget_auroc(_budget_frame(), "retinamnist")
+    (ax,) = [a for a in fig.axes if a.get_title() == "Pretrain+Full"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"Scratch", "proportional", "uniform"}  # Scratch once: the variants share its runs
+    np.testing.assert_allclose(lines["uniform"].get_ydata(), [0.65 + 0.05 + 0.03 + 0.01, 0.65 + 0.05 + 0.12 + 0.01])
+    np.testing.assert_allclose(lines["uniform"].get_xdata(), [30, 120])
+    half = ci95([0.0, 0.01, 0.02])
+    bands = [c for c in ax.collections if len(c.get_paths())]
+    tops = sorted(round(float(b.get_paths()[0].vertices[:, 1].max()), 6) for b in bands)
+    assert round(0.65 + 0.05 + 0.12 + 0.01 + half, 6) in tops
+    assert ax.get_xscale() == "log"
+
+
+def test_data_efficiency_figure_has_percent_axis_and_one_line_per_strategy():
+    from stmedfm.plots import fig_data_efficiency
+
+    rows = [dict(variant="de", experiment="data_efficiency", task="bloodmnist", strategy=s, fraction=f, seed=seed,
+                 fewshot_split=r, metric="macro_auroc", value=0.5 + f / 2 + (0.1 if s != "scratch" else 0))
+            for s in ("scratch", "linear_probe", "full") for f in (0.01, 0.1, 1.0) for seed in range(2) for r in range(2)]
+    fig = fig_data_efficiency(pd.DataFrame(rows))
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"Scratch", "Pretrained, frozen (linear probe)", "Pretrained, fine-tuned (full)"}
+    np.testing.assert_allclose(lines["Scratch"].get_xdata(), [1, 10, 100])
+    np.testing.assert_allclose(lines["Scratch"].get_ydata(), [0.505, 0.55, 1.0])
+    assert ax.get_xscale() == "log" and "n = 4" in ax.get_title()

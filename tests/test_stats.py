@@ -1,0 +1,67 @@
+"""Paired statistics on hand-made numbers: Holm, Wilcoxon floors, rank-biserial, t-interval, compare()."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stmedfm import stats
+
+
+def test_holm_by_hand():
+    # m = 4 sorted: 0.01*4 = 0.04, 0.02*3 = 0.06, 0.03*2 = 0.06 (monotone), 0.5*1 = 0.5; back in input order
+    adjusted = stats.holm([0.03, 0.01, 0.5, 0.02])
+    np.testing.assert_allclose(adjusted, [0.06, 0.04, 0.5, 0.06])
+    # step-down monotonicity and the cap at 1; NaN is neither counted in m nor adjusted
+    np.testing.assert_allclose(stats.holm([0.4, 0.3, np.nan]), [0.6, 0.6, np.nan])
+    assert stats.holm([0.9, 0.8])[0] == 1.0
+    assert np.isnan(stats.holm([np.nan])).all()
+
+
+def test_wilcoxon_floor_with_five_pairs():
+    a = [0.80, 0.82, 0.79, 0.85, 0.81]
+    b = [0.70, 0.75, 0.74, 0.71, 0.80]  # every pair favours a, distinct |d|
+    res = stats.paired_test(a, b)
+    assert res["n"] == 5 and (res["n_pos"], res["n_neg"], res["n_zero"]) == (5, 0, 0)
+    assert res["p_two_sided"] == pytest.approx(0.0625)  # 2 / 2**5: the smallest two-sided p with 5 pairs
+    assert res["p_greater"] == pytest.approx(0.03125)  # 1 / 2**5
+    assert stats.min_two_sided_p(5) == 0.0625 and stats.min_two_sided_p(9) == pytest.approx(2 / 512)
+    assert res["rank_biserial"] == 1.0
+
+
+def test_rank_biserial_by_hand():
+    # d = [+1, -2, +3, +4]: ranks of |d| 1, 2, 3, 4; R+ = 1 + 3 + 4 = 8, R- = 2; r = (8 - 2) / 10 = 0.6
+    assert stats.rank_biserial([1, -2, 3, 4]) == pytest.approx(0.6)
+    # zeros are dropped; ties get average ranks: d = [0, 1, -1, 2] -> ranks 1.5, 1.5, 3; r = (4.5 - 1.5) / 6
+    assert stats.rank_biserial([0, 1, -1, 2]) == pytest.approx(0.5)
+    assert math.isnan(stats.rank_biserial([0, 0]))
+
+
+def test_mean_ci_and_mean_difference_by_hand():
+    # d = [1, 2, 3]: mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.302653
+    mean, lo, hi = stats.mean_ci([1, 2, 3])
+    assert mean == 2 and hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6) and lo == pytest.approx(4 - hi)
+    res = stats.paired_test([2, 4, 6], [1, 2, 3])
+    assert (res["mean_diff"], res["ci_high"]) == (2, pytest.approx(hi))
+    same = stats.paired_test([1, 2], [1, 2])
+    assert same["p_two_sided"] == 1.0 and same["n_zero"] == 2 and math.isnan(same["rank_biserial"])
+
+
+def test_compare_pairs_on_keys_and_holm_adjusts_the_family():
+    rows = []
+    for seed in range(5):
+        rows += [{"strategy": "scratch", "seed": seed, "value": 0.70 + 0.01 * seed},
+                 {"strategy": "full", "seed": seed, "value": 0.80 + 0.02 * seed},  # d = 0.10 + 0.01 seed > 0
+                 {"strategy": "lora", "seed": seed, "value": 0.70 + 0.01 * seed + (0.01 if seed % 2 else -0.02)}]
+    rows.append({"strategy": "full", "seed": 9, "value": 0.0})  # no scratch partner: not counted
+    frame = pd.DataFrame(rows)
+    out = stats.compare(frame, [({"strategy": "full"}, {"strategy": "scratch"}),
+                                ({"strategy": "lora"}, {"strategy": "scratch"})], pair_on=["seed"], family="demo")
+    full, lora = out.iloc[0], out.iloc[1]
+    assert full["label"] == "full vs scratch" and full["n"] == 5 and full["n_pos"] == 5
+    assert full["mean_diff"] == pytest.approx(0.12)
+    assert (lora["n_pos"], lora["n_neg"]) == (2, 3) and lora["mean_diff"] == pytest.approx(-0.008)
+    np.testing.assert_allclose(out["p_holm"], stats.holm(out["p_two_sided"]))
+    assert full["p_holm"] == pytest.approx(0.125)  # 2 tests: 2 * 0.0625
+    assert (out["p_floor"] == 0.0625).all() and (out["family"] == "demo").all()
