@@ -47,7 +47,8 @@ import yaml
 from stmedfm import paths, stats
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import ResultStore, atomic_write_csv, atomic_write_text, plan, run_id, run_study
+from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm.study import ResultStore, plan, run_id, run_study
 
 __all__ = ["Beyond", "load", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 
 from stmedfm import paths, registry
 from stmedfm.errors import StmedfmError
+from stmedfm.io import atomic_write_text
 from stmedfm.registry import SPLITS, FlagInfo
 
 CHUNK = 1 << 20  # hash and copy in 1 MiB chunks
@@ -148,18 +148,11 @@ def _read_cache() -> dict:
 
 
 def _write_cache(doc: dict) -> None:
-    """Atomic write (tmp + os.replace) so concurrent runs never read half a file; failures only cost a re-hash."""
-    target = _cache_file()
-    tmp: str | None = None
+    """Atomic write so concurrent runs never read half a file; a failure only costs a re-hash later."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".verified.", suffix=".tmp", delete=False) as fh:
-            tmp = fh.name
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, target)
+        atomic_write_text(_cache_file(), json.dumps(doc, indent=1, sort_keys=True))
     except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 def _record(st: os.stat_result, info: FlagInfo, size: int) -> dict:

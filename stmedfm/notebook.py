@@ -26,7 +26,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -249,23 +248,10 @@ def show_tables(tables: Mapping[str, pd.DataFrame], *names: str) -> None:
 def save_figure(fig, name: str, cfg: StudyConfig):
     """Write ``fig`` as ``figures/<study>/<name>.png`` (150 dpi) and ``.svg``, atomically; returns ``fig`` so that a
     cell ending with this call also displays it. Names follow :func:`stmedfm.plots.write_figures`."""
-    from matplotlib import rc_context
+    from stmedfm.plots import save_figure_file
 
-    from stmedfm.plots import style
-
-    out = paths.figures_dir(cfg.study)
-    out.mkdir(parents=True, exist_ok=True)
     for fmt in ("png", "svg"):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=f".tmp.{fmt}")
-        os.close(fd)
-        try:
-            with rc_context(style()):
-                fig.savefig(tmp, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else {"Software": None})
-            os.replace(tmp, out / f"{name}.{fmt}")
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        save_figure_file(fig, paths.figures_dir(cfg.study) / f"{name}.{fmt}")
     return fig
 
 

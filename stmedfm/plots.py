@@ -21,10 +21,8 @@ Fig. 7   :func:`fig7_confusion`                ``confusion.csv``, summed over se
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from matplotlib.transforms import ScaledTranslation
 
 from stmedfm import paths, registry
 from stmedfm.errors import StmedfmError
+from stmedfm.io import atomic_path
 
 __all__ = [
     "STRATEGY_COLORS",
@@ -787,23 +786,13 @@ def fig7_confusion(confusion: pd.DataFrame, task: str, strategy: str = "full", l
 # =============================================================================================================
 # writing
 # =============================================================================================================
-def _save_atomic(fig: Figure, path: Path) -> None:
+def save_figure_file(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` (format from the suffix) atomically, in the project's style, without timestamps
+    (so an unchanged figure gives an unchanged file)."""
     fmt = path.suffix.lstrip(".")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp.{fmt}")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, not mkstemp's 0600
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-    try:
-        with rc_context(style()):
-            fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=f".tmp.{fmt}") as tmp, rc_context(style()):
+        fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
 
 
 def _write(fig: Figure, out: Path, name: str) -> list[Path]:
@@ -811,7 +800,7 @@ def _write(fig: Figure, out: Path, name: str) -> list[Path]:
     try:
         for ext in ("png", "svg"):
             path = out / f"{name}.{ext}"
-            _save_atomic(fig, path)
+            save_figure_file(fig, path)
             written.append(path)
     finally:
         import matplotlib.pyplot as plt

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from stmedfm import data, paths, registry
 from stmedfm.errors import StmedfmError
+from stmedfm.io import atomic_path
 from stmedfm.registry import SPLITS, FlagInfo
 
 DEFAULT_N = {"train": 64, "val": 16, "test": 32}
@@ -107,17 +107,9 @@ def make_arrays(info: FlagInfo, sizes: dict[str, int], size: int = 28, seed: int
 
 
 def _write_atomic(target: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename: readers never see half a file."""
-    tmp: str | None = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix="." + target.name, suffix=".tmp", delete=False) as fh:
-            tmp = fh.name
-            write(fh)
-        os.replace(tmp, target)
-        tmp = None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    """Write through a temp file beside ``target``, then rename: readers never see half a file."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def _merge_manifest(directory: Path, entries: list[dict]) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from stmedfm.config import StudyConfig
-from stmedfm.study import ResultStore, atomic_write_csv, atomic_write_text
+from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm.study import ResultStore
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
 METRIC_TABLES = {
