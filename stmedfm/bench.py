@@ -278,32 +278,36 @@ def _throughput_of(kind: str, data_dir: str, quick: bool) -> dict[str, float]:
         model = prepare(build_model(cfg, [task], 0), "full", task)
         if kind == "baseline":
             model = nchw(model)
-        bs = cfg.batch_size(task)
-        steps = THROUGHPUT[f"train_{dim}"][i]
-        split = D.load_task(task, data_dir=data_dir)["train"]
+        bs, ebs = cfg.batch_size(task), cfg.eval_batch_size(task)
+        train, test = D.load_task(task, data_dir=data_dir)["train"], D.load_task(task, data_dir=data_dir)["test"]
         pool = make_pool(cfg, task)
-        for warm, n in ((True, 2), (False, steps)):
-            t0 = time.perf_counter()
+
+        def fit(n: int) -> None:
             if kind == "ours":
                 train_steps(model, pool, n, 1e-3, cfg, generator(1))
             else:
-                baseline_train(model, task, _loader(task, split, None, bs, n, generator(1), True, 0), pool.weights,
-                               1e-3, cfg)
-            dt = time.perf_counter() - t0
-        out[f"train_{dim}"] = steps * bs / dt
-        test = D.load_task(task, data_dir=data_dir)["test"]
-        n = min(len(test), THROUGHPUT[f"eval_{dim}"][i])
-        test = D.Split(test.images[:n], test.labels[:n])
-        ebs = cfg.eval_batch_size(task)
-        for warm, s in ((True, D.Split(test.images[:ebs], test.labels[:ebs])), (False, test)):
-            t0 = time.perf_counter()
+                loader = _loader(task, train, None, bs, n, generator(1), True, 0)
+                baseline_train(model, task, loader, pool.weights, 1e-3, cfg)
+
+        def evaluate(n: int) -> None:
             if kind == "ours":
-                predict_logits(model, task, s.images, ebs)
+                predict_logits(model, task, test.images[:n], ebs)
             else:
-                baseline_logits(model, task, s, ebs)
-            dt = time.perf_counter() - t0
-        out[f"eval_{dim}"] = n / dt
+                baseline_logits(model, task, D.Split(test.images[:n], test.labels[:n]), ebs)
+
+        steps = THROUGHPUT[f"train_{dim}"][i]
+        fit(2)  # warm-up: first-call allocations and kernel selection
+        out[f"train_{dim}"] = steps * bs / _timed(fit, steps)
+        n = min(len(test), THROUGHPUT[f"eval_{dim}"][i])
+        evaluate(ebs)
+        out[f"eval_{dim}"] = n / _timed(evaluate, n)
     return out
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 def _protocol(kind: str, params: str, overrides: dict, workers: int | None) -> dict[str, float]:
@@ -353,7 +357,7 @@ def _measure(payload: dict) -> dict:
                             except psutil.Error:
                                 pass
                         peak = max(peak, total)
-                        time.sleep(0.05)
+                        time.sleep(0.25)
                 except psutil.Error:
                     pass
             proc.wait()
@@ -415,7 +419,8 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
               synthetic_dir: str | os.PathLike | None = None, real_data_dir: str | os.PathLike | None = None,
               log=print) -> pd.DataFrame:
     """Run every measure, write ``out`` (default ``results/bench.csv``) atomically, return the table."""
-    from stmedfm.study import atomic_write_text, default_workers
+    from stmedfm.io import atomic_write_text
+    from stmedfm.study import default_workers
 
     workers = workers or default_workers()
     mach = machine()

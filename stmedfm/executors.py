@@ -47,7 +47,7 @@ LOCAL = "local"  #: scheduler value that forces the local pool even when $DASK_S
 
 __all__ = ["Task", "Executor", "InlineExecutor", "PoolExecutor", "DaskExecutor", "make_executor",
            "resolve_scheduler", "run_tasks", "executor_for", "prepare_worker", "tune_allocator",
-           "restore_allocator", "ENV_SCHEDULER", "LOCAL"]
+           "restore_allocator", "trim_allocator", "ENV_SCHEDULER", "LOCAL"]
 
 
 # --- worker processes -------------------------------------------------------------------------------------------
@@ -88,11 +88,30 @@ def restore_allocator() -> None:
     _mallopt(_RESTORED_MMAP, _RESTORED_TRIM, trim=True)
 
 
+def trim_allocator() -> None:
+    """Return the free pages the tuned heap keeps to the system (between tasks: a task reuses its own blocks,
+    the next one faults them in once; this keeps a worker's memory at what its current task needs)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def prepare_worker() -> None:
     """For a process that only runs study tasks: one torch thread (what makes results independent of the worker
     count) and the tuned allocator, for its whole life."""
     torch.set_num_threads(1)
     tune_allocator()
+
+
+def _pool_call(fn: Callable, *args):
+    """A task in a pool worker (or in this process): the task, then the kept free memory back to the system."""
+    try:
+        return fn(*args)
+    finally:
+        trim_allocator()
 
 
 def _dask_call(fn: Callable, *args):
@@ -110,7 +129,7 @@ def _dask_call(fn: Callable, *args):
         with _lock:
             _tuned -= 1
             if _tuned == 0:
-                restore_allocator()
+                restore_allocator()  # and trims
 
 
 # --- the interface --------------------------------------------------------------------------------------------------
@@ -171,7 +190,7 @@ class InlineExecutor(Executor):
     def submit(self, fn: Callable, *args, priority: float = 0.0) -> cf.Future:
         fut: cf.Future = cf.Future()
         try:
-            fut.set_result(fn(*args))
+            fut.set_result(_pool_call(fn, *args))
         except Exception as exc:  # KeyboardInterrupt and SystemExit propagate at once
             fut.set_exception(exc)
         return fut
@@ -198,7 +217,7 @@ class PoolExecutor(Executor):
         return self.workers + 1  # one queued behind the running ones hides the client's round trip
 
     def submit(self, fn: Callable, *args, priority: float = 0.0) -> cf.Future:
-        return self._pool.submit(fn, *args)
+        return self._pool.submit(_pool_call, fn, *args)
 
     def wait_any(self, futures: Iterable) -> set:
         done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
