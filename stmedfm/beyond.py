@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from stmedfm import paths, stats
 from stmedfm.config import StudyConfig
+from stmedfm.config import read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.study import ResultStore, plan, run_id, run_study
@@ -86,18 +86,6 @@ class Beyond:
                 for v, cfg in self.configs.items() for p in plan(cfg)}
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise StmedfmError(f"Parameter file '{path}' does not exist. The project's files are in params/.")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise StmedfmError(f"Parameter file '{path}' is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise StmedfmError(f"Parameter file '{path}' must hold a mapping.")
-    return doc
-
-
 def _resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_absolute() and not p.is_file():
@@ -108,7 +96,7 @@ def _resolve(path: str | os.PathLike) -> Path:
 def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out: str | os.PathLike | None = None) -> Beyond:
     """Read a beyond parameter file; ``overrides`` (StudyConfig fields, e.g. data_dir) apply to every variant."""
     path = _resolve(params)
-    doc = _read_yaml(path)
+    doc = read_params_file(path)
     unknown = [k for k in doc if k not in FILE_KEYS]
     if unknown:
         raise StmedfmError(f"Unknown key(s) {', '.join(unknown)} in '{path}'; a beyond file has {', '.join(FILE_KEYS)} "
@@ -119,7 +107,7 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
         raise StmedfmError(f"'{path}' must name at least one variant under 'variants'.")
     base_values: dict[str, Any] = {}
     if doc.get("base"):
-        base_values = _read_yaml(_resolve(doc["base"]))
+        base_values = read_params_file(_resolve(doc["base"]))
     common = doc.get("common") or {}
     configs = {}
     for variant, values in variants.items():

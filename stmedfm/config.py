@@ -150,16 +150,8 @@ class StudyConfig:
         """Read a YAML parameter file (None = the paper's defaults), apply overrides, validate."""
         values: dict[str, Any] = {}
         if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise StmedfmError(f"Parameter file '{p}' does not exist. The project's files are in params/.")
-            try:
-                values = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise StmedfmError(f"Parameter file '{p}' is not valid YAML: {exc}") from None
-            if not isinstance(values, dict):
-                raise StmedfmError(f"Parameter file '{p}' must hold a mapping of parameter: value.")
-            values.setdefault("study", p.stem)
+            values = read_params_file(path)
+            values.setdefault("study", Path(path).stem)
         values.update(overrides or {})
         return cls.from_dict(values)
 
@@ -305,6 +297,20 @@ class StudyConfig:
 
     def eval_batch_size(self, task: str) -> int:
         return self.eval_batch_size_3d if registry.get(task).dim == 3 else self.eval_batch_size_2d
+
+
+def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML parameter file, or a StmedfmError saying what is wrong with the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise StmedfmError(f"Parameter file '{p}' does not exist. The project's files are in params/.")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StmedfmError(f"Parameter file '{p}' is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise StmedfmError(f"Parameter file '{p}' must hold a mapping of parameter: value.")
+    return values
 
 
 def _coerce(key: str, value: Any) -> Any:
