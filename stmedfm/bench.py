@@ -24,6 +24,16 @@ Measures (one row each in ``results/bench.csv``: measure, ours, baseline, ratio 
 
 ``--quick`` (CI) runs the same code on tiny files with tiny budgets in well under a minute: its numbers show the
 plumbing works, not how fast anything is (process start-up dominates them).
+
+``--profile`` instead shows where the time goes (:func:`profile_protocol`): the 1-seed paper protocol in one
+process and one thread under ``torch.profiler``, as time per phase (pretraining, training, evaluation, metrics)
+and the operators with the most self CPU time, written to ``results/profile.csv``.
+
+Measured, and left out (README, *Performance*): ``torch.compile`` (30 s to compile the 3D training step, which
+then ran slower; 1.28x on 3D evaluation after 4 s per graph, and every strategy, batch size and worker needs its
+own graphs: it does not pay back in a study of a few minutes); bf16 autocast (7x slower on CPUs without native
+bf16); the first 3D convolution as a 2D convolution over depth slices (about 5 % on 3D training throughput,
+within the noise of the measure, and it would change the 3D numbers); in-place ReLU (no difference).
 """
 
 from __future__ import annotations
@@ -206,9 +216,7 @@ def baseline_pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> dict:
 
 def baseline_run(cfg: StudyConfig, spec, pretrained: dict | None) -> dict[str, float]:
     """One downstream run through the baseline pipeline; the same metrics as ours."""
-    from stmedfm.calibration import apply_temperature, fit_temperature, softmax
-    from stmedfm.metrics import brier, classification_metrics, ece, nll
-    from stmedfm.train import derive_seed, downstream_model, eval_subset, generator, make_pool
+    from stmedfm.train import derive_seed, downstream_model, eval_subset, generator, make_pool, run_metrics
 
     task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
     indices = None
@@ -228,12 +236,7 @@ def baseline_run(cfg: StudyConfig, spec, pretrained: dict | None) -> dict[str, f
         s = s if sub is None else D.Split(s.images[sub], s.labels[sub])
         logits[split] = baseline_logits(model, spec.task, s, cfg.eval_batch_size(spec.task))
         labels[split] = s.labels.numpy()
-    metrics = classification_metrics(labels["test"], softmax(logits["test"]))
-    if cfg.temperature_scaling:
-        scaled = apply_temperature(logits["test"], fit_temperature(logits["val"], labels["val"]))
-        metrics.update(ece_ts=ece(labels["test"], scaled), brier_ts=brier(labels["test"], scaled),
-                       nll_ts=nll(labels["test"], scaled))
-    return metrics
+    return run_metrics(cfg, spec, task_data.info, logits, labels)[0]
 
 
 def baseline_study(cfg: StudyConfig) -> int:
@@ -252,6 +255,108 @@ def baseline_study(cfg: StudyConfig) -> int:
     for p in unique.values():
         baseline_run(cfg, p.spec, states.get(p.pretrain_job))
     return len(unique)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# where the time goes
+PROFILE_COLUMNS = ["kind", "item", "seconds", "share", "calls"]
+
+
+def profile_protocol(cfg: StudyConfig, top: int = 15) -> pd.DataFrame:
+    """Where the time of a protocol goes: every pretraining job and unique run of ``cfg``, one after the other in
+    this process with one torch thread (as in a pool worker), each under its own ``torch.profiler`` so memory
+    stays bounded however long the protocol is (one profiler over a whole study holds millions of events).
+
+    Returns a tidy frame (:data:`PROFILE_COLUMNS`): ``kind`` 'total' (profiled wall time), 'phase' (pretrain,
+    train, evaluate, metrics: the annotations of :mod:`stmedfm.train`, inclusive; 'other' is building models
+    and drawing subsets) and 'op' (the ``top`` operators by self CPU time, summed over runs).
+    ``share`` is a fraction of the total. The profiler adds its own overhead to every operator call, so shares
+    are what to compare, not seconds.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from stmedfm.executors import prepare_worker, restore_allocator
+    from stmedfm.study import plan, preflight, run_id
+    from stmedfm.train import PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, pretrain, run_downstream
+
+    phases = (PHASE_PRETRAIN, PHASE_TRAIN, PHASE_EVALUATE, PHASE_METRICS)
+    preflight(cfg)
+    planned = plan(cfg)
+    unique = {}
+    for p in planned:
+        unique.setdefault(run_id(cfg, p.spec), p)
+    jobs = sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+    ops: dict[str, list] = {}
+    spent = dict.fromkeys(phases, 0.0)
+    busy = 0.0  # time inside the profiled calls: the profiler's own bookkeeping between runs is left out
+
+    def profiled(fn, *args):
+        nonlocal busy
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            out = fn(*args)
+            busy += time.perf_counter() - t
+        for e in prof.key_averages():
+            if e.key in spent:
+                spent[e.key] += e.cpu_time_total / 1e6
+            elif not e.key.startswith("phase: "):
+                acc = ops.setdefault(e.key, [0.0, 0])
+                acc[0] += e.self_cpu_time_total / 1e6
+                acc[1] += e.count
+        return out
+
+    threads = torch.get_num_threads()
+    prepare_worker()
+    try:
+        states = {job: profiled(pretrain, cfg, list(job.tasks), job.seed)[0] for job in jobs}
+        for p in unique.values():
+            profiled(run_downstream, cfg, p.spec, states.get(p.pretrain_job))
+    finally:
+        torch.set_num_threads(threads)
+        restore_allocator()
+    total = busy
+    rows = [("total", "profiled wall time", total, 1.0, len(jobs) + len(unique))]
+    rows += [("phase", name.removeprefix("phase: "), secs, secs / total, None) for name, secs in spent.items()]
+    other = total - sum(spent.values())
+    rows.append(("phase", "other", other, other / total, None))
+    for name, (secs, calls) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
+        rows.append(("op", name, secs, secs / total, calls))
+    return pd.DataFrame(rows, columns=PROFILE_COLUMNS)
+
+
+def format_profile(frame: pd.DataFrame) -> str:
+    lines = [f"{'kind':<6} {'item':<44} {'seconds':>9} {'share':>7} {'calls':>9}"]
+    for r in frame.itertuples(index=False):
+        calls = "" if pd.isna(r.calls) else f"{int(r.calls):9d}"
+        lines.append(f"{r.kind:<6} {r.item[:44]:<44} {r.seconds:9.2f} {100 * r.share:6.1f}% {calls:>9}")
+    return "\n".join(lines)
+
+
+def run_profile(quick: bool = False, out: str | os.PathLike | None = None, top: int = 15,
+                synthetic_dir: str | os.PathLike | None = None, log=print) -> pd.DataFrame:
+    """``stmedfm bench --profile``: :func:`profile_protocol` of ``params/paper.yaml`` with 1 seed on synthetic
+    files of the official sizes (``--quick``: the tiny subset CI runs), in a fresh process; writes ``out``
+    (default ``results/profile.csv``) atomically and prints the table."""
+    from stmedfm.io import atomic_write_text
+
+    paper = paths.params_dir() / "paper.yaml"
+    with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
+        if quick:
+            data = _synthetic(Path(tmp) / "quick", n=QUICK_N)
+            over = {**QUICK_OVERRIDES, "data_dir": str(data)}
+        else:
+            data = _synthetic(Path(synthetic_dir) if synthetic_dir else paths.cache_dir() / "bench" / "official-size",
+                              scale=1.0)
+            over = {"data_dir": str(data), "seeds": 1}
+        log(f"profiling {'the quick subset of ' if quick else ''}paper.yaml, 1 seed, one process, one thread, "
+            f"on {machine()} ...")
+        got = _measure({"what": "profile", "kind": "ours", "params": str(paper), "overrides": over, "top": top})
+    frame = pd.DataFrame(got["profile"], columns=PROFILE_COLUMNS)
+    out = Path(out) if out else paths.project_root() / "results" / "profile.csv"
+    atomic_write_text(out, frame.to_csv(index=False))
+    log(format_profile(frame))
+    log(f"written: {out}")
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,6 +432,9 @@ def _protocol(kind: str, params: str, overrides: dict, workers: int | None) -> d
 def _child_main(payload: dict) -> dict:
     if payload["what"] == "throughput":
         result = _throughput(payload["data_dir"], payload["quick"])
+    elif payload["what"] == "profile":
+        cfg = StudyConfig.load(payload["params"], payload["overrides"])
+        result = {"profile": profile_protocol(cfg, payload["top"]).to_dict(orient="records")}
     else:
         result = _protocol(payload["kind"], payload["params"], payload["overrides"], payload.get("workers"))
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -343,8 +451,9 @@ def _measure(payload: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
         out_path, err_path = Path(tmp) / "out.json", Path(tmp) / "err.txt"
         cmd = [sys.executable, "-m", "stmedfm.bench", json.dumps(payload), str(out_path)]
+        env = {**os.environ, "KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6")}  # no profiler chatter
         with open(err_path, "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=os.getcwd())
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=os.getcwd(), env=env)
             peak = 0
             if psutil is not None:
                 try:

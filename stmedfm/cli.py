@@ -91,8 +91,11 @@ def cmd_study(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from stmedfm.bench import run_bench
+    from stmedfm.bench import run_bench, run_profile
 
+    if args.profile:
+        run_profile(quick=args.quick, out=args.out, top=args.top, synthetic_dir=args.synthetic_dir)
+        return
     run_bench(quick=args.quick, out=args.out, workers=args.workers, synthetic_dir=args.synthetic_dir,
               real_data_dir=args.data_dir)
 
@@ -176,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="our pipeline vs a MedMNIST-style one: throughput, protocol wall time, memory")
     p.add_argument("--quick", action="store_true", help="tiny files and budgets, well under a minute (CI)")
-    p.add_argument("--out", help="CSV to write (default: results/bench.csv)")
+    p.add_argument("--out", help="CSV to write (default: results/bench.csv, or results/profile.csv)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: where the time goes (torch.profiler over paper.yaml, 1 seed, one process)")
+    p.add_argument("--top", type=int, default=15, help="operators listed by --profile (default 15)")
     p.add_argument("--workers", type=int, help="worker processes of our study runs (default: CPU cores)")
     p.add_argument("--synthetic-dir", help="where official-size synthetic files are kept (default: the cache)")
     p.add_argument("--data-dir", help="the real files for params/offline.yaml (default: $STMEDFM_DATA, ...)")

@@ -36,6 +36,11 @@ from stmedfm.metrics import brier, classification_metrics, ece, nll
 from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
 
+#: Names of the phases of a run, as torch.profiler annotations (what ``stmedfm bench --profile`` sums).
+#: ``record_function`` costs about a microsecond when no profiler is running, and there are a few per run.
+PHASE_PRETRAIN, PHASE_TRAIN, PHASE_EVALUATE, PHASE_METRICS = ("phase: pretrain", "phase: train", "phase: evaluate",
+                                                              "phase: metrics")
+
 
 def derive_seed(*parts) -> int:
     """A stable 63-bit seed from any parts (unlike ``hash``, identical in every process)."""
@@ -160,14 +165,15 @@ def pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> tuple[dict, pd.Da
     opt = _optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
     model.train()
     rows = []
-    for step, step_tasks in enumerate(task_schedule(cfg, tasks, cfg.pretrain_steps, g)):
-        opt.zero_grad(set_to_none=True)
-        for t in step_tasks:
-            x, y = pools[t].batch(g, cfg.augment)
-            loss = loss_fn(model(x.to(dev), t), y, pools[t], cfg.loss_log_normalise)
-            loss.backward()
-            rows.append((step, t, loss.item()))
-        opt.step()
+    with torch.profiler.record_function(PHASE_PRETRAIN):
+        for step, step_tasks in enumerate(task_schedule(cfg, tasks, cfg.pretrain_steps, g)):
+            opt.zero_grad(set_to_none=True)
+            for t in step_tasks:
+                x, y = pools[t].batch(g, cfg.augment)
+                loss = loss_fn(model(x.to(dev), t), y, pools[t], cfg.loss_log_normalise)
+                loss.backward()
+                rows.append((step, t, loss.item()))
+            opt.step()
     losses = pd.DataFrame(rows, columns=["step", "task", "loss"])
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, losses
 
@@ -308,8 +314,6 @@ def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -
 
 def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> RunResult:
     """Adapt, then evaluate on the test split; temperature is fitted on the validation split."""
-    from stmedfm.metrics import confusion, per_class_report, reliability_bins
-
     t0 = time.perf_counter()
     task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
     info = task_data.info
@@ -324,7 +328,8 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
     model = downstream_model(cfg, spec, pretrained).to(device())
     total, trainable = count_parameters(model)
     g = generator(derive_seed(spec.seed, "train-data", spec.task, spec.k, spec.fewshot_split))
-    train_steps(model, pool, spec.steps, spec.lr, cfg, g)
+    with torch.profiler.record_function(PHASE_TRAIN):
+        train_steps(model, pool, spec.steps, spec.lr, cfg, g)
 
     logits = {}
     labels = {}
@@ -335,8 +340,18 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
         # runs with a frozen stem from the same checkpoint share the stem's outputs (see predict_logits)
         rows = None if sub is None else hashlib.sha1(sub.numpy().tobytes()).hexdigest()
         reuse = (s.images, spec.task, split, rows)
-        logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse)
+        with torch.profiler.record_function(PHASE_EVALUATE):
+            logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse)
         labels[split] = y.numpy()
+    with torch.profiler.record_function(PHASE_METRICS):
+        metrics, extras = run_metrics(cfg, spec, info, logits, labels)
+    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras)
+
+
+def run_metrics(cfg: StudyConfig, spec: RunSpec, info, logits: dict, labels: dict) -> tuple[dict, dict]:
+    """Test metrics, temperature-scaled ones (temperature fitted on the validation logits) and the details."""
+    from stmedfm.metrics import confusion, per_class_report, reliability_bins
+
     probs = softmax(logits["test"])
     metrics = classification_metrics(labels["test"], probs)
     if cfg.temperature_scaling:
@@ -352,7 +367,7 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
             "confusion": _confusion_frame(confusion(labels["test"], probs)),
             "reliability": reliability_bins(labels["test"], probs),
         }
-    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras)
+    return metrics, extras
 
 
 def _confusion_frame(matrix: np.ndarray) -> pd.DataFrame:

@@ -103,3 +103,28 @@ def test_trainable_stems_are_never_recorded(synthetic_dir, strategy):
     before = len(train._STEM_CACHE)
     predict_logits(model, "bloodmnist", test.images, 16, reuse=(test.images, "bloodmnist", "test", None))
     assert len(train._STEM_CACHE) == before
+
+
+def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
+    """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
+    from stmedfm import paths
+    from stmedfm.study import plan, run_id
+
+    out = tmp_path / "profile.csv"
+    assert main(["bench", "--profile", "--quick", "--top", "5", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == bench.PROFILE_COLUMNS
+    total = frame[frame["kind"] == "total"].iloc[0]
+    cfg = StudyConfig.load(paths.params_dir() / "paper.yaml", {**bench.QUICK_OVERRIDES, "data_dir": str(tmp_path)})
+    planned = plan(cfg)
+    n_jobs = len({p.pretrain_job for p in planned if p.pretrain_job})
+    assert total["calls"] == n_jobs + len({run_id(cfg, p.spec) for p in planned})  # every job and unique run
+    phases = frame[frame["kind"] == "phase"].set_index("item")
+    assert list(phases.index) == ["pretrain", "train", "evaluate", "metrics", "other"]
+    assert (phases.loc[["pretrain", "train", "evaluate", "metrics"], "seconds"] > 0).all()
+    assert phases["seconds"].sum() == pytest.approx(total["seconds"], rel=1e-9)  # 'other' is the remainder
+    np.testing.assert_allclose(phases["share"], phases["seconds"] / total["seconds"], rtol=1e-9)
+    ops = frame[frame["kind"] == "op"]
+    assert len(ops) == 5 and list(ops["seconds"]) == sorted(ops["seconds"], reverse=True)
+    assert not ops["item"].str.startswith("phase: ").any()  # annotations are phases, not operators
+    assert ops["item"].str.contains("convolution").any()  # the convolutions are where the time goes
