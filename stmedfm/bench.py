@@ -242,15 +242,13 @@ def baseline_run(cfg: StudyConfig, spec, pretrained: dict | None) -> dict[str, f
 def baseline_study(cfg: StudyConfig) -> int:
     """Every unique run of the protocol through the baseline pipeline, one after the other, in this process.
     Nothing is stored (only the time matters); returns the number of runs."""
-    from stmedfm.study import plan, preflight, run_id
+    from stmedfm.study import plan, preflight, pretrain_jobs, unique_runs
 
     preflight(cfg)
     planned = plan(cfg)
-    unique = {}
-    for p in planned:
-        unique.setdefault(run_id(cfg, p.spec), p)
+    unique = unique_runs(cfg, planned)
     states = {}
-    for job in sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks)):
+    for job in pretrain_jobs(planned):
         states[job] = baseline_pretrain(cfg, list(job.tasks), job.seed)
     for p in unique.values():
         baseline_run(cfg, p.spec, states.get(p.pretrain_job))
@@ -276,16 +274,14 @@ def profile_protocol(cfg: StudyConfig, top: int = 15) -> pd.DataFrame:
     from torch.profiler import ProfilerActivity, profile
 
     from stmedfm.executors import prepare_worker, restore_allocator
-    from stmedfm.study import plan, preflight, run_id
+    from stmedfm.study import plan, preflight, pretrain_jobs, unique_runs
     from stmedfm.train import PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, pretrain, run_downstream
 
     phases = (PHASE_PRETRAIN, PHASE_TRAIN, PHASE_EVALUATE, PHASE_METRICS)
     preflight(cfg)
     planned = plan(cfg)
-    unique = {}
-    for p in planned:
-        unique.setdefault(run_id(cfg, p.spec), p)
-    jobs = sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+    unique = unique_runs(cfg, planned)
+    jobs = pretrain_jobs(planned)
     ops: dict[str, list] = {}
     spent = dict.fromkeys(phases, 0.0)
     busy = 0.0  # time inside the profiled calls: the profiler's own bookkeeping between runs is left out
@@ -419,11 +415,11 @@ def _protocol(kind: str, params: str, overrides: dict, workers: int | None) -> d
     cfg = StudyConfig.load(params, overrides)
     t0 = time.perf_counter()
     if kind == "ours":
-        from stmedfm.study import plan, run_id, run_study
+        from stmedfm.study import plan, run_study, unique_runs
 
         with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as out:
             run_study(cfg, out=out, progress=False, workers=workers)
-        runs = len({run_id(cfg, p.spec) for p in plan(cfg)})
+        runs = len(unique_runs(cfg, plan(cfg)))
     else:
         runs = baseline_study(cfg)
     return {"seconds": time.perf_counter() - t0, "runs": runs}

@@ -154,6 +154,19 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
     return out
 
 
+def unique_runs(cfg: StudyConfig, planned: list[PlannedRun]) -> dict[str, PlannedRun]:
+    """Run id -> the first planned run with that id: what actually executes (a run shared by experiments, once)."""
+    unique: dict[str, PlannedRun] = {}
+    for p in planned:
+        unique.setdefault(run_id(cfg, p.spec), p)
+    return unique
+
+
+def pretrain_jobs(planned: list[PlannedRun]) -> list[PretrainJob]:
+    """The pretraining jobs the planned runs start from, each once, by seed then tasks."""
+    return sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 class ResultStore:
     """The files of one study under ``results/<study>/`` (see the module docstring)."""
@@ -224,7 +237,7 @@ class ResultStore:
         tables = {"runs": pd.DataFrame(run_rows), "metrics": pd.DataFrame(metric_rows)}
         tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
         losses = []
-        for job in sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks)):
+        for job in pretrain_jobs(planned):
             jid = job.id(cfg)
             if self.has_checkpoint(jid):
                 frame = pd.read_csv(self.loss_path(jid))
@@ -364,11 +377,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     planned = plan(cfg)
     cfg_dict = cfg.to_dict()
 
-    unique: dict[str, PlannedRun] = {}
-    for p in planned:
-        unique.setdefault(run_id(cfg, p.spec), p)
-    todo = [(rid, p) for rid, p in unique.items() if not store.has_run(rid)]
-    jobs = sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+    todo = [(rid, p) for rid, p in unique_runs(cfg, planned).items() if not store.has_run(rid)]
+    jobs = pretrain_jobs(planned)
     todo_jobs = {j.id(cfg): j for j in jobs if not store.has_checkpoint(j.id(cfg))}
     if not todo and not todo_jobs:
         store.consolidate(cfg)
