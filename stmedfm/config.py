@@ -29,9 +29,16 @@ runs they planned before these fields existed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
+import re
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,8 @@ PAPER_TASKS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 STRATEGY_NAMES = ("scratch", "full", "lora", "adapter", "linear_probe")
 SAMPLERS = ("proportional", "uniform", "temperature", "all_tasks")
 FLIP_POLICIES = ("all", "label_safe")
+#: A study name: it names folders (results/<study>/), so no separators, no "." or "..".
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
 
 @dataclass
@@ -133,17 +142,21 @@ class StudyConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "StudyConfig":
-        """Build from a mapping, rejecting unknown keys (with the closest known key suggested)."""
+    def from_dict(cls, values: Mapping[str, Any]) -> "StudyConfig":
+        """Build from a mapping: unknown keys, wrong types and bad values are all reported at once, one line each
+        (the key, the value, what is expected, "did you mean" for names), before any work."""
+        if not isinstance(values, Mapping):
+            raise StmedfmError(f"Parameters must be a mapping of name: value, got {type(values).__name__}.")
         known = cls.keys()
-        for key in values:
-            if key not in known:
-                raise StmedfmError(
-                    f"Unknown parameter '{key}'.{registry.closest(key, known)} "
-                    f"Parameters are the fields of stmedfm.config.StudyConfig: {', '.join(known)}."
-                )
-        cfg = cls(**{k: _coerce(k, v) for k, v in values.items()})
-        return cfg.validate()
+        errors = [f"Unknown parameter '{key}'.{registry.closest(str(key), known)} Parameters are the fields of "
+                  f"stmedfm.config.StudyConfig (see `stmedfm config --help`)." for key in values if key not in known]
+        try:
+            cfg = cls(**{k: v for k, v in values.items() if k in known}).validate()
+        except StmedfmError as exc:
+            errors.append(str(exc))
+        if errors:
+            raise StmedfmError("\n".join(errors))
+        return cfg
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> "StudyConfig":
@@ -176,15 +189,39 @@ class StudyConfig:
                 out.append(t)
         return out
 
-    def validate(self) -> "StudyConfig":
-        """Check every parameter before any work; raise one clear StmedfmError for the first problem."""
-        def positive(name: str, value) -> None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise StmedfmError(f"Parameter '{name}' must be a positive number, got {value!r}.")
+    def is_smoke(self) -> bool:
+        """Whether this study's numbers are smoke numbers, never results: evaluated on a subset of the test split
+        (``eval_max_samples``). Its tables and figures say so and show no paper deltas."""
+        return self.eval_max_samples is not None
 
-        registry.check_size(self.image_size)
-        if not self.seeds:
-            raise StmedfmError("Parameter 'seeds' must name at least one seed (e.g. seeds: 5 or seeds: [0, 1]).")
+    def validate(self) -> "StudyConfig":
+        """Check every parameter before any work: first each field's type (values are normalised in place, e.g.
+        ``seeds: 3`` -> [0, 1, 2], ``'2e-3'`` -> 0.002), then ranges and cross-field rules. Every problem found is
+        reported in one StmedfmError, one line each."""
+        errors: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                setattr(self, f.name, _typed(f.name, value))
+            except _Invalid as exc:
+                errors.append(f"Parameter '{f.name}' must be {exc}, got {value!r}.")
+        if errors:  # the rules below assume the types
+            raise StmedfmError("\n".join(errors))
+
+        def positive(name: str, value) -> None:
+            if value <= 0:
+                errors.append(f"Parameter '{name}' must be a positive number, got {value!r}.")
+
+        def check(fn, *args) -> None:
+            try:
+                fn(*args)
+            except StmedfmError as exc:
+                errors.append(str(exc))
+
+        if not STUDY_NAME.match(self.study) or self.study in (".", ".."):
+            errors.append(f"Parameter 'study' must be a name of letters, digits, '-' and '_' (starting with a letter "
+                          f"or digit; no path separators), got {self.study!r}: it names results/<study>/.")
+        check(registry.check_size, self.image_size)
         if self.workers is not None:
             positive("workers", self.workers)
         for name in ("pretrain_steps", "scratch_steps_2d", "scratch_steps_3d", "finetune_steps_2d",
@@ -194,69 +231,68 @@ class StudyConfig:
                      "lr_linear_probe", "lora_alpha", "sampling_alpha", "data_fraction_repeats"):
             positive(name, getattr(self, name))
         if self.weight_decay < 0:
-            raise StmedfmError(f"Parameter 'weight_decay' must be >= 0, got {self.weight_decay}.")
+            errors.append(f"Parameter 'weight_decay' must be >= 0, got {self.weight_decay}.")
         if self.eval_max_samples is not None:
             positive("eval_max_samples", self.eval_max_samples)
-        lo, hi = self.class_weight_clip
-        if not 0 < lo <= hi:
-            raise StmedfmError(f"Parameter 'class_weight_clip' must be [low, high] with 0 < low <= high, got {self.class_weight_clip}.")
+        if len(self.class_weight_clip) != 2 or not 0 < self.class_weight_clip[0] <= self.class_weight_clip[1]:
+            errors.append(f"Parameter 'class_weight_clip' must be [low, high] with 0 < low <= high, "
+                          f"got {self.class_weight_clip}.")
         if self.flip_policy not in FLIP_POLICIES:
-            raise StmedfmError(f"Unknown flip_policy '{self.flip_policy}'.{registry.closest(self.flip_policy, FLIP_POLICIES)} "
-                               f"Choose one of {', '.join(FLIP_POLICIES)}.")
+            errors.append(f"Unknown flip_policy '{self.flip_policy}'.{registry.closest(self.flip_policy, FLIP_POLICIES)} "
+                          f"Choose one of {', '.join(FLIP_POLICIES)}.")
         if self.task_sampling not in SAMPLERS:
-            raise StmedfmError(f"Unknown task_sampling '{self.task_sampling}'.{registry.closest(self.task_sampling, SAMPLERS)} "
-                               f"Choose one of {', '.join(SAMPLERS)}.")
+            errors.append(f"Unknown task_sampling '{self.task_sampling}'.{registry.closest(self.task_sampling, SAMPLERS)} "
+                          f"Choose one of {', '.join(SAMPLERS)}.")
 
         for name in ("pretrain_tasks", "downstream_tasks", "class_weight_ablation_tasks", "leave_out_tasks",
                      "extended_tasks", "data_fraction_tasks"):
             for flag in getattr(self, name):
-                self._check_flag(name, flag)
-        if not isinstance(self.budget_tasks, dict):
-            raise StmedfmError("Parameter 'budget_tasks' must map a task to a list of step counts, "
-                               "e.g. {retinamnist: [30, 120, 450]}.")
+                check(self._check_flag, name, flag)
         for flag, budgets in self.budget_tasks.items():
-            self._check_flag("budget_tasks", flag)
-            if not isinstance(budgets, list) or not budgets:
-                raise StmedfmError(f"'budget_tasks.{flag}' must be a non-empty list of step counts, got {budgets!r}.")
+            check(self._check_flag, "budget_tasks", flag)
+            if not budgets:
+                errors.append(f"'budget_tasks.{flag}' must be a non-empty list of step counts, got {budgets!r}.")
             for steps in budgets:
-                if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-                    raise StmedfmError(f"'budget_tasks.{flag}' step counts must be positive integers, got {steps!r}.")
+                if steps <= 0:
+                    errors.append(f"'budget_tasks.{flag}' step counts must be positive integers, got {steps!r}.")
         for f in self.data_fractions:
-            if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
-                raise StmedfmError(f"Parameter 'data_fractions' holds fractions of the train split in (0, 1] "
-                                   f"(0.01 = 1 %), got {f!r}.")
+            if not 0 < f <= 1:
+                errors.append(f"Parameter 'data_fractions' holds fractions of the train split in (0, 1] "
+                              f"(0.01 = 1 %), got {f!r}.")
         for flag, steps in self.fewshot_tasks.items():
-            self._check_flag("fewshot_tasks", flag)
+            check(self._check_flag, "fewshot_tasks", flag)
             positive(f"fewshot_tasks.{flag}", steps)
-        if not self.pretrain_tasks and (self.uses_pretraining()):
-            raise StmedfmError("Parameter 'pretrain_tasks' is empty but the study has pretrained strategies; "
-                               "name at least one pretraining task or use only 'scratch'.")
+        if not self.pretrain_tasks and self.uses_pretraining():
+            errors.append("Parameter 'pretrain_tasks' is empty but the study has pretrained strategies; "
+                          "name at least one pretraining task or use only 'scratch'.")
         for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies",
                      "budget_strategies", "data_fraction_strategies"):
             for s in getattr(self, name):
                 if s not in STRATEGY_NAMES:
-                    raise StmedfmError(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, STRATEGY_NAMES)} "
-                                       f"Strategies: {', '.join(STRATEGY_NAMES)}.")
+                    errors.append(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, STRATEGY_NAMES)} "
+                                  f"Strategies: {', '.join(STRATEGY_NAMES)}.")
         if "scratch" in self.fewshot_strategies or "scratch" in self.leave_out_strategies:
-            raise StmedfmError("Few-shot and leave-out studies adapt a pretrained model; 'scratch' is not allowed "
-                               "in 'fewshot_strategies' or 'leave_out_strategies'.")
+            errors.append("Few-shot and leave-out studies adapt a pretrained model; 'scratch' is not allowed "
+                          "in 'fewshot_strategies' or 'leave_out_strategies'.")
         for k in self.fewshot_k:
             positive("fewshot_k", k)
         for flag in self.leave_out_tasks:
             if flag not in self.pretrain_tasks:
-                raise StmedfmError(
+                errors.append(
                     f"'leave_out_tasks' names '{flag}', which is not a pretraining task "
                     f"(pretrain_tasks: {', '.join(self.pretrain_tasks)}); only a pretrained task can be left out.")
-            if len(self.pretrain_tasks) < 2:
-                raise StmedfmError("'leave_out_tasks' needs at least two pretraining tasks (one must remain).")
+            elif len(self.pretrain_tasks) < 2:
+                errors.append("'leave_out_tasks' needs at least two pretraining tasks (one must remain).")
         if self.calibration_task is not None:
-            self._check_flag("calibration_task", self.calibration_task)
+            check(self._check_flag, "calibration_task", self.calibration_task)
             if self.calibration_task not in self.downstream_tasks:
-                raise StmedfmError(f"'calibration_task' is '{self.calibration_task}', which is not a downstream task "
-                                   f"(downstream_tasks: {', '.join(self.downstream_tasks)}).")
+                errors.append(f"'calibration_task' is '{self.calibration_task}', which is not a downstream task "
+                              f"(downstream_tasks: {', '.join(self.downstream_tasks)}).")
             if self.calibration_strategy not in self.strategies:
-                raise StmedfmError(f"'calibration_strategy' is '{self.calibration_strategy}', which is not in "
-                                   f"'strategies' ({', '.join(self.strategies)}).")
+                errors.append(f"'calibration_strategy' is '{self.calibration_strategy}', which is not in "
+                              f"'strategies' ({', '.join(self.strategies)}).")
+        if errors:
+            raise StmedfmError("\n".join(dict.fromkeys(errors)))
         return self
 
     def uses_pretraining(self) -> bool:
@@ -313,56 +349,163 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Accept the forms a user naturally writes: ``seeds: 5`` means seeds 0..4; strings from the command line."""
-    if isinstance(value, str) and key != "study" and key not in ("data_dir",):
-        value = yaml.safe_load(value) if value.strip() else value
-    if key == "seeds":
+class _Invalid(Exception):
+    """A value of the wrong type; the message says what was expected."""
+
+
+@lru_cache(maxsize=1)
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(StudyConfig)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a text value", bool: "true or false"}
+_INT = re.compile(r"[+-]?\d+\Z")
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return f"a list of {_describe(args[0]).replace('an ', '').replace('a ', '')}s"
+    if origin is dict:
+        return f"a mapping of task to {_describe(args[1])} (e.g. {{bloodmnist: ...}})"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) if a is not type(None) else "null" for a in args)
+    return _TYPE_NAMES.get(hint, str(hint))
+
+
+def _as(hint, value: Any) -> Any:
+    """``value`` as the type ``hint`` (a field annotation), or :class:`_Invalid`. Accepts what users naturally
+    write: '2e-3' for a number (YAML 1.1 reads it as text), 'a,b' for a list of names, null for an empty mapping."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None or (isinstance(value, str) and value.strip() in ("null", "None", "~")):
+            return None
+        try:
+            return _as(next(a for a in args if a is not type(None)), value)
+        except _Invalid:
+            raise _Invalid(_describe(hint)) from None
+    if hint is bool:
         if isinstance(value, bool):
-            raise StmedfmError(f"Parameter 'seeds' must be a count or a list of integers, got {value!r}.")
-        if isinstance(value, int):
-            if value <= 0:
-                raise StmedfmError(f"Parameter 'seeds' must be positive, got {value}.")
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and _INT.match(value.strip()):
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value) if isinstance(value, int) else value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+                if math.isfinite(number):
+                    return number
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, str) and args[0] is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            try:
+                return [_as(args[0], v) for v in value]
+            except _Invalid:
+                pass
+    elif origin is dict:
+        if value is None:
+            return {}
+        if isinstance(value, Mapping):
+            try:
+                return {_as(args[0], k): _as(args[1], v) for k, v in value.items()}
+            except _Invalid:
+                pass
+    raise _Invalid(_describe(hint))
+
+
+def _repeats(values) -> list:
+    seen, twice = [], []
+    for v in values:
+        (twice if v in seen and v not in twice else seen).append(v)
+    return [v for v in twice if v in seen]
+
+
+#: List fields whose entries may repeat (a range); in every other list a repeat would count one run twice.
+REPEATABLE = {"class_weight_clip"}
+
+
+def _typed(key: str, value: Any) -> Any:
+    """The value of field ``key`` in its declared type, no list holding a value twice; :class:`_Invalid` else."""
+    if key == "seeds":
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return list(range(value))
-        return [int(v) for v in value]
-    if key in ("pretrain_tasks", "downstream_tasks", "strategies", "fewshot_strategies", "leave_out_tasks",
-               "class_weight_ablation_tasks", "class_weight_ablation_strategies", "leave_out_strategies",
-               "extended_tasks", "budget_strategies", "data_fraction_tasks", "data_fraction_strategies") \
-            and isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if key in ("fewshot_tasks", "budget_tasks") and value is None:
-        return {}
-    if key == "data_fractions" and isinstance(value, (list, tuple)):
-        return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-    if key in ("pretrain_tasks", "downstream_tasks") and value is None:
-        return []
+        if (isinstance(value, (list, tuple)) and value
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+            value = list(value)
+        else:
+            raise _Invalid("a positive count (5 = seeds 0..4) or a non-empty list of distinct non-negative "
+                           "integers")
+    else:
+        value = _as(_hints()[key], value)
+    lists = [value] if isinstance(value, list) else [v for v in value.values() if isinstance(v, list)] \
+        if isinstance(value, dict) else []
+    for entries in lists if key not in REPEATABLE else []:
+        twice = _repeats(entries)
+        if twice:
+            raise _Invalid(f"a list without repeats ({', '.join(map(repr, twice))} appears more than once, which "
+                           f"would count one run as several samples)")
     return value
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``['seeds=5', 'pretrain_steps=10']`` -> dict; values parsed as YAML (numbers, lists, mappings)."""
+    """``['seeds=5', 'pretrain_steps=10']`` -> dict; values parsed as YAML (numbers, lists, mappings).
+
+    A text field (``study``, ``data_dir``, ...) keeps what was typed: ``-p study=123`` names the study '123'."""
     out: dict[str, Any] = {}
+    text_fields = {k for k, h in _hints().items() if h is str or h == (str | None)}
     for pair in pairs or []:
-        if "=" not in pair:
+        if not isinstance(pair, str) or "=" not in pair:
             raise StmedfmError(f"Override '{pair}' must look like key=value (for example -p seeds=5).")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        key, raw = (part.strip() for part in pair.split("=", 1))
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise StmedfmError(f"Override '{pair}': the value is not valid YAML ({problem}); lists are written "
+                               f"[a, b] and mappings {{task: 10}}.") from None
+        if key in text_fields and raw and not isinstance(value, str) and value is not None:
+            value = raw
+        out[key] = value
     return out
 
 
-def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> StudyConfig:
+#: Names a notebook may hold besides the fields before its config is built: its parameter file, and IPython's own.
+NOTEBOOK_NAMES = frozenset({"params", "In", "Out"})
+
+
+def from_namespace(params: str | os.PathLike, namespace: Mapping[str, Any]) -> StudyConfig:
     """The config of a notebook: the parameter file ``params`` overridden by every variable of ``namespace``
     named like a field (this is how papermill's ``-p key value`` reaches the study).
 
     The ``parameters`` cell of a notebook defines only ``params`` (the file), so nothing a notebook sets for
-    itself can leak into a run with another parameter file. A relative ``params`` path is resolved against the
-    current directory, then the project root (notebooks run in ``notebooks/``).
+    itself can leak into a run with another parameter file. Any other plain value (text, number, list, mapping)
+    in the namespace can only have been injected (papermill ``-p seed 3``): it is refused, naming the closest
+    parameter, instead of being silently ignored. A relative ``params`` path is resolved against the current
+    directory, then the project root (notebooks run in ``notebooks/``).
     """
     from stmedfm import paths
 
+    if not isinstance(params, (str, os.PathLike)):
+        raise StmedfmError(f"Parameter 'params' must be the path of a YAML parameter file, got {params!r}.")
     path = Path(params)
     if not path.is_absolute() and not path.is_file():
         path = paths.project_root() / path
-    known = set(StudyConfig.keys())
-    overrides = {k: v for k, v in namespace.items() if k in known and not k.startswith("_")}
+    known = StudyConfig.keys()
+    plain = (str, int, float, bool, list, dict, tuple, type(None))
+    unknown = [k for k, v in namespace.items() if k not in known and k not in NOTEBOOK_NAMES
+               and not k.startswith("_") and isinstance(v, plain)]
+    if unknown:
+        raise StmedfmError("\n".join(
+            f"Unknown notebook parameter '{k}' = {namespace[k]!r}.{registry.closest(k, known)} Notebook parameters "
+            f"are 'params' and the fields of stmedfm.config.StudyConfig." for k in unknown))
+    overrides = {k: v for k, v in namespace.items() if k in known}
     return StudyConfig.load(path, overrides)

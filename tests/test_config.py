@@ -62,7 +62,7 @@ def test_overrides_parse_as_yaml():
         ({"task_sampling": "uniformm"}, "Did you mean 'uniform'?"),
         ({"image_size": 32}, "Unsupported image size 32"),
         ({"image_size": 128}, "organmnist3d"),
-        ({"seeds": 0}, "'seeds' must be positive"),
+        ({"seeds": 0}, "'seeds' must be a positive count (5 = seeds 0..4) or a non-empty list of distinct"),
         ({"flip_policy": "label-safe"}, "Unknown flip_policy 'label-safe'. Did you mean 'label_safe'?"),
     ],
 )
@@ -82,6 +82,78 @@ def test_notebook_namespace_overrides_only_named_fields(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # like a notebook outside the project: the path resolves against the root
     monkeypatch.setenv("STMEDFM_ROOT", str(Path(__file__).resolve().parents[1]))
-    cfg = from_namespace("params/smoke.yaml", {"seeds": 3, "pretrain_steps": 7, "params": "x", "unrelated": 1})
+    import os as module
+
+    cfg = from_namespace("params/smoke.yaml", {"seeds": 3, "pretrain_steps": 7, "params": "x", "os": module,
+                                               "In": [""], "Out": {}, "_i1": "x"})
     assert cfg.study == "smoke" and cfg.seeds == [0, 1, 2] and cfg.pretrain_steps == 7
     assert cfg.eval_max_samples == 256  # from the file
+
+
+@pytest.mark.parametrize("namespace, message", [
+    ({"seed": 3}, "Unknown notebook parameter 'seed' = 3. Did you mean 'seeds'?"),  # papermill -p seed 3
+    ({"seeds": "abc"}, "Parameter 'seeds' must be a positive count"),  # papermill -p seeds abc
+    ({"unrelated": 1}, "Unknown notebook parameter 'unrelated' = 1."),
+])
+def test_notebook_namespace_refuses_injected_typos(namespace, message, monkeypatch):
+    from stmedfm.config import from_namespace
+
+    monkeypatch.setenv("STMEDFM_ROOT", str(Path(__file__).resolve().parents[1]))
+    with pytest.raises(StmedfmError) as err:
+        from_namespace("params/smoke.yaml", namespace)
+    assert message in str(err.value)
+
+
+# Every bad input of issue 18, item 7: one line naming key, value and what is expected; never a traceback.
+@pytest.mark.parametrize("override, message", [
+    ("seeds=1.5", "Parameter 'seeds' must be a positive count (5 = seeds 0..4) or a non-empty list of distinct "
+                  "non-negative integers, got 1.5."),
+    ("seeds=abc", "Parameter 'seeds' must be a positive count"),
+    ("seeds=[0,0]", "Parameter 'seeds' must be a list without repeats (0 appears more than once"),
+    ("seeds=[-1]", "Parameter 'seeds' must be a positive count"),
+    ("downstream_tasks=[retinamnist, retinamnist]", "'downstream_tasks' must be a list without repeats ('retinamnist'"),
+    ("strategies=[full, full]", "'strategies' must be a list without repeats"),
+    ("fewshot_k=[1, 5, 5]", "'fewshot_k' must be a list without repeats (5 appears"),
+    ("fewshot_k=5", "Parameter 'fewshot_k' must be a list of integers, got 5."),
+    ("fewshot_k=[1.5]", "Parameter 'fewshot_k' must be a list of integers, got [1.5]."),
+    ("fewshot_tasks=[retinamnist]", "Parameter 'fewshot_tasks' must be a mapping of task to an integer"),
+    ("class_weight_clip=5", "Parameter 'class_weight_clip' must be a list of numbers, got 5."),
+    ("class_weight_clip=[1, 2, 3]", "'class_weight_clip' must be [low, high]"),
+    ("weight_decay=abc", "Parameter 'weight_decay' must be a number, got 'abc'."),
+    ("strategies=null", "Parameter 'strategies' must be a list of text values, got None."),
+    ("study=", "Parameter 'study' must be a text value, got None."),
+    ("study=../../escaped", "Parameter 'study' must be a name of letters, digits"),
+    ("study=/abs/dir", "Parameter 'study' must be a name"),
+    ("study=.", "Parameter 'study' must be a name"),
+    ("study=a/b", "Parameter 'study' must be a name"),
+    ("scratch_steps_2d=2.5", "Parameter 'scratch_steps_2d' must be an integer, got 2.5."),
+    ("workers=1.5", "Parameter 'workers' must be an integer or null, got 1.5."),
+    ("augment=maybe", "Parameter 'augment' must be true or false, got 'maybe'."),
+    ("data_fractions=[0.5, 0.5]", "'data_fractions' must be a list without repeats"),
+    ("budget_tasks={retinamnist: [30, 30]}", "'budget_tasks' must be a list without repeats"),
+])
+def test_bad_overrides_fail_with_one_clear_line(override, message):
+    with pytest.raises(StmedfmError) as err:
+        StudyConfig.load(paths.project_root() / "params" / "smoke.yaml", parse_overrides([override]))
+    assert message in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_overrides_accept_what_users_write():
+    over = parse_overrides(["lr_scratch=2e-3", "study=123", "calibration_task=null", "seeds=[3, 1]"])
+    cfg = StudyConfig.load(paths.project_root() / "params" / "smoke.yaml", over)
+    assert cfg.lr_scratch == 0.002 and cfg.study == "123" and cfg.calibration_task is None and cfg.seeds == [3, 1]
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(StmedfmError) as err:
+        StudyConfig.from_dict({"seed": 1, "weight_decay": "abc", "pretrain_steps": 0, "strategies": ["lroa"]})
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("Unknown parameter 'seed'. Did you mean 'seeds'?")
+    assert lines[1] == "Parameter 'weight_decay' must be a number, got 'abc'."
+    assert len(lines) == 2  # types first: range rules need correct types
+
+
+def test_malformed_override_yaml():
+    with pytest.raises(StmedfmError, match=r"Override 'strategies=\[a': the value is not valid YAML"):
+        parse_overrides(["strategies=[a"])

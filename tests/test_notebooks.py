@@ -183,7 +183,7 @@ def test_forward_shapes():
 
 # --- config, setup, tables and figures of a tiny study on synthetic files ---------------------------------------------
 def test_config_takes_papermill_overrides_from_the_namespace():
-    cfg = nb.config("params/smoke.yaml", {"seeds": 3, "pretrain_steps": "7", "unrelated": 1, "_private": 2})
+    cfg = nb.config("params/smoke.yaml", {"seeds": 3, "pretrain_steps": "7", "_private": 2})
     assert cfg.study == "smoke" and cfg.seeds == [0, 1, 2] and cfg.pretrain_steps == 7
 
 
