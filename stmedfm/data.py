@@ -3,7 +3,11 @@
 A task's file is read once into memory as uint8 tensors (MedMNIST at 28 px is small), so training draws batches
 by indexing tensors instead of going through a per-item ``Dataset``. Files are trusted only after a checksum:
 the official MD5 from the registry, or, for derived / subset / synthetic files, a ``MANIFEST.json`` beside the
-file listing its sha256. Successful checks are remembered per (path, size, mtime) so hashing happens once.
+file listing its sha256. Successful checks are remembered per (path, inode, size, mtime, ctime) so hashing happens
+once and a file replaced by another one (even of the same size and mtime) is hashed again.
+
+A verified file has an identity (:class:`FileIdentity`): the official MD5 it matched, or the sha256 its manifest
+lists, and whether that manifest calls it synthetic. Run identities and provenance are built from it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ __all__ = [
     "stratified_fraction_indices",
     "class_weights",
     "file_digests",
+    "FileIdentity",
+    "identify",
 ]
 
 
@@ -155,11 +161,32 @@ def _write_cache(doc: dict) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a verified data file is: ``kind`` 'official' (its MD5 is the registry's), 'manifest' (listed with
+    its sha256 in a MANIFEST.json) or 'synthetic' (listed there as ``synthetic: true``), and ``digest``, the
+    checksum it was verified against ('md5:...' or 'sha256:...')."""
+
+    flag: str
+    size: int
+    kind: str
+    digest: str
+
+    @property
+    def official(self) -> bool:
+        return self.kind == "official"
+
+    def __str__(self) -> str:
+        return f"{self.flag}={self.kind}:{self.digest}"
+
+
 def _record(st: os.stat_result, info: FlagInfo, size: int) -> dict:
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "flag": info.flag, "size": size}
+    """What must be unchanged for a cached verification to hold: a replaced file has another inode or ctime."""
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+            "flag": info.flag, "size": size}
 
 
-def _check(path: Path, info: FlagInfo, size: int) -> str:
+def _check(path: Path, info: FlagInfo, size: int) -> FileIdentity:
     """Verify without wrapping I/O errors (``OSError`` means unreadable; :class:`StmedfmError` means mismatch)."""
     path = Path(path)
     st = path.stat()
@@ -167,16 +194,18 @@ def _check(path: Path, info: FlagInfo, size: int) -> str:
     rec = _record(st, info, size)
     doc = _read_cache()
     cached = doc.get(key)
-    if isinstance(cached, dict) and all(cached.get(k) == v for k, v in rec.items()) and cached.get("kind"):
-        return cached["kind"]
+    if (isinstance(cached, dict) and all(cached.get(k) == v for k, v in rec.items())
+            and cached.get("identity") in ("official", "manifest", "synthetic") and cached.get("digest")):
+        return FileIdentity(info.flag, size, cached["identity"], cached["digest"])
 
     official = info.md5.get(size)
     entry = _manifest_entry(path)
     digests = file_digests(path, ("md5", "sha256") if entry else ("md5",))
     if official and digests["md5"] == official:
-        kind = "md5"
+        identity = FileIdentity(info.flag, size, "official", f"md5:{official}")
     elif entry and digests["sha256"] == entry["sha256"]:
-        kind = "manifest"
+        kind = "synthetic" if entry.get("synthetic") is True else "manifest"
+        identity = FileIdentity(info.flag, size, kind, f"sha256:{entry['sha256']}")
     else:
         expected = f"official md5 {official}"
         got = f"md5 {digests['md5']}"
@@ -190,17 +219,28 @@ def _check(path: Path, info: FlagInfo, size: int) -> str:
             f"listed with its sha256 in a {paths.MANIFEST_NAME} beside it."
         )
     doc = _read_cache()  # re-read: another process may have added entries while we hashed
-    doc[key] = {**rec, "kind": kind}
+    doc[key] = {**rec, "identity": identity.kind, "digest": identity.digest}
     _write_cache(doc)
-    return kind
+    return identity
 
 
 def verify(path: str | os.PathLike, flag: str, size: int = 28) -> str:
-    """Check a file's checksum: 'md5' (official file) or 'manifest' (listed in a MANIFEST.json beside it).
+    """Check a file's checksum: 'md5' (official file) or 'manifest' (listed in a MANIFEST.json beside it, synthetic
+    or not; :func:`identify` tells which).
 
-    Results are cached in ``paths.cache_dir()/verified.json`` by absolute path, size and mtime, so unchanged files
-    are hashed once per machine rather than on every load.
+    Results are cached in ``paths.cache_dir()/verified.json`` by absolute path, inode, size, mtime and ctime, so
+    unchanged files are hashed once per machine rather than on every load.
     """
+    return "md5" if _verified(path, flag, size).official else "manifest"
+
+
+def identify(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> FileIdentity:
+    """Locate and verify the flag's file; return its identity (what run identities and provenance record)."""
+    info = registry.get(flag)
+    return _verified(locate(info.flag, size, data_dir), info.flag, size)
+
+
+def _verified(path: str | os.PathLike, flag: str, size: int) -> FileIdentity:
     info = registry.get(flag)
     registry.check_size(size)
     try:
@@ -212,20 +252,25 @@ def verify(path: str | os.PathLike, flag: str, size: int = 28) -> str:
         ) from exc
 
 
+#: ``stmedfm data`` status of a verified file, by identity kind: an official file, or one a manifest vouches for.
+STATUS = {"official": "official md5", "manifest": "listed in MANIFEST", "synthetic": "synthetic (MANIFEST)"}
+
+
 def status(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> tuple[str, Path | None]:
-    """('missing' | 'verified' | 'bad checksum' | 'unreadable', path or None), for reports that must not raise."""
+    """('missing' | 'official md5' | 'listed in MANIFEST' | 'synthetic (MANIFEST)' | 'bad checksum' |
+    'unreadable', path or None), for reports that must not raise."""
     info = registry.get(flag)
     try:
         path = locate(info.flag, size, data_dir)
     except StmedfmError:
         return "missing", None
     try:
-        _check(path, info, size)
+        identity = _check(path, info, size)
     except OSError:
         return "unreadable", path
     except StmedfmError:
         return "bad checksum", path
-    return "verified", path
+    return STATUS[identity.kind], path
 
 
 def status_table(data_dir: str | os.PathLike | None = None, size: int = 28, flags=None) -> pd.DataFrame:
@@ -298,6 +343,9 @@ def _validate(path: Path, arrays: dict[str, np.ndarray], info: FlagInfo, size: i
     upper = 2 if info.multi_label else info.n_classes  # multi-label rows are 0/1 indicators
     for s in SPLITS:
         im, lb = arrays[f"{s}_images"], arrays[f"{s}_labels"]
+        if im.shape[0] == 0:
+            raise _bad(path, f"{s}_images", "non-empty (a model trained or evaluated on no samples is no result)",
+                       "empty")
         if im.dtype != np.uint8:
             raise _bad(path, f"{s}_images", "uint8", str(im.dtype))
         if im.ndim != 1 + len(img_shape) or tuple(im.shape[1:]) != img_shape:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from stmedfm import data, paths, registry
+from stmedfm import data, paths, registry, synthetic
 from stmedfm.errors import StmedfmError
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -144,18 +144,49 @@ def test_verification_is_cached_until_the_file_changes(synthetic_dir, tmp_path, 
     assert data.verify(path, "dermamnist") == "manifest"
     assert len(calls) == 1
     assert data.verify(path, "dermamnist") == "manifest"
-    assert data.status("dermamnist", data_dir=tmp_path) == ("verified", path)
+    assert data.status("dermamnist", data_dir=tmp_path) == ("synthetic (MANIFEST)", path)
     assert len(calls) == 1, "an unchanged file must not be hashed again"
 
     record = json.loads((paths.cache_dir() / data.VERIFIED_CACHE).read_text())[str(path.resolve())]
     st = path.stat()
-    assert record == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "flag": "dermamnist", "size": 28,
-                      "kind": "manifest"}
+    sha = next(e["sha256"] for e in json.loads((tmp_path / "MANIFEST.json").read_text())["files"]
+               if e["name"] == "dermamnist.npz")
+    assert record == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                      "inode": st.st_ino, "flag": "dermamnist", "size": 28, "identity": "synthetic",
+                      "digest": f"sha256:{sha}"}
 
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes, new mtime
     assert data.verify(path, "dermamnist") == "manifest"
     assert len(calls) == 2
     assert not list(paths.cache_dir().glob(".verified.*")), "atomic write must not leave temp files"
+
+
+def test_a_replaced_file_of_same_size_and_mtime_is_verified_again(synthetic_dir, tmp_path):
+    """Issue 18: the cache keyed on (size, mtime) accepted another file with the same size and mtime."""
+    path = _copy_task(synthetic_dir, "dermamnist", tmp_path)
+    assert data.verify(path, "dermamnist") == "manifest"
+    st = path.stat()
+    blob = bytearray(path.read_bytes())
+    blob[-30] ^= 0xFF  # same size, other bytes
+    other = tmp_path / "other.npz"
+    other.write_bytes(bytes(blob))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)  # same path, size and mtime; new inode and ctime
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(StmedfmError, match="Checksum mismatch"):
+        data.verify(path, "dermamnist")
+
+
+def test_manifest_listed_file_with_an_empty_train_split_is_refused(tmp_path):
+    """Issue 18: an empty train split was accepted and reported as the result of an untrained model."""
+    arrays = synthetic.make_arrays(registry.get("bloodmnist"), {"train": 0, "val": 4, "test": 4}, seed=0)
+    path = tmp_path / "bloodmnist.npz"
+    np.savez(path, **arrays)
+    sha = data.file_digests(path, ("sha256",))["sha256"]
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"files": [{"name": "bloodmnist.npz", "sha256": sha}]}))
+    assert data.status("bloodmnist", data_dir=tmp_path)[0] == "listed in MANIFEST"
+    with pytest.raises(StmedfmError, match="'train_images' should be non-empty .* but is empty"):
+        data.load_task("bloodmnist", data_dir=tmp_path)
 
 
 def test_unreadable_status_and_error(synthetic_dir, tmp_path, monkeypatch):
@@ -179,7 +210,7 @@ def test_status_table_has_every_flag(synthetic_dir, no_default_data):
     assert row.loc["organmnist3d", "dim"] == "3D" and row.loc["pathmnist", "dim"] == "2D"
     assert row.loc["bloodmnist", "train"] == 11959 and row.loc["bloodmnist", "classes"] == 8
     assert row.loc["dermamnist", "license"] == "CC BY-NC 4.0"
-    assert set(row.loc[["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"], "status"]) == {"verified"}
+    assert set(row.loc[["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"], "status"]) == {"synthetic (MANIFEST)"}
     assert row.loc["chestmnist", "status"] == "missing" and row.loc["chestmnist", "path"] == ""
     assert df.attrs["data_dirs"][0] == str(synthetic_dir)
     assert df.attrs["download_dir"] == str(synthetic_dir)
@@ -419,7 +450,9 @@ def test_class_weights_hand_computed():
 @pytest.mark.parametrize("flag", ["bloodmnist", "organamnist", "retinamnist"])
 def test_real_files_verify_as_official(real_data_dir, flag):
     assert data.verify(real_data_dir / f"{flag}.npz", flag) == "md5"
-    assert data.status(flag, data_dir=real_data_dir) == ("verified", real_data_dir / f"{flag}.npz")
+    assert data.status(flag, data_dir=real_data_dir) == ("official md5", real_data_dir / f"{flag}.npz")
+    identity = data.identify(flag, data_dir=real_data_dir)
+    assert identity.official and identity.digest == f"md5:{registry.get(flag).md5[28]}"
 
 
 def test_real_bloodmnist_loads_with_official_sizes(real_data_dir):

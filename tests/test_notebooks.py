@@ -134,7 +134,7 @@ def synthetic_cfg(synthetic_dir) -> StudyConfig:
 def test_table1_and_split_sizes(synthetic_cfg):
     t1 = nb.table1(synthetic_cfg).set_index("flag")
     assert list(t1.index) == ["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"]
-    assert set(t1["status"]) == {"verified"}  # synthetic files are listed in their MANIFEST.json
+    assert set(t1["status"]) == {"synthetic (MANIFEST)"}  # synthetic files are listed in their MANIFEST.json
     assert t1.loc["organmnist3d", "input shape"] == "(28, 28, 28)"
     assert "pretraining task 1" in t1.loc["pathmnist", "roles"] and "calibration task" in t1.loc["pathmnist", "roles"]
     sizes = nb.split_sizes(synthetic_cfg).set_index("flag")
