@@ -242,11 +242,11 @@ def baseline_run(cfg: StudyConfig, spec, pretrained: dict | None) -> dict[str, f
 def baseline_study(cfg: StudyConfig) -> int:
     """Every unique run of the protocol through the baseline pipeline, one after the other, in this process.
     Nothing is stored (only the time matters); returns the number of runs."""
-    from stmedfm.study import plan, preflight, pretrain_jobs, unique_runs
+    from stmedfm.study import plan, preflight, pretrain_jobs, study_data, unique_runs
 
     preflight(cfg)
     planned = plan(cfg)
-    unique = unique_runs(cfg, planned)
+    unique = unique_runs(cfg, planned, study_data(cfg))
     states = {}
     for job in pretrain_jobs(planned):
         states[job] = baseline_pretrain(cfg, list(job.tasks), job.seed)
@@ -274,13 +274,13 @@ def profile_protocol(cfg: StudyConfig, top: int = 15) -> pd.DataFrame:
     from torch.profiler import ProfilerActivity, profile
 
     from stmedfm.executors import prepare_worker, restore_allocator
-    from stmedfm.study import plan, preflight, pretrain_jobs, unique_runs
+    from stmedfm.study import plan, preflight, pretrain_jobs, study_data, unique_runs
     from stmedfm.train import PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, pretrain, run_downstream
 
     phases = (PHASE_PRETRAIN, PHASE_TRAIN, PHASE_EVALUATE, PHASE_METRICS)
     preflight(cfg)
     planned = plan(cfg)
-    unique = unique_runs(cfg, planned)
+    unique = unique_runs(cfg, planned, study_data(cfg))
     jobs = pretrain_jobs(planned)
     ops: dict[str, list] = {}
     spent = dict.fromkeys(phases, 0.0)
@@ -415,11 +415,11 @@ def _protocol(kind: str, params: str, overrides: dict, workers: int | None) -> d
     cfg = StudyConfig.load(params, overrides)
     t0 = time.perf_counter()
     if kind == "ours":
-        from stmedfm.study import plan, run_study, unique_runs
+        from stmedfm.study import plan, run_study, study_data, unique_runs
 
         with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as out:
             run_study(cfg, out=out, progress=False, workers=workers)
-        runs = len(unique_runs(cfg, plan(cfg)))
+        runs = len(unique_runs(cfg, plan(cfg), study_data(cfg)))
     else:
         runs = baseline_study(cfg)
     return {"seconds": time.perf_counter() - t0, "runs": runs}

@@ -48,7 +48,7 @@ from stmedfm.config import StudyConfig
 from stmedfm.config import read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
-from stmedfm.study import ResultStore, plan, run_id, run_study
+from stmedfm.study import ResultStore, data_kind, plan, preflight, run_id, run_study, study_data
 
 __all__ = ["Beyond", "load", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
@@ -148,15 +148,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _share(study: Beyond, variant: str) -> int:
-    """Copy into ``variant``'s store every run and checkpoint it plans that a sibling variant already has."""
+def _share(study: Beyond, variant: str, data) -> int:
+    """Copy into ``variant``'s store every run and checkpoint it plans that a sibling variant already has (an id
+    covers parameters and data, so only what this variant would compute itself is copied)."""
     cfg = study.configs[variant]
     store = ResultStore(study.root / variant)
     others = [ResultStore(study.root / v) for v in study.configs if v != variant and (study.root / v).is_dir()]
     shared = 0
     planned = plan(cfg)
     for p in planned:
-        rid = run_id(cfg, p.spec)
+        rid = run_id(cfg, p.spec, data)
         if store.has_run(rid):
             continue
         for other in others:
@@ -165,7 +166,7 @@ def _share(study: Beyond, variant: str) -> int:
                 shared += 1
                 break
     for job in {p.pretrain_job for p in planned if p.pretrain_job}:
-        jid = job.id(cfg)
+        jid = job.id(cfg, data)
         if store.has_checkpoint(jid):
             continue
         for other in others:
@@ -179,8 +180,13 @@ def _share(study: Beyond, variant: str) -> int:
 def run(study: Beyond, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Run (or resume) every variant, then aggregate; returns the aggregated tables."""
     for variant, cfg in study.configs.items():
-        _share(study, variant)
-        run_study(cfg, out=study.root / variant, progress=progress, workers=workers)
+        store = ResultStore(study.root / variant)
+        store.check_claim(cfg, None)
+        preflight(cfg)
+        data = study_data(cfg)
+        store.claim(cfg, data_kind(data))
+        _share(study, variant, data)
+        run_study(cfg, out=store.root, progress=progress, workers=workers)
     return aggregate(study)
 
 
@@ -239,7 +245,7 @@ def aggregate(study: Beyond) -> dict[str, pd.DataFrame]:
     metrics, runs, losses = [], [], []
     for v, cfg in study.configs.items():
         store = ResultStore(study.root / v)
-        tables = store.consolidate(cfg)
+        tables = store.consolidate(cfg, study_data(cfg))
         for frame, acc in ((tables.get("metrics"), metrics), (tables.get("runs"), runs),
                            (tables.get("pretrain_loss"), losses)):
             if frame is None or frame.empty:

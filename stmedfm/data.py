@@ -386,6 +386,11 @@ def _load_cached(resolved: str, flag: str, size: int, mtime_ns: int, nbytes: int
     return TaskData(info=info, size=size, path=path, splits=splits)
 
 
+def release_cache() -> None:
+    """Forget the tasks held in memory by this process (a client whose workers load the data themselves)."""
+    _load_cached.cache_clear()
+
+
 def load_task(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None, download: bool = False) -> TaskData:
     """Locate (downloading only when asked), verify and load all splits of one task into memory, cached in-process."""
     info = registry.get(flag)

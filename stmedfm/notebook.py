@@ -161,13 +161,16 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     Finished runs are reused (``make study`` computes them with workers before the notebooks run), so a notebook
     recomputes nothing that exists. The one-line summary says how many runs were reused and computed.
     """
-    from stmedfm.study import ResultStore, plan, run_id, run_study
+    from stmedfm.study import ResultStore, plan, preflight, run_id, run_study, study_data
 
     cfg = config(params, namespace)
     store = ResultStore(paths.results_dir(cfg.study))
     if not run:
         return cfg, store
-    ids = {run_id(cfg, p.spec) for p in plan(cfg)}
+    store.check_claim(cfg, None)
+    preflight(cfg)
+    data = study_data(cfg)
+    ids = {run_id(cfg, p.spec, data) for p in plan(cfg)}
     before = sum(store.has_run(r) for r in ids)
     if before < len(ids):
         print(f"computing {len(ids) - before} of {len(ids)} runs of study '{cfg.study}' "

@@ -24,18 +24,21 @@ import io
 import json
 import os
 import time
+import warnings
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from stmedfm import data as D
 from stmedfm.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from stmedfm import paths, registry
+from stmedfm import paths, provenance, registry
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.train import RunResult, RunSpec, pretrain, run_downstream
@@ -53,14 +56,18 @@ PRETRAIN_FIELDS = (
 EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency")
 
 
-#: Fields added after the first reference results: part of a run's identity only when not at their default,
-#: so adding them did not change the identity of any finished run.
+#: Fields added after the first reference results: part of an identity only when not at their default, so
+#: adding them did not change the identity of any finished run. LATER_RUN_FIELDS change evaluation only.
 LATER_FIELDS = {"flip_policy": "all"}
+LATER_RUN_FIELDS = {"eval_batch_size_2d": 256, "eval_batch_size_3d": 32}
+
+#: The identity of every data file a study reads, flag -> :class:`stmedfm.data.FileIdentity` (see :func:`study_data`).
+StudyData = Mapping[str, D.FileIdentity]
 
 
-def _fields(cfg: StudyConfig, names) -> dict:
+def _fields(cfg: StudyConfig, names, later=LATER_FIELDS) -> dict:
     fields = {f: getattr(cfg, f) for f in names}
-    fields.update({f: getattr(cfg, f) for f, default in LATER_FIELDS.items() if getattr(cfg, f) != default})
+    fields.update({f: getattr(cfg, f) for f, default in later.items() if getattr(cfg, f) != default})
     return fields
 
 
@@ -68,15 +75,41 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def study_data(cfg: StudyConfig) -> dict[str, D.FileIdentity]:
+    """Locate and verify every file of the study; their identities (what run identities are built from)."""
+    return {t: D.identify(t, cfg.image_size, cfg.data_dir) for t in cfg.all_tasks()}
+
+
+def official_data(cfg: StudyConfig) -> dict[str, D.FileIdentity]:
+    """The identities the study's files have when they are the official ones (no file is read): for planning and
+    tests on machines without the data."""
+    return {t: D.FileIdentity(t, cfg.image_size, "official", f"md5:{registry.get(t).md5.get(cfg.image_size)}")
+            for t in cfg.all_tasks()}
+
+
+def _data_fields(data: StudyData, tasks) -> dict[str, str]:
+    """The digests of the files among ``tasks`` that are not the official ones. Decision: an official file is
+    already named by (flag, image size), which every identity holds, so only other bytes (derived, subset or
+    synthetic files) enter an identity; runs on the official files keep the ids they had before data entered
+    identities, and any other bytes can never reuse them."""
+    missing = [t for t in tasks if t not in data]
+    if missing:
+        raise KeyError(f"no data identity for {missing}")
+    return {t: data[t].digest for t in tasks if not data[t].official}
+
+
 @dataclass(frozen=True)
 class PretrainJob:
     seed: int
     tasks: tuple[str, ...]
 
-    def id(self, cfg: StudyConfig) -> str:
+    def id(self, cfg: StudyConfig, data: StudyData) -> str:
         fields = _fields(cfg, PRETRAIN_FIELDS)
         if cfg.task_sampling != "temperature":
             fields.pop("sampling_alpha")
+        files = _data_fields(data, self.tasks)
+        if files:
+            fields["data"] = files
         return "pretrain-" + _digest({"seed": self.seed, "tasks": self.tasks, **fields})
 
 
@@ -91,10 +124,13 @@ class PlannedRun:
         return PretrainJob(self.spec.seed, self.spec.pretrain) if self.spec.pretrain else None
 
 
-def run_id(cfg: StudyConfig, spec: RunSpec) -> str:
-    """Identity of a run: its spec, the training fields of the config and its checkpoint's identity."""
-    fields = _fields(cfg, TRAINING_FIELDS)
-    ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg) if spec.pretrain else None
+def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
+    """Identity of a run: its spec, the training fields of the config, its data and its checkpoint's identity."""
+    fields = _fields(cfg, TRAINING_FIELDS, {**LATER_FIELDS, **LATER_RUN_FIELDS})
+    files = _data_fields(data, [spec.task])
+    if files:
+        fields["data"] = files
+    ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg, data) if spec.pretrain else None
     return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
 
 
@@ -154,11 +190,11 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
     return out
 
 
-def unique_runs(cfg: StudyConfig, planned: list[PlannedRun]) -> dict[str, PlannedRun]:
+def unique_runs(cfg: StudyConfig, planned: list[PlannedRun], data: StudyData) -> dict[str, PlannedRun]:
     """Run id -> the first planned run with that id: what actually executes (a run shared by experiments, once)."""
     unique: dict[str, PlannedRun] = {}
     for p in planned:
-        unique.setdefault(run_id(cfg, p.spec), p)
+        unique.setdefault(run_id(cfg, p.spec, data), p)
     return unique
 
 
@@ -168,8 +204,23 @@ def pretrain_jobs(planned: list[PlannedRun]) -> list[PretrainJob]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+#: The marker of a result store: which study it holds and whether its data is real or synthetic.
+MARKER = "store.json"
+#: Columns of runs.csv that say where and with what a run was computed (see stmedfm.provenance).
+PROVENANCE = ("data", "machine", "pretrain_machine", "stmedfm", "git_commit", "torch")
+
+
+class StoreWarning(UserWarning):
+    """A damaged file of a result store was set aside (moved to quarantine/) and will be recomputed."""
+
+
 class ResultStore:
-    """The files of one study under ``results/<study>/`` (see the module docstring)."""
+    """The files of one study under ``results/<study>/`` (see the module docstring).
+
+    A store is marked by ``store.json`` (its study name and data kind). Files that fail to load or whose content
+    does not match their name are moved to ``quarantine/`` (never deleted), named in a :class:`StoreWarning`, and
+    recomputed. ``config.yaml`` is written only after the tidy tables, so the two always describe the same study.
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -184,25 +235,153 @@ class ResultStore:
     def loss_path(self, job_id: str) -> Path:
         return self.root / "checkpoints" / f"{job_id}.loss.csv"
 
-    # state
+    # claiming a folder ----------------------------------------------------------------------------------------
+    def marker(self) -> dict | None:
+        path = self.root / MARKER
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StmedfmError(f"'{path}' is damaged ({type(exc).__name__}); it marks a result store. Restore it, "
+                               f"or pass a new folder as --out.") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("study"), str):
+            raise StmedfmError(f"'{path}' is not a result-store marker; pass a new folder as --out.")
+        return doc
+
+    def check_claim(self, cfg: StudyConfig, kind: str | None) -> None:
+        """Refuse, before anything is written, any folder that is not new, empty, or a store of this study with
+        data of the same kind ('real' or 'synthetic'; None: not known yet, not checked)."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise StmedfmError(f"The result folder '{root}' is a file. Pass a new or empty folder, or a store of "
+                               f"study '{cfg.study}', as --out.")
+        doc = self.marker()
+        if doc is None:
+            legacy = _study_in(root / "config.yaml")  # a store written before markers existed
+            if root.is_dir() and any(root.iterdir()) and legacy != cfg.study:
+                what = f"a store of study '{legacy}'" if legacy else "not a result store (no store.json)"
+                raise StmedfmError(f"The result folder '{root}' is not empty and is {what}. Results of study "
+                                   f"'{cfg.study}' go into a new or empty folder or a store of the same study: pass "
+                                   f"another --out.")
+            return
+        if doc["study"] != cfg.study:
+            raise StmedfmError(f"The result folder '{root}' holds study '{doc['study']}', not '{cfg.study}'. Pass "
+                               f"another --out (or -p study={doc['study']}).")
+        if kind is not None and doc.get("data", kind) != kind:
+            raise StmedfmError(
+                f"The result folder '{root}' holds results on {doc['data']} data, and this study reads {kind} files "
+                f"({_kind_hint(kind)}). Runs on synthetic and real data never share a store: pass another --out.")
+
+    def claim(self, cfg: StudyConfig, kind: str) -> None:
+        """:meth:`check_claim`, then mark the folder as this study's store."""
+        self.check_claim(cfg, kind)
+        if self.marker() is None:
+            from stmedfm import __version__
+
+            doc = {"study": cfg.study, "data": kind, "created_by": f"stmedfm {__version__}"}
+            atomic_write_text(self.root / MARKER, json.dumps(doc, indent=1) + "\n")
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the store for one study at a time (an advisory lock on its marker; a no-op without fcntl)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        with open(self.root / MARKER, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise StmedfmError(f"Another study is running in '{self.root}' right now; wait for it to finish "
+                                   f"(a rerun then resumes), or pass another --out.") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of writes a killed client never finished (only the client writes, under the
+        lock, so none is in use)."""
+        stale = [p for d in ("runs", "checkpoints") for p in (self.root / d).glob(".*.tmp")]
+        stale += list(self.root.glob(".*.tmp"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    # damaged files ---------------------------------------------------------------------------------------------
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a damaged file to ``quarantine/`` (never delete it), name it in a warning, return where it went."""
+        dest = self.root / "quarantine" / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.parent.name}-{path.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        warnings.warn(StoreWarning(f"{path} is damaged ({reason}); moved to {dest} and recomputed."), stacklevel=2)
+        return dest
+
+    # runs -----------------------------------------------------------------------------------------------------
     def has_run(self, rid: str) -> bool:
         return self.run_path(rid).is_file()
 
-    def has_checkpoint(self, job_id: str) -> bool:
-        return self.checkpoint_path(job_id).is_file() and self.loss_path(job_id).is_file()
-
-    def write_run(self, rid: str, result: RunResult) -> None:
+    def write_run(self, rid: str, result: RunResult, cfg: StudyConfig | None = None,
+                  provenance: dict | None = None) -> None:
         record = {
             "run_id": rid, **result.spec.key(), "detail": result.spec.detail,
             "total_params": result.total_params, "trainable_params": result.trainable_params,
             "seconds": round(result.seconds, 3), "metrics": result.metrics,
             "extras": {k: v.to_dict(orient="records") for k, v in result.extras.items()},
+            "provenance": {**(provenance or {}), **result.provenance},
+            "config": cfg.to_dict() if cfg is not None else None,
         }
         atomic_write_text(self.run_path(rid), json.dumps(record, default=float))
 
     def read_run(self, rid: str) -> dict:
         return json.loads(self.run_path(rid).read_text())
 
+    def load_run(self, rid: str) -> dict | None:
+        """The run's record, or None (and the file quarantined) when it is unreadable or belongs to another run."""
+        path = self.run_path(rid)
+        try:
+            rec = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # truncated, garbage, not UTF-8
+            self.quarantine(path, f"unreadable: {type(exc).__name__}")
+            return None
+        problem = _run_problem(rec, rid)
+        if problem:
+            self.quarantine(path, problem)
+            return None
+        return rec
+
+    # checkpoints ------------------------------------------------------------------------------------------------
+    def has_checkpoint(self, job_id: str) -> bool:
+        return self.checkpoint_path(job_id).is_file() and self.loss_path(job_id).is_file()
+
+    def checkpoint_ok(self, job_id: str) -> bool:
+        """Whether the checkpoint and its loss table load and belong to ``job_id``; damaged ones are quarantined."""
+        if not self.has_checkpoint(job_id):
+            return False
+        ckpt, loss = self.checkpoint_path(job_id), self.loss_path(job_id)
+        try:
+            obj = torch.load(io.BytesIO(ckpt.read_bytes()), map_location="cpu", weights_only=True)
+            problem = None if _state_dict(obj, job_id) is not None else "not a checkpoint of this job"
+        except Exception as exc:  # torch raises many types for a damaged file
+            problem = f"unreadable: {type(exc).__name__}"
+        if problem is None:
+            try:
+                frame = pd.read_csv(loss)
+                if not {"step", "loss"} <= set(frame.columns) or frame.empty:
+                    problem = "loss table without its columns"
+            except Exception as exc:  # pandas: ParserError, UnicodeDecodeError, EmptyDataError, ...
+                problem = f"loss table unreadable: {type(exc).__name__}"
+        if problem:
+            self.quarantine(ckpt, problem)
+            self.quarantine(loss, problem)
+            return False
+        return True
+
+    # config ---------------------------------------------------------------------------------------------------
     def write_config(self, cfg: StudyConfig) -> None:
         atomic_write_text(self.root / "config.yaml", cfg.to_yaml())
 
@@ -213,20 +392,24 @@ class ResultStore:
         return StudyConfig.load(path)
 
     # tidy tables
-    def consolidate(self, cfg: StudyConfig) -> dict[str, pd.DataFrame]:
-        """Rebuild the tidy CSV tables from the finished runs of the current plan; returns them."""
+    def consolidate(self, cfg: StudyConfig, data: StudyData) -> dict[str, pd.DataFrame]:
+        """Rebuild the tidy CSV tables from the finished runs of the current plan on the current data; returns
+        them. Runs of other parameters or other data stay in runs/ but never enter the tables."""
         planned = plan(cfg)
         run_rows, metric_rows = [], []
         extras: dict[str, list[pd.DataFrame]] = defaultdict(list)
-        cache: dict[str, dict] = {}
+        cache: dict[str, dict | None] = {}
         for p in planned:
-            rid = run_id(cfg, p.spec)
-            if not self.has_run(rid):
+            rid = run_id(cfg, p.spec, data)
+            if rid not in cache:
+                cache[rid] = self.load_run(rid)
+            rec = cache[rid]
+            if rec is None:
                 continue
-            rec = cache.get(rid) or cache.setdefault(rid, self.read_run(rid))
             key = {"run_id": rid, "experiment": p.experiment, "variant": p.variant, **p.spec.key()}
+            prov = rec.get("provenance") or {}
             run_rows.append({**key, "total_params": rec["total_params"], "trainable_params": rec["trainable_params"],
-                             "seconds": rec["seconds"]})
+                             "seconds": rec["seconds"], **{c: prov.get(c, "") for c in PROVENANCE}})
             metric_rows += [{**key, "metric": m, "value": v} for m, v in rec["metrics"].items()]
             if p.experiment == "transfer":
                 for name, records in rec["extras"].items():
@@ -238,7 +421,7 @@ class ResultStore:
         tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
         losses = []
         for job in pretrain_jobs(planned):
-            jid = job.id(cfg)
+            jid = job.id(cfg, data)
             if self.has_checkpoint(jid):
                 frame = pd.read_csv(self.loss_path(jid))
                 frame.insert(0, "pretrain", "+".join(job.tasks))
@@ -255,6 +438,76 @@ class ResultStore:
         if not path.is_file():
             raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
         return pd.read_csv(path)
+
+    def notices(self) -> list[str]:
+        """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from
+        several machines. Tables, figures and the report print these."""
+        out = []
+        doc = self.marker() or {}
+        if doc.get("data") == "synthetic":
+            out.append(SYNTHETIC_NOTICE)
+        try:
+            if self.config().is_smoke():
+                out.append(SMOKE_NOTICE)
+        except StmedfmError:
+            pass
+        runs_csv = self.root / "runs.csv"
+        if runs_csv.is_file():
+            runs = pd.read_csv(runs_csv, dtype=str, keep_default_na=False)
+            machines = sorted({m for col in ("machine", "pretrain_machine") if col in runs for m in runs[col] if m})
+            if len(machines) > 1:
+                out.append(f"runs computed on {len(machines)} machines ({' | '.join(machines)}): the same seed gives "
+                           f"bit-identical numbers only on the same hardware; see README, Reproducibility")
+        return out
+
+
+SYNTHETIC_NOTICE = "synthetic data — not results"
+SMOKE_NOTICE = "smoke budgets — not results"
+
+
+def not_results(notices: list[str]) -> bool:
+    """Whether the notices mark a store whose numbers are not results (no paper deltas are shown for it)."""
+    return SYNTHETIC_NOTICE in notices or SMOKE_NOTICE in notices
+
+
+def data_kind(data: StudyData) -> str:
+    """'synthetic' when any file of the study is synthetic, else 'real'."""
+    return "synthetic" if any(i.kind == "synthetic" for i in data.values()) else "real"
+
+
+def _kind_hint(kind: str) -> str:
+    return "listed as synthetic in a MANIFEST.json" if kind == "synthetic" else "none of them synthetic"
+
+
+def _study_in(config_yaml: Path) -> str | None:
+    try:
+        doc = yaml.safe_load(config_yaml.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return doc.get("study") if isinstance(doc, dict) and isinstance(doc.get("study"), str) else None
+
+
+_RUN_KEYS = ("run_id", "metrics", "total_params", "trainable_params", "seconds", "extras")
+
+
+def _run_problem(rec, rid: str) -> str | None:
+    if not isinstance(rec, dict) or any(k not in rec for k in _RUN_KEYS):
+        return "not a run record"
+    if rec["run_id"] != rid:
+        return f"it holds run {rec['run_id']}"
+    if not isinstance(rec["metrics"], dict) or not isinstance(rec["extras"], dict):
+        return "not a run record"
+    return None
+
+
+def _state_dict(obj, job_id: str) -> dict | None:
+    """The state dict of a stored checkpoint ({'job_id', 'state_dict', ...}), or None when it is another job's.
+    A bare state dict (written before checkpoints named their job) is accepted as it is."""
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj["state_dict"] if obj.get("job_id") == job_id else None
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,26 +561,50 @@ def preflight(cfg: StudyConfig) -> None:
 # the result store, so they may run in this process, in a local pool or on the machines of a Dask cluster.
 # Checkpoints travel as bytes (the serialised state dict): returned by the pretraining task, written to
 # checkpoints/ by the client, and handed to the runs that need them through Executor.share.
-def _pretrain_job(cfg_dict: dict, job: PretrainJob) -> tuple[bytes, str, float]:
-    """Pretrain; return (checkpoint as torch.save bytes, loss table as CSV text, seconds)."""
+def _worker_data(cfg: StudyConfig, tasks, expected: Mapping[str, str]) -> str:
+    """Check that this worker reads the very files the client planned with (a Dask worker finds its own copies);
+    return them as provenance text."""
+    found = {t: D.identify(t, cfg.image_size, cfg.data_dir) for t in tasks}
+    other = [t for t, i in found.items() if i.digest != expected[t]]
+    if other:
+        raise StmedfmError(
+            f"A worker reads other files than the client planned with: {', '.join(str(found[t]) for t in other)} "
+            f"(expected {', '.join(f'{t}={expected[t]}' for t in other)}). Give every worker the same files.")
+    return "; ".join(str(i) for i in found.values())
+
+
+def _pretrain_job(cfg_dict: dict, job: PretrainJob, jid: str, expected: dict[str, str]) -> tuple[bytes, str, float]:
+    """Pretrain; return (checkpoint as torch.save bytes, loss table as CSV text, seconds). The checkpoint names its
+    job and where it was made: {'job_id', 'state_dict', 'provenance'}."""
     t0 = time.perf_counter()
     cfg = StudyConfig.from_dict(cfg_dict)
+    files = _worker_data(cfg, job.tasks, expected)
     state, losses = pretrain(cfg, list(job.tasks), job.seed)
     buf = io.BytesIO()
-    torch.save(state, buf)
+    made = {"machine": provenance.machine(next(iter(state.values())).device), "torch": str(torch.__version__),
+            "data": files}
+    torch.save({"job_id": jid, "state_dict": state, "provenance": made}, buf)
     return buf.getvalue(), losses.to_csv(index=False), time.perf_counter() - t0
 
 
 @lru_cache(maxsize=4)
-def _load_checkpoint(blob: bytes) -> dict:
-    """A checkpoint's state dict, deserialised once per worker process and reused by the runs that start from it."""
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+def _load_checkpoint(blob: bytes) -> tuple[dict, dict]:
+    """A checkpoint's (state dict, provenance), deserialised once per worker process and reused by its runs."""
+    obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj["state_dict"], obj.get("provenance") or {}
+    return obj, {}
 
 
-def _run_job(cfg_dict: dict, rid: str, spec: RunSpec, ckpt: bytes | None) -> tuple[str, RunResult]:
+def _run_job(cfg_dict: dict, rid: str, spec: RunSpec, ckpt: bytes | None,
+             expected: dict[str, str]) -> tuple[str, RunResult]:
     cfg = StudyConfig.from_dict(cfg_dict)
-    state = _load_checkpoint(ckpt) if ckpt else None
-    return rid, run_downstream(cfg, spec, state)
+    files = _worker_data(cfg, [spec.task], expected)
+    state, made = _load_checkpoint(ckpt) if ckpt else (None, {})
+    result = run_downstream(cfg, spec, state)
+    result.provenance = {"machine": provenance.machine(next(iter(state.values())).device if state else None),
+                         "pretrain_machine": made.get("machine", ""), "torch": str(torch.__version__), "data": files}
+    return rid, result
 
 
 @contextlib.contextmanager
@@ -370,29 +647,44 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     """
     from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
 
-    preflight(cfg)
     store = ResultStore(out or paths.results_dir(cfg.study))
-    store.write_config(cfg)
-    workers = workers or cfg.workers or default_workers()
+    store.check_claim(cfg, None)  # before anything is downloaded or written
+    preflight(cfg)
+    data = study_data(cfg)
+    store.claim(cfg, data_kind(data))
+    with store.locked():
+        store.remove_partial_writes()
+        _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(), scheduler)
+        store.consolidate(cfg, data)
+        store.write_config(cfg)  # last: config.yaml always describes the tables beside it
+    return store
+
+
+def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bool, workers: int, scheduler) -> None:
+    """Compute every run and checkpoint of the plan that the store lacks (damaged ones are quarantined first)."""
+    from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
+
     planned = plan(cfg)
     cfg_dict = cfg.to_dict()
+    expected = {t: i.digest for t, i in data.items()}
+    made_with = provenance.software()
 
-    todo = [(rid, p) for rid, p in unique_runs(cfg, planned).items() if not store.has_run(rid)]
+    todo = [(rid, p) for rid, p in unique_runs(cfg, planned, data).items() if store.load_run(rid) is None]
     jobs = pretrain_jobs(planned)
-    todo_jobs = {j.id(cfg): j for j in jobs if not store.has_checkpoint(j.id(cfg))}
+    needed = {p.pretrain_job for _, p in todo if p.pretrain_job}  # checkpoints of finished runs are not reread
+    todo_jobs = {j.id(cfg, data): j for j in jobs if j in needed and not store.checkpoint_ok(j.id(cfg, data))}
     if not todo and not todo_jobs:
-        store.consolidate(cfg)
-        return store
+        return
 
     users: dict[str, int] = defaultdict(int)  # job id -> runs still to start from its checkpoint
     for _, p in todo:
         if p.pretrain_job:
-            users[p.pretrain_job.id(cfg)] += 1
-    tasks = [Task(jid, _pretrain_job, (cfg_dict, job), PRETRAIN_PRIORITY - i, payload=job)
+            users[p.pretrain_job.id(cfg, data)] += 1
+    tasks = [Task(jid, _pretrain_job, (cfg_dict, job, jid, expected), PRETRAIN_PRIORITY - i, payload=job)
              for i, (jid, job) in enumerate(todo_jobs.items())]
     with executor_for(workers, scheduler, n_tasks=len(todo) + len(todo_jobs)) as executor:
         if not isinstance(executor, InlineExecutor):
-            D._load_cached.cache_clear()  # the workers load the data; the client only needed it for preflight
+            D.release_cache()  # the workers load the data; the client only needed it for preflight
         shared: dict[str, object] = {}  # job id -> checkpoint handle (Executor.share of its bytes)
 
         def checkpoint(jid: str):
@@ -401,10 +693,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
             return shared[jid]
 
         def run_args(rid: str, p: PlannedRun):
-            return lambda: (cfg_dict, rid, p.spec, checkpoint(p.pretrain_job.id(cfg)) if p.pretrain_job else None)
+            jid = p.pretrain_job.id(cfg, data) if p.pretrain_job else None
+            return lambda: (cfg_dict, rid, p.spec, checkpoint(jid) if jid else None, expected)
 
         for rid, p in todo:
-            jid = p.pretrain_job.id(cfg) if p.pretrain_job else None
+            jid = p.pretrain_job.id(cfg, data) if p.pretrain_job else None
             tasks.append(Task(rid, _run_job, run_args(rid, p), estimated_cost(cfg, p.spec),
                               after=(jid,) if jid in todo_jobs else (), payload=p))  # longest first
         bar = tqdm(total=len(tasks), desc=f"study {cfg.study}", disable=not progress)
@@ -423,10 +716,10 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
                 bar.write(f"pretrained seed={job.seed} on {'+'.join(job.tasks)} in {secs:.1f} s")
                 return
             rid, res = result
-            store.write_run(rid, res)
+            store.write_run(rid, res, cfg, made_with)
             p = task.payload
             if p.pretrain_job:
-                jid = p.pretrain_job.id(cfg)
+                jid = p.pretrain_job.id(cfg, data)
                 users[jid] -= 1
                 if not users[jid] and jid in shared:
                     executor.release(shared.pop(jid))
@@ -439,5 +732,3 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
             run_tasks(executor, tasks, on_result)
         finally:
             bar.close()
-    store.consolidate(cfg)
-    return store

@@ -292,6 +292,7 @@ class RunResult:
     trainable_params: int
     seconds: float
     extras: dict[str, pd.DataFrame] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)  #: where it was computed (filled by the worker)
 
 
 def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> STMedFM:

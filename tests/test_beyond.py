@@ -13,7 +13,7 @@ import stmedfm.train as train_mod
 from stmedfm import beyond, paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import plan, run_id
+from stmedfm.study import official_data, plan, run_id
 from stmedfm.train import RunSpec, run_downstream
 
 PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
@@ -25,10 +25,10 @@ def test_new_fields_leave_existing_run_identities_unchanged():
     spec = RunSpec(task="organmnist3d", strategy="full", seed=0, steps=50, lr=1.5e-3, class_weights=True,
                    pretrain=PAPER_PRETRAIN)
     assert "fraction" not in spec.key()
-    assert run_id(cfg, spec) == "run-365fc32525974b0c"
+    assert run_id(cfg, spec, official_data(cfg)) == "run-365fc32525974b0c"
     fewshot = RunSpec(task="dermamnist", strategy="lora", seed=2, steps=40, lr=2e-3, class_weights=True,
                       pretrain=PAPER_PRETRAIN, k=5, fewshot_split=1)
-    assert run_id(cfg, fewshot) == "run-8ae23f88f27b0bde"
+    assert run_id(cfg, fewshot, official_data(cfg)) == "run-8ae23f88f27b0bde"
     half = RunSpec(task="dermamnist", strategy="full", seed=0, steps=40, lr=2e-3, class_weights=True, fraction=0.5)
     assert half.key()["fraction"] == 0.5
 
@@ -56,8 +56,8 @@ def test_budget_and_data_efficiency_plans(synthetic_dir):
     assert {p.variant for p in budget} == {"30 steps", "120 steps", "150 steps"}
     assert {p.variant for p in frac} == {"10 %", "100 %"} and {p.spec.fewshot_split for p in frac} == {0, 1}
     # a budget equal to the standard one is the transfer run (Scratch 150, Full 120): computed once
-    transfer = {run_id(cfg, p.spec) for p in planned if p.experiment == "transfer"}
-    shared = {run_id(cfg, p.spec) for p in budget} & transfer
+    transfer = {run_id(cfg, p.spec, official_data(cfg)) for p in planned if p.experiment == "transfer"}
+    shared = {run_id(cfg, p.spec, official_data(cfg)) for p in budget} & transfer
     assert len(shared) == 2 * 2
     with pytest.raises(StmedfmError, match="data_fractions"):
         cfg.replace(data_fractions=[0, 0.5])

@@ -8,7 +8,7 @@ from stmedfm import paths
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import plan, run_id, run_study
+from stmedfm.study import official_data, plan, run_id, run_study
 from stmedfm.tables import write_tables
 
 
@@ -34,14 +34,14 @@ def sorted_metrics(store) -> pd.DataFrame:
 def test_plan_shares_identical_runs_between_experiments(synthetic_dir):
     cfg = tiny(synthetic_dir)
     planned = plan(cfg)
-    ids = {run_id(cfg, p.spec) for p in planned}
+    ids = {run_id(cfg, p.spec, official_data(cfg)) for p in planned}
     # transfer 6 + fewshot 2K*2 splits*2 strategies=8 + class weights 4 + leave-out 2 + extended 2 = 22 planned
     assert len(planned) == 22
     # shared: class weights 'on' = transfer (2), leave-out 'all tasks' = transfer lora (1)
     assert len(ids) == 19
     on = [p for p in planned if p.experiment == "class_weights" and p.variant == "weights on"]
-    transfer = {run_id(cfg, p.spec) for p in planned if p.experiment == "transfer"}
-    assert all(run_id(cfg, p.spec) in transfer for p in on)
+    transfer = {run_id(cfg, p.spec, official_data(cfg)) for p in planned if p.experiment == "transfer"}
+    assert all(run_id(cfg, p.spec, official_data(cfg)) in transfer for p in on)
 
 
 def test_interrupted_study_resumes_without_duplicates(synthetic_dir, tmp_path, monkeypatch):
@@ -150,6 +150,6 @@ def test_run_identity_is_stable():
     cfg = StudyConfig()
     spec = RunSpec(task="pathmnist", strategy="lora", seed=0, steps=120, lr=2e-3, class_weights=True,
                    pretrain=tuple(cfg.pretrain_tasks))
-    assert run_id(cfg, spec) == "run-43f61d1aed33087f"
-    assert PretrainJob(0, tuple(cfg.pretrain_tasks)).id(cfg) == "pretrain-179d0ffcf32bcfe4"
-    assert run_id(cfg.replace(flip_policy="label_safe"), spec) != "run-43f61d1aed33087f"
+    assert run_id(cfg, spec, official_data(cfg)) == "run-43f61d1aed33087f"
+    assert PretrainJob(0, tuple(cfg.pretrain_tasks)).id(cfg, official_data(cfg)) == "pretrain-179d0ffcf32bcfe4"
+    assert run_id(cfg.replace(flip_policy="label_safe"), spec, official_data(cfg)) != "run-43f61d1aed33087f"

@@ -1,0 +1,85 @@
+"""Where a number was made: the machine, the software and the code version, recorded with every run.
+
+Provenance is not identity. A run's identity (:func:`stmedfm.study.run_id`) says what it computes — parameters
+and data — so a committed result stays usable on any machine. Provenance says where and with what it was
+computed, because the *same* seed gives bit-identical numbers only on the same hardware and software: recomputing
+a run on another CPU (another SIMD instruction set in oneDNN/ATen kernels) changes floating-point summation order
+and so the last digits of the weights, which a few hundred training steps can grow to differences of about 0.02
+in accuracy and AUROC on a small test split (measured: README, "Reproducibility"). A store whose runs come from
+several machines says so in its tables and report.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+__all__ = ["cpu_model", "cpu_flags", "machine", "git_commit", "software"]
+
+#: CPU flags that decide which kernels run (and how fast bf16 is); recorded with the machine.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = (part.strip() for part in line.split(":", 1))
+            out.setdefault(key, value)  # the first processor's
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU model name ('AMD EPYC', 'Intel(R) Xeon(R) Platinum 8481C', ...)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> list[str]:
+    """Those of :data:`ISA_FLAGS` this CPU has."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def machine(device: str | torch.device | None = None) -> str:
+    """One line naming what computed a run: the GPU on CUDA, else the CPU model, the instruction set ATen
+    dispatches to (``torch.backends.cpu.get_cpu_capability()``, the one oneDNN's kernels follow) and the ISA flags."""
+    if device is not None and torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        isa = "unknown"
+    flags = cpu_flags()
+    return f"{cpu_model()}; ATen {isa}" + (f"; {' '.join(flags)}" if flags else "")
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the code that runs, when it runs from a git checkout ('+dirty' with uncommitted changes to
+    tracked files), else '' (an installed package)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def software() -> dict[str, str]:
+    """Versions that can change a number: stmedfm, its commit, torch."""
+    import stmedfm
+
+    return {"stmedfm": stmedfm.__version__, "git_commit": git_commit(), "torch": str(torch.__version__)}
