@@ -610,5 +610,5 @@ def write_figures(study: Beyond, tables: dict[str, pd.DataFrame], out: str | os.
     out_dir = Path(out) if out is not None else study.figures_dir
     written: list[Path] = []
     for name, fig in figures(study, tables).items():
-        written += plots._write(fig, out_dir, name)
+        written += plots.write_figure(fig, out_dir, name)
     return written

@@ -10,7 +10,10 @@ as one paragraph without a traceback, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import warnings
 
 import pandas as pd
 
@@ -48,7 +51,7 @@ def cmd_download(args) -> None:
 
     for flag in args.flags:
         path = download.download(flag, size=args.size, data_dir=args.data_dir, mirror=args.mirror,
-                                 retries=args.retries)
+                                 retries=args.retries, deadline=args.timeout)
         print(f"{flag}: verified {path}")
 
 
@@ -145,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--data-dir", help="target directory (default: $STMEDFM_DATA, else ~/.medmnist)")
     p.add_argument("--mirror", help="base URL of an institutional mirror (default: $STMEDFM_MIRROR, else Zenodo)")
-    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--retries", type=int, default=3, help="further attempts after a failed one (default 3)")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="overall time limit per file, retries included (default 3600)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("params", help="Table 4: total and trainable parameters per task and strategy")
@@ -209,13 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a study as Ctrl-C does: workers killed, finished runs kept
+
+
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"stmedfm: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "seeds", None) is not None:
-        import yaml
-
-        args.seeds = yaml.safe_load(args.seeds if "," not in args.seeds else f"[{args.seeds}]")
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    shown, warnings.showwarning = warnings.showwarning, _warning
     try:
+        if getattr(args, "seeds", None) is not None:
+            from stmedfm.config import parse_overrides
+
+            args.seeds = parse_overrides([f"seeds={args.seeds if ',' not in args.seeds else f'[{args.seeds}]'}"])["seeds"]
         args.func(args)
     except StmedfmError as exc:
         print(f"stmedfm: error: {exc}", file=sys.stderr)
@@ -223,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stmedfm: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

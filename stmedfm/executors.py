@@ -32,6 +32,7 @@ import heapq
 import itertools
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -106,6 +107,21 @@ def prepare_worker() -> None:
     tune_allocator()
 
 
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def _pool_worker_init(client_pid: int) -> None:
+    """A pool worker dies with its client: the kernel sends it SIGKILL when the client process ends, however it
+    ends (SIGKILL included), so no worker (about 0.7 GB each) outlives a killed study. Linux only; elsewhere the
+    pool's own shutdown is what stops workers."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != client_pid:  # the client died before the signal was armed
+            os._exit(1)
+    prepare_worker()
+
+
 def _pool_call(fn: Callable, *args):
     """A task in a pool worker (or in this process): the task, then the kept free memory back to the system."""
     try:
@@ -167,6 +183,10 @@ class Executor:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """Stop without waiting for running tasks (after an interruption or error); by default :meth:`close`."""
+        self.close()
+
     def __enter__(self) -> "Executor":
         return self
 
@@ -209,7 +229,7 @@ class PoolExecutor(Executor):
     def __init__(self, workers: int) -> None:
         self.workers = int(workers)
         self._pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                            initializer=prepare_worker)
+                                            initializer=_pool_worker_init, initargs=(os.getpid(),))
         self.name = f"local pool of {self.workers} processes"
 
     @property
@@ -224,6 +244,15 @@ class PoolExecutor(Executor):
         return done
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Stop at once (Ctrl-C, an error): running tasks are killed, not awaited; their work is lost, the store
+        keeps every finished run, and a rerun resumes."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())  # no public accessor (< 3.14)
+        for proc in processes:
+            with contextlib.suppress(OSError):
+                proc.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -403,5 +432,7 @@ def executor_for(workers: int, scheduler: Any = None, n_tasks: int | None = None
     ex = make_executor(workers, scheduler, n_tasks)
     try:
         yield ex
-    finally:
-        ex.close()
+    except BaseException:
+        ex.abort()
+        raise
+    ex.close()

@@ -182,6 +182,8 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     seconds = time.perf_counter() - t0
     print(f"study '{cfg.study}' ({Path(str(params)).name}, {seeds}): {len(ids)} runs in {_relative(store.root)} "
           f"({before} reused, {len(ids) - before} computed in {seconds:.0f} s)")
+    for notice in store.notices():
+        print(f"NOTE: {notice}")
     return cfg, store
 
 

@@ -21,6 +21,7 @@ Fig. 7   :func:`fig7_confusion`                ``confusion.csv``, summed over se
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -795,8 +796,13 @@ def save_figure_file(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
 
 
-def _write(fig: Figure, out: Path, name: str) -> list[Path]:
+def write_figure(fig: Figure, out: Path, name: str, notices: list[str] = ()) -> list[Path]:
+    """Save ``fig`` as ``out/name.png`` and ``.svg`` (the notices of its store written across its top); returns
+    the paths. The figure is freed afterwards."""
     written = []
+    if notices:  # synthetic data, smoke budgets, several machines: on the figure itself, where no one can miss it
+        fig.text(0.5, 0.998, " · ".join(notices), ha="center", va="top", fontsize=8, color="#b00020",
+                 fontweight="bold", wrap=True)
     try:
         for ext in ("png", "svg"):
             path = out / f"{name}.{ext}"
@@ -820,6 +826,10 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = No
     store = ResultStore(results)
     cfg = store.config()
     out_dir = Path(out) if out is not None else paths.figures_dir(cfg.study)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StmedfmError(f"The figure folder '{out_dir}' is a file; pass a folder as --out.")
+    notices = store.notices()
+    _write = functools.partial(write_figure, notices=notices)
 
     def table(name: str) -> pd.DataFrame | None:
         path = store.root / f"{name}.csv"

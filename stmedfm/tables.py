@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from stmedfm.io import atomic_write_csv, atomic_write_text
-from stmedfm.study import ResultStore
+from stmedfm.study import ResultStore, not_results
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
 METRIC_TABLES = {
@@ -186,13 +186,29 @@ def format_markdown(frame: pd.DataFrame) -> str:
     return note + markdown(show[order])
 
 
+def mark(frame: pd.DataFrame, notices: list[str]) -> pd.DataFrame:
+    """A table of a store whose numbers are not results (synthetic data, smoke budgets): no paper values or deltas
+    (a comparison would be meaningless), and a first column ``notice`` saying why, so no copy of it can pass for
+    a result."""
+    if not not_results(notices):
+        return frame
+    frame = frame.drop(columns=[c for c in ("paper", "delta", "paper_std_splits") if c in frame.columns])
+    frame.insert(0, "notice", "; ".join(n for n in notices if n.endswith("not results")))
+    return frame
+
+
 def write_tables(results: str | Path) -> list[Path]:
-    """Write every table as CSV and markdown into ``<results>/tables/``; returns the written paths."""
+    """Write every table as CSV and markdown into ``<results>/tables/``; returns the written paths. Each markdown
+    table starts with the store's notices (synthetic data, smoke budgets, several machines)."""
     store = ResultStore(results)
     out_dir = store.root / "tables"
+    notices = store.notices()
+    banner = "".join(f"> **{n}**\n\n" for n in notices)
     written = []
     for name, frame in build_tables(store).items():
+        frame = mark(frame, notices)
         atomic_write_csv(out_dir / f"{name}.csv", frame)
-        atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n" + format_markdown(frame))
+        atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n{banner}" + format_markdown(frame.drop(
+            columns=["notice"], errors="ignore")))
         written += [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
     return written
