@@ -7,6 +7,7 @@ import http.server
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,15 @@ class Server:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if server.mode == "trickle":  # one byte every 0.2 s, for ever (bounded by the test's deadline)
+                    try:
+                        for i in range(200):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:  # the client gave up: expected
+                        pass
+                    return
                 if server.mode == "cut":
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
@@ -218,3 +228,36 @@ def test_unresolvable_host_is_not_retried(tmp_path, monkeypatch, no_default_data
     assert len(calls) == 1
     assert "no network: the host name does not resolve" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trickling_server_is_stopped_by_the_overall_deadline(server, blood_bytes, tmp_path):
+    """Issue 18: one byte every 20 s kept a download alive for ever (each read is within the stall timeout)."""
+    server.mode = "trickle"
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    t0 = time.monotonic()
+    with pytest.raises(StmedfmError) as err:
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, deadline=1.5, **_fast(md5=md5))
+    assert time.monotonic() - t0 < 6
+    assert "the overall time limit (--timeout) ran out after" in str(err.value)
+    _assert_empty(tmp_path)
+
+
+def test_stale_part_files_of_the_flag_are_removed_at_the_next_download(server, blood_bytes, tmp_path):
+    """Issue 18: a .part file of a killed download survived for good."""
+    stale = tmp_path / ".bloodmnist.npzab12cd.part"
+    other = tmp_path / ".pathmnist.npzab12cd.part"
+    tmp_path.mkdir(exist_ok=True)
+    stale.write_bytes(b"half")
+    other.write_bytes(b"half")
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5))
+    assert not stale.exists() and other.exists()  # only the flag being downloaded
+
+
+@pytest.mark.parametrize("mirror", ["notaurl", "ftp://host/x", "http://", "/local/dir"])
+def test_a_malformed_mirror_is_a_clear_error_before_any_request(mirror, tmp_path, no_default_data, capsys):
+    from stmedfm.cli import main
+
+    assert main(["download", "bloodmnist", "--data-dir", str(tmp_path), "--mirror", mirror]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stmedfm: error: Mirror '{mirror}' is not a URL") and "Traceback" not in err

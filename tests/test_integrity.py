@@ -1,0 +1,285 @@
+"""Issue 18: every number traceable to the data and parameters that made it; bad input loses nothing.
+
+Each test reproduces a reported defect of the result store (on synthetic files in temporary folders) and failed
+before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import stmedfm.study as study_mod
+from stmedfm import paths, provenance, synthetic
+from stmedfm.cli import main
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.study import (PROVENANCE, ResultStore, StoreWarning, official_data, plan, run_id, run_study,
+                           study_data)
+from stmedfm.tables import write_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mini(data_dir, **changes) -> StudyConfig:
+    """The issue's MIN: one downstream task, few steps, no side experiments (a second or two per study)."""
+    values = dict(study="mini", data_dir=str(data_dir), seeds=[0], workers=1, pretrain_tasks=["bloodmnist"],
+                  pretrain_steps=2, downstream_tasks=["bloodmnist"], strategies=["scratch", "full"],
+                  scratch_steps_2d=2, finetune_steps_2d=2, fewshot_tasks={}, class_weight_ablation_tasks=[],
+                  leave_out_tasks=[], extended_tasks=[], calibration_task=None, eval_max_samples=None)
+    values.update(changes)
+    return StudyConfig.from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def other_synthetic(tmp_path_factory) -> Path:
+    """Synthetic files of the same flags and shapes as ``synthetic_dir`` but other bytes (another seed)."""
+    d = tmp_path_factory.mktemp("synthetic-other")
+    synthetic.write_synthetic(d, ["bloodmnist", "retinamnist"], n={"train": 48, "val": 16, "test": 32}, seed=1)
+    return d
+
+
+@pytest.fixture(scope="module")
+def retina_synthetic(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("synthetic-retina")
+    synthetic.write_synthetic(d, ["retinamnist", "bloodmnist"], n={"train": 48, "val": 16, "test": 32}, seed=0)
+    return d
+
+
+def count_runs(monkeypatch) -> dict:
+    calls = {"n": 0}
+    real = study_mod.run_downstream
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_mod, "run_downstream", counting)
+    return calls
+
+
+# --- 1. the data is part of a run's identity ------------------------------------------------------------------
+def test_committed_reference_results_keep_their_run_ids():
+    """Data entered run identities without changing the id of any run on the official files: the committed
+    results/offline (and the label-safe study) are still found by the ids they were stored under."""
+    for name in ("offline", "offline_label_safe"):
+        store = ResultStore(ROOT / "results" / name)
+        cfg = store.config()
+        ids = {run_id(cfg, p.spec, official_data(cfg)) for p in plan(cfg)}
+        committed = set(store.table("runs")["run_id"])
+        assert committed == ids, name
+
+
+def test_results_of_other_bytes_are_never_reused(synthetic_dir, other_synthetic, tmp_path, monkeypatch):
+    a, b = mini(synthetic_dir), mini(other_synthetic)
+    ids_a = {run_id(a, p.spec, study_data(a)) for p in plan(a)}
+    ids_b = {run_id(b, p.spec, study_data(b)) for p in plan(b)}
+    assert not ids_a & ids_b
+    calls = count_runs(monkeypatch)
+    run_study(a, out=tmp_path / "D", progress=False)
+    assert calls["n"] == 2
+    run_study(b, out=tmp_path / "D", progress=False)
+    assert calls["n"] == 4, "the second data set must be computed, not served from the first one's runs"
+    fresh = run_study(b, out=tmp_path / "fresh", progress=False)
+    assert calls["n"] == 6
+    pd.testing.assert_frame_equal(ResultStore(tmp_path / "D").table("metrics"), fresh.table("metrics"))
+
+
+def test_synthetic_and_real_runs_never_share_a_store(retina_synthetic, real_data_dir, tmp_path):
+    """The issue's reproduction: a study on synthetic files, then the same study on the real files into the
+    same folder, reused the synthetic AUROC 1.0 as a real result."""
+    over = dict(pretrain_tasks=["retinamnist"], downstream_tasks=["retinamnist"], strategies=["scratch"])
+    run_study(mini(retina_synthetic, **over), out=tmp_path / "D", progress=False)
+    before = (tmp_path / "D" / "metrics.csv").read_bytes()
+    with pytest.raises(StmedfmError, match="holds results on synthetic data, and this study reads real files"):
+        run_study(mini(real_data_dir, **over), out=tmp_path / "D", progress=False)
+    assert (tmp_path / "D" / "metrics.csv").read_bytes() == before
+    run_study(mini(real_data_dir, **over), out=tmp_path / "R", progress=False)
+    with pytest.raises(StmedfmError, match="holds results on real data, and this study reads synthetic files"):
+        run_study(mini(retina_synthetic, **over), out=tmp_path / "R", progress=False)
+
+
+def test_eval_batch_size_is_part_of_a_run_identity(synthetic_dir):
+    cfg = mini(synthetic_dir)
+    spec = plan(cfg)[0].spec
+    data = study_data(cfg)
+    assert run_id(cfg.replace(eval_batch_size_2d=128), spec, data) != run_id(cfg, spec, data)
+    assert run_id(cfg.replace(eval_batch_size_3d=16), spec, data) != run_id(cfg, spec, data)
+
+
+def test_a_worker_with_other_files_refuses_to_run(synthetic_dir, other_synthetic):
+    """A Dask worker finds its own copy of the data: it must be the bytes the client planned with."""
+    cfg = mini(other_synthetic)
+    planned_with = {t: i.digest for t, i in study_data(mini(synthetic_dir)).items()}
+    with pytest.raises(StmedfmError, match="A worker reads other files than the client planned with"):
+        study_mod._run_job(cfg.to_dict(), "run-x", plan(cfg)[0].spec, None, planned_with)
+
+
+# --- 2. names and places -----------------------------------------------------------------------------------------
+MIN = ["-p", "seeds=1", "-p", "strategies=[scratch]", "-p", "fewshot_tasks={}", "-p", "class_weight_ablation_tasks=[]",
+       "-p", "leave_out_tasks=[]", "-p", "extended_tasks=[]", "-p", "calibration_task=null", "-p",
+       "downstream_tasks=[retinamnist]", "-p", "pretrain_tasks=[retinamnist]", "-p", "scratch_steps_2d=2", "-q"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/abs/dir", ".", "..", "a/b", ""])
+def test_a_study_name_cannot_write_outside_results(name, retina_synthetic, tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    (project / "results").mkdir(parents=True)
+    monkeypatch.setenv(paths.ENV_ROOT, str(project))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    rc = main(["study", str(ROOT / "params" / "smoke.yaml"), *MIN, "-p", f"study={name}", "--data-dir",
+               str(retina_synthetic)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("stmedfm: error: Parameter 'study' must be") and "Traceback" not in err
+    assert sorted(p for p in tmp_path.rglob("*")) == before, "nothing may be written"
+
+
+def test_out_refuses_a_folder_that_is_not_a_store_of_the_study(retina_synthetic, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.csv").write_text("precious\n")
+    (other / "config.yaml").write_text("study: someone_else\n")
+    args = ["study", str(ROOT / "params" / "smoke.yaml"), *MIN, "--data-dir", str(retina_synthetic)]
+    assert main([*args, "--out", str(other)]) == 2
+    assert "is not empty and is a store of study 'someone_else'" in capsys.readouterr().err
+    assert (other / "metrics.csv").read_text() == "precious\n" and len(list(other.iterdir())) == 2
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    assert main([*args, "--out", str(notes)]) == 2
+    assert "is not empty and is not a result store (no store.json)" in capsys.readouterr().err
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main([*args, "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"The result folder '{a_file}' is a file" in err and "Traceback" not in err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--out", str(empty)]) == 0  # a new or empty folder is fine, and becomes a store
+    assert json.loads((empty / "store.json").read_text())["study"] == "smoke"
+    assert main([*args, "--out", str(empty), "-p", "study=another"]) == 2
+    assert "holds study 'smoke', not 'another'" in capsys.readouterr().err
+
+
+def test_figures_out_at_a_file_is_a_clear_error(retina_synthetic, tmp_path, capsys):
+    store = run_study(mini(retina_synthetic, pretrain_tasks=["retinamnist"], downstream_tasks=["retinamnist"],
+                           strategies=["scratch"]), out=tmp_path / "S", progress=False)
+    a_file = tmp_path / "f.png"
+    a_file.write_text("x")
+    assert main(["figures", str(store.root), "--out", str(a_file)]) == 2
+    assert "The figure folder" in capsys.readouterr().err
+
+
+# --- 4. config.yaml always describes the tables beside it -----------------------------------------------------
+def test_a_failed_study_leaves_config_and_tables_as_they_were(synthetic_dir, tmp_path, monkeypatch):
+    store = run_study(mini(synthetic_dir), out=tmp_path / "D", progress=False)
+    config, metrics = (store.root / "config.yaml").read_bytes(), (store.root / "metrics.csv").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(study_mod, "run_downstream", broken)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_study(mini(synthetic_dir, width=128), out=tmp_path / "D", progress=False)
+    assert (store.root / "config.yaml").read_bytes() == config
+    assert (store.root / "metrics.csv").read_bytes() == metrics
+    assert ResultStore(tmp_path / "D").config().width == 64
+
+
+# --- 5. a damaged store heals ---------------------------------------------------------------------------------------
+def test_damaged_runs_and_checkpoints_are_quarantined_and_recomputed(synthetic_dir, tmp_path, monkeypatch):
+    cfg = mini(synthetic_dir, seeds=[0, 1])
+    reference = run_study(cfg, out=tmp_path / "ref", progress=False)
+    shutil.copytree(reference.root, tmp_path / "hurt")
+    store = ResultStore(tmp_path / "hurt")
+    runs = sorted((store.root / "runs").glob("*.json"))
+    assert len(runs) == 4
+    runs[0].write_text(runs[0].read_text()[:40])  # truncated
+    runs[1].write_bytes(b"\xff\xfe garbage \x00")  # not UTF-8
+    shutil.copy(runs[3], runs[2])  # a valid run file of another run
+    ckpt = next((store.root / "checkpoints").glob("*.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated checkpoint
+    damaged = [runs[0], runs[1], runs[2], ckpt]
+
+    calls = count_runs(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_study(cfg, out=store.root, progress=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    for path in damaged:
+        assert any(msg.startswith(f"{path} is damaged") for msg in said), path
+    assert any("it holds run" in msg for msg in said)
+    # the two bloodmnist 'full' runs of the damaged checkpoint's seed are recomputed with it, plus the three
+    # damaged run files (one of which may be among them)
+    assert calls["n"] >= 3
+    quarantined = sorted(p.name for p in (store.root / "quarantine").iterdir())
+    assert len(quarantined) == 5  # 3 runs + checkpoint + its loss table: set aside, never deleted
+    for name in ("metrics.csv", "per_class.csv", "pretrain_loss.csv"):
+        if (reference.root / name).exists():
+            assert (store.root / name).read_bytes() == (reference.root / name).read_bytes(), name
+
+    calls["n"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)
+        run_study(cfg, out=store.root, progress=False)  # healed: nothing to warn about or compute
+    assert calls["n"] == 0
+
+
+def test_cli_names_a_damaged_file_in_one_warning_line(synthetic_dir, tmp_path, capsys):
+    params = tmp_path / "mini.yaml"
+    params.write_text(mini(synthetic_dir, strategies=["scratch"]).to_yaml())
+    out = tmp_path / "S"
+    assert main(["study", str(params), "--out", str(out), "-q"]) == 0
+    run = next((out / "runs").glob("*.json"))
+    run.write_text("{")
+    capsys.readouterr()
+    assert main(["study", str(params), "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"stmedfm: warning: {run} is damaged (unreadable: JSONDecodeError); moved to ")
+    assert "Traceback" not in err
+
+
+# --- provenance and notices --------------------------------------------------------------------------------------
+def test_every_run_records_where_and_from_what_it_was_made(synthetic_dir, tmp_path):
+    cfg = mini(synthetic_dir)
+    store = run_study(cfg, out=tmp_path / "S", progress=False)
+    runs = pd.read_csv(store.root / "runs.csv", dtype=str, keep_default_na=False)
+    assert set(PROVENANCE) <= set(runs.columns)
+    assert set(runs["machine"]) == {provenance.machine()}
+    assert set(runs[runs["strategy"] == "full"]["pretrain_machine"]) == {provenance.machine()}
+    digest = study_data(cfg)["bloodmnist"].digest
+    assert set(runs["data"]) == {f"bloodmnist=synthetic:{digest}"}
+    assert set(runs["torch"]) == {provenance.software()["torch"]}
+    record = json.loads(store.run_path(runs["run_id"].iloc[0]).read_text())
+    assert record["config"] == cfg.to_dict()  # each run keeps the config it was made with
+
+
+def test_synthetic_and_smoke_stores_are_marked_everywhere(synthetic_dir, tmp_path):
+    store = run_study(mini(synthetic_dir, eval_max_samples=16), out=tmp_path / "S", progress=False)
+    assert store.notices() == ["synthetic data — not results", "smoke budgets — not results"]
+    write_tables(store.root)
+    md = (store.root / "tables" / "table7_auroc.md").read_text()
+    assert "> **synthetic data — not results**" in md and "> **smoke budgets — not results**" in md
+    csv = pd.read_csv(store.root / "tables" / "table7_auroc.csv")
+    assert set(csv["notice"]) == {"synthetic data — not results; smoke budgets — not results"}
+    assert "paper" not in csv.columns and "delta" not in csv.columns
+
+
+def test_a_store_of_several_machines_says_so(synthetic_dir, tmp_path):
+    store = run_study(mini(synthetic_dir), out=tmp_path / "S", progress=False)
+    runs = pd.read_csv(store.root / "runs.csv")
+    runs.loc[0, "machine"] = "Intel(R) Xeon(R) Platinum 8481C; ATen AVX512; avx512_bf16 amx_bf16"
+    runs.to_csv(store.root / "runs.csv", index=False)
+    notice = [n for n in store.notices() if "machines" in n]
+    assert len(notice) == 1 and notice[0].startswith("runs computed on 2 machines")
+    write_tables(store.root)
+    assert "runs computed on 2 machines" in (store.root / "tables" / "table5_accuracy.md").read_text()
