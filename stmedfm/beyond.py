@@ -45,7 +45,7 @@ import pandas as pd
 
 from stmedfm import paths, stats
 from stmedfm.config import StudyConfig
-from stmedfm.config import read_params_file
+from stmedfm.config import notebook_overrides, read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.study import ResultStore, data_kind, plan, preflight, run_id, run_study, study_data
@@ -133,8 +133,7 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
 def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Beyond:
     """A notebook's study: the beyond file ``params`` with every variable of ``namespace`` named like a StudyConfig
     field applied to every variant (how papermill's ``-p key value`` and the Colab cell's ``download`` reach it)."""
-    known = set(StudyConfig.keys()) - {"study"}
-    return load(params, {k: v for k, v in namespace.items() if k in known and not k.startswith("_")})
+    return load(params, notebook_overrides(namespace, set(StudyConfig.keys()) - {"study"}))
 
 
 # ------------------------------------------------------------------------------------------------------------

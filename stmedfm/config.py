@@ -482,15 +482,30 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 NOTEBOOK_NAMES = frozenset({"params", "In", "Out"})
 
 
+def notebook_overrides(namespace: Mapping[str, Any], known=None) -> dict[str, Any]:
+    """The parameters papermill injected into a notebook's namespace: every variable named like a field (of
+    ``known``, default all of StudyConfig's). Any other plain value (text, number, list, mapping) can only have been
+    injected by mistake (papermill ``-p seed 3``): it is refused, naming the closest parameter, instead of being
+    silently ignored. Modules, functions and IPython's own names are not parameters."""
+    known = list(StudyConfig.keys() if known is None else known)
+    plain = (str, int, float, bool, list, dict, tuple, type(None))
+    unknown = [k for k, v in namespace.items() if k not in known and k not in NOTEBOOK_NAMES
+               and not k.startswith("_") and isinstance(v, plain)]
+    if unknown:
+        raise StmedfmError("\n".join(
+            f"Unknown notebook parameter '{k}' = {namespace[k]!r}.{registry.closest(k, known)} Notebook parameters "
+            f"are 'params' and the fields of stmedfm.config.StudyConfig." for k in unknown))
+    return {k: v for k, v in namespace.items() if k in known}
+
+
 def from_namespace(params: str | os.PathLike, namespace: Mapping[str, Any]) -> StudyConfig:
     """The config of a notebook: the parameter file ``params`` overridden by every variable of ``namespace``
     named like a field (this is how papermill's ``-p key value`` reaches the study).
 
     The ``parameters`` cell of a notebook defines only ``params`` (the file), so nothing a notebook sets for
-    itself can leak into a run with another parameter file. Any other plain value (text, number, list, mapping)
-    in the namespace can only have been injected (papermill ``-p seed 3``): it is refused, naming the closest
-    parameter, instead of being silently ignored. A relative ``params`` path is resolved against the current
-    directory, then the project root (notebooks run in ``notebooks/``).
+    itself can leak into a run with another parameter file; a mistyped injected name is refused
+    (:func:`notebook_overrides`). A relative ``params`` path is resolved against the current directory, then the
+    project root (notebooks run in ``notebooks/``).
     """
     from stmedfm import paths
 
@@ -499,13 +514,4 @@ def from_namespace(params: str | os.PathLike, namespace: Mapping[str, Any]) -> S
     path = Path(params)
     if not path.is_absolute() and not path.is_file():
         path = paths.project_root() / path
-    known = StudyConfig.keys()
-    plain = (str, int, float, bool, list, dict, tuple, type(None))
-    unknown = [k for k, v in namespace.items() if k not in known and k not in NOTEBOOK_NAMES
-               and not k.startswith("_") and isinstance(v, plain)]
-    if unknown:
-        raise StmedfmError("\n".join(
-            f"Unknown notebook parameter '{k}' = {namespace[k]!r}.{registry.closest(k, known)} Notebook parameters "
-            f"are 'params' and the fields of stmedfm.config.StudyConfig." for k in unknown))
-    overrides = {k: v for k, v in namespace.items() if k in known}
-    return StudyConfig.load(path, overrides)
+    return StudyConfig.load(path, notebook_overrides(namespace))

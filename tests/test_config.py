@@ -157,3 +157,10 @@ def test_every_problem_is_reported_at_once():
 def test_malformed_override_yaml():
     with pytest.raises(StmedfmError, match=r"Override 'strategies=\[a': the value is not valid YAML"):
         parse_overrides(["strategies=[a"])
+
+
+def test_beyond_notebook_refuses_injected_typos():
+    from stmedfm import beyond
+
+    with pytest.raises(StmedfmError, match="Unknown notebook parameter 'seed' = 3. Did you mean 'seeds'?"):
+        beyond.from_namespace(paths.project_root() / "params" / "beyond_smoke.yaml", {"seed": 3})
