@@ -186,11 +186,12 @@ def format_markdown(frame: pd.DataFrame) -> str:
     return note + markdown(show[order])
 
 
-def mark(frame: pd.DataFrame, notices: list[str]) -> pd.DataFrame:
+def mark(frame: pd.DataFrame, notices: list[str], name: str = "") -> pd.DataFrame:
     """A table of a store whose numbers are not results (synthetic data, smoke budgets): no paper values or deltas
     (a comparison would be meaningless), and a first column ``notice`` saying why, so no copy of it can pass for
-    a result."""
-    if not not_results(notices):
+    a result. Table 4 keeps its paper column: parameter counts depend on the architecture only, never on data or
+    budgets, and are its acceptance test."""
+    if not not_results(notices) or name == "table4_params":
         return frame
     frame = frame.drop(columns=[c for c in ("paper", "delta", "paper_std_splits") if c in frame.columns])
     frame.insert(0, "notice", "; ".join(n for n in notices if n.endswith("not results")))
@@ -206,7 +207,7 @@ def write_tables(results: str | Path) -> list[Path]:
     banner = "".join(f"> **{n}**\n\n" for n in notices)
     written = []
     for name, frame in build_tables(store).items():
-        frame = mark(frame, notices)
+        frame = mark(frame, notices, name)
         atomic_write_csv(out_dir / f"{name}.csv", frame)
         atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n{banner}" + format_markdown(frame.drop(
             columns=["notice"], errors="ignore")))

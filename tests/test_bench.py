@@ -108,7 +108,7 @@ def test_trainable_stems_are_never_recorded(synthetic_dir, strategy):
 def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
     """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
     from stmedfm import paths
-    from stmedfm.study import plan, pretrain_jobs, study_data, unique_runs
+    from stmedfm.study import official_data, plan, pretrain_jobs, unique_runs
 
     out = tmp_path / "profile.csv"
     assert main(["bench", "--profile", "--quick", "--top", "5", "--out", str(out)]) == 0
@@ -117,7 +117,7 @@ def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_pa
     total = frame[frame["kind"] == "total"].iloc[0]
     cfg = StudyConfig.load(paths.params_dir() / "paper.yaml", {**bench.QUICK_OVERRIDES, "data_dir": str(tmp_path)})
     planned = plan(cfg)
-    assert total["calls"] == len(pretrain_jobs(planned)) + len(unique_runs(cfg, planned, study_data(cfg)))  # every job and unique run
+    assert total["calls"] == len(pretrain_jobs(planned)) + len(unique_runs(cfg, planned, official_data(cfg)))  # every job and unique run
     phases = frame[frame["kind"] == "phase"].set_index("item")
     assert list(phases.index) == ["pretrain", "train", "evaluate", "metrics", "other"]
     assert (phases.loc[["pretrain", "train", "evaluate", "metrics"], "seconds"] > 0).all()

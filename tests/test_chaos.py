@@ -109,5 +109,6 @@ def test_killed_client_leaves_nothing_and_resumes_to_identical_tables(sig, param
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     for table in sorted((reference / "tables").iterdir()):
         assert (out / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
-    runs, ref_runs = (pd.read_csv(d / "runs.csv").drop(columns="seconds") for d in (out, reference))
+    # wall time differs by nature; the commit only if someone commits while the test runs
+    runs, ref_runs = (pd.read_csv(d / "runs.csv").drop(columns=["seconds", "git_commit"]) for d in (out, reference))
     pd.testing.assert_frame_equal(runs, ref_runs)
