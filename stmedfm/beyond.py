@@ -437,7 +437,7 @@ def _comparison_markdown(frame: pd.DataFrame) -> str:
 def write_tables(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[Path]:
     """Markdown versions of the summaries and comparisons into ``results/<study>/tables/``."""
     from stmedfm.cli import markdown
-    from stmedfm.tables import _cell
+    from stmedfm.tables import cell
 
     out_dir = study.root / "tables"
     written = []
@@ -448,7 +448,7 @@ def write_tables(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[Path]:
         frame = tables.get(name)
         if frame is None or frame.empty:
             continue
-        cells = frame.assign(cell=[_cell(m, c) for m, c in zip(frame["mean"], frame["ci95"])])
+        cells = frame.assign(cell=[cell(m, c) for m, c in zip(frame["mean"], frame["ci95"])])
         parts = [f"# {name}\n\n{note}"]
         for task, sub in cells.groupby("task", sort=False):  # one table per task: its own budgets / fractions
             wide = sub.pivot_table(index=["variant", "strategy"], columns=cols, values="cell", aggfunc="first",

@@ -126,6 +126,24 @@ def cmd_tables(args) -> None:
         print(path)
 
 
+def cmd_report(args) -> None:
+    from stmedfm import findings
+
+    out = findings.write_findings(args.results)
+    print(f"{args.results}: claims.csv ({len(out['claims'])} claim x metric rows), paper_single_run.csv "
+          f"({len(out['paper_single_run'])} paper cells)")
+    for path in args.markdown or []:
+        from pathlib import Path
+
+        text = Path(path).read_text()
+        new = findings.update_markdown(text)
+        if new != text:
+            from stmedfm.io import atomic_write_text
+
+            atomic_write_text(path, new)
+        print(f"{path}: generated blocks {'rewritten' if new != text else 'already up to date'}")
+
+
 def cmd_figures(args) -> None:
     from stmedfm.plots import write_figures
 
@@ -206,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="write the paper's tables (CSV + markdown) from a result store")
     p.add_argument("results", help="result directory, e.g. results/offline")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("report", help="test the paper's claims paired over seeds (claims.csv, paper_single_run.csv) "
+                                      "and rewrite the generated blocks of markdown files")
+    p.add_argument("results", help="result directory, e.g. results/offline")
+    p.add_argument("--markdown", action="append", metavar="FILE",
+                   help="a markdown file whose <!-- stmedfm:reference ... --> blocks to regenerate (repeatable)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("figures", help="draw the paper's figures (PNG + SVG) from a result store")
     p.add_argument("results")

@@ -143,7 +143,7 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
 COUNT_METRICS = ("support", "total_params", "trainable_params", "steps")
 
 
-def _cell(mean, ci=np.nan, paper=np.nan, count=False) -> str:
+def cell(mean, ci=np.nan, paper=np.nan, count=False) -> str:
     """'0.634 ± 0.012' (counts plain), with the paper's value in brackets when known."""
     if pd.isna(mean):
         return ""
@@ -162,7 +162,7 @@ def format_markdown(frame: pd.DataFrame) -> str:
 
     if frame.empty or "mean" not in frame.columns:
         return markdown(frame)
-    cells = frame.apply(lambda r: _cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan),
+    cells = frame.apply(lambda r: cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan),
                                         r.get("metric") in COUNT_METRICS), axis=1)
     show = frame.assign(ours=cells)
     if "metric" in show.columns and show["metric"].nunique() > 1:

@@ -1,0 +1,83 @@
+"""Issue 21: conclusions computed from committed tables, never typed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from stmedfm import findings
+from stmedfm.config import StudyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_blocks_are_what_the_committed_results_give():
+    """Every number in a generated README block comes from results/ through stmedfm.findings."""
+    text = (ROOT / "README.md").read_text()
+    assert findings.BLOCK.search(text), "the README has generated blocks"
+    assert findings.update_markdown(text, ROOT) == text, "run `stmedfm report results/offline --markdown README.md`"
+
+
+def test_committed_claims_are_recomputed_exactly():
+    for name in ("claims", "paper_single_run"):
+        committed = pd.read_csv(ROOT / "results" / "offline" / f"{name}.csv")
+        from stmedfm.study import ResultStore
+
+        store = ResultStore(ROOT / "results" / "offline")
+        cfg, metrics = store.config(), store.table("metrics")
+        fresh = findings.claims_table(cfg, metrics) if name == "claims" else findings.paper_single_run(metrics)
+        pd.testing.assert_frame_equal(fresh.reset_index(drop=True), committed, check_dtype=False, atol=1e-12)
+
+
+def test_seeds_for_power_matches_the_textbook():
+    # Cohen's d_z = 1 (sd = delta): a two-sided paired t-test at 0.05 reaches 80 % power with 10 pairs
+    assert findings.seeds_for_power(0.01, 0.01) == 10
+    # d_z = 0.5: 34 pairs (G*Power's value)
+    assert findings.seeds_for_power(0.02, 0.01) == 34
+    assert math.isnan(findings.seeds_for_power(float("nan")))
+
+
+def test_prediction_interval_by_hand():
+    v = [1.0, 2.0, 3.0, 4.0]
+    mean, lo, hi = findings.prediction_interval(v)
+    half = st.t.ppf(0.975, 3) * np.std(v, ddof=1) * math.sqrt(1 + 1 / 4)
+    assert (mean, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
+    assert hi - lo > 2 * st.t.ppf(0.975, 3) * np.std(v, ddof=1) / 2  # wider than the CI of the mean
+
+
+def _metrics(diff: dict[str, list[float]], task: str = "organamnist") -> pd.DataFrame:
+    rows = []
+    for strategy, values in diff.items():
+        for seed, v in enumerate(values):
+            for metric in ("macro_auroc", "accuracy"):
+                rows.append({"experiment": "transfer", "task": task, "strategy": strategy, "seed": seed,
+                             "metric": metric, "value": v})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_follow_the_rule():
+    cfg = StudyConfig.from_dict({"pretrain_tasks": ["organamnist", "bloodmnist"], "downstream_tasks": ["organamnist"],
+                                 "strategies": ["scratch", "full", "lora"], "leave_out_tasks": [],
+                                 "fewshot_tasks": {}, "class_weight_ablation_tasks": [], "extended_tasks": [],
+                                 "calibration_task": None})
+    n = 12
+    scratch = [0.80 + 0.001 * i for i in range(n)]
+    full = [s + 0.05 + 0.001 * (i % 3) for i, s in enumerate(scratch)]  # always better: supported
+    lora = [s - 0.05 - 0.001 * (i % 2) for i, s in enumerate(scratch)]  # below scratch: keeps no gain
+    table = findings.claims_table(cfg, _metrics({"scratch": scratch, "full": full, "lora": lora}))
+    by = table.set_index(["claim", "metric"])
+    assert by.loc[("pretraining", "macro_auroc"), "verdict"] == "supported"
+    assert by.loc[("pretraining", "macro_auroc"), "n_positive"] == n
+    assert by.loc[("peft_lora", "macro_auroc"), "verdict"] == "contradicted"
+    # estimate = lora - (scratch + full) / 2, by hand
+    expect = np.mean(np.array(lora) - (np.array(scratch) + np.array(full)) / 2)
+    assert by.loc[("peft_lora", "macro_auroc"), "estimate"] == pytest.approx(expect)
+    # Holm over the 4 rows: the smallest p times 4
+    assert table["p_holm"].min() == pytest.approx(min(1, 4 * table["p_wilcoxon"].min()))
+    five = findings.claims_table(cfg, _metrics({"scratch": scratch[:5], "full": full[:5], "lora": lora[:5]}))
+    assert set(five["verdict"]) == {"inconclusive"}  # 5 seeds: the Wilcoxon floor is 0.0625
