@@ -242,12 +242,31 @@ def reference_block(results: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Generated blocks in a markdown file: ``<!-- stmedfm:reference results/offline -->`` ... ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:reference (?P<results>\S+) -->\n)(?P<body>.*?)(<!-- /stmedfm -->)", re.S)
+#: Generated blocks in a markdown file: ``<!-- stmedfm:reference results/offline -->`` (a study's reference block,
+#: :func:`reference_block`) or ``<!-- stmedfm:beyond params/beyond.yaml -->`` (the findings of a variant study's
+#: committed tables, :func:`beyond_block`), each closed by ``<!-- /stmedfm -->``.
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|beyond) (?P<arg>\S+) -->\n)(?P<body>.*?)(<!-- /stmedfm -->)",
+                   re.S)
+
+
+def beyond_block(params: str | Path) -> str:
+    """The findings of the variant study ``params`` as a markdown list, from its committed tables
+    (:func:`stmedfm.beyond.findings`; nothing is computed: an incomplete study is an error)."""
+    from stmedfm import beyond
+    from stmedfm.errors import StmedfmError
+
+    study = beyond.load(params)
+    if not beyond.complete(study):
+        raise StmedfmError(f"The tables of '{params}' in {study.root} are incomplete: run `stmedfm beyond {params}`.")
+    return "".join(f"- {line}\n" for line in beyond.findings(study, beyond.read(study)))
 
 
 def update_markdown(text: str, root: str | Path = ".") -> str:
     """``text`` with every generated block rewritten from the committed tables it names (paths relative to
     ``root``); the rest of the text is left as it is. A test calls this on the README and fails on any
     difference, so no number in those blocks can drift from ``results/``."""
-    return BLOCK.sub(lambda m: m.group(1) + reference_block(Path(root) / m.group("results")) + m.group(4), text)
+    def body(m: re.Match) -> str:
+        arg = Path(root) / m.group("arg")
+        return reference_block(arg) if m.group("kind") == "reference" else beyond_block(arg)
+
+    return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)

@@ -81,3 +81,20 @@ def test_verdicts_follow_the_rule():
     assert table["p_holm"].min() == pytest.approx(min(1, 4 * table["p_wilcoxon"].min()))
     five = findings.claims_table(cfg, _metrics({"scratch": scratch[:5], "full": full[:5], "lora": lora[:5]}))
     assert set(five["verdict"]) == {"inconclusive"}  # 5 seeds: the Wilcoxon floor is 0.0625
+
+
+def test_no_notebook_prose_types_a_result():
+    """Notebook markdown may name protocol constants (a learning rate, alpha, a detectable difference, the
+    Wilcoxon floor) but no measured value: results are printed by code cells from the tables."""
+    import re
+
+    import nbformat
+
+    constants = {"0.002", "0.05", "0.01", "0.0625", "0.031"}
+    number = re.compile(r"\b\d?\.\d{2,4}\b")
+    typed = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "markdown":
+                typed += [(path.name, n) for n in number.findall(cell.source) if n not in constants]
+    assert typed == []
