@@ -245,8 +245,8 @@ def reference_block(results: str | Path) -> str:
 #: Generated blocks in a markdown file: ``<!-- stmedfm:reference results/offline -->`` (a study's reference block,
 #: :func:`reference_block`) or ``<!-- stmedfm:beyond params/beyond.yaml -->`` (the findings of a variant study's
 #: committed tables, :func:`beyond_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|beyond) (?P<arg>\S+) -->\n)(?P<body>.*?)(<!-- /stmedfm -->)",
-                   re.S)
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|beyond|flips) (?P<arg>[^>]+?) -->\n)(?P<body>.*?)"
+                   r"(<!-- /stmedfm -->)", re.S)
 
 
 def beyond_block(params: str | Path) -> str:
@@ -261,12 +261,42 @@ def beyond_block(params: str | Path) -> str:
     return "".join(f"- {line}\n" for line in beyond.findings(study, beyond.read(study)))
 
 
+def flips_block(label_safe: str | Path, reference: str | Path, task: str = "organamnist") -> str:
+    """Label-safe flips against the paper's flips on ``task``: accuracy and AUROC per strategy (Scratch, Full),
+    mean ± 95 % CI over the seeds both stores have, and the seeds where label-safe is better. Both stores must come
+    from the same machine (a cross-CPU difference would pass for an effect); otherwise the block says so."""
+    from stmedfm.study import ResultStore
+
+    stores = [ResultStore(label_safe), ResultStore(reference)]
+    runs = [s.table("runs") for s in stores]
+    machines = [set(r["machine"].fillna("unrecorded")) if "machine" in r else {"unrecorded"} for r in runs]
+    if machines[0] != machines[1] or len(machines[0]) != 1:
+        return (f"Not compared: `{Path(label_safe).name}` and `{Path(reference).name}` were computed on different "
+                f"machines ({' vs '.join(' | '.join(sorted(m)) for m in machines)}); rerun one of them on the other's.\n")
+    m = [s.table("metrics") for s in stores]
+    lines = []
+    for strategy in ("scratch", "full"):
+        parts = []
+        for metric in ("accuracy", "macro_auroc"):
+            a, b = (_per_seed(x, task, (strategy,), metric, "transfer") for x in m)
+            seeds = a.index.intersection(b.index)
+            if len(seeds) < 2:
+                continue
+            (ma, la, ha), (mb, lb, hb) = stats.mean_ci(a.loc[seeds]), stats.mean_ci(b.loc[seeds])
+            better = int((a.loc[seeds] > b.loc[seeds]).sum())
+            parts.append(f"{metric.replace('macro_', '').replace('auroc', 'AUROC')} {mb:.3f} ± {hb - mb:.3f} → "
+                         f"{ma:.3f} ± {ha - ma:.3f} (label-safe better in {better} of {len(seeds)} seeds)")
+        if parts:
+            lines.append(f"- {task} {strategy}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
 def update_markdown(text: str, root: str | Path = ".") -> str:
     """``text`` with every generated block rewritten from the committed tables it names (paths relative to
     ``root``); the rest of the text is left as it is. A test calls this on the README and fails on any
     difference, so no number in those blocks can drift from ``results/``."""
     def body(m: re.Match) -> str:
-        arg = Path(root) / m.group("arg")
-        return reference_block(arg) if m.group("kind") == "reference" else beyond_block(arg)
+        args = [Path(root) / a for a in m.group("arg").split()]
+        return {"reference": reference_block, "beyond": beyond_block, "flips": flips_block}[m.group("kind")](*args)
 
     return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)
