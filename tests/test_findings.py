@@ -98,3 +98,17 @@ def test_no_notebook_prose_types_a_result():
             if cell.cell_type == "markdown":
                 typed += [(path.name, n) for n in number.findall(cell.source) if n not in constants]
     assert typed == []
+
+
+def test_flips_are_never_compared_across_machines(tmp_path):
+    import shutil
+
+    for name, machine in (("a", "AMD EPYC; ATen AVX512"), ("b", "Intel Xeon; ATen AVX512; amx_bf16")):
+        shutil.copytree(ROOT / "results" / "offline_label_safe", tmp_path / name)
+        runs = pd.read_csv(tmp_path / name / "runs.csv")
+        runs["machine"] = machine
+        runs.to_csv(tmp_path / name / "runs.csv", index=False)
+    assert findings.flips_block(tmp_path / "a", tmp_path / "b").startswith("Not compared: `a` and `b` were computed on "
+                                                                           "different machines")
+    same = findings.flips_block(tmp_path / "a", tmp_path / "a")
+    assert "label-safe better in 0 of 5 seeds" in same  # a store against itself: no seed is better
