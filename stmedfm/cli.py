@@ -60,7 +60,10 @@ def cmd_params(args) -> None:
     from stmedfm.peft import parameter_table
 
     tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
-    frame = parameter_table(tasks=tasks, strategies=args.strategies.split(","), width=args.width)
+    from stmedfm import strategies
+
+    chosen = args.strategies.split(",") if args.strategies else list(strategies.names())
+    frame = parameter_table(tasks=tasks, strategies=chosen, width=args.width)
     print(_frame_out(frame, args.format), end="" if args.format != "table" else "\n")
 
 
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="Table 4: total and trainable parameters per task and strategy")
     p.add_argument("--tasks", help="comma-separated flags (default: the paper's four)")
-    p.add_argument("--strategies", default="scratch,full,lora,adapter")
+    p.add_argument("--strategies", help="comma-separated strategies (default: every registered one)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--format", choices=["table", "csv", "markdown"], default="table")
     p.set_defaults(func=cmd_params)

@@ -45,9 +45,12 @@ from typing import Any
 import yaml
 
 from stmedfm import registry
+from stmedfm import strategies as _strategies
 from stmedfm.errors import StmedfmError
 
 PAPER_TASKS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
+#: The strategies the paper's protocol runs by default (Tables 5-8b, with our linear probe); every registered
+#: strategy (stmedfm.strategies) is accepted.
 STRATEGY_NAMES = ("scratch", "full", "lora", "adapter", "linear_probe")
 SAMPLERS = ("proportional", "uniform", "temperature", "all_tasks")
 FLIP_POLICIES = ("all", "label_safe")
@@ -267,13 +270,16 @@ class StudyConfig:
                           "name at least one pretraining task or use only 'scratch'.")
         for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies",
                      "budget_strategies", "data_fraction_strategies"):
+            known = _strategies.names()
             for s in getattr(self, name):
-                if s not in STRATEGY_NAMES:
-                    errors.append(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, STRATEGY_NAMES)} "
-                                  f"Strategies: {', '.join(STRATEGY_NAMES)}.")
-        if "scratch" in self.fewshot_strategies or "scratch" in self.leave_out_strategies:
-            errors.append("Few-shot and leave-out studies adapt a pretrained model; 'scratch' is not allowed "
-                          "in 'fewshot_strategies' or 'leave_out_strategies'.")
+                if s not in known:
+                    errors.append(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, known)} "
+                                  f"Strategies: {', '.join(known)}.")
+        fresh = [s for s in [*self.fewshot_strategies, *self.leave_out_strategies]
+                 if s in _strategies.REGISTRY and not _strategies.get(s).pretrained]
+        if fresh:
+            errors.append(f"Few-shot and leave-out studies adapt a pretrained model; '{fresh[0]}' is not allowed "
+                          f"in 'fewshot_strategies' or 'leave_out_strategies'.")
         for k in self.fewshot_k:
             positive("fewshot_k", k)
         for flag in self.leave_out_tasks:
@@ -296,14 +302,17 @@ class StudyConfig:
         return self
 
     def uses_pretraining(self) -> bool:
+        def pretrained(names) -> bool:
+            return any(_strategies.get(s).pretrained for s in names if s in _strategies.REGISTRY)
+
         return bool(
-            set(self.strategies) - {"scratch"}
+            pretrained(self.strategies)
             or self.fewshot_tasks
             or self.leave_out_tasks
             or self.extended_tasks
-            or set(self.class_weight_ablation_strategies) - {"scratch"}
-            or (self.budget_tasks and set(self.budget_strategies) - {"scratch"})
-            or (self.data_fraction_tasks and set(self.data_fraction_strategies) - {"scratch"})
+            or pretrained(self.class_weight_ablation_strategies)
+            or (self.budget_tasks and pretrained(self.budget_strategies))
+            or (self.data_fraction_tasks and pretrained(self.data_fraction_strategies))
         )
 
     def _check_flag(self, param: str, flag: str) -> None:
@@ -320,13 +329,13 @@ class StudyConfig:
     def steps(self, task: str, strategy: str) -> int:
         """Training steps of a downstream run: the paper's budgets depend on the task's dimensionality."""
         three_d = registry.get(task).dim == 3
-        if strategy == "scratch":
+        if not _strategies.get(strategy).pretrained:
             return self.scratch_steps_3d if three_d else self.scratch_steps_2d
         return self.finetune_steps_3d if three_d else self.finetune_steps_2d
 
     def lr(self, strategy: str) -> float:
-        return {"scratch": self.lr_scratch, "full": self.lr_full, "lora": self.lr_peft, "adapter": self.lr_peft,
-                "linear_probe": self.lr_linear_probe}[strategy]
+        """The learning rate of ``strategy``: the field its registry entry names (``Strategy.lr_field``)."""
+        return getattr(self, _strategies.get(strategy).lr_field)
 
     def batch_size(self, task: str) -> int:
         return self.batch_size_3d if registry.get(task).dim == 3 else self.batch_size_2d

@@ -1,6 +1,7 @@
-"""Adaptation strategies of the paper (section III.E): scratch, full, LoRA, adapters (and a linear probe).
+"""The model surgery behind the adaptation strategies of :mod:`stmedfm.strategies` (paper section III.E).
 
-LoRA (Hu et al., 2022) wraps the four encoder Linear layers (``fc1``/``fc2`` of both blocks) with a rank-``r``
+The registry declares each strategy; this module implements the pieces it names: module kinds a strategy inserts
+(:data:`INSERTS`) and parameter groups it trains (:data:`GROUPS`). LoRA (Hu et al., 2022) wraps the four encoder Linear layers (``fc1``/``fc2`` of both blocks) with a rank-``r``
 update; adapters (Houlsby et al., 2019) add a residual bottleneck after each encoder block. Both are initialised
 so that inserting them leaves the model's outputs unchanged, which is what makes "Pretrain+PEFT" start exactly
 from the pretrained function. :func:`prepare` is the single entry point used by training: insert what the
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from stmedfm import registry
+from stmedfm import strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 
@@ -27,13 +28,15 @@ __all__ = [
     "add_lora",
     "add_adapters",
     "STRATEGIES",
+    "INSERTS",
+    "GROUPS",
     "prepare",
     "set_trainable",
     "count_parameters",
     "parameter_table",
 ]
 
-STRATEGIES = ("scratch", "full", "lora", "adapter", "linear_probe")
+STRATEGIES = strategies.names()  #: the registered strategies (at import), for convenience
 
 
 class LoRALinear(nn.Module):
@@ -126,13 +129,29 @@ def add_adapters(model: STMedFM, bottleneck: int = 16) -> STMedFM:
     return model
 
 
-def _check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise StmedfmError(
-            f"Unknown adaptation strategy '{strategy}'.{registry.closest(str(strategy), STRATEGIES)} "
-            f"Choose one of: {', '.join(STRATEGIES)}."
-        )
-    return strategy
+#: Module kinds a strategy may insert (``Strategy.inserts``): name -> (already inserted?, insert with options).
+INSERTS = {
+    "lora": (_has_lora, lambda model, opt: add_lora(model, r=opt["lora_r"], alpha=opt["lora_alpha"])),
+    "adapter": (_has_adapters, lambda model, opt: add_adapters(model, bottleneck=opt["adapter_bottleneck"])),
+}
+#: What the error says when a strategy's modules are missing.
+_INSERT_NAMES = {"lora": "LoRA layers", "adapter": "adapters"}
+
+
+def _modules(model: nn.Module, kind: type) -> list[nn.Parameter]:
+    """The parameters of every submodule of type ``kind``."""
+    return [p for m in model.modules() if isinstance(m, kind) for p in m.parameters()]
+
+
+#: Parameter groups a strategy may train (``Strategy.trains``): name -> the group's parameters.
+GROUPS = {
+    "all": lambda model, task: list(model.parameters()),
+    "head": lambda model, task: list(model.heads[task].parameters()),
+    "layernorm": lambda model, task: _modules(model, nn.LayerNorm),
+    "bias": lambda model, task: [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"],
+    "lora": lambda model, task: [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)],
+    "adapter": lambda model, task: _modules(model, Adapter),
+}
 
 
 def _check_task(model: STMedFM, task: str) -> None:
@@ -144,35 +163,24 @@ def _check_task(model: STMedFM, task: str) -> None:
 
 
 def set_trainable(model: STMedFM, strategy: str, task: str) -> None:
-    """Set ``requires_grad`` for ``strategy`` (paper III.E); everything not listed is frozen.
+    """Set ``requires_grad`` for ``strategy`` as its registry entry says (``trains``); everything else is frozen.
 
     scratch/full: all parameters. lora: LoRA A/B + every LayerNorm + ``heads[task]``. adapter: adapter parameters
-    + every LayerNorm + ``heads[task]``. linear_probe: ``heads[task]`` only. LayerNorms without affine parameters
-    simply contribute nothing. Other tasks' heads are frozen, so keep_heads([task]) is what makes totals match.
+    + every LayerNorm + ``heads[task]``. linear_probe: ``heads[task]`` only. bitfit: every bias + LayerNorms + head.
+    LayerNorms without affine parameters simply contribute nothing. Other tasks' heads are frozen, so
+    keep_heads([task]) is what makes totals match.
     """
-    _check_strategy(strategy)
+    spec = strategies.get(strategy)
     _check_task(model, task)
-    if strategy in ("scratch", "full"):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return
-    if strategy == "lora" and not _has_lora(model):
-        raise StmedfmError("Strategy 'lora' needs LoRA layers: call stmedfm.peft.prepare(model, 'lora', task).")
-    if strategy == "adapter" and not _has_adapters(model):
-        raise StmedfmError("Strategy 'adapter' needs adapters: call stmedfm.peft.prepare(model, 'adapter', task).")
+    for kind in spec.inserts:
+        if not INSERTS[kind][0](model):
+            raise StmedfmError(f"Strategy '{strategy}' needs {_INSERT_NAMES.get(kind, kind)}: call "
+                               f"stmedfm.peft.prepare(model, '{strategy}', task).")
     for p in model.parameters():
         p.requires_grad_(False)
-    train: list[nn.Parameter] = list(model.heads[task].parameters())
-    if strategy != "linear_probe":
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                train.extend(m.parameters())
-            elif strategy == "lora" and isinstance(m, LoRALinear):
-                train.extend([m.lora_A, m.lora_B])
-            elif strategy == "adapter" and isinstance(m, Adapter):
-                train.extend(m.parameters())
-    for p in train:
-        p.requires_grad_(True)
+    for group in spec.trains:
+        for p in GROUPS[group](model, task):
+            p.requires_grad_(True)
 
 
 def prepare(
@@ -183,16 +191,17 @@ def prepare(
     lora_alpha: float = 4.0,
     adapter_bottleneck: int = 16,
 ) -> STMedFM:
-    """Make ``model`` ready to train ``task`` with ``strategy``: add its head if missing, insert LoRA/adapters if
-    the strategy needs them and they are not there yet, then :func:`set_trainable`. Returns ``model``.
+    """Make ``model`` ready to train ``task`` with ``strategy``: add its head if missing, insert the modules the
+    strategy declares (unless already there), then :func:`set_trainable`. Returns ``model``.
     """
-    _check_strategy(strategy)
+    spec = strategies.get(strategy)
     if task not in model.heads:
         model.add_head(task)
-    if strategy == "lora" and not _has_lora(model):
-        add_lora(model, r=lora_r, alpha=lora_alpha)
-    elif strategy == "adapter" and not _has_adapters(model):
-        add_adapters(model, bottleneck=adapter_bottleneck)
+    options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "adapter_bottleneck": adapter_bottleneck}
+    for kind in spec.inserts:
+        present, insert = INSERTS[kind]
+        if not present(model):
+            insert(model, options)
     set_trainable(model, strategy, task)
     return model
 

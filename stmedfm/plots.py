@@ -35,7 +35,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
-from stmedfm import paths, registry
+from stmedfm import paths, registry, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_path
 
@@ -55,25 +55,12 @@ __all__ = [
     "fig_contrasts",
 ]
 
-STRATEGY_ORDER = ("scratch", "full", "lora", "adapter", "linear_probe")
-#: The paper's names for the adaptation strategies (legend entries).
-STRATEGY_LABELS = {
-    "scratch": "Scratch",
-    "full": "Pretrain+Full",
-    "lora": "Pretrain+LoRA",
-    "adapter": "Pretrain+Adapter",
-    "linear_probe": "Pretrain+Linear probe",
-}
-# seaborn's "colorblind" palette (Okabe-Ito-like), fixed per strategy so every figure uses the same colour.
-_CB = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"]
-STRATEGY_COLORS = {
-    "scratch": _CB[7],  # grey
-    "full": _CB[0],  # blue
-    "lora": _CB[1],  # orange
-    "adapter": _CB[2],  # green
-    "linear_probe": _CB[4],  # purple
-}
-STRATEGY_MARKERS = {"scratch": "s", "full": "o", "lora": "^", "adapter": "D", "linear_probe": "v"}
+#: Legend names, colours and markers of the adaptation strategies: from their registry (stmedfm.strategies).
+STRATEGY_ORDER = strategies.names()
+STRATEGY_LABELS = {s.name: s.label for s in strategies.REGISTRY.values()}
+_CB = strategies.PALETTE
+STRATEGY_COLORS = {s.name: s.color for s in strategies.REGISTRY.values()}
+STRATEGY_MARKERS = {s.name: s.marker for s in strategies.REGISTRY.values()}
 #: Colours of tasks (Figure 2's points), distinct from the strategy colours where possible.
 TASK_COLORS = [_CB[0], _CB[3], _CB[2], _CB[4], _CB[1], _CB[9], _CB[5], _CB[6], _CB[8], _CB[7]]
 
@@ -113,19 +100,16 @@ def style() -> dict:
 
 
 def _label(strategy: str) -> str:
-    return STRATEGY_LABELS.get(strategy, str(strategy))
+    return strategies.label(strategy)
 
 
 def _color(strategy: str) -> str:
-    return STRATEGY_COLORS.get(strategy, "#333333")
+    return strategies.color(strategy)
 
 
 def _strategies(values) -> list[str]:
-    """The strategies present, in the paper's order (unknown names last, alphabetically)."""
-    def rank(s: str) -> tuple[int, str]:
-        return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s)
-
-    return sorted({str(v) for v in values}, key=rank)
+    """The strategies present, in the registry's order (unknown names last, alphabetically)."""
+    return sorted({str(v) for v in values}, key=lambda s: (strategies.order(s), s))
 
 
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from stmedfm import data as D
 from stmedfm.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from stmedfm import paths, provenance, registry
+from stmedfm import paths, provenance, registry, strategies
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.train import RunResult, RunSpec, pretrain, run_downstream
@@ -142,11 +142,12 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
     def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0):
         steps = cfg.steps(task, strategy) if steps is None else steps
         class_weights = cfg.class_weights if class_weights is None else class_weights
-        pretrain = () if strategy == "scratch" else (full_pretrain if pretrain is None else pretrain)
+        fresh = not strategies.get(strategy).pretrained
+        pretrain = () if fresh else (full_pretrain if pretrain is None else pretrain)
         # the per-class / reliability / confusion outputs belong to the calibration task's standard run
         detail = (task == cfg.calibration_task and strategy == cfg.calibration_strategy and k == 0
                   and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
-                  and pretrain == (() if strategy == "scratch" else full_pretrain)
+                  and pretrain == (() if fresh else full_pretrain)
                   and split == -1 and fraction == 1.0)
         return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy),
                        class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail,

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from stmedfm import strategies
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.study import ResultStore, not_results
 
@@ -29,7 +30,6 @@ METRIC_TABLES = {
     "table8_ece": "ece",
     "table8b_brier": "brier",
 }
-STRATEGY_ORDER = {"scratch": 0, "full": 1, "lora": 2, "adapter": 3, "linear_probe": 4}
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +80,7 @@ def with_paper(frame: pd.DataFrame, table: str, metric: str | None = None) -> pd
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
     if "strategy" in frame.columns:
-        frame = frame.assign(_s=frame["strategy"].map(STRATEGY_ORDER)).sort_values(
+        frame = frame.assign(_s=frame["strategy"].map(strategies.order)).sort_values(
             [c for c in ("task", "variant", "k", "_s", "metric") if c in frame.columns or c == "_s"], kind="stable")
         frame = frame.drop(columns="_s")
     return frame.reset_index(drop=True)

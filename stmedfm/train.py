@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from stmedfm import data as D
-from stmedfm import registry
+from stmedfm import registry, strategies
 from stmedfm.calibration import apply_temperature, fit_temperature, softmax
 from stmedfm.config import StudyConfig
 from stmedfm.metrics import brier, classification_metrics, ece, nll
@@ -298,7 +298,7 @@ class RunResult:
 def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> STMedFM:
     """A single-head model for ``spec``: fresh (scratch) or from the checkpoint, prepared for the strategy."""
     init_seed = derive_seed(spec.seed, "head-init", spec.task, spec.k, spec.fewshot_split)
-    if spec.strategy == "scratch":
+    if not strategies.get(spec.strategy).pretrained:
         model = build_model(cfg, [spec.task], init_seed)
     else:
         if pretrained is None:

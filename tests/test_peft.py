@@ -16,6 +16,7 @@ from stmedfm.peft import (
     add_adapters,
     add_lora,
     count_parameters,
+    parameter_table,
     prepare,
     set_trainable,
 )
@@ -127,7 +128,7 @@ def test_set_trainable_errors():
         set_trainable(model, "adapter", TASK)
     with pytest.raises(StmedfmError, match=r"no head for task 'bloodmnist'"):
         set_trainable(model, "full", "bloodmnist")
-    assert set(STRATEGIES) == {"scratch", "full", "lora", "adapter", "linear_probe"}
+    assert set(STRATEGIES) == {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"}
 
 
 def test_prepare_adds_missing_head():
@@ -196,3 +197,40 @@ def test_matches_hf_peft(alpha):
     hf_lora = sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n and p.requires_grad)
     our_lora = sum(p.numel() for n, p in ours.named_parameters() if "lora_" in n)
     assert hf_lora == our_lora == 3072  # 4 Linears * r * (64 + 128)
+
+
+def test_bitfit_counts_by_hand():
+    """BitFit, registered in stmedfm.strategies alone: every bias + the LayerNorms + the head (issue 19).
+
+    Biases: 2D stem 32 + 64 + 64, 3D stem 16 + 32 + 64, encoder fc1/fc2 2 x (128 + 64) = 656; LayerNorms 3 x 2 x 64 =
+    384 (their biases counted once); head 64 C + C. Trainable = 1,040 + 65 C (both stems count, as in Table 4).
+    """
+    table = parameter_table(strategies=["full", "bitfit"]).set_index(["task", "strategy"])
+    for task, classes in {"pathmnist": 9, "bloodmnist": 8, "dermamnist": 7, "organmnist3d": 11}.items():
+        assert table.loc[(task, "bitfit"), "trainable"] == 1_040 + 65 * classes
+        assert table.loc[(task, "bitfit"), "total"] == table.loc[(task, "full"), "total"]  # inserts nothing
+
+
+def test_every_registered_strategy_trains_from_the_registry():
+    from stmedfm import strategies
+    from stmedfm.model import STMedFM
+
+    for name in strategies.names():
+        model = prepare(STMedFM(["bloodmnist"]), name, "bloodmnist")
+        assert any(p.requires_grad for p in model.heads["bloodmnist"].parameters()), name
+    with pytest.raises(StmedfmError, match="already registered"):
+        strategies.register(strategies.Strategy("lora", "again"))
+
+
+def test_a_study_runs_a_registered_strategy_end_to_end(synthetic_dir, tmp_path):
+    from stmedfm.config import StudyConfig
+    from stmedfm.study import run_study
+
+    cfg = StudyConfig.from_dict(dict(
+        study="bitfit", data_dir=str(synthetic_dir), seeds=[0], workers=1, pretrain_tasks=["bloodmnist"],
+        pretrain_steps=2, downstream_tasks=["bloodmnist"], strategies=["scratch", "bitfit"], scratch_steps_2d=2,
+        finetune_steps_2d=2, fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[],
+        extended_tasks=[], calibration_task=None))
+    runs = run_study(cfg, out=tmp_path / "s", progress=False).table("runs").set_index("strategy")
+    assert runs.loc["bitfit", "trainable_params"] == 1_040 + 65 * 8
+    assert runs.loc["bitfit", "lr"] == cfg.lr_peft and runs.loc["bitfit", "pretrain"] == "bloodmnist"

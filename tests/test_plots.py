@@ -59,8 +59,8 @@ def ci95_by_hand(values) -> float:
 
 # --- style ---------------------------------------------------------------------------------------------------
 def test_style_has_one_distinct_colour_per_strategy_and_saves_at_150_dpi():
-    assert set(STRATEGY_COLORS) == {"scratch", "full", "lora", "adapter", "linear_probe"}
-    assert len(set(STRATEGY_COLORS.values())) == 5
+    assert set(STRATEGY_COLORS) == {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"}
+    assert len(set(STRATEGY_COLORS.values())) == len(STRATEGY_COLORS)
     rc = style()
     assert rc["savefig.dpi"] == 150
     assert rc["axes.grid"] is True
