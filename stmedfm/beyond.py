@@ -429,14 +429,14 @@ def comparison_view(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _comparison_markdown(frame: pd.DataFrame) -> str:
-    from stmedfm.cli import markdown
+    from stmedfm.tables import markdown
 
     return markdown(comparison_view(frame)) if not frame.empty else "(no comparisons)\n"
 
 
 def write_tables(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[Path]:
     """Markdown versions of the summaries and comparisons into ``results/<study>/tables/``."""
-    from stmedfm.cli import markdown
+    from stmedfm.tables import markdown
     from stmedfm.tables import cell
 
     out_dir = study.root / "tables"

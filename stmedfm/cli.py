@@ -21,20 +21,13 @@ from stmedfm.errors import StmedfmError
 
 
 def _frame_out(frame: pd.DataFrame, fmt: str) -> str:
+    from stmedfm.tables import markdown
+
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "markdown":
         return markdown(frame)
     return frame.to_string(index=False)
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub markdown table without the optional ``tabulate`` dependency."""
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def cmd_data(args) -> None:

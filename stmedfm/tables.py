@@ -9,7 +9,6 @@ Every row names its flag, so a parameter file that fills a paper role with anoth
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from stmedfm import strategies
+from stmedfm.stats import mean_ci
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.study import ResultStore, not_results
 
@@ -43,12 +43,19 @@ def paper_results() -> pd.DataFrame:
 
 
 def ci95(values) -> float:
-    """Half-width of the two-sided 95 % t-interval of the mean (NaN for fewer than two values)."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    """Half-width of the two-sided 95 % t-interval of the mean (NaN for fewer than two values): the interval of
+    :func:`stmedfm.stats.mean_ci`, as a half-width."""
+    mean, _, high = mean_ci(values)
+    return high - mean
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table without the optional ``tabulate`` dependency."""
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summarise(frame: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
@@ -158,7 +165,6 @@ def cell(mean, ci=np.nan, paper=np.nan, count=False) -> str:
 
 def format_markdown(frame: pd.DataFrame) -> str:
     """A readable markdown table: 'mean ± ci (paper)' cells; tables with a metric column get one column per metric."""
-    from stmedfm.cli import markdown
 
     if frame.empty or "mean" not in frame.columns:
         return markdown(frame)
