@@ -105,6 +105,17 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
     variants = doc.get("variants") or {}
     if not isinstance(variants, dict) or not variants:
         raise StmedfmError(f"'{path}' must name at least one variant under 'variants'.")
+    shapes = [f"'variants.{v}' must be a mapping of StudyConfig fields" for v, values in variants.items()
+              if values is not None and not isinstance(values, dict)]
+    if not isinstance(doc.get("common") or {}, dict):
+        shapes.append("'common' must be a mapping of StudyConfig fields")
+    if doc.get("base") is not None and not isinstance(doc["base"], str):
+        shapes.append("'base' must be the path of a parameter file")
+    contrasts = doc.get("contrasts") or []
+    if not isinstance(contrasts, list) or not all(isinstance(c, dict) for c in contrasts):
+        shapes.append("'contrasts' must be a list of mappings with 'a' and 'b' variants")
+    if shapes:
+        raise StmedfmError(f"'{path}': " + "; ".join(shapes) + ".")
     base_values: dict[str, Any] = {}
     if doc.get("base"):
         base_values = read_params_file(_resolve(doc["base"]))
@@ -117,7 +128,6 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
         except StmedfmError as exc:
             raise StmedfmError(f"Variant '{variant}' of '{path}': {exc}") from None
     baseline = str(doc.get("baseline", next(iter(configs))))
-    contrasts = list(doc.get("contrasts") or [])
     for c in contrasts:
         for side in ("a", "b"):
             if c.get(side) not in configs:

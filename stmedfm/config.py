@@ -56,6 +56,7 @@ SAMPLERS = ("proportional", "uniform", "temperature", "all_tasks")
 FLIP_POLICIES = ("all", "label_safe")
 #: A study name: it names folders (results/<study>/), so no separators, no "." or "..".
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+MAX_SEEDS = 10_000
 
 
 @dataclass
@@ -210,6 +211,7 @@ class StudyConfig:
                 errors.append(f"Parameter '{f.name}' must be {exc}, got {value!r}.")
         if errors:  # the rules below assume the types
             raise StmedfmError("\n".join(errors))
+        self._canonical_flags(errors)
 
         def positive(name: str, value) -> None:
             if value <= 0:
@@ -221,9 +223,13 @@ class StudyConfig:
             except StmedfmError as exc:
                 errors.append(str(exc))
 
-        if not STUDY_NAME.match(self.study) or self.study in (".", ".."):
-            errors.append(f"Parameter 'study' must be a name of letters, digits, '-' and '_' (starting with a letter "
-                          f"or digit; no path separators), got {self.study!r}: it names results/<study>/.")
+        if len(self.seeds) > MAX_SEEDS:
+            errors.append(f"Parameter 'seeds' asks for {len(self.seeds)} seeds; at most {MAX_SEEDS}.")
+        if self.width > 4096:
+            errors.append(f"Parameter 'width' must be at most 4096, got {self.width}.")
+        if not STUDY_NAME.match(self.study) or self.study in (".", "..") or len(self.study) > 100:
+            errors.append(f"Parameter 'study' must be a name of at most 100 letters, digits, '-' and '_' (starting with "
+                          f"a letter or digit; no path separators), got {self.study!r}: it names results/<study>/.")
         check(registry.check_size, self.image_size)
         if self.workers is not None:
             positive("workers", self.workers)
@@ -315,6 +321,27 @@ class StudyConfig:
             or (self.data_fraction_tasks and pretrained(self.data_fraction_strategies))
         )
 
+    def _canonical_flags(self, errors: list[str]) -> None:
+        """Flags as the registry spells them ('RetinaMNIST' -> 'retinamnist'), so a task named twice in two
+        spellings is caught as a repeat and every later lookup (heads, files) uses one name."""
+        def canon(flag: str) -> str:
+            try:
+                return registry.get(flag).flag
+            except StmedfmError:
+                return flag  # reported by _check_flag
+
+        for name in ("pretrain_tasks", "downstream_tasks", "class_weight_ablation_tasks", "leave_out_tasks",
+                     "extended_tasks", "data_fraction_tasks"):
+            flags = [canon(f) for f in getattr(self, name)]
+            twice = _repeats(flags)
+            if twice:
+                errors.append(f"Parameter '{name}' names {', '.join(map(repr, twice))} more than once.")
+            setattr(self, name, flags)
+        for name in ("fewshot_tasks", "budget_tasks"):
+            setattr(self, name, {canon(k): v for k, v in getattr(self, name).items()})
+        if self.calibration_task is not None:
+            self.calibration_task = canon(self.calibration_task)
+
     def _check_flag(self, param: str, flag: str) -> None:
         info = registry.get(flag)  # unknown flag -> error with the closest name
         if info.multi_label:
@@ -351,8 +378,10 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
         raise StmedfmError(f"Parameter file '{p}' does not exist. The project's files are in params/.")
     try:
         values = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise StmedfmError(f"Parameter file '{p}' is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StmedfmError(f"Parameter file '{p}' is not valid YAML text: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise StmedfmError(f"Cannot read parameter file '{p}' ({exc.strerror or exc}).") from None
     if not isinstance(values, dict):
         raise StmedfmError(f"Parameter file '{p}' must hold a mapping of parameter: value.")
     return values
@@ -445,14 +474,14 @@ REPEATABLE = {"class_weight_clip"}
 def _typed(key: str, value: Any) -> Any:
     """The value of field ``key`` in its declared type, no list holding a value twice; :class:`_Invalid` else."""
     if key == "seeds":
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SEEDS:
             return list(range(value))
         if (isinstance(value, (list, tuple)) and value
                 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
             value = list(value)
         else:
-            raise _Invalid("a positive count (5 = seeds 0..4) or a non-empty list of distinct non-negative "
-                           "integers")
+            raise _Invalid(f"a positive count (5 = seeds 0..4; at most {MAX_SEEDS}) or a non-empty list of distinct "
+                           f"non-negative integers")
     else:
         value = _as(_hints()[key], value)
     lists = [value] if isinstance(value, list) else [v for v in value.values() if isinstance(v, list)] \

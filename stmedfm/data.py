@@ -192,14 +192,17 @@ def _check(path: Path, info: FlagInfo, size: int) -> FileIdentity:
     st = path.stat()
     key = str(path.resolve())
     rec = _record(st, info, size)
+    entry = _manifest_entry(path)
+    # what the manifest says is part of a verification: a file it vouched for is trusted only while it still does
+    rec["manifest"] = None if entry is None else {"sha256": entry["sha256"], "synthetic": entry.get("synthetic") is True}
     doc = _read_cache()
     cached = doc.get(key)
-    if (isinstance(cached, dict) and all(cached.get(k) == v for k, v in rec.items())
-            and cached.get("identity") in ("official", "manifest", "synthetic") and cached.get("digest")):
+    if (isinstance(cached, dict) and cached.get("identity") in ("official", "manifest", "synthetic")
+            and cached.get("digest") and all(cached.get(k) == v for k, v in rec.items()
+                                             if k != "manifest" or cached["identity"] != "official")):
         return FileIdentity(info.flag, size, cached["identity"], cached["digest"])
 
     official = info.md5.get(size)
-    entry = _manifest_entry(path)
     digests = file_digests(path, ("md5", "sha256") if entry else ("md5",))
     if official and digests["md5"] == official:
         identity = FileIdentity(info.flag, size, "official", f"md5:{official}")

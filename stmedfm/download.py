@@ -44,8 +44,13 @@ class _Failure(Exception):
 
 def check_mirror(mirror: str) -> str:
     """A mirror is an http(s) or file URL of a folder; anything else is a clear error, before any request."""
-    parsed = urllib.parse.urlsplit(mirror)
-    if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
+    try:
+        parsed = urllib.parse.urlsplit(mirror)
+        parsed.port  # noqa: B018  (raises ValueError for a malformed port)
+    except ValueError:
+        parsed = None
+    if (parsed is None or parsed.scheme not in ("http", "https", "file") or parsed.query or parsed.fragment
+            or (parsed.scheme != "file" and not parsed.netloc)):
         raise StmedfmError(f"Mirror '{mirror}' is not a URL: give the address of a folder holding the files, e.g. "
                            f"https://example.org/medmnist (from --mirror or ${paths.ENV_MIRROR}).")
     return mirror
@@ -158,6 +163,9 @@ def download(
     """
     info = registry.get(flag)
     name = info.filename(size)
+    if not deadline > 0 or not timeout > 0:
+        raise StmedfmError(f"The download time limits must be positive numbers of seconds, got --timeout {deadline:g}"
+                           f" and a read timeout of {timeout:g}.")
     url = source_url(info.flag, size, mirror)
     expected = md5 or info.md5.get(size)
     if not expected:
@@ -173,8 +181,13 @@ def download(
     target = target_dir / name
     if _present(target, info.flag, size, md5):
         return target
-    for stale in target_dir.glob(f".{name}*.part"):  # from a killed download
-        stale.unlink(missing_ok=True)
+    now = time.time()
+    for stale in target_dir.glob(f".{name}*.part"):  # from a killed download: a live one writes at least every
+        try:                                           # TIMEOUT seconds, so an older file is no one's
+            if now - stale.stat().st_mtime > max(TIMEOUT, timeout):
+                stale.unlink()
+        except FileNotFoundError:
+            pass
 
     attempts = 1 + max(0, int(retries))
     failure: _Failure | None = None

@@ -290,7 +290,7 @@ class DaskExecutor(Executor):
         else:
             try:
                 self.client = distributed.Client(str(scheduler), timeout=timeout, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise StmedfmError(
                     f"Cannot reach the Dask scheduler at '{scheduler}' ({exc}). Start one (`dask scheduler`, then "
                     f"`dask worker {scheduler}` on each machine) or check the address; without --scheduler and "

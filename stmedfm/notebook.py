@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import sys
@@ -253,10 +254,11 @@ def show_tables(tables: Mapping[str, pd.DataFrame], *names: str) -> None:
 def save_figure(fig, name: str, cfg: StudyConfig):
     """Write ``fig`` as ``figures/<study>/<name>.png`` (150 dpi) and ``.svg``, atomically; returns ``fig`` so that a
     cell ending with this call also displays it. Names follow :func:`stmedfm.plots.write_figures`."""
-    from stmedfm.plots import save_figure_file
+    from stmedfm.plots import write_figure
+    from stmedfm.study import ResultStore
 
-    for fmt in ("png", "svg"):
-        save_figure_file(fig, paths.figures_dir(cfg.study) / f"{name}.{fmt}")
+    notices = ResultStore(paths.results_dir(cfg.study)).notices()  # synthetic data, smoke budgets, machines
+    write_figure(copy.deepcopy(fig), paths.figures_dir(cfg.study), name, notices)  # the shown figure stays as is
     return fig
 
 

@@ -254,14 +254,21 @@ class ResultStore:
         """Refuse, before anything is written, any folder that is not new, empty, or a store of this study with
         data of the same kind ('real' or 'synthetic'; None: not known yet, not checked)."""
         root = self.root
-        if root.exists() and not root.is_dir():
-            raise StmedfmError(f"The result folder '{root}' is a file. Pass a new or empty folder, or a store of "
-                               f"study '{cfg.study}', as --out.")
+        if root.exists() and not root.is_dir() or root.is_symlink() and not root.exists():
+            raise StmedfmError(f"The result folder '{root}' is a file (or a broken link). Pass a new or empty folder, "
+                               f"or a store of study '{cfg.study}', as --out.")
+        for name in ("runs", "checkpoints", "quarantine", MARKER):
+            part = root / name
+            if part.exists() and (part.is_dir() != (name != MARKER)):
+                raise StmedfmError(f"'{part}' should be a {'file' if name == MARKER else 'folder'} of the result "
+                                   f"store; move it away or pass another --out.")
         doc = self.marker()
         if doc is None:
-            legacy = _study_in(root / "config.yaml")  # a store written before markers existed
-            if root.is_dir() and any(root.iterdir()) and legacy != cfg.study:
-                what = f"a store of study '{legacy}'" if legacy else "not a result store (no store.json)"
+            legacy = _study_in(root / "config.yaml")  # a store written before markers existed: taken as real data
+            if root.is_dir() and any(root.iterdir()) and (legacy != cfg.study or kind == "synthetic"):
+                what = (f"a store of study '{legacy}'" if legacy and legacy != cfg.study else
+                        "an unmarked store, taken to hold real data" if legacy else
+                        "not a result store (no store.json)")
                 raise StmedfmError(f"The result folder '{root}' is not empty and is {what}. Results of study "
                                    f"'{cfg.study}' go into a new or empty folder or a store of the same study: pass "
                                    f"another --out.")
@@ -281,7 +288,11 @@ class ResultStore:
             from stmedfm import __version__
 
             doc = {"study": cfg.study, "data": kind, "created_by": f"stmedfm {__version__}"}
-            atomic_write_text(self.root / MARKER, json.dumps(doc, indent=1) + "\n")
+            try:
+                atomic_write_text(self.root / MARKER, json.dumps(doc, indent=1) + "\n")
+            except OSError as exc:
+                raise StmedfmError(f"Cannot create the result folder '{self.root}' ({exc.strerror or exc}); pass a "
+                                   f"writable --out.") from None
 
     @contextlib.contextmanager
     def locked(self):
@@ -315,8 +326,12 @@ class ResultStore:
     def quarantine(self, path: Path, reason: str) -> Path:
         """Move a damaged file to ``quarantine/`` (never delete it), name it in a warning, return where it went."""
         dest = self.root / "quarantine" / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.parent.name}-{path.name}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except OSError as exc:
+            raise StmedfmError(f"{path} is damaged ({reason}) and cannot be moved to {dest.parent} "
+                               f"({exc.strerror or exc}); move or delete it, then rerun.") from None
         warnings.warn(StoreWarning(f"{path} is damaged ({reason}); moved to {dest} and recomputed."), stacklevel=2)
         return dest
 
@@ -359,15 +374,24 @@ class ResultStore:
     def has_checkpoint(self, job_id: str) -> bool:
         return self.checkpoint_path(job_id).is_file() and self.loss_path(job_id).is_file()
 
-    def checkpoint_ok(self, job_id: str) -> bool:
-        """Whether the checkpoint and its loss table load and belong to ``job_id``; damaged ones are quarantined."""
-        if not self.has_checkpoint(job_id):
-            return False
+    def checkpoint_ok(self, job_id: str, cfg: StudyConfig | None = None, tasks=()) -> bool:
+        """Whether the checkpoint and its loss table load and belong to ``job_id`` (and, given ``cfg`` and the job's
+        ``tasks``, load into its model); damaged ones are quarantined. A checkpoint without its loss table, or the
+        reverse, is set aside too."""
         ckpt, loss = self.checkpoint_path(job_id), self.loss_path(job_id)
+        if not ckpt.is_file() and not loss.is_file():
+            return False
+        problem = None
         try:
             obj = torch.load(io.BytesIO(ckpt.read_bytes()), map_location="cpu", weights_only=True)
-            problem = None if _state_dict(obj, job_id) is not None else "not a checkpoint of this job"
-        except Exception as exc:  # torch raises many types for a damaged file
+            state = _state_dict(obj, job_id)
+            if state is None:
+                problem = "not a checkpoint of this job"
+            elif cfg is not None:
+                from stmedfm.train import build_model
+
+                build_model(cfg, list(tasks), 0).load_state_dict(state)
+        except Exception as exc:  # torch raises many types for a damaged or foreign file
             problem = f"unreadable: {type(exc).__name__}"
         if problem is None:
             try:
@@ -377,8 +401,9 @@ class ResultStore:
             except Exception as exc:  # pandas: ParserError, UnicodeDecodeError, EmptyDataError, ...
                 problem = f"loss table unreadable: {type(exc).__name__}"
         if problem:
-            self.quarantine(ckpt, problem)
-            self.quarantine(loss, problem)
+            for path in (ckpt, loss):
+                if path.is_file():
+                    self.quarantine(path, problem)
             return False
         return True
 
@@ -438,7 +463,11 @@ class ResultStore:
         path = self.root / f"{name}.csv"
         if not path.is_file():
             raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
-        return pd.read_csv(path)
+        try:
+            return pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+            raise StmedfmError(f"'{path}' is damaged ({type(exc).__name__}); the tables are rebuilt from the runs by "
+                               f"`stmedfm study PARAMS --out {self.root}`.") from None
 
     def notices(self) -> list[str]:
         """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from
@@ -454,7 +483,10 @@ class ResultStore:
             pass
         runs_csv = self.root / "runs.csv"
         if runs_csv.is_file():
-            runs = pd.read_csv(runs_csv, dtype=str, keep_default_na=False)
+            try:
+                runs = pd.read_csv(runs_csv, dtype=str, keep_default_na=False)
+            except (ValueError, UnicodeDecodeError):  # damaged: table() names it where it is needed
+                return out
             machines = sorted({m for col in ("machine", "pretrain_machine") if col in runs for m in runs[col] if m})
             if len(machines) > 1:
                 out.append(f"runs computed on {len(machines)} machines ({' | '.join(machines)}): the same seed gives "
@@ -491,23 +523,37 @@ def _study_in(config_yaml: Path) -> str | None:
 _RUN_KEYS = ("run_id", "metrics", "total_params", "trainable_params", "seconds", "extras")
 
 
+#: Metrics every run reports; a record without them (or with a non-number among its metrics) is damaged.
+_CORE_METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _run_problem(rec, rid: str) -> str | None:
     if not isinstance(rec, dict) or any(k not in rec for k in _RUN_KEYS):
         return "not a run record"
     if rec["run_id"] != rid:
         return f"it holds run {rec['run_id']}"
-    if not isinstance(rec["metrics"], dict) or not isinstance(rec["extras"], dict):
-        return "not a run record"
+    metrics, extras = rec["metrics"], rec["extras"]
+    if (not isinstance(metrics, dict) or any(m not in metrics for m in _CORE_METRICS)
+            or not all(_number(v) for v in metrics.values())):
+        return "its metrics are missing or not numbers"
+    if not all(_number(rec[k]) for k in ("total_params", "trainable_params", "seconds")):
+        return "its counts are not numbers"
+    if not isinstance(extras, dict) or not all(
+            isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in extras.values()):
+        return "its per-class tables are damaged"
     return None
 
 
 def _state_dict(obj, job_id: str) -> dict | None:
-    """The state dict of a stored checkpoint ({'job_id', 'state_dict', ...}), or None when it is another job's.
-    A bare state dict (written before checkpoints named their job) is accepted as it is."""
-    if isinstance(obj, dict) and "state_dict" in obj:
-        return obj["state_dict"] if obj.get("job_id") == job_id else None
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
+    """The state dict of a stored checkpoint ({'job_id', 'state_dict', ...}), or None when it is not one of
+    ``job_id``. Decision: a bare state dict (written before checkpoints named their job) names no job, so it is
+    quarantined and recomputed rather than trusted."""
+    if isinstance(obj, dict) and obj.get("job_id") == job_id and isinstance(obj.get("state_dict"), dict):
+        return obj["state_dict"]
     return None
 
 
@@ -671,9 +717,8 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
     made_with = provenance.software()
 
     todo = [(rid, p) for rid, p in unique_runs(cfg, planned, data).items() if store.load_run(rid) is None]
-    jobs = pretrain_jobs(planned)
-    needed = {p.pretrain_job for _, p in todo if p.pretrain_job}  # checkpoints of finished runs are not reread
-    todo_jobs = {j.id(cfg, data): j for j in jobs if j in needed and not store.checkpoint_ok(j.id(cfg, data))}
+    jobs = pretrain_jobs(planned)  # every checkpoint is checked: its loss table feeds pretrain_loss.csv
+    todo_jobs = {j.id(cfg, data): j for j in jobs if not store.checkpoint_ok(j.id(cfg, data), cfg, j.tasks)}
     if not todo and not todo_jobs:
         return
 

@@ -180,7 +180,8 @@ def format_markdown(frame: pd.DataFrame) -> str:
         metrics = sorted(show["metric"].drop_duplicates(), key=lambda m: (order.get(m, len(order)), m))
         wide = wide[metrics].reset_index()
         wide.columns.name = None
-        note = "Cells: mean ± 95 % CI over seeds (paper's value in brackets where the flag is the paper's).\n\n"
+        note = ("Cells: mean ± 95 % CI over seeds (paper's value in brackets where the flag is the paper's).\n\n"
+                if "paper" in frame.columns else "Cells: mean ± 95 % CI over seeds.\n\n")
         return note + markdown(wide)
     show = show.drop(columns=[c for c in ("mean", "ci95", "paper") if c in show.columns])
     for col in ("delta", "std_splits", "paper_std_splits"):
@@ -188,19 +189,22 @@ def format_markdown(frame: pd.DataFrame) -> str:
             show[col] = show[col].map(lambda v: "" if pd.isna(v) else (f"{v:+.3f}" if col == "delta" else f"{v:.3f}"))
     order = [c for c in show.columns if c not in ("ours", "n", "delta", "std_splits", "paper_std_splits")]
     order += [c for c in ("ours", "delta", "std_splits", "paper_std_splits", "n") if c in show.columns]
-    note = "ours: mean ± 95 % CI over seeds (paper's value in brackets where the flag is the paper's); delta = ours - paper.\n\n"
+    note = ("ours: mean ± 95 % CI over seeds (paper's value in brackets where the flag is the paper's); "
+            "delta = ours - paper.\n\n" if "paper" in frame.columns else "ours: mean ± 95 % CI over seeds.\n\n")
     return note + markdown(show[order])
 
 
 def mark(frame: pd.DataFrame, notices: list[str], name: str = "") -> pd.DataFrame:
-    """A table of a store whose numbers are not results (synthetic data, smoke budgets): no paper values or deltas
-    (a comparison would be meaningless), and a first column ``notice`` saying why, so no copy of it can pass for
-    a result. Table 4 keeps its paper column: parameter counts depend on the architecture only, never on data or
+    """A table of a store with notices gets a first column ``notice`` carrying them (so no copy of it loses them);
+    when its numbers are not results (synthetic data, smoke budgets) it also shows no paper values or deltas (a
+    comparison would be meaningless). Table 4 keeps its paper column: parameter counts depend on the architecture only, never on data or
     budgets, and are its acceptance test."""
-    if not not_results(notices) or name == "table4_params":
+    if not notices:
         return frame
-    frame = frame.drop(columns=[c for c in ("paper", "delta", "paper_std_splits") if c in frame.columns])
-    frame.insert(0, "notice", "; ".join(n for n in notices if n.endswith("not results")))
+    if not_results(notices) and name != "table4_params":
+        frame = frame.drop(columns=[c for c in ("paper", "delta", "paper_std_splits") if c in frame.columns])
+    frame = frame.copy()
+    frame.insert(0, "notice", "; ".join(notices))
     return frame
 
 

@@ -62,7 +62,7 @@ def test_overrides_parse_as_yaml():
         ({"task_sampling": "uniformm"}, "Did you mean 'uniform'?"),
         ({"image_size": 32}, "Unsupported image size 32"),
         ({"image_size": 128}, "organmnist3d"),
-        ({"seeds": 0}, "'seeds' must be a positive count (5 = seeds 0..4) or a non-empty list of distinct"),
+        ({"seeds": 0}, "'seeds' must be a positive count (5 = seeds 0..4; at most 10000) or a non-empty list"),
         ({"flip_policy": "label-safe"}, "Unknown flip_policy 'label-safe'. Did you mean 'label_safe'?"),
     ],
 )
@@ -106,8 +106,12 @@ def test_notebook_namespace_refuses_injected_typos(namespace, message, monkeypat
 
 # Every bad input of issue 18, item 7: one line naming key, value and what is expected; never a traceback.
 @pytest.mark.parametrize("override, message", [
-    ("seeds=1.5", "Parameter 'seeds' must be a positive count (5 = seeds 0..4) or a non-empty list of distinct "
-                  "non-negative integers, got 1.5."),
+    ("seeds=1.5", "Parameter 'seeds' must be a positive count (5 = seeds 0..4; at most 10000) or a non-empty "
+                  "list of distinct non-negative integers, got 1.5."),
+    ("seeds=1000000000", "Parameter 'seeds' must be a positive count"),  # no list of a billion seeds in memory
+    ("study=" + "x" * 101, "Parameter 'study' must be a name of at most 100"),
+    ("width=1000000000", "Parameter 'width' must be at most 4096"),
+    ("downstream_tasks=[retinamnist, RetinaMNIST]", "Parameter 'downstream_tasks' names 'retinamnist' more than once"),
     ("seeds=abc", "Parameter 'seeds' must be a positive count"),
     ("seeds=[0,0]", "Parameter 'seeds' must be a list without repeats (0 appears more than once"),
     ("seeds=[-1]", "Parameter 'seeds' must be a positive count"),
@@ -122,7 +126,7 @@ def test_notebook_namespace_refuses_injected_typos(namespace, message, monkeypat
     ("weight_decay=abc", "Parameter 'weight_decay' must be a number, got 'abc'."),
     ("strategies=null", "Parameter 'strategies' must be a list of text values, got None."),
     ("study=", "Parameter 'study' must be a text value, got None."),
-    ("study=../../escaped", "Parameter 'study' must be a name of letters, digits"),
+    ("study=../../escaped", "Parameter 'study' must be a name of at most 100 letters, digits"),
     ("study=/abs/dir", "Parameter 'study' must be a name"),
     ("study=.", "Parameter 'study' must be a name"),
     ("study=a/b", "Parameter 'study' must be a name"),
@@ -164,3 +168,18 @@ def test_beyond_notebook_refuses_injected_typos():
 
     with pytest.raises(StmedfmError, match="Unknown notebook parameter 'seed' = 3. Did you mean 'seeds'?"):
         beyond.from_namespace(paths.project_root() / "params" / "beyond_smoke.yaml", {"seed": 3})
+
+
+def test_flags_are_spelled_as_the_registry_spells_them():
+    cfg = StudyConfig.load(paths.project_root() / "params" / "smoke.yaml",
+                           parse_overrides(["downstream_tasks=[RetinaMNIST, BloodMNIST]", "calibration_task=BloodMNIST",
+                                            "fewshot_tasks={RetinaMNIST: 4}"]))
+    assert cfg.downstream_tasks == ["retinamnist", "bloodmnist"] and cfg.calibration_task == "bloodmnist"
+    assert cfg.fewshot_tasks == {"retinamnist": 4}
+
+
+def test_a_parameter_file_that_is_not_text_is_a_clear_error(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(StmedfmError, match="is not valid YAML text"):
+        StudyConfig.load(bad)

@@ -153,7 +153,7 @@ def test_verification_is_cached_until_the_file_changes(synthetic_dir, tmp_path, 
                if e["name"] == "dermamnist.npz")
     assert record == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
                       "inode": st.st_ino, "flag": "dermamnist", "size": 28, "identity": "synthetic",
-                      "digest": f"sha256:{sha}"}
+                      "digest": f"sha256:{sha}", "manifest": {"sha256": sha, "synthetic": True}}
 
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes, new mtime
     assert data.verify(path, "dermamnist") == "manifest"
@@ -175,6 +175,24 @@ def test_a_replaced_file_of_same_size_and_mtime_is_verified_again(synthetic_dir,
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     with pytest.raises(StmedfmError, match="Checksum mismatch"):
         data.verify(path, "dermamnist")
+
+
+def test_the_cache_follows_what_the_manifest_says(synthetic_dir, tmp_path):
+    """Review of issue 18: once cached as 'manifest', a file stayed so after its manifest called it synthetic, and
+    stayed trusted after its manifest was deleted."""
+    _copy_task(synthetic_dir, "dermamnist", tmp_path)
+    manifest = tmp_path / "MANIFEST.json"
+    doc = json.loads(manifest.read_text())
+    for e in doc["files"]:
+        e["synthetic"] = False
+    manifest.write_text(json.dumps(doc))
+    assert data.status("dermamnist", data_dir=tmp_path)[0] == "listed in MANIFEST"
+    for e in doc["files"]:
+        e["synthetic"] = True
+    manifest.write_text(json.dumps(doc))
+    assert data.status("dermamnist", data_dir=tmp_path)[0] == "synthetic (MANIFEST)"
+    manifest.unlink()
+    assert data.status("dermamnist", data_dir=tmp_path)[0] == "bad checksum"
 
 
 def test_manifest_listed_file_with_an_empty_train_split_is_refused(tmp_path):

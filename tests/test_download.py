@@ -244,20 +244,35 @@ def test_a_trickling_server_is_stopped_by_the_overall_deadline(server, blood_byt
 
 def test_stale_part_files_of_the_flag_are_removed_at_the_next_download(server, blood_bytes, tmp_path):
     """Issue 18: a .part file of a killed download survived for good."""
+    import os
+
     stale = tmp_path / ".bloodmnist.npzab12cd.part"
+    live = tmp_path / ".bloodmnist.npzef34gh.part"  # a concurrent download, still writing
     other = tmp_path / ".pathmnist.npzab12cd.part"
     tmp_path.mkdir(exist_ok=True)
-    stale.write_bytes(b"half")
-    other.write_bytes(b"half")
+    for p in (stale, live, other):
+        p.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
     md5 = hashlib.md5(blood_bytes).hexdigest()
     download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5))
     assert not stale.exists() and other.exists()  # only the flag being downloaded
+    assert live.exists(), "a .part file written in the last minute may belong to a running download"
 
 
-@pytest.mark.parametrize("mirror", ["notaurl", "ftp://host/x", "http://", "/local/dir"])
+@pytest.mark.parametrize("mirror", ["notaurl", "ftp://host/x", "http://", "/local/dir", "http://[::1",
+                                    "http://host:port/x", "http://host/x?a=b", "http://host/x#frag"])
 def test_a_malformed_mirror_is_a_clear_error_before_any_request(mirror, tmp_path, no_default_data, capsys):
     from stmedfm.cli import main
 
     assert main(["download", "bloodmnist", "--data-dir", str(tmp_path), "--mirror", mirror]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"stmedfm: error: Mirror '{mirror}' is not a URL") and "Traceback" not in err
+
+
+def test_a_non_positive_timeout_is_refused(tmp_path, no_default_data, capsys):
+    from stmedfm.cli import main
+
+    assert main(["download", "bloodmnist", "--data-dir", str(tmp_path), "--timeout", "-1"]) == 2
+    assert "must be positive numbers of seconds" in capsys.readouterr().err

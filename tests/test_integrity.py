@@ -272,6 +272,7 @@ def test_synthetic_and_smoke_stores_are_marked_everywhere(synthetic_dir, tmp_pat
     csv = pd.read_csv(store.root / "tables" / "table7_auroc.csv")
     assert set(csv["notice"]) == {"synthetic data — not results; smoke budgets — not results"}
     assert "paper" not in csv.columns and "delta" not in csv.columns
+    assert "paper" not in md.split("|", 1)[0].split("not results**")[-1]  # the note promises no paper values
 
 
 def test_a_store_of_several_machines_says_so(synthetic_dir, tmp_path):
@@ -283,3 +284,61 @@ def test_a_store_of_several_machines_says_so(synthetic_dir, tmp_path):
     assert len(notice) == 1 and notice[0].startswith("runs computed on 2 machines")
     write_tables(store.root)
     assert "runs computed on 2 machines" in (store.root / "tables" / "table5_accuracy.md").read_text()
+    csv = pd.read_csv(store.root / "tables" / "table5_accuracy.csv")
+    assert csv["notice"].str.contains("runs computed on 2 machines").all()
+
+
+# --- found by the adversarial review ---------------------------------------------------------------------------
+def test_more_kinds_of_damage_heal(synthetic_dir, tmp_path, monkeypatch):
+    """A damaged loss table, a run record with wrong types inside, and a checkpoint replaced by another job's bare
+    state dict are set aside and recomputed, not used and not a traceback."""
+    import torch
+
+    cfg = mini(synthetic_dir, seeds=[0, 1], strategies=["full"])
+    reference = run_study(cfg, out=tmp_path / "ref", progress=False)
+    shutil.copytree(reference.root, tmp_path / "hurt")
+    store = ResultStore(tmp_path / "hurt")
+    losses = sorted((store.root / "checkpoints").glob("*.loss.csv"))
+    ckpts = sorted((store.root / "checkpoints").glob("*.pt"))
+    losses[0].write_text("")  # empty loss table
+    other = torch.load(ckpts[1], weights_only=True)["state_dict"]
+    torch.save(other, ckpts[1])  # another job's bare state dict (same shapes)
+    run = next((store.root / "runs").glob("*.json"))
+    rec = json.loads(run.read_text())
+    rec["metrics"]["accuracy"] = "abc"
+    run.write_text(json.dumps(rec))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_study(cfg, out=store.root, progress=False)
+    said = " ".join(str(w.message) for w in caught if issubclass(w.category, StoreWarning))
+    assert f"{losses[0]} is damaged" in said and f"{ckpts[1]} is damaged (not a checkpoint of this job)" in said
+    assert f"{run} is damaged (its metrics are missing or not numbers)" in said
+    for name in ("metrics.csv", "pretrain_loss.csv"):
+        assert (store.root / name).read_bytes() == (reference.root / name).read_bytes(), name
+
+
+def test_unusable_folders_are_clear_errors(synthetic_dir, tmp_path):
+    cfg = mini(synthetic_dir, strategies=["scratch"])
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "nowhere" / "x")
+    with pytest.raises(StmedfmError, match="is a file \\(or a broken link\\)"):
+        run_study(cfg, out=dangling, progress=False)
+    store = run_study(cfg, out=tmp_path / "S", progress=False)
+    shutil.rmtree(store.root / "runs")
+    (store.root / "runs").write_text("x")
+    with pytest.raises(StmedfmError, match="runs' should be a folder of the result store"):
+        run_study(cfg, out=store.root, progress=False)
+    under_a_file = tmp_path / "file.txt"
+    under_a_file.write_text("x")
+    with pytest.raises(StmedfmError, match="Cannot create the result folder"):
+        run_study(cfg, out=under_a_file / "sub", progress=False)
+
+
+def test_an_unmarked_store_is_taken_as_real_and_refuses_synthetic_runs(synthetic_dir, tmp_path):
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.yaml").write_text("study: mini\n")
+    (legacy / "metrics.csv").write_text("kept\n")
+    with pytest.raises(StmedfmError, match="is an unmarked store, taken to hold real data"):
+        run_study(mini(synthetic_dir), out=legacy, progress=False)
+    assert (legacy / "metrics.csv").read_text() == "kept\n"
