@@ -1,17 +1,17 @@
-# Two commands (README): `make study` and `make test`. Both create .venv and install the package when needed.
+# Three commands (README): `make study` (the paper's protocol), `make quick` (the offline protocol at one seed, in
+# minutes, on the files at hand) and `make test`. Each creates .venv and installs the package when needed.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PARAMS ?= params/paper.yaml
-STUDY  ?= $(basename $(notdir $(PARAMS)))
 ARGS   ?=
 
-.PHONY: setup study beyond tables test clean-venv
+.PHONY: setup study quick beyond tables test clean-venv
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,notebooks]"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -19,23 +19,31 @@ setup: $(BIN)/.installed
 # The study: the paper's protocol by default (fetches missing official files: running it is the consent).
 # Offline: make study PARAMS=params/offline.yaml. ARGS holds overrides as -p key=value (e.g. ARGS="-p seeds=5");
 # they reach the study and, as papermill's -p key value, every notebook, so both see the same parameters.
+# The study's name is its `study` parameter (the file's `study:` key, or -p study=NAME), asked of the CLI, so
+# results/<study>/, runs/<study>/ and figures/<study>/ are named as the notebooks name them.
 # 1. compute every run (worker processes; stops at once, naming the missing files, without internet)
 # 2. execute notebooks 01-08 with papermill into runs/<study>/ (they reuse the runs), 3. HTML of each,
 # 4. every table into results/<study>/tables/ and every figure into figures/<study>/.
 NOTEBOOKS := $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
-RUNS      := runs/$(STUDY)
 NB_ARGS   := $(subst =, ,$(ARGS))
 
 study: setup
-	$(BIN)/stmedfm study $(PARAMS) --out results/$(STUDY) -p download=true $(ARGS)
-	mkdir -p $(RUNS)
+	@study=$$($(BIN)/stmedfm config $(PARAMS) --get study $(ARGS)) || exit 1; \
+	set -ex; \
+	$(BIN)/stmedfm study $(PARAMS) -p download=true $(ARGS); \
+	mkdir -p runs/$$study; \
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/papermill "$$nb" "$(RUNS)/$$(basename $$nb)" --cwd notebooks -k python3 --no-progress-bar \
-	    -p params $(PARAMS) $(NB_ARGS) || exit 1; \
-	done
-	$(BIN)/jupyter nbconvert --to html --log-level WARN $(RUNS)/*.ipynb
-	$(BIN)/stmedfm tables results/$(STUDY)
-	$(BIN)/stmedfm figures results/$(STUDY)
+	  $(BIN)/papermill "$$nb" "runs/$$study/$$(basename $$nb)" --cwd notebooks -k python3 --no-progress-bar \
+	    -p params $(PARAMS) $(NB_ARGS); \
+	done; \
+	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/*.ipynb; \
+	$(BIN)/stmedfm tables results/$$study; \
+	$(BIN)/stmedfm figures results/$$study
+
+# The first real result without internet: the offline protocol (params/offline.yaml) at one seed, on the official
+# files found in $$STMEDFM_DATA or ~/.medmnist, into results/offline_1seed/ (the 5-seed reference stays untouched).
+quick:
+	$(MAKE) study PARAMS=params/offline.yaml ARGS="-p study=offline_1seed -p seeds=1"
 
 # Beyond the paper (notebook 09, stmedfm.beyond): the variant studies of BEYOND into results/<name>/, their tables,
 # figures into figures/<name>/, and the executed notebook into runs/<name>/ (+ HTML).

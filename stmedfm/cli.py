@@ -1,10 +1,12 @@
 """``stmedfm``: the command line of the study.
 
 Commands: ``data`` (registry and local status), ``download`` (official files, MD5-checked), ``params``
-(Table 4), ``synthetic`` (test files of official shapes), ``study`` (run or resume a parameter file, locally
-or on a Dask cluster), ``bench`` (our pipeline vs a MedMNIST-style one),
-``tables`` (paper tables from a result store), ``figures`` (paper figures). Errors a user can act on are printed
-as one paragraph without a traceback, with exit status 2.
+(Table 4), ``synthetic`` (test files of official shapes), ``config`` (a parameter file as the study reads it; ``--get
+study`` is how the Makefile learns a study's name), ``study`` (run or resume a parameter file, locally or on a Dask
+cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
+``figures`` (paper figures), ``beyond`` (variant studies). ``stmedfm`` alone prints this help, ``--version`` the
+version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
+traceback, with exit status 2.
 """
 
 from __future__ import annotations
@@ -81,11 +83,34 @@ def _config(args):
     return StudyConfig.load(args.params, overrides)
 
 
+def cmd_config(args) -> None:
+    from stmedfm.config import StudyConfig, parse_overrides
+
+    cfg = StudyConfig.load(args.params, parse_overrides(args.param))
+    if args.get is None:
+        print(cfg.to_yaml(), end="")
+        return
+    if args.get not in StudyConfig.keys():
+        from stmedfm import registry
+
+        raise StmedfmError(f"Unknown parameter '{args.get}'.{registry.closest(args.get, StudyConfig.keys())}")
+    value = getattr(cfg, args.get)
+    print(value if isinstance(value, (str, int, float)) else yaml_dump(value))
+
+
+def yaml_dump(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip()
+
+
 def cmd_study(args) -> None:
     from stmedfm.study import run_study
+    from stmedfm.studyname import claim
 
     cfg = _config(args)
-    store = run_study(cfg, out=args.out, progress=not args.quiet, scheduler=args.scheduler)
+    out = claim(cfg, args.params, out=args.out)
+    store = run_study(cfg, out=out, progress=not args.quiet, scheduler=args.scheduler)
     print(f"study '{cfg.study}': results in {store.root}")
 
 
@@ -148,18 +173,25 @@ def cmd_figures(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stmedfm import __version__
+
     parser = argparse.ArgumentParser(prog="stmedfm", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"stmedfm {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    data_dir_help = "directory searched first for {flag}.npz (then $STMEDFM_DATA, then ~/.medmnist)"
+    size_help = "image size in pixels: 28 (MedMNIST) or a MedMNIST+ size (64, 128, 224; 3D: 64) (default 28)"
+    format_help = "output format (default: table)"
 
     p = sub.add_parser("data", help="list MedMNIST flags with their local status (missing / verified / bad checksum)")
-    p.add_argument("--data-dir")
-    p.add_argument("--size", type=int, default=28)
-    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table")
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--size", type=int, default=28, help=size_help)
+    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table", help=format_help)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("download", help="download official MedMNIST files (MD5-verified, atomic)")
-    p.add_argument("flags", nargs="+")
-    p.add_argument("--size", type=int, default=28)
+    p.add_argument("flags", nargs="+", help="MedMNIST flags, e.g. bloodmnist organamnist")
+    p.add_argument("--size", type=int, default=28, help=size_help)
     p.add_argument("--data-dir", help="target directory (default: $STMEDFM_DATA, else ~/.medmnist)")
     p.add_argument("--mirror", help="base URL of an institutional mirror (default: $STMEDFM_MIRROR, else Zenodo)")
     p.add_argument("--retries", type=int, default=3, help="further attempts after a failed one (default 3)")
@@ -170,30 +202,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="Table 4: total and trainable parameters per task and strategy")
     p.add_argument("--tasks", help="comma-separated flags (default: the paper's four)")
     p.add_argument("--strategies", help="comma-separated strategies (default: every registered one)")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table")
+    p.add_argument("--width", type=int, default=64, help="encoder width (default: the paper's 64)")
+    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table", help=format_help)
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("synthetic", help="write synthetic files of official shapes (tests only, never results)")
-    p.add_argument("directory")
-    p.add_argument("flags", nargs="+")
+    p.add_argument("directory", help="where to write the files (and their MANIFEST.json)")
+    p.add_argument("flags", nargs="+", help="MedMNIST flags to imitate")
     p.add_argument("--n", type=int, default=None, help="samples per split")
     p.add_argument("--scale", type=float, default=None, help="fraction of the official split sizes")
-    p.add_argument("--size", type=int, default=28)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=28, help=size_help)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the pixels and labels (default 0)")
     p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("config", help="print a parameter file as the study reads it (validated, with overrides)")
+    p.add_argument("params", nargs="?", help="YAML parameter file (default: the paper's protocol)")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    p.add_argument("--get", metavar="KEY", help="print only this parameter, e.g. --get study (the study's name)")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("study", help="run or resume a study from a parameter file")
     p.add_argument("params", nargs="?", help="YAML parameter file (default: the paper's protocol)")
-    p.add_argument("--out", help="result directory (default: results/<study>)")
+    p.add_argument("--out", help="result directory (default: results/<study>, <study> = the file's 'study:' key)")
     p.add_argument("--seeds", help="a count (5) or a list (0,1,2)")
-    p.add_argument("--workers", type=int)
+    p.add_argument("--workers", type=int, help="worker processes, one torch thread each (default: CPU cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (default: $DASK_SCHEDULER_ADDRESS, else a "
                         "local process pool; 'local' forces the pool); needs stmedfm[dask]")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("bench", help="our pipeline vs a MedMNIST-style one: throughput, protocol wall time, memory")
@@ -210,11 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("beyond", help="run or resume a beyond study (variants of a study; params/beyond.yaml)")
     p.add_argument("params", help="beyond parameter file, e.g. params/beyond.yaml")
     p.add_argument("--out", help="result directory (default: results/<study>)")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--data-dir")
+    p.add_argument("--workers", type=int, help="worker processes, one torch thread each (default: CPU cores)")
+    p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a StudyConfig field in every variant (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
     p.set_defaults(func=cmd_beyond)
 
     p = sub.add_parser("tables", help="write the paper's tables (CSV + markdown) from a result store")
@@ -229,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("figures", help="draw the paper's figures (PNG + SVG) from a result store")
-    p.add_argument("results")
+    p.add_argument("results", help="result directory, e.g. results/offline")
     p.add_argument("--out", help="figure directory (default: figures/<study>)")
     p.set_defaults(func=cmd_figures)
     return parser
@@ -244,7 +282,11 @@ def _warning(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `stmedfm`: what it can do, not a usage error
+        parser.print_help()
+        return 0
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
         else None
     shown, warnings.showwarning = warnings.showwarning, _warning

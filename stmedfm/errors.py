@@ -8,3 +8,7 @@ message without a traceback and exits with status 2; library users can catch thi
 
 class StmedfmError(Exception):
     """A user-actionable error of stmedfm (bad data, bad parameters, failed download)."""
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (Jupyter, Colab, papermill) shows instead of a traceback: the message, one paragraph."""
+        return [f"StmedfmError: {self}"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import io
 import os
 import sys
@@ -38,6 +39,7 @@ import pandas as pd
 
 from stmedfm import paths, registry
 from stmedfm.config import StudyConfig, from_namespace
+from stmedfm.errors import StmedfmError
 
 # Without ipywidgets, tqdm.auto (used by stmedfm.study) warns once, when first imported, into the output of whichever
 # notebook cell imports it first. The notebooks show no progress bars, so import it here, quietly.
@@ -45,8 +47,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import tqdm.auto  # noqa: F401
 
-#: The project's GitHub repository (owner/name) and branch: the single source of every Colab / Binder link.
-GITHUB_REPO = "stmedfm/stmedfm"
+#: The branch the Colab / Binder links open.
 GITHUB_BRANCH = "main"
 #: The numbered notebooks, in reading order.
 NOTEBOOKS = ("01_data", "02_architecture", "03_pretraining", "04_transfer", "05_calibration", "06_few_shot",
@@ -79,18 +80,58 @@ NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml"}
 # ---------------------------------------------------------------------------------------------------------------
 # links
 # ---------------------------------------------------------------------------------------------------------------
+def repository_url() -> str:
+    """The project's repository, ``Repository`` of ``[project.urls]`` in ``pyproject.toml``: the one place it is
+    written (a fork changes that line). Read from the source tree's ``pyproject.toml`` when there is one, else
+    from the installed package's metadata."""
+    return _repository_url()
+
+
+@functools.lru_cache(maxsize=1)
+def _repository_url() -> str:
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            tomllib = None
+        if tomllib is not None:
+            urls = tomllib.loads(pyproject.read_text()).get("project", {}).get("urls", {})
+            if urls.get("Repository"):
+                return urls["Repository"].rstrip("/")
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        for entry in metadata("stmedfm").get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().lower() == "repository":
+                return url.strip().rstrip("/")
+    except PackageNotFoundError:
+        pass
+    raise RuntimeError("No 'Repository' in [project.urls] of pyproject.toml")
+
+
+def github_repo() -> str:
+    """``owner/name`` of the GitHub repository (:func:`repository_url`)."""
+    url = repository_url()
+    prefix = "https://github.com/"
+    if not url.startswith(prefix):
+        raise RuntimeError(f"[project.urls] Repository must be a GitHub URL ({prefix}OWNER/NAME), got {url}")
+    return url[len(prefix):].removesuffix(".git")
+
+
 def github_url() -> str:
-    return f"https://github.com/{GITHUB_REPO}"
+    return f"https://github.com/{github_repo()}"
 
 
 def colab_url(notebook: str) -> str:
     """Open ``notebooks/<notebook>.ipynb`` of the GitHub repository in Google Colab."""
-    return f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/{GITHUB_BRANCH}/notebooks/{notebook}.ipynb"
+    return f"https://colab.research.google.com/github/{github_repo()}/blob/{GITHUB_BRANCH}/notebooks/{notebook}.ipynb"
 
 
 def binder_url(notebook: str | None = None) -> str:
     """Launch the repository on mybinder.org (built from ``environment.yml``), opening ``notebook`` if given."""
-    url = f"https://mybinder.org/v2/gh/{GITHUB_REPO}/{GITHUB_BRANCH}"
+    url = f"https://mybinder.org/v2/gh/{github_repo()}/{GITHUB_BRANCH}"
     return url + (f"?labpath={quote(f'notebooks/{notebook}.ipynb', safe='')}" if notebook else "")
 
 
@@ -101,21 +142,37 @@ def badges(notebook: str | None = None) -> str:
             f"[![Launch on Binder](https://mybinder.org/badge_logo.svg)]({binder_url(notebook)})")
 
 
+#: Where the Colab cell clones the project (Colab's working directory is /content).
+COLAB_DIR = "/content/stmedfm"
+
+
+def parameters_cell(notebook: str) -> str:
+    """Source of every notebook's first code cell, tagged ``parameters`` (papermill injects its values after it):
+    every parameter a reader sets. Any other field of :class:`~stmedfm.config.StudyConfig` can be injected too
+    (``-p seeds 5``)."""
+    default = NOTEBOOK_PARAMS.get(notebook, DEFAULT_PARAMS)
+    return (f'params = "{default}"  # the parameter file: params/offline.yaml or params/paper.yaml for results\n'
+            "download = False  # True: download the official MedMNIST files it needs (your consent; CC BY 4.0,\n"
+            "#                   DermaMNIST CC BY-NC 4.0), verified, into $STMEDFM_DATA or ~/.medmnist")
+
+
 def colab_cell() -> str:
-    """Source of every notebook's second code cell: in Colab only, fetch the project and install it."""
-    return f'''import sys
+    """Source of every notebook's second code cell: in Colab only, fetch the project and install it.
 
-if "google.colab" in sys.modules:  # Colab only; Binder and local installs already have stmedfm
-    import os
+    It sets no parameter (the parameters cell, or papermill, does). ``pip install -e`` keeps an installed torch
+    that satisfies the package's minimum (Colab's own) instead of replacing it. ``$STMEDFM_REPO`` and
+    ``$STMEDFM_COLAB_DIR`` override where it clones from and to (the test that plays Colab uses a local clone)."""
+    return f'''import os
+import sys
 
-    if not os.path.isdir("/content/stmedfm"):
-        !git clone --quiet --depth 1 {github_url()} /content/stmedfm
-    %pip install --quiet -e /content/stmedfm
-    sys.path.insert(0, "/content/stmedfm")
-    os.chdir("/content/stmedfm/notebooks")
-    # Colab has no MedMNIST files. Fetching them is your decision: set download = True to let the study download
-    # the official files its parameter file needs (MedMNIST, CC BY 4.0; DermaMNIST CC BY-NC 4.0).
-    download = False'''
+if "google.colab" in sys.modules:  # Colab only: fetch and install the project (Binder and local installs have it)
+    _repo = os.environ.get("STMEDFM_REPO", "{repository_url()}")
+    _home = os.environ.get("STMEDFM_COLAB_DIR", "{COLAB_DIR}")
+    if not os.path.isdir(_home):
+        !git clone --quiet --depth 1 {{_repo}} {{_home}}
+    %pip install --quiet -e {{_home}}
+    sys.path.insert(0, _home)
+    os.chdir(f"{{_home}}/notebooks")'''
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,29 +213,68 @@ def config(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None
     return from_namespace(params, dict(namespace or {}))
 
 
+def ensure_data(cfg: StudyConfig) -> None:
+    """Make the study's MedMNIST files available, or stop with one line saying how.
+
+    With ``download = True`` (the parameters cell, or papermill's ``-p download True``) missing official files are
+    downloaded into the usual data directory (``data_dir``, else ``$STMEDFM_DATA``, else ``~/.medmnist``; a mirror
+    from ``$STMEDFM_MIRROR``), MD5-verified, with a progress bar. Otherwise, when files are missing, raises a
+    :class:`~stmedfm.errors.StmedfmError` whose one line says how to get them (shown without a traceback). Present
+    files are verified when they are read. Every notebook that reads data calls this first (``setup`` does)."""
+    from stmedfm import data as D
+
+    missing = []
+    for task in cfg.all_tasks():
+        try:
+            D.locate(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        except StmedfmError:
+            missing.append(task)
+    if not missing:
+        return
+    names = ", ".join(registry.get(t).filename(cfg.image_size) for t in missing)
+    target = paths.download_dir(cfg.data_dir)
+    if not cfg.download:
+        raise StmedfmError(
+            f"Missing MedMNIST file(s) {names}: set download = True in the parameters cell (papermill: -p download "
+            f"True) to download them, verified, into {target}, or copy the official files there (or point "
+            f"${paths.ENV_DATA} at a directory holding them).")
+    from stmedfm.download import download
+
+    print(f"downloading {len(missing)} official MedMNIST file(s) into {target}: {names}", flush=True)
+    for task in missing:
+        path = download(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        print(f"{task}: verified {path}", flush=True)
+
+
 def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None = None, run: bool = True):
     """``(cfg, store)``: the notebook's config and its result store, after running or resuming the study.
 
-    Finished runs are reused (``make study`` computes them with workers before the notebooks run), so a notebook
-    recomputes nothing that exists. The one-line summary says how many runs were reused and computed.
+    The store is ``results/<study>/`` of the ``study`` parameter, claimed for the parameter file
+    (:func:`stmedfm.studyname.claim`: another file naming the same study stops here). Finished runs are reused
+    (``make study`` computes them with workers before the notebooks run), so a notebook recomputes nothing that
+    exists; while runs compute, a progress bar (tqdm.auto: a widget in Jupyter) counts them, and one summary line
+    says how many runs were reused and computed.
     """
     from stmedfm.study import ResultStore, plan, preflight, run_id, run_study, study_data
+    from stmedfm.studyname import check, claim
 
     cfg = config(params, namespace)
-    store = ResultStore(paths.results_dir(cfg.study))
     if not run:
-        return cfg, store
-    store.check_claim(cfg, None)
+        return cfg, ResultStore(paths.results_dir(cfg.study))
+    source = _params_path(params)
+    check(cfg, source)  # before anything is downloaded or written: a folder of this study, of this parameter file
+    ensure_data(cfg)
+    store = ResultStore(claim(cfg, source))
     preflight(cfg)
     data = study_data(cfg)
     ids = {run_id(cfg, p.spec, data) for p in plan(cfg)}
     before = sum(store.has_run(r) for r in ids)
     if before < len(ids):
-        print(f"computing {len(ids) - before} of {len(ids)} runs of study '{cfg.study}' "
-              f"(for progress and workers: `stmedfm study {params} --out {store.root}`) ...", flush=True)
+        print(f"computing {len(ids) - before} of {len(ids)} runs of study '{cfg.study}' into "
+              f"{_relative(store.root)} ...", flush=True)
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # one line per finished run: summarised below
-        store = run_study(cfg, out=store.root, progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # the bar stays; its line per finished run is summarised below
+        store = run_study(cfg, out=store.root, progress=True)
     seeds = f"{len(cfg.seeds)} seed{'s' if len(cfg.seeds) != 1 else ''}"
     seconds = time.perf_counter() - t0
     print(f"study '{cfg.study}' ({Path(str(params)).name}, {seeds}): {len(ids)} runs in {_relative(store.root)} "
@@ -186,6 +282,11 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     for notice in store.notices():
         print(f"NOTE: {notice}")
     return cfg, store
+
+
+def _params_path(params: str | os.PathLike) -> Path:
+    path = Path(params)
+    return path if path.is_absolute() or path.is_file() else paths.project_root() / path
 
 
 def _relative(path: Path) -> str:
@@ -563,8 +664,8 @@ def strip(nb):
 
 def problems(path: str | os.PathLike) -> list[str]:
     """What is wrong with a committed notebook: outputs outside check cells, execution counts, a first code cell
-    that is not the ``parameters`` cell defining only ``params``, a missing badge or Colab cell, or a code cell that
-    assigns a name of a StudyConfig field (which would silently override the parameter file)."""
+    that is not the ``parameters`` cell (:func:`parameters_cell`), a missing badge or Colab cell, or a later code
+    cell that assigns a name of a StudyConfig field (which would silently override the parameters)."""
     import ast
 
     import nbformat
@@ -589,14 +690,8 @@ def problems(path: str | os.PathLike) -> list[str]:
     first = code[0]
     if "parameters" not in first.metadata.get("tags", []):
         found.append("the first code cell is not tagged 'parameters'")
-    try:
-        tree = ast.parse(first.source)
-        assigned = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                    if isinstance(t, ast.Name)]
-        if assigned != ["params"] or len(tree.body) != 1:
-            found.append(f"the parameters cell must define only 'params', it has {assigned or 'no assignment'}")
-    except SyntaxError as exc:
-        found.append(f"the parameters cell does not parse: {exc}")
+    if first.source.strip() != parameters_cell(name).strip():
+        found.append("the parameters cell is not stmedfm.notebook.parameters_cell() (params and download, nothing else)")
     if len(code) < 2 or code[1].source.strip() != colab_cell().strip():
         found.append("the second code cell is not the Colab install cell (stmedfm.notebook.colab_cell())")
     if not nb.cells or nb.cells[0].cell_type != "markdown" or badges(name) not in nb.cells[0].source:
@@ -635,17 +730,44 @@ def refresh(files, timeout: int = 900) -> None:
         print(f"{path}: refreshed")
 
 
+def relink(files) -> None:
+    """Rewrite the badges, the parameters cell and the Colab cell of each notebook from this module (after changing
+    the repository in ``pyproject.toml``, or these cells), and the project's links in the README."""
+    import re
+
+    import nbformat
+
+    for f in files:
+        path = Path(f)
+        book = nbformat.read(path, as_version=4)
+        code = [c for c in book.cells if c.cell_type == "code"]
+        code[0].source = parameters_cell(path.stem)
+        code[1].source = colab_cell()
+        book.cells[0].source = re.sub(r"\[!\[Open in Colab\]\(.*?\n", badges(path.stem) + "\n", book.cells[0].source,
+                                      count=1)
+        nbformat.write(book, path)
+    readme = paths.project_root() / "README.md"
+    if readme.is_file():
+        text = re.sub(r"(colab\.research\.google\.com/github/|mybinder\.org/v2/gh/)[\w.-]+/[\w.-]+/",
+                      lambda m: f"{m.group(1)}{github_repo()}/", readme.read_text())
+        readme.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     import nbformat
 
     parser = argparse.ArgumentParser(prog="python -m stmedfm.notebook",
                                      description="Maintain the committed notebooks (outputs only in check cells).")
-    parser.add_argument("command", choices=["check", "strip", "refresh"])
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("command", choices=["check", "strip", "refresh", "relink"],
+                        help="check: list problems; strip: remove outputs; refresh: re-execute the reference outputs; "
+                             "relink: rewrite badges, parameters and Colab cells (and the README's links)")
+    parser.add_argument("files", nargs="+", help="notebooks, e.g. notebooks/*.ipynb")
     args = parser.parse_args(argv)
     if args.command == "refresh":
         refresh(args.files)
         return 0
+    if args.command == "relink":
+        relink(args.files)
     status = 0
     for f in args.files:
         if args.command == "strip":

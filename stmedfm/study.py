@@ -582,12 +582,14 @@ def preflight(cfg: StudyConfig) -> None:
     if missing:
         size = "" if cfg.image_size == 28 else f" --size {cfg.image_size}"
         dirs = ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir))
+        fetch = ("" if cfg.download else  # never advise the download that just failed
+                 f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / "
+                 f"-p download=true), or, on a machine without internet, ")
         raise StmedfmError(
             f"Study '{cfg.study}' needs {len(missing)} MedMNIST file(s) that are not here: "
             f"{', '.join(registry.get(t).filename(cfg.image_size) for t in missing)} (searched: {dirs}). "
-            f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / -p download=true), "
-            f"or, on a machine without internet, copy the official files into one of those directories. "
-            f"Without them, run the offline protocol: `make study PARAMS=params/offline.yaml`.{reason}")
+            f"{fetch}{'c' if fetch else 'C'}opy the official files into one of those directories (or point "
+            f"${paths.ENV_DATA} at a directory holding them).{_offline_advice(cfg)}{reason}")
     for task in cfg.all_tasks():
         D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout
     if cfg.fewshot_tasks and cfg.fewshot_k:
@@ -601,6 +603,22 @@ def preflight(cfg: StudyConfig) -> None:
     if problems:
         raise StmedfmError("Few-shot parameters exceed the data: " + "; ".join(problems) +
                            ". Lower 'fewshot_k' or drop the task from 'fewshot_tasks'.")
+
+
+def _offline_advice(cfg: StudyConfig) -> str:
+    """Advice to run the offline protocol instead, only when its files are all here and it is another study
+    (advice never names the study that just failed)."""
+    offline = paths.params_dir() / "offline.yaml"
+    try:
+        other = StudyConfig.load(offline)
+        if other.all_tasks() == cfg.all_tasks() or other.study == cfg.study:
+            return ""
+        for task in other.all_tasks():
+            D.locate(task, size=other.image_size, data_dir=cfg.data_dir)
+    except StmedfmError:
+        return ""
+    return (f" The files of the offline protocol are here: `make quick` runs it at one seed in minutes, "
+            f"`make study PARAMS=params/offline.yaml` in full.")
 
 
 # --- worker side --------------------------------------------------------------------------------------------------

@@ -316,6 +316,14 @@ def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -
 def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> RunResult:
     """Adapt, then evaluate on the test split; temperature is fitted on the validation split."""
     t0 = time.perf_counter()
+    model, task_data, (total, trainable) = adapt(cfg, spec, pretrained)
+    metrics, extras = evaluate(cfg, spec, model, task_data)
+    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras)
+
+
+def adapt(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> tuple[STMedFM, D.TaskData, tuple[int, int]]:
+    """The training half of a run: ``(trained model, task data, (total, trainable) parameter counts)``.
+    Deterministic for a spec, a checkpoint and a torch thread count (:mod:`stmedfm.inference` relies on it)."""
     task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
     info = task_data.info
     indices = None
@@ -327,11 +335,16 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
         indices = D.stratified_fraction_indices(task_data["train"].labels, spec.fraction, g_f)
     pool = make_pool(cfg, spec.task, indices, spec.class_weights)
     model = downstream_model(cfg, spec, pretrained).to(device())
-    total, trainable = count_parameters(model)
+    counts = count_parameters(model)
     g = generator(derive_seed(spec.seed, "train-data", spec.task, spec.k, spec.fewshot_split))
     with torch.profiler.record_function(PHASE_TRAIN):
         train_steps(model, pool, spec.steps, spec.lr, cfg, g)
+    return model, task_data, counts
 
+
+def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskData) -> tuple[dict, dict]:
+    """The evaluation half of a run: its metrics and details (:func:`run_metrics`) on the test split (and the
+    validation split for temperature scaling), on the fixed subsets of ``eval_max_samples``."""
     logits = {}
     labels = {}
     for split in ("val", "test") if cfg.temperature_scaling else ("test",):
@@ -345,8 +358,7 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
             logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse)
         labels[split] = y.numpy()
     with torch.profiler.record_function(PHASE_METRICS):
-        metrics, extras = run_metrics(cfg, spec, info, logits, labels)
-    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras)
+        return run_metrics(cfg, spec, task_data.info, logits, labels)
 
 
 def run_metrics(cfg: StudyConfig, spec: RunSpec, info, logits: dict, labels: dict) -> tuple[dict, dict]:
