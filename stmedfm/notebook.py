@@ -751,6 +751,10 @@ def relink(files) -> None:
         text = re.sub(r"(colab\.research\.google\.com/github/|mybinder\.org/v2/gh/)[\w.-]+/[\w.-]+/",
                       lambda m: f"{m.group(1)}{github_repo()}/", readme.read_text())
         readme.write_text(text)
+    citation = paths.project_root() / "CITATION.cff"
+    if citation.is_file():
+        citation.write_text(re.sub(r"^repository-code: .*$", f'repository-code: "{repository_url()}"',
+                                   citation.read_text(), flags=re.M))
 
 
 def main(argv: list[str] | None = None) -> int:
