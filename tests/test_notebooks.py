@@ -30,14 +30,14 @@ def test_the_numbered_notebooks_exist():
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_committed_notebook_is_clean(path):
-    """No outputs or execution counts except nbval's reference outputs; parameters cell first, defining only
-    ``params`` (the smoke file); badges; the Colab cell; no cell binding a StudyConfig field name."""
+    """No outputs or execution counts except nbval's reference outputs; parameters cell first (``params``, the smoke
+    file, and ``download``); badges; the Colab cell; no later cell binding a StudyConfig field name."""
     found = nb.problems(path)
     assert not found, (f"{path.name}: " + "; ".join(found) +
                        ". Fix with `python -m stmedfm.notebook strip` (outputs) or `... refresh` (reference outputs).")
     first = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][0]
     default = nb.NOTEBOOK_PARAMS.get(path.stem, nb.DEFAULT_PARAMS)
-    assert first.source.strip() == f'params = "{default}"'
+    assert first.source.startswith(f'params = "{default}"') and first.source == nb.parameters_cell(path.stem)
 
 
 def test_reference_outputs_exist_where_the_issue_asks_for_them():
@@ -54,10 +54,10 @@ def test_reference_outputs_exist_where_the_issue_asks_for_them():
 
 
 def test_links_come_from_one_constant():
-    assert nb.colab_url("01_data") == (f"https://colab.research.google.com/github/{nb.GITHUB_REPO}/blob/"
+    assert nb.colab_url("01_data") == (f"https://colab.research.google.com/github/{nb.github_repo()}/blob/"
                                        f"{nb.GITHUB_BRANCH}/notebooks/01_data.ipynb")
     assert nb.binder_url("01_data").endswith(
-        f"/v2/gh/{nb.GITHUB_REPO}/{nb.GITHUB_BRANCH}?labpath=notebooks%2F01_data.ipynb")
+        f"/v2/gh/{nb.github_repo()}/{nb.GITHUB_BRANCH}?labpath=notebooks%2F01_data.ipynb")
     assert nb.github_url() in nb.colab_cell()
 
 
@@ -71,7 +71,7 @@ def test_readme_has_the_badges_and_every_notebook():
     for text in texts:
         for repo in re.findall(r"(?:colab\.research\.google\.com/github|mybinder\.org/v2/gh|github\.com)/"
                                r"([\w.-]+/[\w.-]+)", text):
-            assert repo == nb.GITHUB_REPO
+            assert repo == nb.github_repo()
 
 
 # --- the maintenance helpers ----------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def _notebook(*cells):
 
 
 def _params():
-    cell = new_code_cell('params = "params/smoke.yaml"')
+    cell = new_code_cell(nb.parameters_cell("01_data"))
     cell.metadata["tags"] = ["parameters"]
     return cell
 
@@ -118,7 +118,7 @@ def test_problems_names_what_is_wrong(tmp_path):
     nbformat.write(_notebook(params, new_code_cell("pass"), leak, unrun, output), path)
     text = "\n".join(nb.problems(path))
     assert "not tagged 'parameters'" in text
-    assert "must define only 'params'" in text
+    assert "is not stmedfm.notebook.parameters_cell()" in text
     assert "Colab install cell" in text
     assert "['strategies']" in text
     assert "has no reference output" in text
