@@ -48,14 +48,15 @@ quick:
 # Beyond the paper (notebook 09, stmedfm.beyond): the variant studies of BEYOND into results/<name>/, their tables,
 # figures into figures/<name>/, and the executed notebook into runs/<name>/ (+ HTML).
 BEYOND ?= params/beyond.yaml
-BEYOND_NAME ?= $(basename $(notdir $(BEYOND)))
 
 beyond: setup
-	$(BIN)/stmedfm beyond $(BEYOND)
-	mkdir -p runs/$(BEYOND_NAME)
-	$(BIN)/papermill notebooks/09_beyond.ipynb runs/$(BEYOND_NAME)/09_beyond.ipynb --cwd notebooks -k python3 \
-	  --no-progress-bar -p params $(BEYOND)
-	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$(BEYOND_NAME)/09_beyond.ipynb
+	@name=$$($(BIN)/stmedfm config $(BEYOND) --get study) || exit 1; \
+	set -ex; \
+	$(BIN)/stmedfm beyond $(BEYOND); \
+	mkdir -p runs/$$name; \
+	$(BIN)/papermill notebooks/09_beyond.ipynb runs/$$name/09_beyond.ipynb --cwd notebooks -k python3 \
+	  --no-progress-bar -p params $(BEYOND); \
+	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$name/09_beyond.ipynb
 
 # All tests: unit tests (synthetic data; real files when $$STMEDFM_DATA has them), then every notebook with its
 # smoke defaults under nbval (needs the real files in $$STMEDFM_DATA; cells marked NBVAL_CHECK_OUTPUT must

@@ -3,7 +3,9 @@
 Modules, one concept each: ``paths`` (where things live), ``registry`` (facts of every MedMNIST flag),
 ``data`` (find, verify, load, augment), ``download``, ``synthetic`` (test files of official shapes),
 ``model`` and ``peft`` (the architecture and its LoRA / adapter variants), ``metrics``, ``train``,
-``config`` (the typed study parameters), ``study`` (runner and result store), ``tables``, ``plots``, ``cli``.
+``config`` (the typed study parameters), ``study`` (runner and result store), ``studyname`` (one name per study,
+one parameter file per store), ``inference`` (trained models of a store for new images), ``tables``, ``plots``,
+``cli`` (also ``python -m stmedfm``).
 """
 
 from stmedfm.errors import StmedfmError

@@ -142,7 +142,7 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
 
 def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Beyond:
     """A notebook's study: the beyond file ``params`` with every variable of ``namespace`` named like a StudyConfig
-    field applied to every variant (how papermill's ``-p key value`` and the Colab cell's ``download`` reach it)."""
+    field applied to every variant (how papermill's ``-p key value`` and the parameters cell's ``download`` reach it)."""
     return load(params, notebook_overrides(namespace, set(StudyConfig.keys()) - {"study"}))
 
 

@@ -84,8 +84,18 @@ def _config(args):
 
 
 def cmd_config(args) -> None:
-    from stmedfm.config import StudyConfig, parse_overrides
+    from stmedfm.config import StudyConfig, parse_overrides, read_params_file
 
+    if args.params is not None and "variants" in read_params_file(args.params):  # a beyond file (stmedfm.beyond)
+        from stmedfm import beyond
+
+        overrides = {k: v for k, v in parse_overrides(args.param).items() if k != "study"}
+        study = beyond.load(args.params, overrides)
+        if args.get not in (None, "study"):
+            raise StmedfmError(f"{args.params} is a beyond file of variants: only --get study applies to it.")
+        print(study.name if args.get else "\n".join([f"study: {study.name}", "variants:",
+                                                      *(f"  - {v}" for v in study.configs)]))
+        return
     cfg = StudyConfig.load(args.params, parse_overrides(args.param))
     if args.get is None:
         print(cfg.to_yaml(), end="")
@@ -175,7 +185,8 @@ def cmd_figures(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from stmedfm import __version__
 
-    parser = argparse.ArgumentParser(prog="stmedfm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="stmedfm", description="stmedfm: the command line of the STMedFM study "
+                                     "(`stmedfm COMMAND --help` for each command).")
     parser.add_argument("--version", action="version", version=f"stmedfm {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

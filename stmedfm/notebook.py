@@ -1,4 +1,4 @@
-"""Helpers of the numbered notebooks (``notebooks/01_data.ipynb`` ... ``08_report.ipynb``), so that every
+"""Helpers of the numbered notebooks (``notebooks/01_data.ipynb`` ... ``09_beyond.ipynb``), so that every
 notebook stays a few lines per cell and no logic is copied between them.
 
 * :func:`setup` turns the ``parameters`` cell (``params`` plus anything papermill injected) into a validated
@@ -9,7 +9,9 @@ notebook stays a few lines per cell and no logic is copied between them.
   ``figures/<study>/`` (PNG + SVG) and returns it for display.
 * Data and architecture views that are not paper tables: :func:`table1`, :func:`split_sizes`,
   :func:`class_distribution`, :func:`fig_samples`, :func:`architecture_table`, :func:`forward_shapes`.
-* The GitHub location (:data:`GITHUB_REPO`, the one place it is written) and the Colab / Binder badges.
+* The repository (:func:`repository_url`: ``[project.urls]`` of ``pyproject.toml``, the one place it is written),
+  the Colab / Binder badges, the parameters cell (:func:`parameters_cell`) and the Colab cell (:func:`colab_cell`);
+  :func:`ensure_data`, the one data helper (downloads when ``download`` is true, else says how in one line).
 * Maintenance of the committed notebooks: they carry no outputs except the reference outputs of cells marked
   ``# NBVAL_CHECK_OUTPUT`` (the marker alone on its line), which ``pytest --nbval-lax`` compares with a fresh run.
   nbval only compares cells that were run, so those cells keep an execution count (their position); every other
@@ -41,8 +43,8 @@ from stmedfm import paths, registry
 from stmedfm.config import StudyConfig, from_namespace
 from stmedfm.errors import StmedfmError
 
-# Without ipywidgets, tqdm.auto (used by stmedfm.study) warns once, when first imported, into the output of whichever
-# notebook cell imports it first. The notebooks show no progress bars, so import it here, quietly.
+# tqdm.auto (the progress bars of stmedfm.study) draws a widget in Jupyter with ipywidgets (the notebooks extra);
+# without it, it warns once ("IProgress not found") and falls back to text bars: import it here, quietly.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import tqdm.auto  # noqa: F401
