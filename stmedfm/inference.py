@@ -96,13 +96,15 @@ class TrainedModel:
 
 
 def find_run(store, task: str | None = None, strategy: str | None = None, seed: int | None = None,
-             experiment: str = "transfer", run_id: str | None = None):
+             experiment: str = "transfer", run_id: str | None = None, data=None):
     """``(run id, RunSpec)`` of one finished run of the store's plan: by ``run_id``, or the ``experiment``'s run of
-    ``task`` x ``strategy`` x ``seed`` (default: the first task, strategy and seed of the config)."""
-    from stmedfm.study import plan, run_id as make_id
+    ``task`` x ``strategy`` x ``seed`` (default: the first task, strategy and seed of the config). ``data``: the
+    identities of the study's files (:func:`stmedfm.study.study_data`, read when None)."""
+    from stmedfm.study import plan, run_id as make_id, study_data
 
     cfg = store.config()
-    runs = [(make_id(cfg, p.spec), p) for p in plan(cfg)]
+    data = study_data(cfg) if data is None else data
+    runs = [(make_id(cfg, p.spec, data), p) for p in plan(cfg)]
     if run_id is not None:
         hits = [(rid, p) for rid, p in runs if rid == run_id]
     else:
@@ -135,18 +137,22 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
     loaded with ``weights_only=True``; otherwise the run is re-materialised from its checkpoint and verified
     against its stored metrics (see the module docstring), and saved when ``save``.
     """
-    from stmedfm.study import PretrainJob, ResultStore, single_thread
+    from stmedfm.study import PretrainJob, ResultStore, _state_dict, single_thread, study_data
 
     store = ResultStore(results)
-    rid, spec = find_run(store, task, strategy, seed, experiment, run_id)
     cfg = store.config()
+    data = study_data(cfg)  # locates and verifies the study's files: a run's id covers its data
+    rid, spec = find_run(store, task, strategy, seed, experiment, run_id, data)
     pretrained = None
     if spec.pretrain:
-        job = PretrainJob(spec.seed, spec.pretrain).id(cfg)
+        job = PretrainJob(spec.seed, spec.pretrain).id(cfg, data)
         if not store.checkpoint_path(job).is_file():
             raise StmedfmError(f"The checkpoint of run {rid} ({store.checkpoint_path(job)}) is missing: rerun the "
                                f"study to rebuild it.")
-        pretrained = torch.load(store.checkpoint_path(job), map_location="cpu", weights_only=True)
+        pretrained = _state_dict(torch.load(store.checkpoint_path(job), map_location="cpu", weights_only=True), job)
+        if pretrained is None:
+            raise StmedfmError(f"{store.checkpoint_path(job)} holds another checkpoint than run {rid}'s: rerun the "
+                               f"study to rebuild it.")
     info = registry.get(spec.task)
     saved = model_path(store, rid)
     if saved.is_file():

@@ -192,31 +192,33 @@ def test_config_get_study_is_the_yaml_key(tmp_path, capsys):
     assert "stmedfm config $(BEYOND) --get study" in (ROOT / "Makefile").read_text()
 
 
-def test_a_copied_params_file_cannot_touch_another_study(tmp_path, monkeypatch, capsys):
+def test_a_copied_params_file_cannot_touch_another_study(synthetic_dir, tmp_path, monkeypatch, capsys):
     from stmedfm.studyname import claim
 
     monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path))
     (tmp_path / "params").mkdir()
     smoke = tmp_path / "params" / "smoke.yaml"
-    shutil.copy(ROOT / "params" / "smoke.yaml", smoke)
+    smoke.write_text(yaml.safe_dump(TINY | {"study": "smoke", "data_dir": str(synthetic_dir)}))
     mine = tmp_path / "params" / "mine.yaml"
     shutil.copy(smoke, mine)
     root = claim(StudyConfig.load(smoke), smoke)
     assert root == tmp_path / "results" / "smoke"
     assert yaml.safe_load((root / "source.yaml").read_text()) == {"study": "smoke", "params": "params/smoke.yaml"}
-    config_before = (root / "source.yaml").read_text()
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    assert set(before) == {"source.yaml", "store.json"}
     # the CLI stops before any work, in one line, naming what to do
     assert cli.main(["study", str(mine), "-p", "pretrain_steps=3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "params/mine.yaml names study 'smoke'" in err and "study: mine" in err
-    assert sorted(p.name for p in root.iterdir()) == ["source.yaml"]
-    assert (root / "source.yaml").read_text() == config_before
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
     # the notebooks too
     with pytest.raises(StmedfmError, match="holds the results of params/smoke.yaml"):
         nb.setup(str(mine), {})
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
     # the same file with overrides, or the copy under its own name, are fine
     assert claim(StudyConfig.load(smoke, {"seeds": 3}), smoke) == root
     assert claim(StudyConfig.load(mine, {"study": "mine"}), mine) == tmp_path / "results" / "mine"
+    assert "params: params/mine.yaml" in (tmp_path / "results" / "mine" / "source.yaml").read_text()
 
 
 FAKE_TOOL = """#!/bin/sh
@@ -265,7 +267,7 @@ def test_setup_shows_a_progress_bar_and_one_summary_line(synthetic_dir, tmp_path
     nb.setup(str(params), {})
     out, err = capsys.readouterr()
     assert "study tiny: 100%" in err and "3/3" in err  # the bar (tqdm.auto: a widget in Jupyter)
-    lines = out.splitlines()
+    lines = [line for line in out.splitlines() if not line.startswith("NOTE: ")]  # notices of the store
     assert len(lines) == 2 and lines[0].startswith("computing 2 of 2 runs") and "0 reused, 2 computed" in lines[1]
     assert "acc " not in out  # no line per run in a notebook
 
