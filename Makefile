@@ -41,7 +41,7 @@ study: setup
 	$(BIN)/stmedfm figures results/$$study
 
 # The first real result without internet: the offline protocol (params/offline.yaml) at one seed, on the official
-# files found in $$STMEDFM_DATA or ~/.medmnist, into results/offline_1seed/ (the 5-seed reference stays untouched).
+# files found in $$STMEDFM_DATA or ~/.medmnist, into results/offline_1seed/ (the 20-seed reference stays untouched).
 quick:
 	$(MAKE) study PARAMS=params/offline.yaml ARGS="-p study=offline_1seed -p seeds=1"
 

@@ -68,7 +68,7 @@ def count_runs(monkeypatch) -> dict:
 def test_committed_reference_results_keep_their_run_ids():
     """Data entered run identities without changing the id of any run on the official files: the committed
     results/offline (and the label-safe study) are still found by the ids they were stored under."""
-    for name in ("offline", "offline_label_safe"):
+    for name in ("offline", "offline_earlier_cpu", "offline_label_safe"):
         store = ResultStore(ROOT / "results" / name)
         cfg = store.config()
         ids = {run_id(cfg, p.spec, official_data(cfg)) for p in plan(cfg)}
