@@ -57,6 +57,7 @@ FLIP_POLICIES = ("all", "label_safe")
 #: A study name: it names folders (results/<study>/), so no separators, no "." or "..".
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 MAX_SEEDS = 10_000
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # stmedfm.precision.PRECISIONS (not imported: config stays torch-free)
 
 
 @dataclass
@@ -98,6 +99,10 @@ class StudyConfig:
     #: 'all' (paper): flips for every task; 'label_safe': no flips for flags whose classes name a body side
     #: (OrganMNIST*: 'kidney-left'), because mirroring swaps their labels (see README, "Flips and laterality")
     flip_policy: str = "all"
+    #: fp32 (default: the reference numbers) | bf16 (autocast, fp32 weights, optimiser, loss and metrics) | auto
+    #: (bf16 where the device runs it natively, fp16 + gradient scaler on a CUDA GPU without bf16, else fp32;
+    #: see stmedfm.precision). Part of a run's identity only when it is not fp32.
+    precision: str = "fp32"
 
     # --- downstream transfer (Tables 5-8b) ---------------------------------------------------------------------
     downstream_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
@@ -249,6 +254,9 @@ class StudyConfig:
         if self.flip_policy not in FLIP_POLICIES:
             errors.append(f"Unknown flip_policy '{self.flip_policy}'.{registry.closest(self.flip_policy, FLIP_POLICIES)} "
                           f"Choose one of {', '.join(FLIP_POLICIES)}.")
+        if self.precision not in PRECISIONS:
+            errors.append(f"Unknown precision '{self.precision}'.{registry.closest(str(self.precision), PRECISIONS)} "
+                          f"Choose one of fp32, bf16, auto (fp16: CUDA only).")
         if self.task_sampling not in SAMPLERS:
             errors.append(f"Unknown task_sampling '{self.task_sampling}'.{registry.closest(self.task_sampling, SAMPLERS)} "
                           f"Choose one of {', '.join(SAMPLERS)}.")

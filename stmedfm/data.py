@@ -1,13 +1,22 @@
 """Find, verify, load and augment MedMNIST data: the one module between ``.npz`` files and tensors.
 
-A task's file is read once into memory as uint8 tensors (MedMNIST at 28 px is small), so training draws batches
-by indexing tensors instead of going through a per-item ``Dataset``. Files are trusted only after a checksum:
-the official MD5 from the registry, or, for derived / subset / synthetic files, a ``MANIFEST.json`` beside the
+Files are trusted only after a checksum: the official MD5 from the registry, or, for derived / subset / synthetic files, a ``MANIFEST.json`` beside the
 file listing its sha256. Successful checks are remembered per (path, inode, size, mtime, ctime) so hashing happens
 once and a file replaced by another one (even of the same size and mtime) is hashed again.
 
 A verified file has an identity (:class:`FileIdentity`): the official MD5 it matched, or the sha256 its manifest
 lists, and whether that manifest calls it synthetic. Run identities and provenance are built from it.
+
+Memory does not grow with the file (MedMNIST+ ``pathmnist_224`` is about 16 GB of uint8): each array of a
+verified file is extracted once into an uncompressed ``.npy`` in ``paths.cache_dir()/arrays/`` (keyed by the
+file's absolute path, inode, size, mtime and ctime, as its verification is, with a ``source.json`` recording them, written last, so a half-written cache
+is never used and a changed file gets a new one) and memory-mapped read-only. Every process maps the same files,
+so the images live once, in the page cache, however many workers read them. A split's ``images`` are
+tensor *views* of the mapping (no copy, not even for the grayscale -> 3 channel repeat, which is a stride-0
+view); training gathers the rows of a batch by index and evaluation converts one batch at a time, so only
+batches are ever materialised, and the values are the very ones the former in-memory loader gave (tested).
+Mapped pages a process has read count in its RSS until dropped; :func:`touched` drops them (``madvise``) after
+every :data:`RELEASE_BYTES` read, so a worker's resident share of the data stays bounded too.
 """
 
 from __future__ import annotations
@@ -15,7 +24,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import mmap
 import os
+import shutil
+import warnings
+import weakref
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -32,6 +45,9 @@ from stmedfm.registry import SPLITS, FlagInfo
 
 CHUNK = 1 << 20  # hash and copy in 1 MiB chunks
 VERIFIED_CACHE = "verified.json"
+ARRAY_CACHE = "arrays"  #: under paths.cache_dir(): one directory of .npy files per verified file
+ARRAY_SOURCE = "source.json"
+RELEASE_BYTES = 256 << 20  #: mapped bytes a process reads between drops of its mapped pages (see touched)
 
 __all__ = [
     "Split",
@@ -57,9 +73,9 @@ __all__ = [
 
 @dataclass
 class Split:
-    """One split held in memory.
+    """One split.
 
-    ``images`` is uint8, (N, 3, S, S) for 2D (grayscale files repeat their channel to 3, as medmnist's
+    ``images`` is uint8 (a read-only view of the memory-mapped cache for loaded files: never write into it), (N, 3, S, S) for 2D (grayscale files repeat their channel to 3, as medmnist's
     ``as_rgb=True`` does, so every 2D task fits one 3-channel stem) or (N, 1, S, S, S) for 3D. ``labels`` is int64,
     (N,) for single-label tasks and (N, C) of 0/1 for multi-label ones.
     """
@@ -321,22 +337,155 @@ def _bad(path: Path, key: str, expected: str, found: str) -> StmedfmError:
     )
 
 
+_WANTED = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
+
+
+def _unreadable(path: Path, exc: Exception) -> StmedfmError:
+    return StmedfmError(
+        f"{path} is truncated or unreadable as an .npz archive ({type(exc).__name__}: {exc}). Delete it and "
+        f"re-download it with `stmedfm download`, or copy in a complete copy."
+    )
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Read all six arrays in one open; turn every zip / zlib / npy failure into one actionable error."""
-    wanted = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
+    """Read all six arrays into memory in one open (the former loader; :func:`_map_arrays` is what loads now)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in wanted if k not in npz.files]
+            missing = [k for k in _WANTED if k not in npz.files]
             if missing:
                 raise _bad(path, missing[0], "present", f"missing (keys found: {', '.join(npz.files) or 'none'})")
-            return {k: npz[k] for k in wanted}
+            return {k: npz[k] for k in _WANTED}
     except StmedfmError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
-        raise StmedfmError(
-            f"{path} is truncated or unreadable as an .npz archive ({type(exc).__name__}: {exc}). Delete it and "
-            f"re-download it with `stmedfm download`, or copy in a complete copy."
-        ) from exc
+        raise _unreadable(path, exc) from exc
+
+
+def array_cache_dir(path: Path, st: os.stat_result, size: int) -> Path:
+    """Where the ``.npy`` arrays of ``path`` (at this size and mtime) are extracted."""
+    key = hashlib.sha256(f"{Path(path).resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{size}"
+                         .encode()).hexdigest()[:20]
+    return paths.cache_dir() / ARRAY_CACHE / f"{Path(path).stem}-{key}"
+
+
+def _source_record(path: Path, st: os.stat_result, size: int) -> dict:
+    return {"source": str(Path(path).resolve()), "inode": st.st_ino, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "size": size}
+
+
+def _cache_valid(dest: Path, record: dict) -> bool:
+    """The cache was extracted from exactly this (verified) file and every array is complete on disk."""
+    try:
+        doc = json.loads((dest / ARRAY_SOURCE).read_text())
+        if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in record.items()):
+            return False
+        return all((dest / f"{k}.npy").stat().st_size == doc["arrays"][k] for k in _WANTED)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _extract(path: Path, dest: Path, record: dict) -> None:
+    """Stream each ``.npy`` member of the archive into ``dest`` (chunked: never the whole array in memory);
+    ``source.json`` is written last, so an interrupted extraction is never used. Concurrent extractions of the
+    same file are safe (each writes its own temporary file, then renames)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            found = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+            missing = [k for k in _WANTED if k not in found]
+            if missing:
+                raise _bad(path, missing[0], "present", f"missing (keys found: {', '.join(found) or 'none'})")
+            sizes = {}
+            for k in _WANTED:
+                tmp = dest / f".{k}.npy.{os.getpid()}.tmp"
+                with zf.open(f"{k}.npy") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 16 * CHUNK)
+                os.replace(tmp, dest / f"{k}.npy")
+                sizes[k] = (dest / f"{k}.npy").stat().st_size
+    except StmedfmError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError) as exc:
+        raise _unreadable(path, exc) from exc
+    atomic_write_text(dest / ARRAY_SOURCE, json.dumps({**record, "arrays": sizes}, indent=1))
+    for old in dest.parent.glob(f"{path.stem}-*"):  # earlier extractions of a file since changed
+        if old != dest and _cache_source(old) == record["source"]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _cache_source(d: Path) -> str | None:
+    try:
+        return json.loads((d / ARRAY_SOURCE).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+#: the arrays mapped by this process (for :func:`release_pages`)
+_MAPPED: dict[int, weakref.ref] = {}
+_touched = 0
+
+
+def _map_arrays(path: Path, size: int) -> dict[str, np.ndarray]:
+    """The six arrays of a verified file: images memory-mapped read-only from the ``.npy`` cache (extracted on
+    first use), labels read into memory (they are small). Every failure becomes one actionable error."""
+    st = path.stat()
+    dest = array_cache_dir(path, st, size)
+    record = _source_record(path, st, size)
+    if not _cache_valid(dest, record):
+        try:
+            _extract(path, dest, record)
+        except OSError as exc:
+            raise StmedfmError(
+                f"Cannot extract {path} into the array cache {dest} ({exc.strerror or exc}). The cache needs at "
+                f"least {st.st_size / 2**30:.1f} GiB (the arrays uncompressed): free space there or point "
+                f"${paths.ENV_CACHE} at a larger disk. If {path.name} itself is unreadable, delete it and "
+                f"re-download it with `stmedfm download`."
+            ) from exc
+    out = {}
+    try:
+        for k in _WANTED:
+            f = dest / f"{k}.npy"
+            if k.endswith("_labels"):
+                out[k] = np.load(f, allow_pickle=False)
+                continue
+            with open(f, "rb") as fh:  # an empty array cannot be mapped: read it (it is nothing)
+                version = np.lib.format.read_magic(fh)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, _ = header(fh)
+            if int(np.prod(shape)) == 0:
+                out[k] = np.load(f, allow_pickle=False)
+            else:
+                out[k] = np.load(f, mmap_mode="r", allow_pickle=False)
+                _MAPPED[id(out[k])] = weakref.ref(out[k], lambda _, key=id(out[k]): _MAPPED.pop(key, None))
+    except (ValueError, OSError, EOFError) as exc:
+        raise _unreadable(path, exc) from exc
+    return out
+
+
+def release_pages() -> None:
+    """Drop this process's mapped pages of every split (``madvise(MADV_DONTNEED)``): its RSS falls back, the
+    page cache keeps the data for the next read (a minor fault, no disk). A no-op where unsupported."""
+    for ref in list(_MAPPED.values()):
+        mm = getattr(ref(), "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
+
+def touched(batch: torch.Tensor, gathered: bool = True) -> None:
+    """Count the mapped bytes a batch read (``gathered`` rows: at least 64 KiB each, as the kernel maps the pages
+    around a fault; a slice: its bytes) and drop the mapped pages every :data:`RELEASE_BYTES`, so no process keeps
+    a whole split resident."""
+    global _touched
+    if not _MAPPED or batch.dtype != torch.uint8 or batch.dim() == 0:
+        return
+    rows = int(batch.shape[0])
+    _touched += rows * max(batch[:1].numel(), 64 << 10) if gathered else batch.numel()
+    if _touched >= RELEASE_BYTES:
+        _touched = 0
+        release_pages()
 
 
 def _validate(path: Path, arrays: dict[str, np.ndarray], info: FlagInfo, size: int) -> None:
@@ -364,14 +513,20 @@ def _validate(path: Path, arrays: dict[str, np.ndarray], info: FlagInfo, size: i
                 raise _bad(path, f"{s}_labels", f"within [0, {upper})", f"within [{lo}, {hi}]")
 
 
-def _to_split(images: np.ndarray, labels: np.ndarray, info: FlagInfo) -> Split:
-    x = torch.from_numpy(images)
+def _to_split(images: np.ndarray, labels: np.ndarray, info: FlagInfo, views: bool = False) -> Split:
+    """Tensors of one split; ``views``: no copy of the images (a mapped split stays mapped; batches gathered from
+    the views hold exactly the values of the copies)."""
+    with warnings.catch_warnings():  # a read-only mapping: torch warns that it is not writable (we never write)
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(images)
     if info.dim == 3:
         x = x.unsqueeze(1)  # (N, 1, S, S, S), a view
     elif images.ndim == 3:
-        x = x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()  # grayscale -> 3 equal channels
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1)  # grayscale -> 3 equal channels
     else:
-        x = x.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
+    if not views:
+        x = x.contiguous()
     y = torch.from_numpy(labels.astype(np.int64, copy=False))
     if not info.multi_label:
         y = y.reshape(-1)
@@ -380,12 +535,12 @@ def _to_split(images: np.ndarray, labels: np.ndarray, info: FlagInfo) -> Split:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(resolved: str, flag: str, size: int, mtime_ns: int, nbytes: int) -> TaskData:
-    """Read once per (file, size, mtime); the key changes whenever the file does, so stale data is never served."""
+    """Map once per (file, size, mtime); the key changes whenever the file does, so stale data is never served."""
     info = registry.get(flag)
     path = Path(resolved)
-    arrays = _read_arrays(path)
+    arrays = _map_arrays(path, size)
     _validate(path, arrays, info, size)
-    splits = {s: _to_split(arrays[f"{s}_images"], arrays[f"{s}_labels"], info) for s in SPLITS}
+    splits = {s: _to_split(arrays[f"{s}_images"], arrays[f"{s}_labels"], info, views=True) for s in SPLITS}
     return TaskData(info=info, size=size, path=path, splits=splits)
 
 
@@ -395,7 +550,8 @@ def release_cache() -> None:
 
 
 def load_task(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None, download: bool = False) -> TaskData:
-    """Locate (downloading only when asked), verify and load all splits of one task into memory, cached in-process."""
+    """Locate (downloading only when asked), verify and map all splits of one task (see the module docstring),
+    cached in-process."""
     info = registry.get(flag)
     registry.check_size(size)
     try:

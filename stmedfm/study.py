@@ -58,16 +58,25 @@ EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", 
 
 #: Fields added after the first reference results: part of an identity only when not at their default, so
 #: adding them did not change the identity of any finished run. LATER_RUN_FIELDS change evaluation only.
-LATER_FIELDS = {"flip_policy": "all"}
+#: ``precision`` enters as what it resolves to on this machine (``auto`` without native bf16 *is* fp32).
+LATER_FIELDS = {"flip_policy": "all", "precision": "fp32"}
 LATER_RUN_FIELDS = {"eval_batch_size_2d": 256, "eval_batch_size_3d": 32}
 
 #: The identity of every data file a study reads, flag -> :class:`stmedfm.data.FileIdentity` (see :func:`study_data`).
 StudyData = Mapping[str, D.FileIdentity]
 
 
+def _later(cfg: StudyConfig, name: str):
+    if name == "precision":
+        from stmedfm.precision import identity_name
+
+        return identity_name(cfg.precision)
+    return getattr(cfg, name)
+
+
 def _fields(cfg: StudyConfig, names, later=LATER_FIELDS) -> dict:
     fields = {f: getattr(cfg, f) for f in names}
-    fields.update({f: getattr(cfg, f) for f, default in later.items() if getattr(cfg, f) != default})
+    fields.update({f: _later(cfg, f) for f, default in later.items() if _later(cfg, f) != default})
     return fields
 
 
@@ -733,6 +742,12 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
     cfg_dict = cfg.to_dict()
     expected = {t: i.digest for t, i in data.items()}
     made_with = provenance.software()
+    from stmedfm.precision import identity_name, resolve
+
+    if cfg.precision != "fp32":  # workers compute what the run ids say: 'auto' as resolved here
+        cfg_dict["precision"] = identity_name(cfg.precision)
+        if progress:
+            print(f"precision: {resolve(cfg.precision).describe()}", flush=True)
 
     todo = [(rid, p) for rid, p in unique_runs(cfg, planned, data).items() if store.load_run(rid) is None]
     jobs = pretrain_jobs(planned)  # every checkpoint is checked: its loss table feeds pretrain_loss.csv

@@ -13,6 +13,9 @@ Decisions the paper leaves open, written down here:
 * A downstream run on a task that was pretrained starts from the pretrained head; otherwise a fresh head.
   Downstream models keep one head only, which is how Table 4 counts parameters.
 * No learning-rate schedule, no gradient clipping: the paper names none.
+* ``precision`` (:mod:`stmedfm.precision`): with bf16/fp16 only the forward pass (and hence its backward) runs
+  under autocast; the loss is computed in fp32 from the logits, and weights, optimiser state and metrics stay
+  fp32. fp32 adds no code path at all (the context is a no-op), so its numbers are unchanged to the bit.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from stmedfm.config import StudyConfig
 from stmedfm.metrics import brier, classification_metrics, ece, nll
 from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
+from stmedfm.precision import Precision
+from stmedfm.precision import resolve as resolve_precision
 
 #: Names of the phases of a run, as torch.profiler annotations (what ``stmedfm bench --profile`` sums).
 #: ``record_function`` costs about a microsecond when no profiler is running, and there are a few per run.
@@ -70,6 +75,9 @@ class Pool:
     weights: torch.Tensor | None
     batch_size: int
     flips: bool = True  #: False for label-unsafe flips (flip_policy 'label_safe' on a lateral flag)
+    #: rows of ``images`` in the pool (a subset: K-shot, data fraction), None = all; ``labels`` are the pool's own.
+    #: The subset's images are gathered per batch from the (memory-mapped) split, never copied as a whole.
+    rows: torch.Tensor | None = None
 
     def batch(self, g: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.labels)
@@ -77,7 +85,9 @@ class Pool:
             idx = torch.randperm(n, generator=g)
         else:
             idx = torch.randint(n, (self.batch_size,), generator=g)
-        x = D.to_float(self.images[idx])
+        raw = self.images[idx if self.rows is None else self.rows[idx]]
+        D.touched(raw)
+        x = D.to_float(raw)
         if augment and self.flips:
             x = D.random_flip(x, g)
         return x, self.labels[idx]
@@ -88,12 +98,12 @@ def make_pool(cfg: StudyConfig, task: str, indices: torch.Tensor | None = None, 
     split = D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)["train"]
     images, labels = split.images, split.labels
     if indices is not None:
-        images, labels = images[indices], labels[indices]
+        labels = labels[indices]
     use_weights = cfg.class_weights if class_weights is None else class_weights
     n_classes = registry.get(task).n_classes
     weights = D.class_weights(labels, n_classes, clip=tuple(cfg.class_weight_clip)) if use_weights else None
     flips = not (cfg.flip_policy == "label_safe" and registry.get(task).lateral)
-    return Pool(task, images, labels, weights, cfg.batch_size(task), flips)
+    return Pool(task, images, labels, weights, cfg.batch_size(task), flips, rows=indices)
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, pool: Pool, log_normalise: bool = False) -> torch.Tensor:
@@ -108,18 +118,39 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
+def precision_of(cfg: StudyConfig, dev: torch.device) -> Precision:
+    """The precision ``cfg`` asks for, resolved on ``dev`` (``auto`` picks; see :mod:`stmedfm.precision`)."""
+    return resolve_precision(cfg.precision, dev)
+
+
+def _backward(loss: torch.Tensor, scaler) -> None:
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def _step(opt: torch.optim.Optimizer, scaler) -> None:
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
+
+
 def train_steps(model: STMedFM, pool: Pool, steps: int, lr: float, cfg: StudyConfig, g: torch.Generator) -> list[float]:
     """Single-task training: ``steps`` AdamW updates of the trainable parameters; returns the loss of each step."""
     dev = next(model.parameters()).device
+    prec = precision_of(cfg, dev)
+    scaler = prec.scaler()
     opt = _optimizer(model, lr, cfg.weight_decay)
     model.train()
     losses = []
     for _ in range(steps):
         x, y = pool.batch(g, cfg.augment)
-        loss = loss_fn(model(x.to(dev), pool.task), y, pool)
+        with prec.autocast():
+            logits = model(x.to(dev), pool.task)
+        loss = loss_fn(logits.float(), y, pool)  # .float(): a no-op in fp32; fp32 loss under autocast
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _backward(loss, scaler)
+        _step(opt, scaler)
         losses.append(loss.item())
     return losses
 
@@ -162,6 +193,8 @@ def pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> tuple[dict, pd.Da
     dev = next(model.parameters()).device
     pools = {t: make_pool(cfg, t) for t in tasks}
     g = generator(derive_seed(seed, "pretrain-data", *tasks))
+    prec = precision_of(cfg, dev)
+    scaler = prec.scaler()
     opt = _optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
     model.train()
     rows = []
@@ -170,10 +203,12 @@ def pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> tuple[dict, pd.Da
             opt.zero_grad(set_to_none=True)
             for t in step_tasks:
                 x, y = pools[t].batch(g, cfg.augment)
-                loss = loss_fn(model(x.to(dev), t), y, pools[t], cfg.loss_log_normalise)
-                loss.backward()
+                with prec.autocast():
+                    logits = model(x.to(dev), t)
+                loss = loss_fn(logits.float(), y, pools[t], cfg.loss_log_normalise)
+                _backward(loss, scaler)
                 rows.append((step, t, loss.item()))
-            opt.step()
+            _step(opt, scaler)
     losses = pd.DataFrame(rows, columns=["step", "task", "loss"])
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, losses
 
@@ -208,7 +243,7 @@ def _weights_digest(module: torch.nn.Module) -> bytes:
 
 @torch.inference_mode()
 def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: int,
-                   reuse: tuple | None = None) -> np.ndarray:
+                   reuse: tuple | None = None, precision: Precision | None = None) -> np.ndarray:
     """Logits of a whole split, in evaluation batches, without autograd bookkeeping.
 
     ``reuse`` = ``(split images, *names)``, the loaded split ``images`` come from and what names the rows taken
@@ -217,9 +252,14 @@ def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: 
     keyed by a digest of the stem's weights, the split and the batching, and replayed through the model's own
     forward (the stem module is swapped for a replay of its outputs), so the logits are bit-identical. Evaluating
     the stem is most of the cost of evaluation, and evaluation most of the cost of a few-shot run.
+
+    ``precision`` (default fp32) runs the forward pass under its autocast; logits come back as float64.
+    Batches are converted one at a time from ``images`` (which may be memory-mapped), so memory does not grow
+    with the split.
     """
     model.eval()
     dev = next(model.parameters()).device
+    prec = precision or resolve_precision("fp32", dev)
     starts = range(0, len(images), batch_size)
     name = "stem3d" if model.task_dims.get(task) == 3 else "stem2d"
     stem = getattr(model, name)
@@ -227,20 +267,20 @@ def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: 
     if reuse is not None and not any(p.requires_grad for p in stem.parameters()):
         source, *names = reuse
         key = (_weights_digest(stem), id(source), tuple(names), len(images), batch_size, str(dev),
-               torch.get_num_threads())
+               torch.get_num_threads(), prec.name)
     hit = _STEM_CACHE.get(key) if key is not None else None
     if hit is not None and hit[0] is source:  # the very split recorded (a reloaded file is another tensor)
         _STEM_CACHE.move_to_end(key)
         setattr(model, name, _Replay(hit[1]))
         try:
-            out = [model(D.to_float(images[i:i + batch_size]).to(dev), task).float().cpu() for i in starts]
+            out = [_forward(model, images[i:i + batch_size], task, dev, prec) for i in starts]
         finally:
             setattr(model, name, stem)
         return torch.cat(out).double().numpy()
     recorded: list[torch.Tensor] = []
     handle = stem.register_forward_hook(lambda m, a, z: recorded.append(z.clone())) if key is not None else None
     try:
-        out = [model(D.to_float(images[i:i + batch_size]).to(dev), task).float().cpu() for i in starts]
+        out = [_forward(model, images[i:i + batch_size], task, dev, prec) for i in starts]
     finally:
         if handle is not None:
             handle.remove()
@@ -249,6 +289,12 @@ def predict_logits(model: STMedFM, task: str, images: torch.Tensor, batch_size: 
         while len(_STEM_CACHE) > STEM_CACHE_SIZE:
             _STEM_CACHE.popitem(last=False)
     return torch.cat(out).double().numpy()
+
+
+def _forward(model: STMedFM, batch: torch.Tensor, task: str, dev: torch.device, prec: Precision) -> torch.Tensor:
+    D.touched(batch, gathered=False)
+    with prec.autocast():
+        return model(D.to_float(batch).to(dev), task).float().cpu()
 
 
 def eval_subset(n: int, cfg: StudyConfig, task: str, split: str) -> torch.Tensor | None:
@@ -355,7 +401,8 @@ def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskD
         rows = None if sub is None else hashlib.sha1(sub.numpy().tobytes()).hexdigest()
         reuse = (s.images, spec.task, split, rows)
         with torch.profiler.record_function(PHASE_EVALUATE):
-            logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse)
+            logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse,
+                                           precision=precision_of(cfg, next(model.parameters()).device))
         labels[split] = y.numpy()
     with torch.profiler.record_function(PHASE_METRICS):
         return run_metrics(cfg, spec, task_data.info, logits, labels)

@@ -330,7 +330,9 @@ def test_grayscale_task_repeats_its_channel(tmp_path):
     task = data.load_task("organamnist", data_dir=tmp_path)
     raw = _arrays(tmp_path / "organamnist.npz")
     x = task["train"].images
-    assert x.shape == (20, 3, 28, 28) and x.dtype == torch.uint8 and x.is_contiguous()
+    # the repeat is a stride-0 view of the mapped file (no 3x copy); gathered batches are ordinary tensors
+    assert x.shape == (20, 3, 28, 28) and x.dtype == torch.uint8 and x.stride()[1] == 0
+    assert x[[0, 3]].is_contiguous()
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
     assert torch.equal(x[:, 0], torch.from_numpy(raw["train_images"]))
 
@@ -487,3 +489,89 @@ def test_real_organamnist_is_grayscale_repeated_to_rgb(real_data_dir):
     assert x.shape == (6491, 3, 28, 28)
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
     assert task["train"].labels.max().item() == 10
+
+
+# --------------------------------------------------------------------------------------------------- the .npy cache
+def _former_split(path, flag, split):
+    """What the former loader held: the whole split read into memory, as contiguous NCHW / NCDHW tensors."""
+    info = registry.get(flag)
+    arrays = data._read_arrays(Path(path))
+    return data._to_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], info, views=False)
+
+
+@pytest.mark.parametrize("flag", ["bloodmnist", "organamnist", "organmnist3d"])  # RGB, grayscale, 3D
+def test_mapped_cache_gives_bit_identical_batches(tmp_path, flag):
+    from stmedfm import synthetic
+    from stmedfm.config import StudyConfig
+    from stmedfm.train import Pool, build_model, generator, predict_logits
+
+    synthetic.write_synthetic(tmp_path, [flag], n={"train": 70, "val": 20, "test": 45}, seed=3)
+    task = data.load_task(flag, data_dir=tmp_path)
+    cache = data.array_cache_dir(tmp_path / f"{flag}.npz", (tmp_path / f"{flag}.npz").stat(), 28)
+    assert cache.parent == paths.cache_dir() / data.ARRAY_CACHE
+    assert (cache / "train_images.npy").is_file() and (cache / data.ARRAY_SOURCE).is_file()
+    for split in ("train", "val", "test"):
+        old, new = _former_split(tmp_path / f"{flag}.npz", flag, split), task[split]
+        assert torch.equal(old.images, new.images) and torch.equal(old.labels, new.labels)
+    old = _former_split(tmp_path / f"{flag}.npz", flag, "train")
+    new = task["train"]
+    rows = torch.tensor([1, 4, 5, 9, 30, 31, 60])  # a K-shot-like subset: gathered per batch from the mapping
+    for subset in (None, rows):
+        ref = Pool(flag, old.images if subset is None else old.images[subset],
+                   old.labels if subset is None else old.labels[subset], None, 8)
+        got = Pool(flag, new.images, new.labels if subset is None else new.labels[subset], None, 8, rows=subset)
+        g1, g2 = generator(11), generator(11)
+        for _ in range(5):
+            (x1, y1), (x2, y2) = ref.batch(g1, augment=True), got.batch(g2, augment=True)
+            assert x1.dtype == x2.dtype == torch.float32
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    # evaluation streams batches from the mapping: the same logits, to the bit
+    model = build_model(StudyConfig(), [flag], 0)
+    test_old = _former_split(tmp_path / f"{flag}.npz", flag, "test")
+    a = predict_logits(model, flag, test_old.images, 16)
+    b = predict_logits(model, flag, task["test"].images, 16)
+    assert np.array_equal(a, b)
+
+
+def test_mapped_cache_is_reused_and_follows_the_verified_file(tmp_path):
+    from stmedfm import synthetic
+
+    synthetic.write_synthetic(tmp_path, ["bloodmnist"], n=20, seed=1)
+    path = tmp_path / "bloodmnist.npz"
+    first = data.load_task("bloodmnist", data_dir=tmp_path)["train"].images.clone()
+    st = path.stat()
+    dest = data.array_cache_dir(path, st, 28)
+    stamp = (dest / "train_images.npy").stat().st_mtime_ns
+    data._load_cached.cache_clear()
+    data.load_task("bloodmnist", data_dir=tmp_path)
+    assert (dest / "train_images.npy").stat().st_mtime_ns == stamp  # extracted once, then mapped
+    # a half-written cache (source.json says otherwise) is extracted again, never used
+    with open(dest / "train_images.npy", "r+b") as fh:
+        fh.truncate(100)
+    data._load_cached.cache_clear()
+    assert torch.equal(data.load_task("bloodmnist", data_dir=tmp_path)["train"].images, first)
+    # a new file (regenerated: other content, other mtime) gets a new cache; the stale one is removed
+    synthetic.write_synthetic(tmp_path, ["bloodmnist"], n=20, seed=2)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    data._load_cached.cache_clear()
+    again = data.load_task("bloodmnist", data_dir=tmp_path)["train"].images
+    assert not torch.equal(again, first)
+    assert data.array_cache_dir(path, path.stat(), 28) != dest and not dest.exists()
+
+
+def test_mapped_pages_are_dropped_after_release_bytes(tmp_path, monkeypatch):
+    from stmedfm import synthetic
+
+    synthetic.write_synthetic(tmp_path, ["bloodmnist"], n=20, seed=1)
+    images = data.load_task("bloodmnist", data_dir=tmp_path)["train"].images
+    calls = []
+    monkeypatch.setattr(data, "release_pages", lambda: calls.append(1))
+    monkeypatch.setattr(data, "RELEASE_BYTES", 3 * (64 << 10))
+    monkeypatch.setattr(data, "_touched", 0)
+    data.touched(images[[0, 1]])
+    assert not calls
+    data.touched(images[[2]])  # 3 gathered rows of at least 64 KiB each
+    assert calls == [1] and data._touched == 0
+    monkeypatch.undo()  # the real one drops pages; the data reads back the same
+    data.release_pages()
+    assert torch.equal(images[:2], data.load_task("bloodmnist", data_dir=tmp_path)["train"].images[:2])
