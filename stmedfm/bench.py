@@ -25,14 +25,18 @@ Measures (one row each in ``results/bench.csv``: measure, ours, baseline, ratio 
 ``--quick`` (CI) runs the same code on tiny files with tiny budgets in well under a minute: its numbers show the
 plumbing works, not how fast anything is (process start-up dominates them).
 
+``--precision`` adds fp32-vs-bf16 rows (:func:`run_precision_bench`: throughput, the 1-seed paper protocol, and
+the parity summary of two stores with ``--parity``); ``--sizes`` adds peak RSS and seconds per run of a study at
+28, 64, 128 and 224 px (:func:`run_size_bench`). Both merge their rows into ``results/bench.csv``.
+
 ``--profile`` instead shows where the time goes (:func:`profile_protocol`): the 1-seed paper protocol in one
 process and one thread under ``torch.profiler``, as time per phase (pretraining, training, evaluation, metrics)
 and the operators with the most self CPU time, written to ``results/profile.csv``.
 
 Measured, and left out (README, *Performance*): ``torch.compile`` (30 s to compile the 3D training step, which
 then ran slower; 1.28x on 3D evaluation after 4 s per graph, and every strategy, batch size and worker needs its
-own graphs: it does not pay back in a study of a few minutes); bf16 autocast (7x slower on CPUs without native
-bf16); the first 3D convolution as a 2D convolution over depth slices (about 5 % on 3D training throughput,
+own graphs: it does not pay back in a study of a few minutes); bf16 autocast by default (7x slower on CPUs without
+native bf16; faster where it is native: ``precision: bf16 | auto``, :mod:`stmedfm.precision`); the first 3D convolution as a 2D convolution over depth slices (about 5 % on 3D training throughput,
 within the noise of the measure, and it would change the 3D numbers); in-place ReLU (no difference).
 """
 
@@ -367,13 +371,16 @@ def _throughput(data_dir: str, quick: bool) -> dict[str, dict[str, float]]:
     return {"baseline": base, "ours": _throughput_of("ours", data_dir, quick)}
 
 
-def _throughput_of(kind: str, data_dir: str, quick: bool) -> dict[str, float]:
+def _throughput_of(kind: str, data_dir: str, quick: bool, precision: str = "fp32") -> dict[str, float]:
     from stmedfm.peft import prepare
+    from stmedfm.precision import resolve
     from stmedfm.train import build_model, generator, make_pool, predict_logits, train_steps
 
     i = 0 if quick else 1
     cfg = StudyConfig.from_dict({"data_dir": data_dir, "pretrain_tasks": ["bloodmnist", "organmnist3d"],
-                                 "downstream_tasks": ["bloodmnist", "organmnist3d"], "calibration_task": None})
+                                 "downstream_tasks": ["bloodmnist", "organmnist3d"], "calibration_task": None,
+                                 "precision": precision})
+    prec = resolve(precision, "cpu")
     out = {}
     for task, dim in (("bloodmnist", "2d"), ("organmnist3d", "3d")):
         model = prepare(build_model(cfg, [task], 0), "full", task)
@@ -392,7 +399,7 @@ def _throughput_of(kind: str, data_dir: str, quick: bool) -> dict[str, float]:
 
         def evaluate(n: int) -> None:
             if kind == "ours":
-                predict_logits(model, task, test.images[:n], ebs)
+                predict_logits(model, task, test.images[:n], ebs, precision=prec)
             else:
                 baseline_logits(model, task, D.Split(test.images[:n], test.labels[:n]), ebs)
 
@@ -411,23 +418,41 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def _protocol(kind: str, params: str, overrides: dict, workers: int | None) -> dict[str, float]:
+def _protocol(kind: str, params: str | None, overrides: dict, workers: int | None) -> dict[str, float]:
     cfg = StudyConfig.load(params, overrides)
     t0 = time.perf_counter()
+    run_seconds = float("nan")
     if kind == "ours":
         from stmedfm.study import plan, run_study, study_data, unique_runs
 
         with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as out:
-            run_study(cfg, out=out, progress=False, workers=workers)
+            store = run_study(cfg, out=out, progress=False, workers=workers)
+            run_seconds = float(store.table("runs")["seconds"].mean())
         runs = len(unique_runs(cfg, plan(cfg), study_data(cfg)))
     else:
         runs = baseline_study(cfg)
-    return {"seconds": time.perf_counter() - t0, "runs": runs}
+    return {"seconds": time.perf_counter() - t0, "runs": runs, "run_seconds": run_seconds}
+
+
+def _throughput_precisions(data_dir: str, quick: bool, rounds: int) -> dict[str, dict[str, float]]:
+    """fp32 and bf16 throughput of ours in one fresh single-thread process, interleaved (fp32, bf16, then bf16,
+    fp32, ...) so drifting load hits both sides alike; the best of ``rounds`` per side and measure."""
+    from stmedfm.executors import prepare_worker
+
+    prepare_worker()
+    best: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}}
+    for r in range(rounds):
+        for prec in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
+            for m, v in _throughput_of("ours", data_dir, quick, prec).items():
+                best[prec][m] = max(best[prec].get(m, 0.0), v)
+    return best
 
 
 def _child_main(payload: dict) -> dict:
     if payload["what"] == "throughput":
         result = _throughput(payload["data_dir"], payload["quick"])
+    elif payload["what"] == "throughput_precision":
+        result = _throughput_precisions(payload["data_dir"], payload["quick"], payload["rounds"])
     elif payload["what"] == "profile":
         cfg = StudyConfig.load(payload["params"], payload["overrides"])
         result = {"profile": profile_protocol(cfg, payload["top"]).to_dict(orient="records")}
@@ -478,15 +503,10 @@ def _measure(payload: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 def machine() -> str:
-    """CPU model, cores, memory, torch and Python versions of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model with its relevant ISA flags (AVX2, AVX-512, bf16, AMX), cores, memory, torch and Python."""
+    from stmedfm.precision import cpu_model, isa_summary
+
+    cpu = f"{cpu_model()} ({isa_summary()})"
     mem = ""
     try:
         kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
@@ -600,6 +620,188 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
     return frame
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# fp32 vs bf16 (stmedfm bench --precision), and how cost grows with image size (stmedfm bench --sizes)
+PRECISION_LABELS = {"train_2d": "train throughput 2D, batch 32, 1 thread", "eval_2d": "eval throughput 2D, batch 256, 1 thread",
+                    "train_3d": "train throughput 3D, batch 8, 1 thread", "eval_3d": "eval throughput 3D, batch 32, 1 thread"}
+PARITY_METRICS = {"macro_auroc": "AUROC", "accuracy": "accuracy", "ece": "ECE"}
+SIZES = (28, 64, 128, 224)
+#: --sizes: pathmnist (the largest 2D flag) at every size, full official split sizes, reduced budgets, 2 workers;
+#: evaluation covers the whole val and test splits (17,184 images), streamed batch by batch
+SIZE_STUDY = dict(seeds=1, pretrain_tasks=["pathmnist"], downstream_tasks=["pathmnist"],
+                  strategies=["scratch", "linear_probe"], pretrain_steps=10, scratch_steps_2d=10, finetune_steps_2d=10,
+                  fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[], extended_tasks=[],
+                  calibration_task=None)
+
+
+def merge_rows(out: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with the rows of ``frame`` replacing those of the same measure (others kept, in order)."""
+    from stmedfm.io import atomic_write_text
+
+    if out.is_file():
+        old = pd.read_csv(out)
+        old = old[~old["measure"].isin(frame["measure"])]
+        frame = pd.concat([old, frame], ignore_index=True)
+    atomic_write_text(out, frame.to_csv(index=False))
+    return frame
+
+
+def parity_table(fp32_dir: str | os.PathLike, bf16_dir: str | os.PathLike) -> pd.DataFrame:
+    """bf16 - fp32, paired per run (same task, strategy, seed, budget: the transfer runs of both stores): mean
+    difference and its 95 % t-interval per task x strategy x metric (AUROC, accuracy, ECE)."""
+    from stmedfm.stats import mean_ci
+
+    keys = ["task", "strategy", "seed"]
+    frames = {}
+    for name, d in (("fp32", fp32_dir), ("bf16", bf16_dir)):
+        m = pd.read_csv(Path(d) / "metrics.csv")
+        m = m[(m["experiment"] == "transfer") & m["metric"].isin(list(PARITY_METRICS))]
+        frames[name] = m.drop_duplicates(keys + ["metric"]).set_index(keys + ["metric"])["value"]
+    both = pd.concat(frames, axis=1, join="inner").dropna().reset_index()
+    both["delta"] = both["bf16"] - both["fp32"]
+    rows = []
+    for (task, strategy, metric), g in both.groupby(["task", "strategy", "metric"], sort=False):
+        mean, lo, hi = mean_ci(g["delta"].to_numpy())
+        rows.append({"task": task, "strategy": strategy, "metric": metric, "n_pairs": len(g),
+                     "fp32_mean": g["fp32"].mean(), "bf16_mean": g["bf16"].mean(), "mean_delta": mean,
+                     "ci_low": lo, "ci_high": hi, "ci_contains_0": bool(lo <= 0 <= hi),
+                     "max_abs_delta": float(g["delta"].abs().max())})
+    return pd.DataFrame(rows)
+
+
+def parity_rows(table: pd.DataFrame, mach: str, what: str) -> list[dict]:
+    """bench.csv summary of a parity table: per metric, the largest |mean difference| over task x strategy
+    (ours = bf16 - fp32) and how many cells' 95 % CI contain 0 (ours = cells, baseline = all cells)."""
+    rows = []
+    for metric, label in PARITY_METRICS.items():
+        t = table[table["metric"] == metric]
+        if not len(t):
+            continue
+        worst = t.loc[t["mean_delta"].abs().idxmax()]
+        rows.append(_row(f"parity bf16 - fp32, {what}: largest |mean delta {label}| ({worst.task} {worst.strategy})",
+                         worst.mean_delta, None, label, mach))
+        rows.append(_row(f"parity bf16 - fp32, {what}: cells whose 95 % CI of delta {label} contains 0",
+                         int(t["ci_contains_0"].sum()), len(t), "cells", mach))
+    return rows
+
+
+def run_precision_bench(quick: bool = False, out: str | os.PathLike | None = None, workers: int | None = None,
+                        synthetic_dir: str | os.PathLike | None = None, rounds: int = 2,
+                        parity: tuple[str, str] | None = None, log=print) -> pd.DataFrame:
+    """``stmedfm bench --precision``: fp32 vs bf16 side by side on this machine (rows: ours = bf16, baseline =
+    fp32, ratio = bf16 / fp32), merged into ``out`` (default ``results/bench.csv``): single-thread throughput, and
+    the paper protocol at 1 seed, run interleaved fp32, bf16, bf16, fp32 ... (``rounds`` each; the fastest kept).
+    On a CPU without native bf16 the rows say so instead of timing an emulation. ``parity`` (the fp32 and bf16
+    stores of the same study) adds the parity summary rows (:func:`parity_rows`)."""
+    from stmedfm.precision import NATIVE_CPU_FLAGS, isa_summary, native_cpu_bf16
+    from stmedfm.study import default_workers
+
+    workers = workers or default_workers()
+    mach = machine()
+    out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
+    rows: list[dict] = []
+    log(f"stmedfm bench --precision{' --quick' if quick else ''} on {mach}; {workers} workers")
+    load = _load()
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores): timings are contended")
+    paper = str(paths.params_dir() / "paper.yaml")
+    name = "paper.yaml quick subset (tiny), 1 seed" if quick else "paper.yaml, 1 seed"
+    native = native_cpu_bf16()
+    if not native:
+        note = f"not timed: this CPU has no native bf16 ({isa_summary()}; none of {', '.join(NATIVE_CPU_FLAGS)})"
+        log(note)
+        for label in PRECISION_LABELS.values():
+            rows.append(_row(f"{label}: bf16 vs fp32, {note}", np.nan, None, "samples/s", mach))
+        rows.append(_row(f"wall time, {name}: bf16 vs fp32, {note}", np.nan, None, "s", mach))
+    else:
+        with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
+            tmp = Path(tmp)
+            small = tmp / "small"
+            for flag, m in (("bloodmnist", "eval_2d"), ("organmnist3d", "eval_3d")):
+                _synthetic(small, n={"train": 512, "val": 64, "test": THROUGHPUT[m][0 if quick else 1]}, flags=(flag,))
+            log(f"throughput, fp32 and bf16 interleaved, {rounds} rounds ...")
+            got = _measure({"what": "throughput_precision", "kind": "both", "data_dir": str(small), "quick": quick,
+                            "rounds": rounds})
+            for m, label in PRECISION_LABELS.items():
+                rows.append(_row(f"{label}: bf16 vs fp32", got["bf16"][m], got["fp32"][m], "samples/s", mach))
+            if quick:
+                data = _synthetic(tmp / "quick", n=QUICK_N)
+                over = {**QUICK_OVERRIDES, "data_dir": str(data)}
+            else:
+                data = _synthetic(Path(synthetic_dir) if synthetic_dir else paths.cache_dir() / "bench" / "official-size",
+                                  scale=1.0)
+                over = {"data_dir": str(data), "seeds": 1}
+            res: dict[str, list] = {"fp32": [], "bf16": []}
+            for r in range(rounds):
+                for prec in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
+                    log(f"{name}, {prec} (round {r + 1}) ...")
+                    res[prec].append(_measure({"what": "protocol", "kind": "ours", "params": paper,
+                                               "overrides": {**over, "precision": prec}, "workers": workers}))
+                    log(f"  {res[prec][-1]['seconds']:.1f} s for {res[prec][-1]['runs']} runs")
+            best = {p: min(v, key=lambda x: x["seconds"]) for p, v in res.items()}
+            rows.append(_row(f"wall time, {name}: bf16 vs fp32", best["bf16"]["seconds"], best["fp32"]["seconds"],
+                             "s", mach))
+            rows.append(_row(f"peak RSS, {name}: bf16 vs fp32", best["bf16"]["peak_rss"] / 2**20,
+                             best["fp32"]["peak_rss"] / 2**20, "MiB", mach))
+    if parity:
+        table = parity_table(*parity)
+        seeds = int(table["n_pairs"].min()) if len(table) else 0
+        rows += parity_rows(table, mach, f"{Path(parity[0]).name} vs {Path(parity[1]).name}, {seeds} seeds")
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    merge_rows(out, frame)
+    if load is not None:
+        log(f"load average at start / end: {load:.2f} / {_load():.2f}")
+    log(format_table(frame))
+    log(f"merged into: {out}")
+    return frame
+
+
+def _sized_file(directory: Path, size: int, scale: float) -> Path:
+    """The synthetic pathmnist file of ``size`` px at ``scale`` in ``directory`` (written once, streamed)."""
+    from stmedfm.synthetic import split_sizes, write_synthetic_streaming
+
+    info = registry.get("pathmnist")
+    target = directory / info.filename(size)
+    entry = D._manifest_entry(target) if target.is_file() else None
+    if not (entry and entry.get("synthetic") and entry.get("n_samples") == split_sizes(info, scale=scale)):
+        write_synthetic_streaming(directory, "pathmnist", size=size, scale=scale)
+    return target
+
+
+def run_size_bench(sizes=SIZES, scale: float = 1.0, out: str | os.PathLike | None = None, workers: int = 2,
+                   synthetic_dir: str | os.PathLike | None = None, precision: str = "fp32", log=print) -> pd.DataFrame:
+    """``stmedfm bench --sizes``: peak RSS (summed over the client and its workers) and seconds per run of a
+    reduced-budget study (:data:`SIZE_STUDY`) on synthetic ``pathmnist`` files of the official shapes at each
+    size (``scale`` x the official split sizes: 1.0 = the full files, ~16 GB at 224 px), merged into ``out``.
+    Files are written once into ``synthetic_dir`` (default: the cache) and verified and extracted into the
+    array cache before the measure, so the numbers are those of a study, not of a first download."""
+    mach = machine()
+    out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
+    directory = Path(synthetic_dir) if synthetic_dir else paths.cache_dir() / "bench" / "sizes"
+    rows = []
+    log(f"stmedfm bench --sizes {', '.join(map(str, sizes))} (scale {scale:g}) on {mach}; {workers} workers")
+    for size in sizes:
+        path = _sized_file(directory, size, scale)
+        gib = path.stat().st_size / 2**30
+        t0 = time.perf_counter()
+        D.load_task("pathmnist", size=size, data_dir=directory)  # verify and extract once, outside the measure
+        D._load_cached.cache_clear()
+        log(f"{path.name}: {gib:.2f} GiB, verified and extracted in {time.perf_counter() - t0:.1f} s; study ...")
+        over = {**SIZE_STUDY, "data_dir": str(directory), "image_size": size, "precision": precision}
+        res = _measure({"what": "protocol", "kind": "ours", "params": None, "overrides": over, "workers": workers})
+        log(f"  {res['seconds']:.1f} s for {res['runs']} runs, {res['run_seconds']:.1f} s per run, "
+            f"peak RSS {res['peak_rss'] / 2**30:.2f} GiB ({res['rss_method']})")
+        what = f"pathmnist_{size} ({'full size' if scale == 1.0 else f'scale {scale:g}'}, {gib:.1f} GiB file)"
+        tail = f"reduced-budget study, {workers} workers{'' if precision == 'fp32' else ', ' + precision}"
+        rows.append(_row(f"peak RSS, {what}, {tail}", res["peak_rss"] / 2**20, None, "MiB", mach))
+        rows.append(_row(f"seconds per run, {what}, {tail}", res["run_seconds"], None, "s", mach))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    merge_rows(out, frame)
+    log(format_table(frame))
+    log(f"merged into: {out}")
+    return frame
+
+
 def format_table(frame: pd.DataFrame) -> str:
     """The table as printed: ratio = ours / baseline, and which side is faster (or leaner) by how much."""
     lines = [f"machine: {frame['machine'].iloc[0]}" if len(frame) else ""]
@@ -609,7 +811,7 @@ def format_table(frame: pd.DataFrame) -> str:
         base = "" if np.isnan(r.baseline) else f"{r.baseline:10.1f}"
         ratio = "" if np.isnan(r.ratio) else f"{r.ratio:7.2f}"
         better = ""
-        if not np.isnan(r.ratio) and r.ratio > 0:
+        if not np.isnan(r.ratio) and r.ratio > 0 and r.unit in ("samples/s", "s", "MiB"):
             gain = r.ratio if r.unit == "samples/s" else 1 / r.ratio
             better = f"{gain:.2f}x {'faster' if r.unit != 'MiB' else 'less'}" if gain >= 1 else \
                 f"{1 / gain:.2f}x {'slower' if r.unit != 'MiB' else 'more'}"

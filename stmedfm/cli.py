@@ -125,8 +125,17 @@ def cmd_study(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from stmedfm.bench import run_bench, run_profile
+    from stmedfm.bench import SIZES, run_bench, run_precision_bench, run_profile, run_size_bench
 
+    if args.precision or args.sizes:
+        if args.precision:
+            run_precision_bench(quick=args.quick, out=args.out, workers=args.workers, synthetic_dir=args.synthetic_dir,
+                                rounds=args.rounds, parity=tuple(args.parity) if args.parity else None)
+        if args.sizes:
+            sizes = SIZES if args.sizes == "all" else tuple(int(v) for v in args.sizes.split(","))
+            run_size_bench(sizes, scale=args.scale, out=args.out, workers=args.workers or 2,
+                           synthetic_dir=args.synthetic_dir)
+        return
     if args.profile:
         run_profile(quick=args.quick, out=args.out, top=args.top, synthetic_dir=args.synthetic_dir)
         return
@@ -254,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes of our study runs (default: CPU cores)")
     p.add_argument("--synthetic-dir", help="where official-size synthetic files are kept (default: the cache)")
     p.add_argument("--data-dir", help="the real files for params/offline.yaml (default: $STMEDFM_DATA, ...)")
+    p.add_argument("--precision", action="store_true",
+                   help="instead: fp32 vs bf16 side by side (throughput, paper.yaml 1 seed), merged into the CSV")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved fp32/bf16 rounds of --precision (default 2)")
+    p.add_argument("--parity", nargs=2, metavar=("FP32_DIR", "BF16_DIR"),
+                   help="with --precision: summarise the paired parity of two study stores (fp32, bf16)")
+    p.add_argument("--sizes", nargs="?", const="all", metavar="28,64,128,224",
+                   help="instead: peak RSS and seconds per run of a reduced study at each image size, merged in")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="--sizes: fraction of the official split sizes (1.0: full files, ~16 GB at 224 px)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("beyond", help="run or resume a beyond study (variants of a study; params/beyond.yaml)")

@@ -194,3 +194,48 @@ def write_synthetic(
         out[info.flag] = target
     _merge_manifest(directory, entries)
     return out
+
+
+def write_synthetic_streaming(directory: str | os.PathLike, flag: str, size: int = 28, scale: float = 1.0,
+                              seed: int = 0, block: int = 256) -> Path:
+    """Write a synthetic ``{flag}_{size}.npz`` of ``scale`` x the official split sizes without ever holding it in
+    memory (MedMNIST+ ``pathmnist_224`` is about 16 GB): an uncompressed archive whose ``.npy`` members are
+    streamed in chunks; the images of each split repeat one generated block of ``block`` images (cost and memory
+    depend only on shapes and sizes). Listed in MANIFEST.json like :func:`write_synthetic`'s files, and, as
+    those, never to be reported as results. Refuses to overwrite a file not listed there as synthetic.
+    """
+    import zipfile
+
+    from stmedfm.io import atomic_path
+
+    directory = Path(directory).expanduser()
+    info = registry.get(flag)
+    registry.check_size(size)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / info.filename(size)
+    if target.is_file():
+        entry = data._manifest_entry(target)
+        if not (entry and entry.get("synthetic")):
+            raise StmedfmError(f"{target} exists and is not a synthetic file listed in {paths.MANIFEST_NAME}; "
+                               f"refusing to overwrite it. Write the synthetic files into another directory.")
+    sizes = split_sizes(info, scale=scale)
+    blocks = make_arrays(info, {s: max(info.n_classes, min(block, sizes[s])) for s in SPLITS}, size, seed)
+    shape = info.image_shape(size)
+    with atomic_path(target) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for s in SPLITS:
+                n, imgs = sizes[s], blocks[f"{s}_images"]
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                          "shape": (n, *shape)}
+                with zf.open(f"{s}_images.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array_header_2_0(fh, header)
+                    for start in range(0, n, len(imgs)):
+                        fh.write(imgs[: min(len(imgs), n - start)].tobytes())
+                labels = np.resize(blocks[f"{s}_labels"], (n, *blocks[f"{s}_labels"].shape[1:]))
+                with zf.open(f"{s}_labels.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.ascontiguousarray(labels), allow_pickle=False)
+    digests = data.file_digests(target, ("sha256", "md5"))
+    _merge_manifest(directory, [{"name": target.name, "flag": info.flag, "sha256": digests["sha256"],
+                                 "md5": digests["md5"], "bytes": target.stat().st_size, "n_samples": sizes,
+                                 "size": size, "seed": seed, "synthetic": True, "streamed": True}])
+    return target

@@ -127,3 +127,70 @@ def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_pa
     assert len(ops) == 5 and list(ops["seconds"]) == sorted(ops["seconds"], reverse=True)
     assert not ops["item"].str.startswith("phase: ").any()  # annotations are phases, not operators
     assert ops["item"].str.contains("convolution").any()  # the convolutions are where the time goes
+
+
+# --------------------------------------------------------------------------------------------- fp32 vs bf16, sizes
+def test_precision_bench_says_so_instead_of_timing_without_native_bf16(tmp_path, monkeypatch):
+    from stmedfm import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda *a, **k: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(bench, "_measure", lambda payload: pytest.fail("bf16 must not be timed here"))
+    out = tmp_path / "bench.csv"
+    pd.DataFrame([bench._row("kept row", 1.0, 2.0, "s", "m")]).to_csv(out, index=False)
+    frame = bench.run_precision_bench(quick=True, out=out, log=lambda *a: None)
+    assert len(frame) == 5 and frame["ours"].isna().all()
+    assert all("not timed: this CPU has no native bf16 (avx2; none of amx_bf16, avx512_bf16)" in m
+               for m in frame["measure"])
+    merged = pd.read_csv(out)
+    assert list(merged["measure"])[0] == "kept row" and len(merged) == 6  # merged, not overwritten
+
+
+def test_merge_rows_replaces_rows_of_the_same_measure(tmp_path):
+    out = tmp_path / "b.csv"
+    bench.merge_rows(out, pd.DataFrame([bench._row("a", 1.0, None, "s", "m"), bench._row("b", 2.0, None, "s", "m")]))
+    merged = bench.merge_rows(out, pd.DataFrame([bench._row("b", 3.0, None, "s", "m")]))
+    assert list(merged["measure"]) == ["a", "b"] and merged["ours"].tolist() == [1.0, 3.0]
+
+
+def _store(root, values):
+    rows = []
+    for (task, strategy, seed), (auroc, acc, ece) in values.items():
+        for metric, v in (("macro_auroc", auroc), ("accuracy", acc), ("ece", ece)):
+            rows.append({"experiment": "transfer", "task": task, "strategy": strategy, "seed": seed,
+                         "metric": metric, "value": v})
+    root.mkdir()
+    pd.DataFrame(rows).to_csv(root / "metrics.csv", index=False)
+    return root
+
+
+def test_parity_table_pairs_runs_and_gives_mean_and_ci(tmp_path):
+    fp32 = {("t", "full", s): (0.80 + 0.01 * s, 0.5, 0.05) for s in range(4)}
+    bf16 = {("t", "full", s): (0.80 + 0.01 * s + d, 0.5, 0.05) for s, d in zip(range(4), (0.002, -0.001, 0.003, 0.0))}
+    bf16[("t", "full", 9)] = (0.1, 0.1, 0.1)  # unpaired: ignored
+    table = bench.parity_table(_store(tmp_path / "a", fp32), _store(tmp_path / "b", bf16))
+    auroc = table[table["metric"] == "macro_auroc"].iloc[0]
+    assert auroc["n_pairs"] == 4 and auroc["mean_delta"] == pytest.approx(0.001)
+    half = 3.182446305284263 * np.std([0.002, -0.001, 0.003, 0.0], ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert auroc["ci_low"] == pytest.approx(0.001 - half) and auroc["ci_high"] == pytest.approx(0.001 + half)
+    assert auroc["ci_contains_0"] and auroc["max_abs_delta"] == pytest.approx(0.003)
+    acc = table[table["metric"] == "accuracy"].iloc[0]
+    assert acc["mean_delta"] == 0 and acc["ci_contains_0"]
+    rows = pd.DataFrame(bench.parity_rows(table, "m", "x"))
+    assert rows["measure"].str.contains("largest \\|mean delta AUROC\\| \\(t full\\)").any()
+    cells = rows[rows["unit"] == "cells"]
+    assert (cells["ours"] == 1).all() and (cells["baseline"] == 1).all()
+
+
+def test_streamed_synthetic_file_loads_like_any_other(tmp_path):
+    from stmedfm import synthetic
+
+    path = synthetic.write_synthetic_streaming(tmp_path, "pathmnist", size=64, scale=0.002, block=12)
+    assert path.name == "pathmnist_64.npz" and D.verify(path, "pathmnist", 64) == "manifest"
+    task = D.load_task("pathmnist", size=64, data_dir=tmp_path)
+    assert task["train"].images.shape == (180, 3, 64, 64) and len(task["test"]) == 14  # 0.002 x official, >= 9
+    assert torch.equal(task["train"].images[12:24], task["train"].images[:12])  # the block repeats
+    assert set(task["val"].labels.tolist()) <= set(range(9))
+    (tmp_path / "pathmnist_64.npz").write_bytes(b"not synthetic")
+    (tmp_path / "MANIFEST.json").unlink()
+    with pytest.raises(Exception, match="refusing to overwrite"):
+        synthetic.write_synthetic_streaming(tmp_path, "pathmnist", size=64, scale=0.002)
