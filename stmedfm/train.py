@@ -297,6 +297,19 @@ def _forward(model: STMedFM, batch: torch.Tensor, task: str, dev: torch.device, 
         return model(D.to_float(batch).to(dev), task).float().cpu()
 
 
+#: Evaluation batches hold at most this much of first-layer activations (2D: 32 channels, 3D: 16, fp32). At 28 px
+#: (and 2D at 64 px) the configured batch sizes stay far below it, so nothing changes there; at 224 px a 2D batch of
+#: 256 would need 1.6 GB per activation tensor, so it is split into batches of 40: memory stays flat in image size.
+EVAL_ACTIVATION_BYTES = 256 << 20
+
+
+def eval_batch_size(cfg: StudyConfig, task: str, image_shape: tuple[int, ...]) -> int:
+    """The evaluation batch of ``task``: the configured one, capped by :data:`EVAL_ACTIVATION_BYTES`."""
+    channels = 16 if registry.get(task).dim == 3 else 32
+    per_sample = channels * math.prod(image_shape[-3:] if registry.get(task).dim == 3 else image_shape[-2:]) * 4
+    return max(1, min(cfg.eval_batch_size(task), EVAL_ACTIVATION_BYTES // per_sample))
+
+
 def eval_subset(n: int, cfg: StudyConfig, task: str, split: str) -> torch.Tensor | None:
     """The fixed evaluation subset of smoke runs (``eval_max_samples``); None = the whole split."""
     if cfg.eval_max_samples is None or n <= cfg.eval_max_samples:
@@ -401,7 +414,8 @@ def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskD
         rows = None if sub is None else hashlib.sha1(sub.numpy().tobytes()).hexdigest()
         reuse = (s.images, spec.task, split, rows)
         with torch.profiler.record_function(PHASE_EVALUATE):
-            logits[split] = predict_logits(model, spec.task, images, cfg.eval_batch_size(spec.task), reuse=reuse,
+            ebs = eval_batch_size(cfg, spec.task, tuple(images.shape[1:]))
+            logits[split] = predict_logits(model, spec.task, images, ebs, reuse=reuse,
                                            precision=precision_of(cfg, next(model.parameters()).device))
         labels[split] = y.numpy()
     with torch.profiler.record_function(PHASE_METRICS):

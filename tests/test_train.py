@@ -120,3 +120,16 @@ def test_loss_log_normalisation_values():
     assert loss_fn(logits, torch.tensor([0]), pool, log_normalise=True).item() == pytest.approx(0.320503, abs=1e-6)
     # binary task (C = 2): divided by log 2
     assert loss_fn(torch.zeros(1, 2), torch.tensor([1]), pool, log_normalise=True).item() == pytest.approx(1.0)
+
+
+def test_eval_batches_are_capped_only_where_activations_would_grow():
+    from stmedfm.train import EVAL_ACTIVATION_BYTES, eval_batch_size
+
+    cfg = StudyConfig()
+    # 28 px (every committed result) and 2D 64 px: the configured batches, unchanged
+    assert eval_batch_size(cfg, "pathmnist", (3, 28, 28)) == 256 == eval_batch_size(cfg, "pathmnist", (3, 64, 64))
+    assert eval_batch_size(cfg, "organmnist3d", (1, 28, 28, 28)) == 32
+    # 224 px: 256 images would need 1.6 GB per first-layer activation; capped so a batch stays within the budget
+    b = eval_batch_size(cfg, "pathmnist", (3, 224, 224))
+    assert b == 41 and b * 32 * 224 * 224 * 4 <= EVAL_ACTIVATION_BYTES
+    assert eval_batch_size(cfg, "organmnist3d", (1, 64, 64, 64)) == 16
