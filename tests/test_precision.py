@@ -12,7 +12,7 @@ from stmedfm import precision as P
 from stmedfm import paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import plan, run_id, run_study
+from stmedfm.study import official_data, plan, run_id, run_study
 from stmedfm.train import RunSpec, run_downstream
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
@@ -71,10 +71,11 @@ def test_fp32_run_ids_of_committed_results_are_unchanged():
     root = paths.project_root() / "results" / "offline"
     cfg = StudyConfig.load(root / "config.yaml")
     committed = set(pd.read_csv(root / "runs.csv")["run_id"])
-    ids = {run_id(cfg, p.spec) for p in plan(cfg)}
+    data = official_data(cfg)
+    ids = {run_id(cfg, p.spec, data) for p in plan(cfg)}
     assert committed and committed <= ids
-    assert ids == {run_id(cfg.replace(precision="fp32"), p.spec) for p in plan(cfg)}
-    bf16 = {run_id(cfg.replace(precision="bf16"), p.spec) for p in plan(cfg)}
+    assert ids == {run_id(cfg.replace(precision="fp32"), p.spec, data) for p in plan(cfg)}
+    bf16 = {run_id(cfg.replace(precision="bf16"), p.spec, data) for p in plan(cfg)}
     assert len(bf16) == len(ids) and not bf16 & ids  # bf16 runs (and their checkpoints) are other runs
 
 
@@ -87,8 +88,10 @@ def test_auto_enters_the_identity_as_what_it_resolves_to(monkeypatch, flags, sam
         cfg = StudyConfig(pretrain_tasks=["bloodmnist"], downstream_tasks=["bloodmnist"], strategies=["full"],
                           fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[], extended_tasks=[],
                           calibration_task=None)
-        spec = plan(cfg)[0].spec
-        assert run_id(cfg.replace(precision="auto"), spec) == run_id(cfg.replace(precision=same_as), spec)
+        spec, data = plan(cfg)[0].spec, official_data(cfg)
+        assert run_id(cfg.replace(precision="auto"), spec, data) == run_id(cfg.replace(precision=same_as), spec, data)
+        assert run_id(cfg.replace(precision="auto"), spec, data) != run_id(
+            cfg.replace(precision={"fp32": "bf16", "bf16": "fp32"}[same_as]), spec, data)
     finally:
         P._resolved_name.cache_clear()
 
@@ -132,6 +135,7 @@ def test_bf16_study_end_to_end(synthetic_dir, tmp_path):
     metrics = store.table("metrics")
     assert len(metrics) and np.isfinite(metrics["value"]).all()
     state = torch.load(next(Path(tmp_path / "bf16" / "checkpoints").glob("*.pt")), weights_only=True)
+    state = state.get("state_dict", state)  # checkpoints name their job: {'job_id', 'state_dict', 'provenance'}
     assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())  # fp32 weights
     fp32 = run_study(_cfg(synthetic_dir), out=tmp_path / "fp32", progress=False).table("runs")
     assert not set(fp32["run_id"]) & set(store.table("runs")["run_id"])
