@@ -504,7 +504,7 @@ def _measure(payload: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 def machine() -> str:
     """CPU model with its relevant ISA flags (AVX2, AVX-512, bf16, AMX), cores, memory, torch and Python."""
-    from stmedfm.precision import cpu_model, isa_summary
+    from stmedfm.provenance import cpu_model, isa_summary
 
     cpu = f"{cpu_model()} ({isa_summary()})"
     mem = ""
@@ -515,6 +515,21 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
+
+
+def _begin(what: str, quick: bool, workers: int | None, out, log) -> tuple[int, str, Path, float | None]:
+    """(workers, machine, output path, load average) of a bench run, after saying what runs where and warning on a
+    busy machine."""
+    from stmedfm.study import default_workers
+
+    workers = workers or default_workers()
+    mach = machine()
+    out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
+    log(f"stmedfm bench{what}{' --quick' if quick else ''} on {mach}; {workers} workers")
+    load = _load()
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores): timings are contended")
+    return workers, mach, out, load
 
 
 def _load() -> float | None:
@@ -547,14 +562,8 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
     from stmedfm.io import atomic_write_text
     from stmedfm.study import default_workers
 
-    workers = workers or default_workers()
-    mach = machine()
-    out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
+    workers, mach, out, load = _begin("", quick, workers, out, log)
     rows: list[dict] = []
-    log(f"stmedfm bench{' --quick' if quick else ''} on {mach}; {workers} workers")
-    load = _load()
-    if load is not None and load > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores): timings are contended")
     log("Synthetic files of the official shapes stand in for the missing paper files: compute does not depend "
         "on pixel values, only on shapes and sizes.")
     with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
@@ -693,22 +702,18 @@ def run_precision_bench(quick: bool = False, out: str | os.PathLike | None = Non
     the paper protocol at 1 seed, run interleaved fp32, bf16, bf16, fp32 ... (``rounds`` each; the fastest kept).
     On a CPU without native bf16 the rows say so instead of timing an emulation. ``parity`` (the fp32 and bf16
     stores of the same study) adds the parity summary rows (:func:`parity_rows`)."""
+    from stmedfm import precision
     from stmedfm.precision import NATIVE_CPU_FLAGS, isa_summary, native_cpu_bf16
     from stmedfm.study import default_workers
 
-    workers = workers or default_workers()
-    mach = machine()
-    out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
+    workers, mach, out, load = _begin(" --precision", quick, workers, out, log)
     rows: list[dict] = []
-    log(f"stmedfm bench --precision{' --quick' if quick else ''} on {mach}; {workers} workers")
-    load = _load()
-    if load is not None and load > 0.5 * (os.cpu_count() or 1):
-        log(f"warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores): timings are contended")
     paper = str(paths.params_dir() / "paper.yaml")
     name = "paper.yaml quick subset (tiny), 1 seed" if quick else "paper.yaml, 1 seed"
-    native = native_cpu_bf16()
+    flags = precision.cpu_flags()
+    native = native_cpu_bf16(flags)
     if not native:
-        note = f"not timed: this CPU has no native bf16 ({isa_summary()}; none of {', '.join(NATIVE_CPU_FLAGS)})"
+        note = f"not timed: this CPU has no native bf16 ({isa_summary(flags)}; none of {', '.join(NATIVE_CPU_FLAGS)})"
         log(note)
         for label in PRECISION_LABELS.values():
             rows.append(_row(f"{label}: bf16 vs fp32, {note}", np.nan, None, "samples/s", mach))

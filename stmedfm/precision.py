@@ -32,12 +32,11 @@ from pathlib import Path
 import torch
 
 from stmedfm.errors import StmedfmError
+from stmedfm.provenance import ISA_FLAGS, cpu_flags, cpu_model, isa_summary  # noqa: F401  (one definition, there)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  #: fp16 is CUDA only (what ``auto`` picks on a T4)
 #: CPU flags (as in /proc/cpuinfo) that count as native bf16 for ``auto``; see the module docstring
 NATIVE_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-#: flags worth naming in the ``machine`` column of ``results/bench.csv``
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -70,40 +69,10 @@ class Precision:
         return f"{self.name} on {self.device_type} (asked: {self.requested}; {self.reason})"
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty when unknown (then nothing counts as native)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    import platform
-
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def native_cpu_bf16(flags: frozenset[str] | None = None) -> str | None:
     """The flag that makes bf16 native on this CPU (see :data:`NATIVE_CPU_FLAGS`), or None."""
     flags = cpu_flags() if flags is None else flags
     return next((f for f in NATIVE_CPU_FLAGS if f in flags), None)
-
-
-def isa_summary(flags: frozenset[str] | None = None) -> str:
-    """The relevant ISA flags present, e.g. 'avx2 avx512f avx512_bf16', for the bench's machine column."""
-    flags = cpu_flags() if flags is None else flags
-    return " ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
 
 
 def _cuda_capability(device) -> tuple[int, int]:

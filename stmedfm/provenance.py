@@ -18,35 +18,39 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_model", "cpu_flags", "machine", "git_commit", "software"]
+__all__ = ["ISA_FLAGS", "cpu_model", "cpu_flags", "isa_summary", "machine", "git_commit", "software"]
 
-#: CPU flags that decide which kernels run (and how fast bf16 is); recorded with the machine.
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+#: CPU flags worth naming with a machine: they decide which kernels run, and how fast bf16 is.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> dict[str, str]:
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty when unknown."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path(cpuinfo).read_text()
     except OSError:
-        return {}
-    out: dict[str, str] = {}
+        return frozenset()
     for line in text.splitlines():
-        if ":" in line:
-            key, value = (part.strip() for part in line.split(":", 1))
-            out.setdefault(key, value)  # the first processor's
-    return out
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU model name ('AMD EPYC', 'Intel(R) Xeon(R) Platinum 8481C', ...)."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cpu_flags() -> list[str]:
-    """Those of :data:`ISA_FLAGS` this CPU has."""
-    flags = set(_cpuinfo().get("flags", "").split())
-    return [f for f in ISA_FLAGS if f in flags]
+def isa_summary(flags: frozenset[str] | None = None) -> str:
+    """The flags of :data:`ISA_FLAGS` present, e.g. 'avx2 avx512f avx512_bf16'."""
+    flags = cpu_flags() if flags is None else flags
+    return " ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
 
 
 def machine(device: str | torch.device | None = None) -> str:
@@ -58,8 +62,7 @@ def machine(device: str | torch.device | None = None) -> str:
         isa = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):
         isa = "unknown"
-    flags = cpu_flags()
-    return f"{cpu_model()}; ATen {isa}" + (f"; {' '.join(flags)}" if flags else "")
+    return f"{cpu_model()}; ATen {isa}; {isa_summary()}"
 
 
 @functools.lru_cache(maxsize=1)
