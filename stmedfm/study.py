@@ -220,6 +220,11 @@ MARKER = "store.json"
 PROVENANCE = ("data", "machine", "pretrain_machine", "stmedfm", "git_commit", "torch")
 
 
+#: Columns a tidy table of the store must have to be read at all.
+TABLE_COLUMNS = {"metrics": ("run_id", "experiment", "variant", "task", "strategy", "seed", "metric", "value"),
+                 "runs": ("run_id", "experiment", "variant", "task", "strategy", "seed")}
+
+
 class StoreWarning(UserWarning):
     """A damaged file of a result store was set aside (moved to quarantine/) and will be recomputed."""
 
@@ -473,10 +478,16 @@ class ResultStore:
         if not path.is_file():
             raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
         try:
-            return pd.read_csv(path)
+            frame = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
-            raise StmedfmError(f"'{path}' is damaged ({type(exc).__name__}); the tables are rebuilt from the runs by "
-                               f"`stmedfm study PARAMS --out {self.root}`.") from None
+            frame, problem = None, type(exc).__name__
+        else:
+            missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in frame.columns]
+            problem = f"no column {missing[0]!r}" if missing else None
+        if problem:
+            raise StmedfmError(f"'{path}' is damaged ({problem}); the tables are rebuilt from the runs by "
+                               f"`stmedfm study PARAMS --out {self.root}`.")
+        return frame
 
     def notices(self) -> list[str]:
         """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from

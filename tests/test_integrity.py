@@ -342,3 +342,14 @@ def test_an_unmarked_store_is_taken_as_real_and_refuses_synthetic_runs(synthetic
     with pytest.raises(StmedfmError, match="is an unmarked store, taken to hold real data"):
         run_study(mini(synthetic_dir), out=legacy, progress=False)
     assert (legacy / "metrics.csv").read_text() == "kept\n"
+
+
+def test_a_damaged_table_is_named_not_a_traceback(tmp_path, capsys):
+    store = tmp_path / "S"
+    shutil.copytree(ROOT / "results" / "offline_label_safe", store)
+    (store / "metrics.csv").write_text("garbage,x\n")
+    assert main(["tables", str(store)]) == 2
+    assert "metrics.csv' is damaged (no column 'run_id')" in capsys.readouterr().err
+    (store / "metrics.csv").write_bytes(b"\xff\xfe\x00")
+    assert main(["tables", str(store)]) == 2
+    assert "metrics.csv' is damaged" in capsys.readouterr().err
