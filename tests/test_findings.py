@@ -111,4 +111,4 @@ def test_flips_are_never_compared_across_machines(tmp_path):
     assert findings.flips_block(tmp_path / "a", tmp_path / "b").startswith("Not compared: `a` and `b` were computed on "
                                                                            "different machines")
     same = findings.flips_block(tmp_path / "a", tmp_path / "a")
-    assert "label-safe better in 0 of 5 seeds" in same  # a store against itself: no seed is better
+    assert "label-safe better in 0 of 20 seeds" in same  # a store against itself: no seed is better
