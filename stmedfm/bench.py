@@ -560,7 +560,6 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
               log=print) -> pd.DataFrame:
     """Run every measure, write ``out`` (default ``results/bench.csv``) atomically, return the table."""
     from stmedfm.io import atomic_write_text
-    from stmedfm.study import default_workers
 
     workers, mach, out, load = _begin("", quick, workers, out, log)
     rows: list[dict] = []
@@ -703,8 +702,8 @@ def run_precision_bench(quick: bool = False, out: str | os.PathLike | None = Non
     On a CPU without native bf16 the rows say so instead of timing an emulation. ``parity`` (the fp32 and bf16
     stores of the same study) adds the parity summary rows (:func:`parity_rows`)."""
     from stmedfm import precision
-    from stmedfm.precision import NATIVE_CPU_FLAGS, isa_summary, native_cpu_bf16
-    from stmedfm.study import default_workers
+    from stmedfm.precision import NATIVE_CPU_FLAGS, native_cpu_bf16
+    from stmedfm.provenance import isa_summary
 
     workers, mach, out, load = _begin(" --precision", quick, workers, out, log)
     rows: list[dict] = []

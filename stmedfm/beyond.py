@@ -48,7 +48,7 @@ from stmedfm.config import StudyConfig
 from stmedfm.config import notebook_overrides, read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
-from stmedfm.study import ResultStore, data_kind, plan, preflight, run_id, run_study, study_data
+from stmedfm.study import ResultStore, plan, run_id, run_study, study_data
 
 __all__ = ["Beyond", "load", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
@@ -190,10 +190,7 @@ def run(study: Beyond, workers: int | None = None, progress: bool = True) -> dic
     """Run (or resume) every variant, then aggregate; returns the aggregated tables."""
     for variant, cfg in study.configs.items():
         store = ResultStore(study.root / variant)
-        store.check_claim(cfg, None)
-        preflight(cfg)
-        data = study_data(cfg)
-        store.claim(cfg, data_kind(data))
+        data = store.open(cfg)
         _share(study, variant, data)
         run_study(cfg, out=store.root, progress=progress, workers=workers)
     return aggregate(study)

@@ -205,12 +205,9 @@ def reference_block(results: str | Path) -> str:
     """The README's reference-results block, from the store's committed tables only: the AUROC table (Table 7,
     mean ± 95 % CI, the paper's single run in brackets), the claims with their tests and verdicts, and how many
     paper cells one run of ours would plausibly produce."""
-    from stmedfm.study import ResultStore
     from stmedfm.tables import cell
 
     root = Path(results)
-    store = ResultStore(root)
-    cfg = store.config()
     claims = pd.read_csv(root / "claims.csv")
     single = pd.read_csv(root / "paper_single_run.csv")
     t7 = pd.read_csv(root / "tables" / "table7_auroc.csv")
@@ -282,7 +279,7 @@ def flips_block(label_safe: str | Path, reference: str | Path, task: str = "orga
             seeds = a.index.intersection(b.index)
             if len(seeds) < 2:
                 continue
-            (ma, la, ha), (mb, lb, hb) = stats.mean_ci(a.loc[seeds]), stats.mean_ci(b.loc[seeds])
+            (ma, _, ha), (mb, _, hb) = stats.mean_ci(a.loc[seeds]), stats.mean_ci(b.loc[seeds])
             better = int((a.loc[seeds] > b.loc[seeds]).sum())
             parts.append(f"{metric.replace('macro_', '').replace('auroc', 'AUROC')} {mb:.3f} ± {hb - mb:.3f} → "
                          f"{ma:.3f} ± {ha - ma:.3f} (label-safe better in {better} of {len(seeds)} seeds)")

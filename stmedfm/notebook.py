@@ -257,7 +257,7 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     exists; while runs compute, a progress bar (tqdm.auto: a widget in Jupyter) counts them, and one summary line
     says how many runs were reused and computed.
     """
-    from stmedfm.study import ResultStore, plan, preflight, run_id, run_study, study_data
+    from stmedfm.study import ResultStore, plan, run_id, run_study
     from stmedfm.studyname import check, claim
 
     cfg = config(params, namespace)
@@ -267,8 +267,7 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     check(cfg, source)  # before anything is downloaded or written: a folder of this study, of this parameter file
     ensure_data(cfg)
     store = ResultStore(claim(cfg, source))
-    preflight(cfg)
-    data = study_data(cfg)
+    data = store.open(cfg)
     ids = {run_id(cfg, p.spec, data) for p in plan(cfg)}
     before = sum(store.has_run(r) for r in ids)
     if before < len(ids):

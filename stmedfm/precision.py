@@ -27,12 +27,11 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from stmedfm.errors import StmedfmError
-from stmedfm.provenance import ISA_FLAGS, cpu_flags, cpu_model, isa_summary  # noqa: F401  (one definition, there)
+from stmedfm.provenance import cpu_flags  # one definition, there
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  #: fp16 is CUDA only (what ``auto`` picks on a T4)
 #: CPU flags (as in /proc/cpuinfo) that count as native bf16 for ``auto``; see the module docstring

@@ -308,6 +308,16 @@ class ResultStore:
                 raise StmedfmError(f"Cannot create the result folder '{self.root}' ({exc.strerror or exc}); pass a "
                                    f"writable --out.") from None
 
+    def open(self, cfg: StudyConfig) -> dict[str, D.FileIdentity]:
+        """The one way into a store before computing: refuse a folder that is not this study's (before anything is
+        downloaded or written), :func:`preflight` (files present, downloaded when ``cfg.download``), then claim it
+        for the kind of data the study reads. Returns the study's data identities."""
+        self.check_claim(cfg, None)
+        preflight(cfg)
+        data = study_data(cfg)
+        self.claim(cfg, data_kind(data))
+        return data
+
     @contextlib.contextmanager
     def locked(self):
         """Hold the store for one study at a time (an advisory lock on its marker; a no-op without fcntl)."""
@@ -637,8 +647,8 @@ def _offline_advice(cfg: StudyConfig) -> str:
             D.locate(task, size=other.image_size, data_dir=cfg.data_dir)
     except StmedfmError:
         return ""
-    return (f" The files of the offline protocol are here: `make quick` runs it at one seed in minutes, "
-            f"`make study PARAMS=params/offline.yaml` in full.")
+    return (" The files of the offline protocol are here: `make quick` runs it at one seed in minutes, "
+            "`make study PARAMS=params/offline.yaml` in full.")
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
@@ -730,13 +740,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     the pool. Scratch runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is
     written. The numbers do not depend on any of this.
     """
-    from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
-
     store = ResultStore(out or paths.results_dir(cfg.study))
-    store.check_claim(cfg, None)  # before anything is downloaded or written
-    preflight(cfg)
-    data = study_data(cfg)
-    store.claim(cfg, data_kind(data))
+    data = store.open(cfg)
     with store.locked():
         store.remove_partial_writes()
         _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(), scheduler)

@@ -74,12 +74,11 @@ def claim(cfg: StudyConfig, params: str | os.PathLike | None, out: str | os.Path
     """:func:`check`, then, for a store without a record, mark it (after :func:`stmedfm.study.preflight`: its
     files are present, downloaded when ``cfg.download``) and record ``params`` as its owner. A store without a
     record (the committed reference results, older stores) is adopted by the first file that runs into it."""
-    from stmedfm.study import ResultStore, data_kind, preflight, study_data
+    from stmedfm.study import ResultStore
 
     root = check(cfg, params, out)
     if owner(root) is None:
-        preflight(cfg)
-        ResultStore(root).claim(cfg, data_kind(study_data(cfg)))
+        ResultStore(root).open(cfg)
         atomic_write_text(root / SOURCE_FILE, yaml.safe_dump({"study": cfg.study, "params": source_name(params)},
                                                              sort_keys=False))
     return root

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from stmedfm import strategies
 from stmedfm.stats import mean_ci

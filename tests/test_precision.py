@@ -59,10 +59,12 @@ def test_explicit_choices_and_errors():
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     f = tmp_path / "cpuinfo"
     f.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n")
+    from stmedfm import provenance
+
     flags = P.cpu_flags(f)
     assert {"avx2", "avx512_bf16", "amx_bf16"} <= flags
-    assert P.native_cpu_bf16(flags) == "amx_bf16" and P.cpu_model(f) == "Some CPU"
-    assert P.isa_summary(flags) == "avx2 avx512_bf16 amx_bf16"
+    assert P.native_cpu_bf16(flags) == "amx_bf16" and provenance.cpu_model(f) == "Some CPU"
+    assert provenance.isa_summary(flags) == "avx2 avx512_bf16 amx_bf16"
     assert P.cpu_flags(tmp_path / "missing") == frozenset()
 
 
