@@ -30,6 +30,13 @@ The *transfer gap* of a pretrained strategy is its AUROC minus Scratch's AUROC o
 same budget); negative = negative transfer. Hypothesis contrasts compare the gap of two variants, paired over
 seeds, after averaging it over the budget grid (one number per seed: the mean AUROC across budgets, i.e. the
 normalised area under the AUROC-vs-budget curve), so each (contrast, strategy) is one test.
+
+Verdicts (decision, as for the reference claims in :mod:`stmedfm.findings`): one hypothesis is one family — its
+contrasts x strategies are Holm-adjusted together, not with the other hypotheses' tests — and each test gets the
+verdict of :func:`stmedfm.stats.verdict` (Holm p < 0.05 and the sign its hypothesis predicts: supported; the
+other sign: contradicted; else inconclusive). A hypothesis is *supported* when at least one of its tests is and
+none contradicts it, *contradicted* in the mirror case, *mixed* when both occur, else *inconclusive*. Every
+sentence names its number of seeds, so a contrast kept at fewer seeds (``budget_seeds``) says so.
 """
 
 from __future__ import annotations
@@ -327,13 +334,20 @@ def _per_seed_gap(metrics: pd.DataFrame, task: str, by_budget: bool = False) -> 
     return m.groupby(keys, sort=False)[["auroc", "gap"]].mean().reset_index()
 
 
-def _family(rows: list[dict], family: str) -> pd.DataFrame:
+def _family(rows: list[dict], family: str, holm_by: str | None = None) -> pd.DataFrame:
+    """The rows of one family with Holm-adjusted p (within the family, or within each value of ``holm_by``: one
+    hypothesis's contrasts are one family of tests, whatever other hypotheses are tested beside it) and the
+    verdict of each row (:func:`stmedfm.stats.verdict`)."""
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     frame.insert(0, "family", family)
-    frame["p_holm"] = stats.holm(frame["p_two_sided"])
+    groups = frame.groupby(holm_by, sort=False).groups.values() if holm_by else [frame.index]
+    frame["p_holm"] = np.nan
+    for idx in groups:
+        frame.loc[idx, "p_holm"] = stats.holm(frame.loc[idx, "p_two_sided"])
     frame["p_floor"] = frame["n"].map(stats.min_two_sided_p)
+    frame["verdict"] = [stats.verdict(m, p) for m, p in zip(frame["mean_diff"], frame["p_holm"])]
     return frame
 
 
@@ -384,7 +398,8 @@ def comparisons(study: Beyond, metrics: pd.DataFrame) -> pd.DataFrame:
                 rows.append({"task": task, "hypothesis": c.get("hypothesis", ""), "variant": c["a"],
                              "strategy": strategy, "a": c["a"], "b": c["b"], "value": "gap", **_pair(a, b)})
         # on the dominant task the same contrasts measure what re-balancing pretraining costs it
-        frames.append(_family(rows, f"{'hypotheses' if task == study.small_task else 'rebalancing'}:{task}"))
+        frames.append(_family(rows, f"{'hypotheses' if task == study.small_task else 'rebalancing'}:{task}",
+                              holm_by="hypothesis"))
     frac = metrics[(metrics["experiment"] == "data_efficiency") & (metrics["metric"] == METRIC)]
     for (variant, task), sub in frac.groupby(["variant", "task"], sort=False):
         rows = []
@@ -484,23 +499,36 @@ def write_tables(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def hypothesis_summary(comp: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per hypothesis: how many (contrast x strategy) tests favour it (CI of the gap change above 0), go against
-    it (below 0) or are undecided, and the mean gap change. Every contrast is written so that its hypothesis
-    predicts a positive difference."""
-    sub = comp[comp["family"] == f"hypotheses:{task}"] if not comp.empty else comp
+def hypothesis_summary(comp: pd.DataFrame, task: str, family: str = "hypotheses") -> pd.DataFrame:
+    """Per hypothesis: how many (contrast x strategy) tests its family's Holm-adjusted verdicts call supported,
+    contradicted or inconclusive, the hypothesis's verdict (module docstring), the mean gap change, the smallest
+    Holm p, the seed pairs (min and max n) and how many pairs are positive. Every contrast is written so that its
+    hypothesis predicts a positive difference."""
+    cols = ["hypothesis", "tests", "supported", "contradicted", "inconclusive", "verdict", "mean_change",
+            "min_p_holm", "pos_pairs", "pairs", "n_min", "n_max"]
+    sub = comp[comp["family"] == f"{family}:{task}"] if not comp.empty else comp
     if sub.empty:
-        return pd.DataFrame(columns=["hypothesis", "tests", "favour", "against", "undecided", "mean_change",
-                                     "min_p_holm", "pos_pairs", "pairs"])
+        return pd.DataFrame(columns=cols)
     rows = []
     for h, hs in sub.groupby("hypothesis", sort=False):
-        favour = int((hs["ci_low"] > 0).sum())
-        against = int((hs["ci_high"] < 0).sum())
-        rows.append({"hypothesis": h, "tests": len(hs), "favour": favour, "against": against,
-                     "undecided": len(hs) - favour - against, "mean_change": float(hs["mean_diff"].mean()),
-                     "min_p_holm": float(hs["p_holm"].min()), "pos_pairs": int(hs["n_pos"].sum()),
-                     "pairs": int(hs["n"].sum())})
-    return pd.DataFrame(rows)
+        counts = {v: int((hs["verdict"] == v).sum()) for v in ("supported", "contradicted", "inconclusive")}
+        overall = ("mixed" if counts["supported"] and counts["contradicted"] else "supported" if counts["supported"]
+                   else "contradicted" if counts["contradicted"] else "inconclusive")
+        rows.append({"hypothesis": h, "tests": len(hs), **counts, "verdict": overall,
+                     "mean_change": float(hs["mean_diff"].mean()), "min_p_holm": float(hs["p_holm"].min()),
+                     "pos_pairs": int(hs["n_pos"].sum()), "pairs": int(hs["n"].sum()),
+                     "n_min": int(hs["n"].min()), "n_max": int(hs["n"].max())})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _seeds(summary_row) -> str:
+    n_min, n_max = int(summary_row.n_min), int(summary_row.n_max)
+    return f"{n_min} seeds" if n_min == n_max else f"{n_min}-{n_max} seeds"
+
+
+def _test(r) -> str:
+    return (f"{r.a} vs {r.b} {r.strategy} {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] "
+            f"(Holm p {r.p_holm:.2g})")
 
 
 def findings(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[str]:
@@ -521,36 +549,26 @@ def findings(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[str]:
         for r in best.itertuples():
             lines.append(f"Largest gap on {task}: {r.variant} + {r.strategy}, {r.mean_diff:+.3f} "
                          f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r.n_pos}/{r.n} seeds > 0).")
-    summary = hypothesis_summary(comp, study.small_task)
-    for r in summary.itertuples():
-        lines.append(f"Hypothesis '{r.hypothesis}' on {study.small_task}: {r.favour}/{r.tests} contrast x strategy "
-                     f"tests favour it (95 % CI of the gap change > 0), {r.against} go against it, "
-                     f"mean gap change {r.mean_change:+.3f} AUROC; {r.pos_pairs}/{r.pairs} seed pairs positive; "
-                     f"smallest Holm p {r.min_p_holm:.3g}.")
-    if not summary.empty:
-        ranked = summary.assign(score=summary["favour"] - summary["against"]).sort_values(
-            ["score", "mean_change"], ascending=False)
-        top = ranked.iloc[0]
-        if top["favour"] == 0:
-            lines.append("No hypothesis is supported: no contrast moves the transfer gap in its predicted direction "
-                         "with a 95 % CI excluding 0.")
-        else:
-            strength = ("strongly (every test favours it)" if top["favour"] == top["tests"] else
-                        "mostly (at least half of its tests favour it, fewer against)"
-                        if 2 * top["favour"] >= top["tests"] and top["against"] < top["favour"] else "weakly")
-            sub_n = int(comp.loc[comp["family"] == f"hypotheses:{study.small_task}", "n"].min())
-            floor = stats.min_two_sided_p(sub_n)
-            lines.append(f"Best-supported hypothesis: '{top['hypothesis']}', {strength}: {top['favour']}/{top['tests']} "
-                         f"tests favour it, {top['against']} against, mean gap change {top['mean_change']:+.3f} AUROC "
-                         f"(Wilcoxon floor with {int(sub_n)} pairs: two-sided p >= {floor:.4g}).")
-    reb = comp[comp["family"] == f"rebalancing:{study.dominant_task}"]
-    if not reb.empty:
-        parts = [f"{r.a} {r.strategy} {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in reb.itertuples()]
-        lines.append(f"Cost of re-balancing to the dominant task {study.dominant_task} (gap change vs {study.baseline}): "
-                     + "; ".join(parts) + ".")
+    for r in hypothesis_summary(comp, study.small_task).itertuples():
+        hs = comp[(comp["family"] == f"hypotheses:{study.small_task}") & (comp["hypothesis"] == r.hypothesis)]
+        decided = [f"{v} by " + "; ".join(_test(t) for t in hs[hs["verdict"] == v].itertuples())
+                   for v in ("supported", "contradicted") if (hs["verdict"] == v).any()]
+        lines.append(f"Hypothesis '{r.hypothesis}' on {study.small_task} ({r.tests} tests at {_seeds(r)}, Holm within "
+                     f"the hypothesis): **{r.verdict}** — " + "".join(f"{d}; " for d in decided)
+                     + f"{r.inconclusive} inconclusive; mean gap change {r.mean_change:+.3f} AUROC, "
+                     f"{r.pos_pairs}/{r.pairs} seed pairs positive, smallest Holm p {r.min_p_holm:.2g}.")
+    # on the dominant task the same contrasts measure what giving the small task more of pretraining costs it
+    for r in hypothesis_summary(comp, study.dominant_task, "rebalancing").itertuples():
+        hs = comp[(comp["family"] == f"rebalancing:{study.dominant_task}") & (comp["hypothesis"] == r.hypothesis)]
+        parts = [f"{t.a} vs {t.b} {t.strategy} {t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] "
+                 f"(Holm p {t.p_holm:.2g})" for t in hs.itertuples()]
+        moved = int((hs["verdict"] != "inconclusive").sum())
+        lines.append(f"Cost of re-balancing to the dominant task {study.dominant_task} ('{r.hypothesis}' contrasts, "
+                     f"gap change a - b at {_seeds(r)}): " + "; ".join(parts)
+                     + f"; {moved} of {r.tests} differ from 0 after Holm.")
     de = comp[comp["family"].str.startswith("data_efficiency:")]
     for (task, strategy), sub in de.groupby(["task", "strategy"], sort=False):
-        sig = sub[sub["p_holm"] < 0.05]
+        sig = sub[sub["p_holm"] < stats.ALPHA]
         n_up, n_down = int((sig["mean_diff"] > 0).sum()), int((sig["mean_diff"] < 0).sum())
         sub = sub.sort_values("fraction")
         diffs = ", ".join(f"{100 * r.fraction:g} %: {r.mean_diff:+.3f}" for r in sub.itertuples())

@@ -45,7 +45,7 @@ from stmedfm.io import atomic_write_csv
 __all__ = ["ALPHA", "DETECT", "CLAIMS", "Claim", "claims_table", "seeds_for_power", "prediction_interval",
            "paper_single_run", "reference_block", "write_findings"]
 
-ALPHA = 0.05
+ALPHA = stats.ALPHA
 DETECT = 0.01  #: the difference (AUROC or accuracy) the power analysis sizes the study for
 POWER = 0.8
 
@@ -143,8 +143,7 @@ def claims_table(cfg: StudyConfig, metrics: pd.DataFrame) -> pd.DataFrame:
     if out.empty:
         return out
     out.insert(out.columns.get_loc("p_t") + 1, "p_holm", stats.holm(out["p_wilcoxon"]))
-    out["verdict"] = [("supported" if e > 0 else "contradicted") if p < ALPHA else "inconclusive"
-                      for e, p in zip(out["estimate"], out["p_holm"])]
+    out["verdict"] = [stats.verdict(e, p) for e, p in zip(out["estimate"], out["p_holm"])]
     return out
 
 

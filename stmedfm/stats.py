@@ -29,7 +29,9 @@ from scipy import stats as st
 
 from stmedfm.errors import StmedfmError
 
-__all__ = ["holm", "rank_biserial", "mean_ci", "paired_test", "min_two_sided_p", "compare"]
+__all__ = ["ALPHA", "holm", "rank_biserial", "mean_ci", "paired_test", "min_two_sided_p", "compare", "verdict"]
+
+ALPHA = 0.05  #: the level of every verdict (:func:`verdict`)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -76,6 +78,16 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
         return mean, float("nan"), float("nan")
     half = float(st.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return mean, mean - half, mean + half
+
+
+def verdict(estimate: float, p_holm: float, alpha: float = ALPHA) -> str:
+    """The verdict rule of every paired claim, written once: *supported* when the Holm-adjusted two-sided p is
+    below ``alpha`` and the mean difference a - b is positive (each claim is written so that it predicts a > b),
+    *contradicted* when p < alpha and the difference is negative, *inconclusive* otherwise (including a p that
+    could not be computed)."""
+    if not (isinstance(p_holm, (int, float)) and p_holm < alpha) or estimate == 0 or math.isnan(estimate):
+        return "inconclusive"
+    return "supported" if estimate > 0 else "contradicted"
 
 
 def min_two_sided_p(n: int) -> float:

@@ -244,3 +244,34 @@ def test_data_efficiency_figure_has_percent_axis_and_one_line_per_strategy():
     np.testing.assert_allclose(lines["Scratch"].get_xdata(), [1, 10, 100])
     np.testing.assert_allclose(lines["Scratch"].get_ydata(), [0.505, 0.55, 1.0])
     assert ax.get_xscale() == "log" and "n = 4" in ax.get_title()
+
+
+def test_each_hypothesis_is_its_own_holm_family_with_verdicts():
+    """Gaps built by hand on 8 seeds: v2's gap is v1's + 0.1 (+ i/1000), v3's is v1's - 0.1 (- i/1000). Each
+    contrast then has 8 distinct positive (or negative) differences: exact two-sided Wilcoxon p = 2/2**8. Holm
+    within 'H1' (2 tests) doubles it; across all 3 tests it would be 3x."""
+    seeds = range(8)
+    rows = []
+    for seed in seeds:
+        scratch = 0.6 + 0.01 * seed
+        gaps = {"v1": 0.02 * (seed % 3), "v2": 0.02 * (seed % 3) + 0.1 + seed / 1000,
+                "v3": 0.02 * (seed % 3) - 0.1 - seed / 1000}
+        for v, gap in gaps.items():
+            for strategy, value in (("scratch", scratch), ("full", scratch + gap)):
+                rows.append(dict(experiment="budget", metric="macro_auroc", task="t", variant=v, strategy=strategy,
+                                 seed=seed, steps=10, value=value))
+    contrasts = [{"hypothesis": "H1", "a": "v2", "b": "v1"}, {"hypothesis": "H1", "a": "v3", "b": "v1"},
+                 {"hypothesis": "H2", "a": "v2", "b": "v3"}]
+    study = beyond.Beyond(name="x", configs={}, small_task="t", dominant_task="", baseline="v1", contrasts=contrasts)
+    comp = beyond.comparisons(study, pd.DataFrame(rows))
+    hyp = comp[comp["family"] == "hypotheses:t"].set_index(["a", "b"])
+    p = 2 / 2**8
+    assert hyp["p_two_sided"].tolist() == pytest.approx([p, p, p])
+    assert hyp["p_holm"].tolist() == pytest.approx([2 * p, 2 * p, p])
+    assert hyp["verdict"].tolist() == ["supported", "contradicted", "supported"]
+    summary = beyond.hypothesis_summary(comp, "t").set_index("hypothesis")
+    assert summary.loc["H1", ["supported", "contradicted", "inconclusive", "verdict"]].tolist() == [1, 1, 0, "mixed"]
+    assert summary.loc["H2", "verdict"] == "supported" and summary.loc["H2", "n_min"] == 8
+    lines = beyond.findings(study, {"comparisons": comp})
+    h2 = next(line for line in lines if line.startswith("Hypothesis 'H2'"))
+    assert "1 tests at 8 seeds" in h2 and "**supported**" in h2 and "v2 vs v3 full +0.207" in h2
