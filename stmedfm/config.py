@@ -134,10 +134,6 @@ class StudyConfig:
 
     # --- beyond the paper (stmedfm.beyond; off by default) ---------------------------------------------------
     budget_tasks: dict[str, list[int]] = field(default_factory=dict)  #: task -> downstream step counts
-    #: task -> N: the budget runs of that task use only the first N of ``seeds``. Decision: a variant study runs its
-    #: cheap small task at decision strength (many seeds) and keeps a costly task at fewer seeds; its comparisons
-    #: report n per test, so a contrast at fewer seeds says so.
-    budget_seeds: dict[str, int] = field(default_factory=dict)
     budget_strategies: list[str] = field(default_factory=lambda: ["scratch", "full", "lora", "adapter"])
     data_fraction_tasks: list[str] = field(default_factory=list)  #: tasks trained on fractions of their train split
     data_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
@@ -276,13 +272,6 @@ class StudyConfig:
             for steps in budgets:
                 if steps <= 0:
                     errors.append(f"'budget_tasks.{flag}' step counts must be positive integers, got {steps!r}.")
-        for flag, n in self.budget_seeds.items():
-            if flag not in self.budget_tasks:
-                errors.append(f"'budget_seeds' names '{flag}', which is not in 'budget_tasks' "
-                              f"({', '.join(self.budget_tasks) or 'empty'}).")
-            if not 1 <= n <= len(self.seeds):
-                errors.append(f"'budget_seeds.{flag}' must be between 1 and the number of seeds ({len(self.seeds)}), "
-                              f"got {n!r}.")
         for f in self.data_fractions:
             if not 0 < f <= 1:
                 errors.append(f"Parameter 'data_fractions' holds fractions of the train split in (0, 1] "
@@ -356,7 +345,7 @@ class StudyConfig:
             if twice:
                 errors.append(f"Parameter '{name}' names {', '.join(map(repr, twice))} more than once.")
             setattr(self, name, flags)
-        for name in ("fewshot_tasks", "budget_tasks", "budget_seeds"):
+        for name in ("fewshot_tasks", "budget_tasks"):
             setattr(self, name, {canon(k): v for k, v in getattr(self, name).items()})
         if self.calibration_task is not None:
             self.calibration_task = canon(self.calibration_task)

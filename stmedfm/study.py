@@ -188,8 +188,6 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
         # the transfer run), and stratified fractions of the train split with repeats (the repeat index is the
         # run's fewshot_split, which also seeds its head and batches)
         for task, budgets in cfg.budget_tasks.items():
-            if seed not in cfg.seeds[:cfg.budget_seeds.get(task, len(cfg.seeds))]:
-                continue
             for steps in budgets:
                 for strategy in cfg.budget_strategies:
                     out.append(PlannedRun("budget", f"{steps} steps", spec(task, strategy, seed, steps=steps)))

@@ -65,30 +65,6 @@ def test_budget_and_data_efficiency_plans(synthetic_dir):
         cfg.replace(budget_tasks={"dermamnist": [0]})
 
 
-def test_budget_seeds_keep_a_costly_task_at_its_first_seeds(synthetic_dir):
-    """A variant study runs its cheap task at 20 seeds and its costly one at the first 5: the costly task's budget
-    runs are exactly those of a 5-seed study (same ids), the cheap task's are all 20 seeds'."""
-    base = dict(data_dir=str(synthetic_dir), pretrain_tasks=["bloodmnist", "dermamnist"], downstream_tasks=[],
-                fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[], extended_tasks=[],
-                calibration_task=None, budget_tasks={"dermamnist": [30, 60], "bloodmnist": [40]},
-                budget_strategies=["scratch", "full"])
-    cfg = StudyConfig.from_dict({**base, "seeds": 20, "budget_seeds": {"BloodMNIST": 5}})
-    assert cfg.budget_seeds == {"bloodmnist": 5}
-    planned = plan(cfg)
-    by_task = {t: {p.spec.seed for p in planned if p.spec.task == t} for t in ("dermamnist", "bloodmnist")}
-    assert by_task == {"dermamnist": set(range(20)), "bloodmnist": set(range(5))}
-    assert len(planned) == 20 * 2 * 2 + 5 * 1 * 2
-    five = StudyConfig.from_dict({**base, "seeds": 5})
-    ids = lambda c, task: {run_id(c, p.spec, official_data(c)) for p in plan(c) if p.spec.task == task}
-    assert ids(cfg, "bloodmnist") == ids(five, "bloodmnist")
-    with pytest.raises(StmedfmError, match=r"'budget_seeds' names 'pathmnist', which is not in 'budget_tasks'"):
-        cfg.replace(budget_seeds={"pathmnist": 3})
-    with pytest.raises(StmedfmError, match=r"'budget_seeds.bloodmnist' must be between 1 and the number of seeds \(20\)"):
-        cfg.replace(budget_seeds={"bloodmnist": 21})
-    with pytest.raises(StmedfmError, match="Parameter 'budget_seeds' must be a mapping of task to an integer"):
-        cfg.replace(budget_seeds={"bloodmnist": "five"})
-
-
 def test_fraction_runs_train_on_a_stratified_subset_seeded_per_repeat(synthetic_dir, monkeypatch):
     seen = []
     real = train_mod.make_pool
