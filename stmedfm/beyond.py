@@ -12,6 +12,11 @@ Sampling, width and LayerNorm settings act on *pretraining*, so one "beyond" stu
     variants: {name: {...}}           # StudyConfig fields of each variant (on top of common)
     contrasts: [{hypothesis, a, b}]   # hypothesis tests: the transfer gap of variant a vs variant b
 
+A file may instead *extend* another (``extends: params/beyond.yaml``): it inherits every key it does not set,
+drops the variants listed under ``exclude`` and applies ``override`` (StudyConfig fields) to every variant after
+the variant's own fields — how ``params/contrasts.yaml`` reruns the same variants and contrasts at more seeds on
+one budget, without a second definition of any variant.
+
 Each variant runs with :func:`stmedfm.study.run_study` into ``results/<study>/<variant>/`` (so an interrupted
 variant resumes where it stopped). Runs and checkpoints are identified by what they compute, so a run that two
 variants share (Scratch does not depend on the pretraining sampler) is computed once and copied by id into the
@@ -36,7 +41,7 @@ contrasts x strategies are Holm-adjusted together, not with the other hypotheses
 verdict of :func:`stmedfm.stats.verdict` (Holm p < 0.05 and the sign its hypothesis predicts: supported; the
 other sign: contradicted; else inconclusive). A hypothesis is *supported* when at least one of its tests is and
 none contradicts it, *contradicted* in the mirror case, *mixed* when both occur, else *inconclusive*. Every
-sentence names its number of seeds, so a contrast kept at fewer seeds (``budget_seeds``) says so.
+sentence names its number of seeds, so a contrast kept at fewer seeds says so.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ from stmedfm.study import ResultStore, plan, run_id, run_study, study_data
 __all__ = ["Beyond", "load", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
 
-FILE_KEYS = ("study", "base", "small_task", "dominant_task", "baseline", "common", "variants", "contrasts")
+FILE_KEYS = ("study", "base", "small_task", "dominant_task", "baseline", "common", "variants", "contrasts", "extends",
+             "exclude", "override")
 METRIC = "macro_auroc"
 PRETRAINED = ("full", "lora", "adapter", "linear_probe")
 
@@ -103,11 +109,7 @@ def _resolve(path: str | os.PathLike) -> Path:
 def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out: str | os.PathLike | None = None) -> Beyond:
     """Read a beyond parameter file; ``overrides`` (StudyConfig fields, e.g. data_dir) apply to every variant."""
     path = _resolve(params)
-    doc = read_params_file(path)
-    unknown = [k for k in doc if k not in FILE_KEYS]
-    if unknown:
-        raise StmedfmError(f"Unknown key(s) {', '.join(unknown)} in '{path}'; a beyond file has {', '.join(FILE_KEYS)} "
-                           f"(StudyConfig fields go under 'common' or a variant).")
+    doc = _read(path)
     name = str(doc.get("study", path.stem))
     variants = doc.get("variants") or {}
     if not isinstance(variants, dict) or not variants:
@@ -128,8 +130,12 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
         base_values = read_params_file(_resolve(doc["base"]))
     common = doc.get("common") or {}
     configs = {}
+    override = doc.get("override") or {}
+    if not isinstance(override, dict):
+        raise StmedfmError(f"'{path}': 'override' must be a mapping of StudyConfig fields.")
     for variant, values in variants.items():
-        merged = {**base_values, **common, **(values or {}), **(overrides or {}), "study": f"{name}-{variant}"}
+        merged = {**base_values, **common, **(values or {}), **override, **(overrides or {}),
+                  "study": f"{name}-{variant}"}
         try:
             configs[str(variant)] = StudyConfig.from_dict(merged)
         except StmedfmError as exc:
@@ -145,6 +151,36 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
     return Beyond(name=name, configs=configs, small_task=str(doc.get("small_task", "")),
                   dominant_task=str(doc.get("dominant_task", "")), baseline=baseline, contrasts=contrasts,
                   out=Path(out) if out is not None else None)
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The keys of a variant-study file, with those it inherits through ``extends`` (module docstring)."""
+    doc = read_params_file(path)
+    unknown = [k for k in doc if k not in FILE_KEYS]
+    if unknown:
+        raise StmedfmError(f"Unknown key(s) {', '.join(unknown)} in '{path}'; a beyond file has {', '.join(FILE_KEYS)} "
+                           f"(StudyConfig fields go under 'common' or a variant).")
+    if "extends" not in doc:
+        if "exclude" in doc:
+            raise StmedfmError(f"'{path}': 'exclude' needs 'extends' (the file whose variants it drops).")
+        return doc
+    if not isinstance(doc["extends"], str):
+        raise StmedfmError(f"'{path}': 'extends' must be the path of another beyond file.")
+    parent_path = _resolve(doc["extends"])
+    if parent_path.resolve() in seen or parent_path.resolve() == path.resolve():
+        raise StmedfmError(f"'{path}' extends '{doc['extends']}', which extends it back.")
+    parent = _read(parent_path, (*seen, path.resolve()))
+    exclude = doc.get("exclude") or []
+    if not isinstance(exclude, list) or any(v not in (parent.get("variants") or {}) for v in exclude):
+        raise StmedfmError(f"'{path}': 'exclude' must list variants of '{doc['extends']}' "
+                           f"({', '.join(parent.get('variants') or {})}), got {exclude!r}.")
+    merged = {k: v for k, v in parent.items() if k not in ("extends", "exclude")}
+    merged.update({k: v for k, v in doc.items() if k not in ("extends", "exclude")})
+    merged["variants"] = {k: v for k, v in (merged.get("variants") or {}).items() if k not in exclude}
+    dropped = [c for c in merged.get("contrasts") or [] if isinstance(c, dict)
+               and (c.get("a") in exclude or c.get("b") in exclude)]
+    merged["contrasts"] = [c for c in merged.get("contrasts") or [] if c not in dropped]
+    return merged
 
 
 def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Beyond:
