@@ -62,7 +62,7 @@ from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.study import ResultStore, plan, run_id, run_study, study_data
 
-__all__ = ["Beyond", "load", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
+__all__ = ["Beyond", "load", "reanalyse", "is_variant_file", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
 
 FILE_KEYS = ("study", "base", "small_task", "dominant_task", "baseline", "common", "variants", "contrasts", "extends",
@@ -337,6 +337,25 @@ def read(study: Beyond) -> dict[str, pd.DataFrame]:
     if not out["metrics"].empty:
         out["metrics"]["setting"] = out["metrics"]["setting"].fillna("")
     return out
+
+
+def reanalyse(study: Beyond) -> dict[str, pd.DataFrame]:
+    """Recompute the comparisons and markdown tables from the study's aggregated ``metrics.csv`` alone
+    (no run is read or computed). Decision: the per-variant run stores are working state and are not committed,
+    so a change of the *analysis* (e.g. how Holm families are formed) reaches committed results through this,
+    from the same committed measurements."""
+    tables = read(study)
+    if tables["metrics"].empty:
+        raise StmedfmError(f"No metrics.csv in {study.root}: run `stmedfm beyond` first.")
+    tables["comparisons"] = comparisons(study, tables["metrics"])
+    atomic_write_csv(study.root / "comparisons.csv", tables["comparisons"])
+    write_tables(study, tables)
+    return tables
+
+
+def is_variant_file(doc: dict) -> bool:
+    """Whether a parameter file's keys are those of a variant study (rather than one StudyConfig)."""
+    return "variants" in doc or "extends" in doc
 
 
 def summaries(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:

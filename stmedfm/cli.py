@@ -86,8 +86,9 @@ def _config(args):
 def cmd_config(args) -> None:
     from stmedfm.config import StudyConfig, parse_overrides, read_params_file
 
-    if args.params is not None and "variants" in read_params_file(args.params):  # a beyond file (stmedfm.beyond)
-        from stmedfm import beyond
+    from stmedfm import beyond
+
+    if args.params is not None and beyond.is_variant_file(read_params_file(args.params)):
 
         overrides = {k: v for k, v in parse_overrides(args.param).items() if k != "study"}
         study = beyond.load(args.params, overrides)
@@ -151,7 +152,10 @@ def cmd_beyond(args) -> None:
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     study = beyond.load(args.params, overrides, out=args.out)
-    tables = beyond.run(study, workers=args.workers, progress=not args.quiet)
+    if args.reanalyse:
+        tables = beyond.reanalyse(study)
+    else:
+        tables = beyond.run(study, workers=args.workers, progress=not args.quiet)
     beyond.write_figures(study, tables)
     for line in beyond.findings(study, tables):
         print(f"- {line}")
@@ -282,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a StudyConfig field in every variant (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
+    p.add_argument("--reanalyse", action="store_true",
+                   help="recompute comparisons, tables and figures from the study's metrics.csv (no run computed)")
     p.set_defaults(func=cmd_beyond)
 
     p = sub.add_parser("tables", help="write the paper's tables (CSV + markdown) from a result store")

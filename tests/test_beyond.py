@@ -251,3 +251,49 @@ def test_each_hypothesis_is_its_own_holm_family_with_verdicts():
     lines = beyond.findings(study, {"comparisons": comp})
     h2 = next(line for line in lines if line.startswith("Hypothesis 'H2'"))
     assert "1 tests at 8 seeds" in h2 and "**supported**" in h2 and "v2 vs v3 full +0.207" in h2
+
+
+def test_a_file_extends_another_without_redefining_its_variants(tmp_path):
+    """params/contrasts.yaml reruns beyond.yaml's variants: same variants minus the excluded, contrasts naming an
+    excluded variant dropped, `override` applied after each variant's own fields, and the same run ids."""
+    study = beyond.load("params/contrasts.yaml")
+    parent = beyond.load("params/beyond.yaml")
+    assert list(study.configs) == [v for v in parent.configs if v != "data_efficiency"]
+    assert study.contrasts == parent.contrasts and study.small_task == "retinamnist" and study.name == "contrasts"
+    for v, cfg in study.configs.items():  # leave_out etc. set their own budget_tasks: override wins
+        assert cfg.seeds == list(range(15)) and cfg.budget_tasks == {"retinamnist": [120]}, v
+        assert cfg.task_sampling == parent.configs[v].task_sampling and cfg.width == parent.configs[v].width
+        ids = {run_id(cfg, p.spec, official_data(cfg)) for p in plan(cfg) if p.spec.seed < 5}
+        pc = parent.configs[v]
+        assert ids <= {run_id(pc, p.spec, official_data(pc)) for p in plan(pc)}
+    (tmp_path / "bad.yaml").write_text("study: x\nextends: params/beyond.yaml\nexclude: [nope]\n")
+    with pytest.raises(StmedfmError, match=r"'exclude' must list variants of 'params/beyond.yaml' \(proportional,"):
+        beyond.load(tmp_path / "bad.yaml")
+    (tmp_path / "loop.yaml").write_text(f"study: x\nextends: {tmp_path / 'loop.yaml'}\n")
+    with pytest.raises(StmedfmError, match="extends it back"):
+        beyond.load(tmp_path / "loop.yaml")
+    (tmp_path / "alone.yaml").write_text("study: x\nexclude: [a]\nvariants: {a: {}}\n")
+    with pytest.raises(StmedfmError, match="'exclude' needs 'extends'"):
+        beyond.load(tmp_path / "alone.yaml")
+    from stmedfm.cli import main
+
+    assert main(["config", "params/contrasts.yaml", "--get", "study"]) == 0
+
+
+def test_reanalyse_recomputes_the_comparisons_from_the_committed_metrics(tmp_path):
+    """The committed results/beyond has no run stores; its comparisons come back from metrics.csv alone, equal to
+    the committed comparisons.csv (which a test thus ties to the committed measurements)."""
+    import shutil
+
+    study = beyond.load("params/beyond.yaml", out=tmp_path / "beyond")
+    shutil.copytree(paths.project_root() / "results" / "beyond", study.root,
+                    ignore=shutil.ignore_patterns("comparisons.csv", "tables"))
+    tables = beyond.reanalyse(study)
+    committed = pd.read_csv(paths.project_root() / "results" / "beyond" / "comparisons.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(study.root / "comparisons.csv"), committed)
+    assert (study.root / "tables" / "comparisons.md").read_text() == \
+        (paths.project_root() / "results" / "beyond" / "tables" / "comparisons.md").read_text()
+    assert set(tables["comparisons"]["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    (study.root / "metrics.csv").unlink()
+    with pytest.raises(StmedfmError, match="No metrics.csv in"):
+        beyond.reanalyse(study)
