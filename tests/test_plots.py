@@ -21,16 +21,21 @@ from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 from stmedfm.plots import (
     STRATEGY_COLORS,
+    describe,
+    draw,
     fig1_architecture,
     fig2_pretraining_loss,
     fig3_train_size_auroc,
     fig6_reliability,
     fig7_confusion,
     fig_fewshot,
+    parameter_counts,
     short_label,
+    study_model,
     style,
     write_figures,
 )
+from stmedfm.plots.architecture import Arrow, Box, Column, Diagram, Line
 from stmedfm.study import run_study
 
 KEY = dict(run_id="run-x", variant="", steps=3, lr=0.002, class_weights=True, pretrain="bloodmnist+dermamnist",
@@ -71,13 +76,33 @@ def test_fig1_is_drawn_from_the_model_with_layers_and_parameter_counts():
     fig = fig1_architecture()  # default: one head, LoRA and adapters inserted
     t = texts(fig)
     joined = "\n".join(t)
-    assert "Conv2d 3→32 3×3 s1" in joined and "Conv3d 1→16 3×3×3 s1" in joined
+    assert "Conv2d 3→32 (3×3, s1) + ReLU · 896" in t and "Conv3d 1→16 (3×3×3, s1)" in joined
     assert "Shared encoder · 33,536 params" in joined  # 2 x 16,704 + final LayerNorm 128 (paper Table 4)
     assert "2D stem · 56,320 params" in joined and "3D stem · 69,664 params" in joined
     assert sum(s.startswith("LoRA r=4 +768") for s in t) == 4  # fc1 and fc2 of both blocks
     assert sum(s.startswith("Adapter 64→16→64") for s in t) == 2  # one after each block
     assert any(s.startswith("LayerNorm(64)") for s in t) and any("Linear 64→128" in s for s in t)
     assert "final LayerNorm(64) · 128" in t
+    assert "pathmnist: Linear 64→9 · 585" in t and "as drawn: 167,433 params" in t
+    assert fig.stmedfm_counts == {"stem2d": 56_320, "stem3d": 69_664, "encoder": 33_536, "heads": 585, "lora": 3_072,
+                                  "adapters": 4_256, "total": 167_433}
+
+
+def test_fig1_is_a_data_description_of_the_model_drawn_by_a_generic_renderer():
+    model = study_model(StudyConfig())
+    diagram = describe(model)
+    keys = [b.key for c in diagram.columns for b in c.boxes]
+    assert keys == ["in2d", "in3d", "stem2d", "stem3d", "block0", "adapter0", "block1", "adapter1", "norm", "summary",
+                    "head:pathmnist", "logits"]
+    arrows = {(a.src, a.dst) for a in diagram.arrows}
+    assert {("stem2d", "block0"), ("stem3d", "block0"), ("block1", "adapter1"), ("norm", "head:pathmnist")} <= arrows
+    assert all(a.src in keys and a.dst in keys for a in diagram.arrows)
+    assert diagram.counts == parameter_counts(model)
+    # the renderer knows nothing of STMedFM: any diagram draws
+    toy = Diagram("toy", "subtitle", (Column((Box("a", "A", (Line("one"),)),), 1.5),
+                                      Column((Box("b", "B", (Line("two", "lora"),), dashed=True),), 1.5)),
+                  (Arrow("a", "b", "edge"),))
+    assert {"toy", "subtitle", "A", "one", "B", "two", "edge"} <= set(texts(draw(toy)))
 
 
 def test_fig1_follows_another_model():

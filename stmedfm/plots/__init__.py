@@ -1,0 +1,97 @@
+"""The paper's Figures 1-7, the variant studies' figures and the data views, drawn from tidy results or a model.
+
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.study.ResultStore`) or a model
+and returns a :class:`matplotlib.figure.Figure`; none of them reads a result file. The figures are built with
+``Figure()`` rather than ``pyplot``, so they are never registered with a GUI backend (no double display in a
+notebook, nothing to close). :func:`write_figures` reads one result store and writes each figure as PNG
+(150 dpi) and SVG, atomically.
+
+The subpackage is split by what is drawn; this module re-exports the public names, so ``from stmedfm.plots
+import X`` does not depend on where X lives:
+
+* :mod:`~stmedfm.plots.style` — rcParams, strategy colours / markers / labels (from :mod:`stmedfm.strategies`),
+  the figure writer;
+* :mod:`~stmedfm.plots.architecture` — the study's model (:func:`study_model`), Table 2, Figure 1 (from a data
+  description of the model, :func:`describe`, and a generic renderer, :func:`draw`), forward shapes;
+* :mod:`~stmedfm.plots.paper` — Figures 2-7 and :func:`write_figures`;
+* :mod:`~stmedfm.plots.variants` — the variant studies' figures (:mod:`stmedfm.beyond`);
+* :mod:`~stmedfm.plots.dataset` — sample images and class distributions (notebook 01).
+
+=======  ====================================  ================================================================
+paper    function                              data
+=======  ====================================  ================================================================
+Fig. 1   :func:`fig1_architecture`             an :class:`~stmedfm.model.STMedFM` (default: :func:`study_model`
+                                               of the default config), layers and parameter counts read from it
+Fig. 2   :func:`fig2_pretraining_loss`         ``pretrain_loss.csv`` (the full pretraining set by default)
+Fig. 3   :func:`fig3_train_size_auroc`         ``metrics.csv``, experiment ``transfer``, ``macro_auroc``
+Fig. 4-5 :func:`fig_fewshot`                   ``metrics.csv``, experiment ``fewshot``, one task
+Fig. 6   :func:`fig6_reliability`              ``reliability.csv`` (15 bins), pooled over seeds
+Fig. 7   :func:`fig7_confusion`                ``confusion.csv``, summed over seeds, row-normalised
+=======  ====================================  ================================================================
+"""
+
+from stmedfm.plots.architecture import (
+    architecture_table,
+    describe,
+    draw,
+    fig1_architecture,
+    forward_shapes,
+    parameter_counts,
+    study_model,
+)
+from stmedfm.plots.dataset import fig_class_distribution, fig_samples
+from stmedfm.plots.paper import (
+    fig2_pretraining_loss,
+    fig3_train_size_auroc,
+    fig6_reliability,
+    fig7_confusion,
+    fig_fewshot,
+    pool_reliability,
+    write_figures,
+)
+from stmedfm.plots.style import (
+    STRATEGY_COLORS,
+    STRATEGY_LABELS,
+    STRATEGY_MARKERS,
+    STRATEGY_ORDER,
+    TASK_COLORS,
+    VARIANT_COLORS,
+    save_figure_file,
+    short_label,
+    style,
+    write_figure,
+)
+from stmedfm.plots.variants import DATA_EFFICIENCY_LABELS, fig_budget_auroc, fig_contrasts, fig_data_efficiency
+
+__all__ = [
+    "STRATEGY_COLORS",
+    "STRATEGY_LABELS",
+    "STRATEGY_MARKERS",
+    "STRATEGY_ORDER",
+    "TASK_COLORS",
+    "VARIANT_COLORS",
+    "DATA_EFFICIENCY_LABELS",
+    "style",
+    "short_label",
+    "save_figure_file",
+    "write_figure",
+    "study_model",
+    "architecture_table",
+    "forward_shapes",
+    "parameter_counts",
+    "describe",
+    "draw",
+    "fig1_architecture",
+    "fig2_pretraining_loss",
+    "fig3_train_size_auroc",
+    "fig_fewshot",
+    "fig6_reliability",
+    "fig7_confusion",
+    "pool_reliability",
+    "write_figures",
+    "fig_budget_auroc",
+    "fig_data_efficiency",
+    "fig_contrasts",
+    "fig_samples",
+    "fig_class_distribution",
+]

@@ -1,0 +1,428 @@
+"""The paper's Figures 2-7, drawn from a study's tidy results, and :func:`write_figures` (Figures 1-7 of a store).
+
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.study.ResultStore`) and returns a
+:class:`matplotlib.figure.Figure`; none of them reads a file, so notebooks and tests can feed them any frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import ScaledTranslation
+
+from stmedfm import paths, registry, strategies
+from stmedfm.errors import StmedfmError
+from stmedfm.plots.architecture import fig1_architecture, study_model
+from stmedfm.plots.style import (
+    STRATEGY_MARKERS,
+    TASK_COLORS,
+    metric_label,
+    n_range,
+    no_data,
+    present_strategies,
+    require_columns,
+    seeds_text,
+    short_label,
+    style,
+    write_figure,
+)
+from stmedfm.study import ResultStore
+from stmedfm.tables import summarise
+
+__all__ = ["fig2_pretraining_loss", "fig3_train_size_auroc", "fig_fewshot", "fig6_reliability", "fig7_confusion",
+           "pool_reliability", "write_figures"]
+
+
+# =============================================================================================================
+# Figure 2: pretraining loss
+# =============================================================================================================
+def _n_tasks(pretrain: str) -> int:
+    return len([t for t in str(pretrain).split("+") if t])
+
+
+def fig2_pretraining_loss(loss: pd.DataFrame, pretrain: str | None = None, window: int | None = None,
+                          ylabel: str = "training loss (cross-entropy, nats)") -> Figure:
+    """Figure 2: loss per pretraining step (points coloured by the task of the step), a rolling mean and, with
+    several seeds, the mean over seeds of the per-seed rolling means with a min–max band.
+
+    Only the rows of one pretraining set are drawn: ``pretrain`` if given, else the set with the most tasks
+    (the full pretraining set; the leave-one-out checkpoints have fewer). ``window`` defaults to a tenth of the
+    steps.
+    """
+    require_columns(loss, ("seed", "pretrain", "step", "task", "loss"), "fig2_pretraining_loss")
+    frame = loss.dropna(subset=["loss"])
+    if frame.empty:
+        raise no_data("Figure 2", "the pretraining loss table is empty (no pretrained checkpoint).")
+    sets = frame["pretrain"].astype(str)
+    if pretrain is None:
+        counts = sets.value_counts()
+        pretrain = max(counts.index, key=lambda p: (_n_tasks(p), counts[p]))
+    elif pretrain not in set(sets):
+        raise no_data("Figure 2", f"pretraining set '{pretrain}' is not in the table "
+                     f"(sets: {', '.join(sorted(set(sets)))}).")
+    frame = frame[sets == pretrain].sort_values(["seed", "step"])
+    seeds = sorted(frame["seed"].unique())
+    steps = np.sort(frame["step"].unique())
+    window = max(1, int(round(len(steps) / 10))) if window is None else int(window)
+    if window < 1:
+        raise StmedfmError(f"window must be a positive number of steps, got {window}.")
+
+    curves = {}
+    for seed, g in frame.groupby("seed"):
+        per_step = g.groupby("step")["loss"].mean().sort_index()
+        curves[seed] = per_step.rolling(window, min_periods=1).mean()
+    table = pd.DataFrame(curves).sort_index()
+
+    tasks = list(dict.fromkeys(frame["task"]))
+    with rc_context(style()):
+        fig = Figure(figsize=(11, 5))
+        ax = fig.add_subplot()
+        alpha = 0.8 if len(seeds) == 1 else 0.6
+        for i, task in enumerate(tasks):
+            g = frame[frame["task"] == task]
+            ax.scatter(g["step"], g["loss"], s=18, alpha=alpha, color=TASK_COLORS[i % len(TASK_COLORS)],
+                       edgecolors="none", label=f"{task} batch", zorder=2)
+        mean = table.mean(axis=1)
+        if len(seeds) > 1:
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color="#222222", alpha=0.18,
+                            lw=0, label=f"min–max over {len(seeds)} seeds", zorder=3)
+            line_label = f"rolling mean ({window} steps), mean of {len(seeds)} seeds"
+        else:
+            line_label = f"rolling mean ({window} steps)"
+        ax.plot(mean.index, mean.to_numpy(), color="#111111", lw=2.0, label=line_label, zorder=4)
+        ax.set_xlabel("pretraining step")
+        ax.set_ylabel(ylabel)
+        per_step = frame.groupby(["seed", "step"]).size().max()
+        sampling = "one sampled task per step" if per_step == 1 else "every task at every step"
+        ax.set_title(f"Multi-task pretraining loss · pretrain on {pretrain.replace('+', ' + ')}\n"
+                     f"({len(tasks)} tasks, {seeds_text(len(seeds))}, {sampling}; points: loss of one batch)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(steps.min() - 0.5, steps.max() + 0.5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=1.5, borderaxespad=0)
+        fig.tight_layout()
+    return fig
+
+
+# =============================================================================================================
+# Figure 3: training-set size vs AUROC
+# =============================================================================================================
+def _spread(positions: list[float], gap: float, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """Move sorted positions apart so neighbours are at least ``gap`` apart, staying inside [lo, hi]."""
+    q = list(positions)
+    for i in range(1, len(q)):
+        q[i] = max(q[i], q[i - 1] + gap)
+    if q and q[-1] > hi:
+        q[-1] = hi
+        for i in range(len(q) - 2, -1, -1):
+            q[i] = min(q[i], q[i + 1] - gap)
+    if q and q[0] < lo:
+        q = [v + (lo - q[0]) for v in q]
+    return q
+
+
+def _dodge(n: int, step: float = 0.07) -> list[float]:
+    """Horizontal offsets in inches that keep the error bars of ``n`` lines at one x apart."""
+    return [(i - (n - 1) / 2) * step for i in range(n)]
+
+
+def _errorbar(ax, x, y, err, dx: float, **kwargs):
+    """``ax.errorbar`` shifted ``dx`` inches sideways on screen (the data x stay exact); the shifted artists do not
+    autoscale, so the data limits are updated here."""
+    x, y, err = (np.asarray(v, dtype=float) for v in (x, y, err))
+    err = np.nan_to_num(err)
+    shift = ax.transData + ScaledTranslation(dx, 0, ax.figure.dpi_scale_trans)
+    container = ax.errorbar(x, y, yerr=err, transform=shift, **kwargs)
+    ok = np.isfinite(y)
+    if ok.any():
+        ax.update_datalim(np.column_stack([np.r_[x[ok], x[ok]], np.r_[y[ok] - err[ok], y[ok] + err[ok]]]))
+        ax.autoscale_view()
+    return container
+
+
+def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None = None,
+                          metric: str = "macro_auroc") -> Figure:
+    """Figure 3: test macro AUROC of the transfer experiment vs the training-set size of each downstream task.
+
+    x = official training-set size (``registry.get(task).n_samples['train']``, or ``sizes[task]``), log scale;
+    one line per strategy: mean over seeds with 95 % t-interval bars (:func:`stmedfm.tables.ci95`).
+    """
+    require_columns(metrics, ("experiment", "task", "strategy", "seed", "metric", "value"), "fig3_train_size_auroc")
+    sub = metrics[(metrics["experiment"] == "transfer") & (metrics["metric"] == metric)]
+    if sub.empty:
+        raise no_data("Figure 3", f"no '{metric}' rows of the 'transfer' experiment in the metrics table.")
+    summary = summarise(sub, ["task", "strategy"])
+    tasks = list(dict.fromkeys(summary["task"]))
+    size_of = {t: int(sizes[t]) if sizes is not None and t in sizes else registry.get(t).n_samples["train"]
+               for t in tasks}
+    summary["size"] = summary["task"].map(size_of)
+    n_values = summary["n"].tolist()
+
+    with rc_context(style()):
+        fig = Figure(figsize=(10.5, 5.6))
+        ax = fig.add_subplot()
+        shown = present_strategies(summary["strategy"])
+        for strategy, dx in zip(shown, _dodge(len(shown))):
+            g = summary[summary["strategy"] == strategy].sort_values("size")
+            _errorbar(ax, g["size"], g["mean"], g["ci95"], dx, color=strategies.color(strategy),
+                      marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
+                      label=strategies.label(strategy), zorder=3)
+        ax.set_xscale("log")
+        xs = np.array(sorted(size_of.values()), dtype=float)
+        lo, hi = xs.min() / 1.8, xs.max() * 1.8
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("official training-set size of the downstream task (samples, log scale)")
+        ax.set_ylabel("test macro AUROC")
+        for x in xs:
+            ax.axvline(x, color="#999999", lw=0.8, ls=":", zorder=1)
+        # flag names above the axes, spread apart when sizes are close, with leader lines to their x
+        order = sorted(tasks, key=lambda t: size_of[t])
+        frac = [(math.log(size_of[t]) - math.log(lo)) / (math.log(hi) - math.log(lo)) for t in order]
+        placed = _spread(frac, gap=0.15, lo=0.06, hi=0.94)
+        for t, f in zip(order, placed):
+            ax.annotate(f"{t}\nn={size_of[t]:,}", xy=(size_of[t], 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(f, 1.035), textcoords="axes fraction", ha="center", va="bottom", fontsize=8.6,
+                        arrowprops=dict(arrowstyle="-", color="#777777", lw=0.8, shrinkA=0, shrinkB=0))
+        ci_text = ("single seed: no interval" if max(n_values) < 2 else
+                   f"mean ± 95 % CI over seeds (t, n = {n_range(n_values)})")
+        ax.legend(title=ci_text.replace(" over", "\nover"), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0)
+        ax.set_title(f"Training-set size vs test {metric_label(metric)} "
+                     f"(transfer, {len(tasks)} tasks)", pad=48)
+        fig.tight_layout()
+    return fig
+
+
+# =============================================================================================================
+# Figures 4-5: few-shot
+# =============================================================================================================
+def fig_fewshot(metrics: pd.DataFrame, task: str, metric: str = "macro_auroc") -> Figure:
+    """Figures 4-5: macro AUROC vs K for one task (experiment ``fewshot``), one line per strategy; error bars are
+    the standard deviation over every (split, seed) evaluation of that K."""
+    require_columns(metrics, ("experiment", "task", "strategy", "seed", "k", "fewshot_split", "metric", "value"),
+             "fig_fewshot")
+    sub = metrics[(metrics["experiment"] == "fewshot") & (metrics["task"] == task) & (metrics["metric"] == metric)]
+    if sub.empty:
+        raise no_data(f"the few-shot figure of '{task}'", f"no '{metric}' rows of the 'fewshot' experiment for it.")
+    stats = sub.groupby(["strategy", "k"])["value"].agg(mean="mean", std="std", n="count").reset_index()
+    n_splits = sub["fewshot_split"].nunique()
+    n_seeds = sub["seed"].nunique()
+    ks = sorted(int(k) for k in stats["k"].unique())
+    shown = present_strategies(stats["strategy"])
+
+    with rc_context(style()):
+        fig = Figure(figsize=(9, 5))
+        ax = fig.add_subplot()
+        for strategy, dx in zip(shown, _dodge(len(shown))):
+            g = stats[stats["strategy"] == strategy].sort_values("k")
+            _errorbar(ax, g["k"], g["mean"], g["std"], dx, color=strategies.color(strategy),
+                      marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
+                      label=strategies.label(strategy), zorder=3)
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        pad = max(0.5, 0.08 * (ks[-1] - ks[0]))
+        ax.set_xlim(ks[0] - pad, ks[-1] + pad)
+        ax.set_xlabel("K (labelled training samples per class)")
+        ax.set_ylabel("test macro AUROC (mean ± std)")
+        ax.axhline(0.5, color="#999999", lw=0.9, ls="--", zorder=1)
+        ax.text(ks[-1] + pad * 0.95, 0.5, "chance", ha="right", va="bottom", fontsize=8.4, color="#777777")
+        ax.legend(title=f"mean ± std over\n{n_splits} split{'s' if n_splits != 1 else ''} × "
+                        f"{seeds_text(n_seeds)}", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        ax.set_title(f"Few-shot {metric_label(metric)} vs K on {task} "
+                     f"({registry.get(task).modality})" if task in registry.flags() else
+                     f"Few-shot {metric} vs K on {task}")
+        fig.tight_layout()
+    return fig
+
+
+# =============================================================================================================
+# Figure 6: reliability diagram
+# =============================================================================================================
+def _detail_rows(frame: pd.DataFrame, task: str, strategy: str) -> pd.DataFrame:
+    sub = frame[(frame["task"] == task) & (frame["strategy"] == strategy)]
+    if "experiment" in sub.columns:
+        sub = sub[sub["experiment"] == "transfer"]
+    return sub
+
+
+def pool_reliability(reliability: pd.DataFrame) -> pd.DataFrame:
+    """Per-bin count, accuracy and confidence pooled over runs (count-weighted); the pooled ECE is
+    ``sum(|acc_sum - conf_sum|) / N``, exactly :func:`stmedfm.metrics.ece` on the concatenated predictions."""
+    r = reliability.copy()
+    r["acc_sum"] = r["accuracy"].fillna(0.0) * r["count"]
+    r["conf_sum"] = r["confidence"].fillna(0.0) * r["count"]
+    pooled = r.groupby("bin").agg(lower=("lower", "first"), upper=("upper", "first"), count=("count", "sum"),
+                                  acc_sum=("acc_sum", "sum"), conf_sum=("conf_sum", "sum")).reset_index()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled["accuracy"] = np.where(pooled["count"] > 0, pooled["acc_sum"] / pooled["count"], np.nan)
+        pooled["confidence"] = np.where(pooled["count"] > 0, pooled["conf_sum"] / pooled["count"], np.nan)
+    return pooled
+
+
+def fig6_reliability(reliability: pd.DataFrame, task: str, strategy: str = "full") -> Figure:
+    """Figure 6: reliability diagram (accuracy per confidence bin), pooled over seeds weighted by bin counts,
+    with the diagonal of perfect calibration, each bin's mean confidence (a line marks the gap), a histogram of the
+    counts, and the pooled ECE in the title."""
+    require_columns(reliability, ("task", "strategy", "seed", "bin", "lower", "upper", "count", "confidence", "accuracy"),
+             "fig6_reliability")
+    sub = _detail_rows(reliability, task, strategy)
+    if sub.empty or sub["count"].sum() == 0:
+        raise no_data("Figure 6", f"no reliability bins for '{task}' under '{strategy}' (only the calibration task's "
+                     "standard transfer run stores them).")
+    pooled = pool_reliability(sub)
+    n_total = int(pooled["count"].sum())
+    ece = float(np.abs(pooled["acc_sum"] - pooled["conf_sum"]).sum() / n_total)
+    n_seeds = sub["seed"].nunique()
+    full = pooled[pooled["count"] > 0]
+    width = (full["upper"] - full["lower"]).to_numpy()
+    colour = strategies.color(strategy)
+
+    with rc_context(style()):
+        fig = Figure(figsize=(9.6, 7.0))
+        gs = fig.add_gridspec(2, 1, height_ratios=(3.2, 1), hspace=0.08)
+        ax = fig.add_subplot(gs[0])
+        hx = fig.add_subplot(gs[1], sharex=ax)
+        ax.bar(full["lower"], full["accuracy"], width=width, align="edge", color=colour, alpha=0.85,
+               edgecolor="white", lw=0.8, label="accuracy in bin (pooled)", zorder=2)
+        centres = (full["lower"] + full["upper"]).to_numpy() / 2
+        ax.vlines(centres, full["accuracy"], full["confidence"], color="#d55e00", lw=1.6, zorder=3)
+        ax.plot(centres, full["confidence"], ls="none", marker="D", ms=4.5, color="#d55e00",
+                label="mean confidence in bin (line: gap)", zorder=4)
+        ax.plot([0, 1], [0, 1], ls="--", color="#333333", lw=1.2, label="perfect calibration", zorder=3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("accuracy (fraction correct)")
+        ax.tick_params(labelbottom=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        n_bins = len(pooled)
+        ax.set_title(f"Reliability diagram: {task} under {strategies.label(strategy)}\n{n_bins} bins, "
+                     f"{seeds_text(n_seeds)} pooled (N = {n_total:,}) · ECE = {ece:.3f}")
+        hx.bar(pooled["lower"], pooled["count"], width=(pooled["upper"] - pooled["lower"]).to_numpy(),
+               align="edge", color="#8c8c8c", edgecolor="white", lw=0.8)
+        hx.set_xlabel("confidence (max softmax probability)")
+        hx.set_ylabel("count (samples)")
+        hx.set_xlim(0, 1)
+        hx.set_xticks(np.linspace(0, 1, 6))
+    fig.stmedfm_ece = ece
+    return fig
+
+
+# =============================================================================================================
+# Figure 7: confusion matrix
+# =============================================================================================================
+def fig7_confusion(confusion: pd.DataFrame, task: str, strategy: str = "full", labels=None) -> Figure:
+    """Figure 7: confusion matrix of ``task`` under ``strategy``, counts summed over seeds, rows normalised to 1
+    (each row: where the test samples of one true class went), every cell annotated."""
+    require_columns(confusion, ("task", "strategy", "seed", "true", "pred", "count"), "fig7_confusion")
+    sub = _detail_rows(confusion, task, strategy)
+    if sub.empty:
+        raise no_data("Figure 7", f"no confusion counts for '{task}' under '{strategy}' (only the calibration task's "
+                     "standard transfer run stores them).")
+    if labels is None:
+        try:
+            labels = list(registry.get(task).labels)
+        except StmedfmError:
+            labels = []
+    n = max(len(labels), int(sub["true"].max()) + 1, int(sub["pred"].max()) + 1)
+    labels = [short_label(labels[i]) if i < len(labels) else str(i) for i in range(n)]
+    counts = np.zeros((n, n), dtype=np.int64)
+    summed = sub.groupby(["true", "pred"])["count"].sum()
+    for (t, p), c in summed.items():
+        counts[int(t), int(p)] += int(c)
+    totals = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(totals[:, None] > 0, counts / np.maximum(totals[:, None], 1), 0.0)
+    n_seeds = sub["seed"].nunique()
+
+    with rc_context(style()):
+        size = max(6.0, 0.62 * n + 3.8)
+        fig = Figure(figsize=(size + 1.2, size))
+        ax = fig.add_subplot()
+        image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="equal")
+        fontsize = 9 if n <= 8 else 8 if n <= 11 else 6.5
+        for i in range(n):
+            for j in range(n):
+                v = norm[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
+                        color="white" if v > 0.55 else "#222222")
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_xticklabels(labels, rotation=40, ha="right", rotation_mode="anchor")
+        ax.set_yticklabels([f"{lab} (n={t:,})" for lab, t in zip(labels, totals)])
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class (n = test samples summed over seeds)")
+        ax.grid(False)
+        cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+        cbar.set_label("fraction of the true class (row-normalised)")
+        ax.set_title(f"Confusion matrix: {task} under {strategies.label(strategy)}\n"
+                     f"{seeds_text(n_seeds)}, counts summed, rows normalised")
+        fig.tight_layout()
+    fig.stmedfm_matrix = norm
+    return fig
+
+
+def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Write Figures 1-7 of the result store ``results`` as PNG (150 dpi) and SVG into ``out``
+    (default ``figures/<study>/``); a figure whose data the store lacks is skipped. Returns the written paths."""
+    store = ResultStore(results)
+    cfg = store.config()
+    out_dir = Path(out) if out is not None else paths.figures_dir(cfg.study)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StmedfmError(f"The figure folder '{out_dir}' is a file; pass a folder as --out.")
+    notices = store.notices()
+    _write = functools.partial(write_figure, notices=notices)
+
+    def table(name: str) -> pd.DataFrame | None:
+        path = store.root / f"{name}.csv"
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            return None
+        return None if frame.empty else frame
+
+    written: list[Path] = []
+
+    # Figure 1: the model the study adapts (one head), with LoRA and adapters at the study's settings
+    written += _write(fig1_architecture(study_model(cfg)), out_dir, "fig1_architecture")
+
+    loss = table("pretrain_loss")
+    if loss is not None:
+        full = "+".join(cfg.pretrain_tasks)
+        chosen = full if full in set(loss["pretrain"].astype(str)) else None
+        ylabel = ("training loss (cross-entropy / log C)" if cfg.loss_log_normalise
+                  else "training loss (cross-entropy, nats)")
+        written += _write(fig2_pretraining_loss(loss, pretrain=chosen, ylabel=ylabel), out_dir, "fig2_pretraining_loss")
+
+    metrics = table("metrics")
+    if metrics is not None:
+        transfer = metrics[(metrics["experiment"] == "transfer") & (metrics["metric"] == "macro_auroc")]
+        if not transfer.empty:
+            written += _write(fig3_train_size_auroc(metrics), out_dir, "fig3_train_size_auroc")
+        fewshot = metrics[(metrics["experiment"] == "fewshot") & (metrics["metric"] == "macro_auroc")]
+        for number, task in zip((4, 5), list(cfg.fewshot_tasks)[:2]):
+            if (fewshot["task"] == task).any():
+                written += _write(fig_fewshot(metrics, task), out_dir, f"fig{number}_fewshot_{task}")
+
+    task, strategy = cfg.calibration_task, cfg.calibration_strategy
+    if task:
+        reliability = table("reliability")
+        if reliability is not None:
+            sub = _detail_rows(reliability, task, strategy)
+            if not sub.empty and sub["count"].sum() > 0:
+                written += _write(fig6_reliability(reliability, task, strategy), out_dir, f"fig6_reliability_{task}")
+        confusion = table("confusion")
+        if confusion is not None and not _detail_rows(confusion, task, strategy).empty:
+            written += _write(fig7_confusion(confusion, task, strategy), out_dir, f"fig7_confusion_{task}")
+    return written
+
+

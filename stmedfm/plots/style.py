@@ -1,0 +1,152 @@
+"""The one look of every figure, and the one way a figure reaches disk.
+
+Colours, markers and legend names of the adaptation strategies are read from their registry
+(:mod:`stmedfm.strategies`), so a newly registered strategy is drawn without touching this package. The helpers
+below are shared by the figure modules of :mod:`stmedfm.plots` (checks of the tidy frames, seed counts, tick
+labels); they are public names because they are used across modules, but not part of ``stmedfm.plots``' API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from stmedfm import strategies
+from stmedfm.errors import StmedfmError
+from stmedfm.io import atomic_path
+
+#: Legend names, colours and markers of the adaptation strategies: from their registry (stmedfm.strategies).
+STRATEGY_ORDER = strategies.names()
+STRATEGY_LABELS = {s.name: s.label for s in strategies.REGISTRY.values()}
+STRATEGY_COLORS = {s.name: s.color for s in strategies.REGISTRY.values()}
+STRATEGY_MARKERS = {s.name: s.marker for s in strategies.REGISTRY.values()}
+PALETTE = strategies.PALETTE
+#: Colours of tasks (Figure 2's points), distinct from the strategy colours where possible.
+TASK_COLORS = [PALETTE[0], PALETTE[3], PALETTE[2], PALETTE[4], PALETTE[1], PALETTE[9], PALETTE[5], PALETTE[6],
+               PALETTE[8], PALETTE[7]]
+#: Colours of the pretraining variants of the variant studies, in the order they first appear (the baseline
+#: first, in near-black).
+VARIANT_COLORS = ["#222222", PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3], PALETTE[4], PALETTE[9], PALETTE[5],
+                  PALETTE[6], PALETTE[8]]
+
+
+def style() -> dict:
+    """The one style of every figure: seaborn ``whitegrid``, colour-blind palette, readable fonts.
+
+    Returns an rc dictionary; the figure functions apply it with :func:`matplotlib.rc_context`, so importing or
+    calling them never changes global state. Apply it globally with ``matplotlib.rcParams.update(style())``.
+    """
+    import seaborn as sns  # seaborn costs ~0.5 s to import: only when a figure is drawn
+    from cycler import cycler
+
+    rc = dict(sns.axes_style("whitegrid"))
+    rc.update(sns.plotting_context("notebook", font_scale=0.85))
+    rc.update({
+        "axes.prop_cycle": cycler(color=PALETTE),
+        "font.family": "sans-serif",
+        "font.sans-serif": ["DejaVu Sans", "Arial", "Liberation Sans", "sans-serif"],
+        "axes.titlesize": 11.5,
+        "axes.labelsize": 10.5,
+        "legend.fontsize": 9,
+        "legend.title_fontsize": 9,
+        "xtick.labelsize": 9,
+        "ytick.labelsize": 9,
+        "legend.frameon": True,
+        "legend.framealpha": 0.9,
+        "figure.dpi": 100,
+        "savefig.dpi": 150,
+        "savefig.bbox": "tight",
+        "savefig.pad_inches": 0.1,
+        "svg.hashsalt": "stmedfm",  # deterministic SVG ids
+        "svg.fonttype": "none",  # text stays text in the SVG
+        "image.cmap": "Blues",
+    })
+    return rc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shared by the figure modules
+# ---------------------------------------------------------------------------------------------------------------
+def present_strategies(values) -> list[str]:
+    """The strategies present, in the registry's order (unknown names last, alphabetically), so every figure
+    lists them as the tables do."""
+    return sorted({str(v) for v in values}, key=lambda s: (strategies.order(s), s))
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    """Stop with one line naming the missing columns: a figure fed the wrong table should say so, not KeyError."""
+    if frame is None or not isinstance(frame, pd.DataFrame):
+        raise StmedfmError(f"{what} needs a pandas DataFrame (a tidy table of the result store).")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise StmedfmError(f"{what} needs columns {', '.join(missing)}; got {', '.join(map(str, frame.columns))}.")
+
+
+def no_data(what: str, detail: str) -> StmedfmError:
+    """The error of a figure whose rows are absent (write_figures skips such figures instead of raising)."""
+    return StmedfmError(f"No data for {what}: {detail}")
+
+
+def seeds_text(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def n_range(values) -> str:
+    """'5' or '3–5': the sample sizes behind the points of a figure, for its legend."""
+    values = sorted({int(v) for v in values})
+    if not values:
+        return "0"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def metric_label(metric: str) -> str:
+    """'macro_auroc' -> 'macro AUROC', for axis labels and titles."""
+    return metric.replace("_", " ").replace("auroc", "AUROC")
+
+
+def short_label(name: str, width: int = 22) -> str:
+    """A class name short enough for a tick label: parenthetical detail dropped, then cut at a word with '…'."""
+    text = str(name)
+    if len(text) > width and "(" in text:
+        text = text.split("(")[0].strip() or text
+    if len(text) > width:
+        cut = text[: width - 1]
+        if " " in cut[width // 2:]:
+            cut = cut[: cut.rfind(" ")]
+        text = cut.rstrip(" ,;-") + "…"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------------------------
+def save_figure_file(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` (format from the suffix) atomically, in the project's style, without timestamps
+    (so an unchanged figure gives an unchanged file)."""
+    fmt = path.suffix.lstrip(".")
+    metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+    with atomic_path(path, suffix=f".tmp.{fmt}") as tmp, rc_context(style()):
+        fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
+
+
+def write_figure(fig: Figure, out: Path, name: str, notices: list[str] = ()) -> list[Path]:
+    """Save ``fig`` as ``out/name.png`` and ``.svg`` (the notices of its store written across its top); returns
+    the paths. The figure is freed afterwards."""
+    written = []
+    if notices:  # synthetic data, smoke budgets, several machines: on the figure itself, where no one can miss it
+        fig.text(0.5, 0.998, " · ".join(notices), ha="center", va="top", fontsize=8, color="#b00020",
+                 fontweight="bold", wrap=True)
+    try:
+        for ext in ("png", "svg"):
+            path = out / f"{name}.{ext}"
+            save_figure_file(fig, path)
+            written.append(path)
+    finally:
+        import matplotlib.pyplot as plt  # pyplot registers backends: imported only to free what it manages
+
+        plt.close(fig)  # a no-op for Figure() objects, but frees any pyplot-managed figure
+        fig.clear()
+    return written
