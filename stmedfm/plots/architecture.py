@@ -185,6 +185,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Arrow:
+    """Data flow from box ``src`` to box ``dst`` (keys), optionally labelled (e.g. the width of the vector)."""
+
     src: str
     dst: str
     label: str = ""
@@ -192,6 +194,8 @@ class Arrow:
 
 @dataclass(frozen=True)
 class Diagram:
+    """Everything Figure 1 shows, as data: tests and notebooks can inspect it without reading pixels."""
+
     title: str
     subtitle: str
     columns: tuple[Column, ...]
