@@ -1,12 +1,9 @@
 """``stmedfm bench``: our pipeline side by side with a MedMNIST-style one, on the same machine, in one run.
 
-The **baseline** is how MedMNIST's own examples train: a per-item ``torch.utils.data.Dataset`` that turns each
-image into a PIL image and then into a tensor with per-item transforms (ToTensor, Normalize(0.5, 0.5), random
-flips; written here with PIL and numpy, no torchvision), batched by a ``DataLoader`` in the same process, fed to
-the model in the default contiguous NCHW layout, fp32, under ``torch.no_grad()`` for evaluation, every run in
-one process with torch's default threads, glibc's default allocator. 3D volumes cannot be PIL images, so their
-per-item transforms are numpy (as MedMNIST's 3D examples do). It trains the same model with the same batch
-sizes, budgets, batch indices and evaluation splits as ours; it only differs in how batches are made and fed.
+The **baseline** (:mod:`stmedfm.bench_baseline`, imported by nothing else) is how MedMNIST's own examples train:
+a per-item ``Dataset`` with PIL / numpy transforms, a ``DataLoader`` in the same process, NCHW, fp32, every run in
+one process with torch's default threads and glibc's default allocator. It trains the same model with the same
+batch sizes, budgets, batch indices and evaluation splits as ours; it only differs in how batches are made and fed.
 
 **Ours** is the study as shipped: whole batches indexed from in-memory uint8 tensors, converted and flipped as
 one tensor op, channels-last stems, evaluation under ``inference_mode`` with the frozen stem's outputs shared
@@ -36,8 +33,12 @@ and the operators with the most self CPU time, written to ``results/profile.csv`
 Measured, and left out (README, *Performance*): ``torch.compile`` (30 s to compile the 3D training step, which
 then ran slower; 1.28x on 3D evaluation after 4 s per graph, and every strategy, batch size and worker needs its
 own graphs: it does not pay back in a study of a few minutes); bf16 autocast by default (7x slower on CPUs without
-native bf16; faster where it is native: ``precision: bf16 | auto``, :mod:`stmedfm.precision`); the first 3D convolution as a 2D convolution over depth slices (about 5 % on 3D training throughput,
-within the noise of the measure, and it would change the 3D numbers); in-place ReLU (no difference).
+native bf16; faster where it is native: ``precision: bf16 | auto``, :mod:`stmedfm.precision`); the first 3D
+convolution as a 2D convolution over depth slices (about 5 % on 3D training throughput, within the noise of the
+measure, and it would change the 3D numbers); in-place ReLU (no difference).
+
+Imports of optional or heavy packages stay inside the function that needs them: ``psutil`` (optional: without it
+the peak comes from ``getrusage``) and ``torch.profiler`` (only ``--profile`` loads it).
 """
 
 from __future__ import annotations
@@ -55,15 +56,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
+from stmedfm import bench_baseline as baseline
 from stmedfm import data as D
 from stmedfm import paths, registry
-from stmedfm.config import StudyConfig
+from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.errors import StmedfmError
+from stmedfm.executors import prepare_worker, restore_allocator
+from stmedfm.io import atomic_write_text
+from stmedfm.peft import prepare
+from stmedfm.planning import plan, preflight, pretrain_jobs, study_data, unique_runs
+from stmedfm import precision as P  # P.cpu_flags looked up at call time: tests stand in another CPU
+from stmedfm.precision import NATIVE_CPU_FLAGS, native_cpu_bf16, resolve
+from stmedfm.provenance import cpu_model, isa_summary
+from stmedfm.stats import mean_ci
+from stmedfm.study import default_workers, run_study
+from stmedfm.synthetic import split_sizes, write_synthetic, write_synthetic_streaming
+from stmedfm.train import (PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, build_model, generator,
+                           make_pool, predict_logits, pretrain, run_downstream, train_steps)
 
 COLUMNS = ["measure", "ours", "baseline", "ratio", "unit", "machine"]
-PAPER_FLAGS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 
 #: --quick: a fixed subset of the paper's protocol (one 2D and the 3D task, three strategies, few-shot K=1 on 3D)
 #: on tiny files with budgets of a few steps: it exercises every code path of both sides, fast
@@ -74,189 +86,12 @@ QUICK_OVERRIDES = dict(seeds=1, pretrain_tasks=["bloodmnist", "organmnist3d"], p
                        fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1], fewshot_splits=1,
                        fewshot_strategies=["full", "adapter"], class_weight_ablation_tasks=[], leave_out_tasks=[],
                        extended_tasks=[], calibration_task="bloodmnist")
+#: the single-thread throughput measures: their rows in results/bench.csv (also those of --precision)
+THROUGHPUT_LABELS = {"train_2d": "train throughput 2D, batch 32, 1 thread", "train_3d": "train throughput 3D, batch 8, 1 thread",
+                     "eval_2d": "eval throughput 2D, batch 256, 1 thread", "eval_3d": "eval throughput 3D, batch 32, 1 thread"}
 THROUGHPUT = {  # steps / samples per measure: (quick, full)
     "train_2d": (8, 150), "train_3d": (3, 40), "eval_2d": (512, 4096), "eval_3d": (64, 320),
 }
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the baseline: a MedMNIST-style per-item pipeline
-class PerItem2D(Dataset):
-    """MedMNIST's ``__getitem__``: array -> PIL image (grayscale converted to RGB, as ``as_rgb=True``) -> per-item
-    random flips (RandomHorizontalFlip / RandomVerticalFlip on the PIL image) -> ToTensor -> Normalize(.5, .5)."""
-
-    def __init__(self, split: D.Split, n_channels: int, flip: bool, seed: int = 0) -> None:
-        x = split.images
-        # MedMNIST's own layout: (N, H, W) for grayscale, (N, H, W, 3) for RGB
-        self.images = x[:, 0].numpy().copy() if n_channels == 1 else x.permute(0, 2, 3, 1).contiguous().numpy()
-        self.labels = split.labels.numpy()
-        self.flip = flip
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        img = Image.fromarray(self.images[i]).convert("RGB")
-        if self.flip:
-            if self.rng.random() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            if self.rng.random() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        x = np.asarray(img, dtype=np.float32) / 255.0  # ToTensor: HWC [0, 255] -> CHW [0, 1]
-        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-        x = (x - 0.5) / 0.5  # Normalize(mean=.5, std=.5)
-        return x, int(self.labels[i])
-
-
-class PerItem3D(Dataset):
-    """MedMNIST 3D style: one volume at a time as a numpy array, per-item flips, scaled to [-1, 1]."""
-
-    def __init__(self, split: D.Split, flip: bool, seed: int = 0) -> None:
-        self.images = split.images.numpy()  # (N, 1, D, H, W)
-        self.labels = split.labels.numpy()
-        self.flip = flip
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        x = self.images[i].astype(np.float32) / 255.0
-        if self.flip:
-            for axis in (1, 2, 3):
-                if self.rng.random() < 0.5:
-                    x = np.flip(x, axis)
-        x = torch.from_numpy(np.ascontiguousarray(x))
-        return (x - 0.5) / 0.5, int(self.labels[i])
-
-
-def per_item_dataset(task: str, split: D.Split, flip: bool, seed: int = 0) -> Dataset:
-    info = registry.get(task)
-    return PerItem3D(split, flip, seed) if info.dim == 3 else PerItem2D(split, info.n_channels, flip, seed)
-
-
-class PoolBatches(Sampler):
-    """The batch indices our ``Pool.batch`` draws (uniform with replacement; a small pool whole, shuffled), so the
-    baseline trains on the same samples and only the pipeline differs."""
-
-    def __init__(self, n: int, batch_size: int, steps: int, g: torch.Generator) -> None:
-        self.n, self.batch_size, self.steps, self.g = n, batch_size, steps, g
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            if self.n <= self.batch_size:
-                yield torch.randperm(self.n, generator=self.g).tolist()
-            else:
-                yield torch.randint(self.n, (self.batch_size,), generator=self.g).tolist()
-
-
-def nchw(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with contiguous (NCHW / NCDHW) conv weights, as a default PyTorch model has."""
-    model.stem2d.to(memory_format=torch.contiguous_format)
-    model.stem3d.to(memory_format=torch.contiguous_format)
-    return model
-
-
-def baseline_forward(model, x: torch.Tensor, task: str) -> torch.Tensor:
-    """The model's computation on an NCHW batch, without our channels-last conversion."""
-    stem = model.stem3d if x.ndim == 5 else model.stem2d
-    return model.heads[task](model.encoder(stem(x)))
-
-
-def _loader(task: str, split: D.Split, indices, batch_size: int, steps: int, g: torch.Generator, flip: bool,
-            seed: int) -> DataLoader:
-    if indices is not None:
-        split = D.Split(split.images[indices], split.labels[indices])
-    ds = per_item_dataset(task, split, flip, seed)
-    return DataLoader(ds, batch_sampler=PoolBatches(len(ds), batch_size, steps, g), num_workers=0)
-
-
-def baseline_train(model, task: str, loader, weights, lr: float, cfg: StudyConfig) -> None:
-    from stmedfm.train import _optimizer
-
-    opt = _optimizer(model, lr, cfg.weight_decay)
-    model.train()
-    for x, y in loader:
-        loss = torch.nn.functional.cross_entropy(baseline_forward(model, x, task), y, weight=weights)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def baseline_logits(model, task: str, split: D.Split, batch_size: int) -> np.ndarray:
-    loader = DataLoader(per_item_dataset(task, split, flip=False), batch_size=batch_size, shuffle=False)
-    model.eval()
-    with torch.no_grad():
-        out = [baseline_forward(model, x, task) for x, _ in loader]
-    return torch.cat(out).double().numpy()
-
-
-def baseline_pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> dict:
-    from stmedfm.train import _optimizer, build_model, derive_seed, generator, make_pool, task_schedule
-
-    model = nchw(build_model(cfg, tasks, derive_seed(seed, "pretrain-init", *tasks)))
-    g = generator(derive_seed(seed, "pretrain-data", *tasks))
-    schedule = task_schedule(cfg, tasks, cfg.pretrain_steps, g)
-    steps = {t: sum(t in s for s in schedule) for t in tasks}
-    pools = {t: make_pool(cfg, t) for t in tasks}
-    loaders = {t: iter(_loader(t, D.load_task(t, cfg.image_size, cfg.data_dir)["train"], None, cfg.batch_size(t),
-                               steps[t], g, cfg.augment, seed)) for t in tasks}
-    opt = _optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
-    model.train()
-    for step_tasks in schedule:
-        opt.zero_grad()
-        for t in step_tasks:
-            x, y = next(loaders[t])
-            torch.nn.functional.cross_entropy(baseline_forward(model, x, t), y, weight=pools[t].weights).backward()
-        opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def baseline_run(cfg: StudyConfig, spec, pretrained: dict | None) -> dict[str, float]:
-    """One downstream run through the baseline pipeline; the same metrics as ours."""
-    from stmedfm.train import derive_seed, downstream_model, eval_subset, generator, make_pool, run_metrics
-
-    task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
-    indices = None
-    if spec.k:
-        g_k = generator(derive_seed(spec.seed, "kshot", spec.task, spec.k, spec.fewshot_split))
-        indices = D.kshot_indices(task_data["train"].labels, spec.k, task_data.info.n_classes, g_k)
-    pool = make_pool(cfg, spec.task, indices, spec.class_weights)
-    model = nchw(downstream_model(cfg, spec, pretrained))
-    g = generator(derive_seed(spec.seed, "train-data", spec.task, spec.k, spec.fewshot_split))
-    loader = _loader(spec.task, task_data["train"], indices, cfg.batch_size(spec.task), spec.steps, g, cfg.augment,
-                     spec.seed)
-    baseline_train(model, spec.task, loader, pool.weights, spec.lr, cfg)
-    logits, labels = {}, {}
-    for split in ("val", "test") if cfg.temperature_scaling else ("test",):
-        s = task_data[split]
-        sub = eval_subset(len(s), cfg, spec.task, split)
-        s = s if sub is None else D.Split(s.images[sub], s.labels[sub])
-        logits[split] = baseline_logits(model, spec.task, s, cfg.eval_batch_size(spec.task))
-        labels[split] = s.labels.numpy()
-    return run_metrics(cfg, spec, task_data.info, logits, labels)[0]
-
-
-def baseline_study(cfg: StudyConfig) -> int:
-    """Every unique run of the protocol through the baseline pipeline, one after the other, in this process.
-    Nothing is stored (only the time matters); returns the number of runs."""
-    from stmedfm.study import plan, preflight, pretrain_jobs, study_data, unique_runs
-
-    preflight(cfg)
-    planned = plan(cfg)
-    unique = unique_runs(cfg, planned, study_data(cfg))
-    states = {}
-    for job in pretrain_jobs(planned):
-        states[job] = baseline_pretrain(cfg, list(job.tasks), job.seed)
-    for p in unique.values():
-        baseline_run(cfg, p.spec, states.get(p.pretrain_job))
-    return len(unique)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,9 +112,6 @@ def profile_protocol(cfg: StudyConfig, top: int = 15) -> pd.DataFrame:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from stmedfm.executors import prepare_worker, restore_allocator
-    from stmedfm.study import plan, preflight, pretrain_jobs, study_data, unique_runs
-    from stmedfm.train import PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, pretrain, run_downstream
 
     phases = (PHASE_PRETRAIN, PHASE_TRAIN, PHASE_EVALUATE, PHASE_METRICS)
     preflight(cfg)
@@ -337,8 +169,6 @@ def run_profile(quick: bool = False, out: str | os.PathLike | None = None, top: 
     """``stmedfm bench --profile``: :func:`profile_protocol` of ``params/paper.yaml`` with 1 seed on synthetic
     files of the official sizes (``--quick``: the tiny subset CI runs), in a fresh process; writes ``out``
     (default ``results/profile.csv``) atomically and prints the table."""
-    from stmedfm.io import atomic_write_text
-
     paper = paths.params_dir() / "paper.yaml"
     with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
         if quick:
@@ -363,8 +193,6 @@ def run_profile(quick: bool = False, out: str | os.PathLike | None = None, top: 
 # measures, each in a fresh process (so one side's allocator, caches or threads cannot help the other)
 def _throughput(data_dir: str, quick: bool) -> dict[str, dict[str, float]]:
     """Both sides in one fresh process: the baseline first, with glibc's default allocator, then ours."""
-    from stmedfm.executors import prepare_worker
-
     torch.set_num_threads(1)
     base = _throughput_of("baseline", data_dir, quick)
     prepare_worker()
@@ -372,10 +200,6 @@ def _throughput(data_dir: str, quick: bool) -> dict[str, dict[str, float]]:
 
 
 def _throughput_of(kind: str, data_dir: str, quick: bool, precision: str = "fp32") -> dict[str, float]:
-    from stmedfm.peft import prepare
-    from stmedfm.precision import resolve
-    from stmedfm.train import build_model, generator, make_pool, predict_logits, train_steps
-
     i = 0 if quick else 1
     cfg = StudyConfig.from_dict({"data_dir": data_dir, "pretrain_tasks": ["bloodmnist", "organmnist3d"],
                                  "downstream_tasks": ["bloodmnist", "organmnist3d"], "calibration_task": None,
@@ -385,7 +209,7 @@ def _throughput_of(kind: str, data_dir: str, quick: bool, precision: str = "fp32
     for task, dim in (("bloodmnist", "2d"), ("organmnist3d", "3d")):
         model = prepare(build_model(cfg, [task], 0), "full", task)
         if kind == "baseline":
-            model = nchw(model)
+            model = baseline.nchw(model)
         bs, ebs = cfg.batch_size(task), cfg.eval_batch_size(task)
         train, test = D.load_task(task, data_dir=data_dir)["train"], D.load_task(task, data_dir=data_dir)["test"]
         pool = make_pool(cfg, task)
@@ -394,14 +218,14 @@ def _throughput_of(kind: str, data_dir: str, quick: bool, precision: str = "fp32
             if kind == "ours":
                 train_steps(model, pool, n, 1e-3, cfg, generator(1))
             else:
-                loader = _loader(task, train, None, bs, n, generator(1), True, 0)
-                baseline_train(model, task, loader, pool.weights, 1e-3, cfg)
+                loader = baseline.per_item_loader(task, train, None, bs, n, generator(1), True, 0)
+                baseline.baseline_train(model, task, loader, pool.weights, 1e-3, cfg)
 
         def evaluate(n: int) -> None:
             if kind == "ours":
                 predict_logits(model, task, test.images[:n], ebs, precision=prec)
             else:
-                baseline_logits(model, task, D.Split(test.images[:n], test.labels[:n]), ebs)
+                baseline.baseline_logits(model, task, D.Split(test.images[:n], test.labels[:n]), ebs)
 
         steps = THROUGHPUT[f"train_{dim}"][i]
         fit(2)  # warm-up: first-call allocations and kernel selection
@@ -423,22 +247,18 @@ def _protocol(kind: str, params: str | None, overrides: dict, workers: int | Non
     t0 = time.perf_counter()
     run_seconds = float("nan")
     if kind == "ours":
-        from stmedfm.study import plan, run_study, study_data, unique_runs
-
         with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as out:
             store = run_study(cfg, out=out, progress=False, workers=workers)
             run_seconds = float(store.table("runs")["seconds"].mean())
         runs = len(unique_runs(cfg, plan(cfg), study_data(cfg)))
     else:
-        runs = baseline_study(cfg)
+        runs = baseline.baseline_study(cfg)
     return {"seconds": time.perf_counter() - t0, "runs": runs, "run_seconds": run_seconds}
 
 
 def _throughput_precisions(data_dir: str, quick: bool, rounds: int) -> dict[str, dict[str, float]]:
     """fp32 and bf16 throughput of ours in one fresh single-thread process, interleaved (fp32, bf16, then bf16,
     fp32, ...) so drifting load hits both sides alike; the best of ``rounds`` per side and measure."""
-    from stmedfm.executors import prepare_worker
-
     prepare_worker()
     best: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}}
     for r in range(rounds):
@@ -504,8 +324,6 @@ def _measure(payload: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 def machine() -> str:
     """CPU model with its relevant ISA flags (AVX2, AVX-512, bf16, AMX), cores, memory, torch and Python."""
-    from stmedfm.provenance import cpu_model, isa_summary
-
     cpu = f"{cpu_model()} ({isa_summary()})"
     mem = ""
     try:
@@ -520,8 +338,6 @@ def machine() -> str:
 def _begin(what: str, quick: bool, workers: int | None, out, log) -> tuple[int, str, Path, float | None]:
     """(workers, machine, output path, load average) of a bench run, after saying what runs where and warning on a
     busy machine."""
-    from stmedfm.study import default_workers
-
     workers = workers or default_workers()
     mach = machine()
     out = Path(out) if out else paths.project_root() / "results" / "bench.csv"
@@ -539,10 +355,8 @@ def _load() -> float | None:
         return None
 
 
-def _synthetic(directory: Path, n=None, scale=None, flags=PAPER_FLAGS) -> Path:
+def _synthetic(directory: Path, n=None, scale=None, flags=PAPER_TASKS) -> Path:
     """Synthetic files of ``flags`` in ``directory`` (kept when already there: writing official sizes takes ~40 s)."""
-    from stmedfm.synthetic import write_synthetic
-
     if not all((directory / registry.get(f).filename(28)).is_file() for f in flags):
         directory.mkdir(parents=True, exist_ok=True)
         write_synthetic(directory, flags, n=n, scale=scale, seed=0)
@@ -559,8 +373,6 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
               synthetic_dir: str | os.PathLike | None = None, real_data_dir: str | os.PathLike | None = None,
               log=print) -> pd.DataFrame:
     """Run every measure, write ``out`` (default ``results/bench.csv``) atomically, return the table."""
-    from stmedfm.io import atomic_write_text
-
     workers, mach, out, load = _begin("", quick, workers, out, log)
     rows: list[dict] = []
     log("Synthetic files of the official shapes stand in for the missing paper files: compute does not depend "
@@ -573,10 +385,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
             _synthetic(small, n={"train": 512, "val": 64, "test": THROUGHPUT[m][0 if quick else 1]}, flags=(flag,))
         log("throughput, baseline then ours ...")
         got = _measure({"what": "throughput", "kind": "both", "data_dir": str(small), "quick": quick})
-        for m, label in (("train_2d", "train throughput 2D, batch 32, 1 thread"),
-                         ("train_3d", "train throughput 3D, batch 8, 1 thread"),
-                         ("eval_2d", "eval throughput 2D, batch 256, 1 thread"),
-                         ("eval_3d", "eval throughput 3D, batch 32, 1 thread")):
+        for m, label in THROUGHPUT_LABELS.items():
             rows.append(_row(label, got["ours"][m], got["baseline"][m], "samples/s", mach))
 
         # --- the paper's protocol
@@ -630,8 +439,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
 
 # ---------------------------------------------------------------------------------------------------------------
 # fp32 vs bf16 (stmedfm bench --precision), and how cost grows with image size (stmedfm bench --sizes)
-PRECISION_LABELS = {"train_2d": "train throughput 2D, batch 32, 1 thread", "eval_2d": "eval throughput 2D, batch 256, 1 thread",
-                    "train_3d": "train throughput 3D, batch 8, 1 thread", "eval_3d": "eval throughput 3D, batch 32, 1 thread"}
+PRECISION_LABELS = {m: THROUGHPUT_LABELS[m] for m in ("train_2d", "eval_2d", "train_3d", "eval_3d")}  # rows' order
 PARITY_METRICS = {"macro_auroc": "AUROC", "accuracy": "accuracy", "ece": "ECE"}
 SIZES = (28, 64, 128, 224)
 #: --sizes: pathmnist (the largest 2D flag) at every size, full official split sizes, reduced budgets, 2 workers;
@@ -644,8 +452,6 @@ SIZE_STUDY = dict(seeds=1, pretrain_tasks=["pathmnist"], downstream_tasks=["path
 
 def merge_rows(out: Path, frame: pd.DataFrame) -> pd.DataFrame:
     """``out`` with the rows of ``frame`` replacing those of the same measure (others kept, in order)."""
-    from stmedfm.io import atomic_write_text
-
     if out.is_file():
         old = pd.read_csv(out)
         old = old[~old["measure"].isin(frame["measure"])]
@@ -657,8 +463,6 @@ def merge_rows(out: Path, frame: pd.DataFrame) -> pd.DataFrame:
 def parity_table(fp32_dir: str | os.PathLike, bf16_dir: str | os.PathLike) -> pd.DataFrame:
     """bf16 - fp32, paired per run (same task, strategy, seed, budget: the transfer runs of both stores): mean
     difference and its 95 % t-interval per task x strategy x metric (AUROC, accuracy, ECE)."""
-    from stmedfm.stats import mean_ci
-
     keys = ["task", "strategy", "seed"]
     frames = {}
     for name, d in (("fp32", fp32_dir), ("bf16", bf16_dir)):
@@ -701,15 +505,11 @@ def run_precision_bench(quick: bool = False, out: str | os.PathLike | None = Non
     the paper protocol at 1 seed, run interleaved fp32, bf16, bf16, fp32 ... (``rounds`` each; the fastest kept).
     On a CPU without native bf16 the rows say so instead of timing an emulation. ``parity`` (the fp32 and bf16
     stores of the same study) adds the parity summary rows (:func:`parity_rows`)."""
-    from stmedfm import precision
-    from stmedfm.precision import NATIVE_CPU_FLAGS, native_cpu_bf16
-    from stmedfm.provenance import isa_summary
-
     workers, mach, out, load = _begin(" --precision", quick, workers, out, log)
     rows: list[dict] = []
     paper = str(paths.params_dir() / "paper.yaml")
     name = "paper.yaml quick subset (tiny), 1 seed" if quick else "paper.yaml, 1 seed"
-    flags = precision.cpu_flags()
+    flags = P.cpu_flags()
     native = native_cpu_bf16(flags)
     if not native:
         note = f"not timed: this CPU has no native bf16 ({isa_summary(flags)}; none of {', '.join(NATIVE_CPU_FLAGS)})"
@@ -762,11 +562,9 @@ def run_precision_bench(quick: bool = False, out: str | os.PathLike | None = Non
 
 def _sized_file(directory: Path, size: int, scale: float) -> Path:
     """The synthetic pathmnist file of ``size`` px at ``scale`` in ``directory`` (written once, streamed)."""
-    from stmedfm.synthetic import split_sizes, write_synthetic_streaming
-
     info = registry.get("pathmnist")
     target = directory / info.filename(size)
-    entry = D._manifest_entry(target) if target.is_file() else None
+    entry = D.manifest_entry(target) if target.is_file() else None
     if not (entry and entry.get("synthetic") and entry.get("n_samples") == split_sizes(info, scale=scale)):
         write_synthetic_streaming(directory, "pathmnist", size=size, scale=scale)
     return target
@@ -789,7 +587,7 @@ def run_size_bench(sizes=SIZES, scale: float = 1.0, out: str | os.PathLike | Non
         gib = path.stat().st_size / 2**30
         t0 = time.perf_counter()
         D.load_task("pathmnist", size=size, data_dir=directory)  # verify and extract once, outside the measure
-        D._load_cached.cache_clear()
+        D.release_cache()
         log(f"{path.name}: {gib:.2f} GiB, verified and extracted in {time.perf_counter() - t0:.1f} s; study ...")
         over = {**SIZE_STUDY, "data_dir": str(directory), "image_size": size, "precision": precision}
         res = _measure({"what": "protocol", "kind": "ours", "params": None, "overrides": over, "workers": workers})

@@ -60,7 +60,9 @@ from stmedfm.config import StudyConfig
 from stmedfm.config import notebook_overrides, read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
-from stmedfm.study import ResultStore, plan, run_id, run_study, study_data
+from stmedfm.planning import plan, run_id, study_data
+from stmedfm.store import ResultStore
+from stmedfm.study import run_study
 
 __all__ = ["Beyond", "load", "reanalyse", "is_variant_file", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]

@@ -65,6 +65,8 @@ __all__ = [
     "file_digests",
     "FileIdentity",
     "identify",
+    "manifest_entry",
+    "release_cache",
 ]
 
 
@@ -143,8 +145,11 @@ def file_digests(path: str | os.PathLike, algorithms: tuple[str, ...] = ("md5",)
     return {a: h.hexdigest() for a, h in hashers.items()}
 
 
-def _manifest_entry(path: Path) -> dict | None:
-    """The entry of ``MANIFEST.json`` beside ``path`` naming it (with a sha256), or None."""
+def manifest_entry(path: Path) -> dict | None:
+    """The entry of ``MANIFEST.json`` beside ``path`` naming it (with a sha256), or None.
+
+    Public because the writers of synthetic files (:mod:`stmedfm.synthetic`, ``stmedfm bench``) read it too: an
+    entry saying ``synthetic`` with the wanted split sizes means the file need not be written again."""
     manifest = path.parent / paths.MANIFEST_NAME
     try:
         doc = json.loads(manifest.read_text())
@@ -208,7 +213,7 @@ def _check(path: Path, info: FlagInfo, size: int) -> FileIdentity:
     st = path.stat()
     key = str(path.resolve())
     rec = _record(st, info, size)
-    entry = _manifest_entry(path)
+    entry = manifest_entry(path)
     # what the manifest says is part of a verification: a file it vouched for is trusted only while it still does
     rec["manifest"] = None if entry is None else {"sha256": entry["sha256"], "synthetic": entry.get("synthetic") is True}
     doc = _read_cache()
@@ -549,19 +554,14 @@ def release_cache() -> None:
     _load_cached.cache_clear()
 
 
-def load_task(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None, download: bool = False) -> TaskData:
-    """Locate (downloading only when asked), verify and map all splits of one task (see the module docstring),
-    cached in-process."""
+def load_task(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> TaskData:
+    """Locate, verify and map all splits of one task (see the module docstring), cached in-process.
+
+    Never downloads: this module sits below :mod:`stmedfm.download` (which verifies with it), so fetching a
+    missing file first is :func:`stmedfm.download.load_or_download`."""
     info = registry.get(flag)
     registry.check_size(size)
-    try:
-        path = locate(info.flag, size, data_dir)
-    except StmedfmError:
-        if not download:
-            raise
-        from stmedfm.download import download as fetch  # local import: download depends on this module
-
-        path = fetch(info.flag, size=size, data_dir=data_dir)
+    path = locate(info.flag, size, data_dir)
     verify(path, info.flag, size)
     try:
         st = path.stat()

@@ -241,3 +241,13 @@ def download_many(flags, size: int = 28, **kwargs) -> dict[str, Path]:
             f"{' (the others succeeded: ' + ', '.join(out) + ')' if out else ''}. " + " ".join(errors)
         )
     return out
+
+
+def load_or_download(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None, **kwargs) -> data.TaskData:
+    """:func:`stmedfm.data.load_task`, downloading the file first (options of :func:`download`) when no data
+    directory holds it. Here, not in :mod:`stmedfm.data`: loading sits below downloading, which verifies with it."""
+    try:
+        data.locate(flag, size, data_dir)
+    except StmedfmError:
+        download(flag, size=size, data_dir=data_dir, **kwargs)
+    return data.load_task(flag, size, data_dir)

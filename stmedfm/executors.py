@@ -48,7 +48,7 @@ LOCAL = "local"  #: scheduler value that forces the local pool even when $DASK_S
 
 __all__ = ["Task", "Executor", "InlineExecutor", "PoolExecutor", "DaskExecutor", "make_executor",
            "resolve_scheduler", "run_tasks", "executor_for", "prepare_worker", "tune_allocator",
-           "restore_allocator", "trim_allocator", "ENV_SCHEDULER", "LOCAL"]
+           "restore_allocator", "trim_allocator", "single_thread", "ENV_SCHEDULER", "LOCAL"]
 
 
 # --- worker processes -------------------------------------------------------------------------------------------
@@ -108,6 +108,18 @@ def prepare_worker() -> None:
 
 
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run the block with one torch thread, as every worker runs its tasks: reductions then add in the same order,
+    so a run recomputed here (e.g. by :func:`stmedfm.inference.load_model`) gives the worker's very floats."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pool_worker_init(client_pid: int) -> None:

@@ -40,7 +40,11 @@ from scipy import stats as st
 
 from stmedfm import stats
 from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
+from stmedfm.report import claim_roles
+from stmedfm.store import ResultStore
+from stmedfm.tables import METRIC_TABLES, cell, paper_results
 
 __all__ = ["ALPHA", "DETECT", "CLAIMS", "Claim", "claims_table", "seeds_for_power", "prediction_interval",
            "paper_single_run", "reference_block", "write_findings"]
@@ -111,8 +115,6 @@ def seeds_for_power(sd: float, delta: float = DETECT, power: float = POWER, alph
 def claims_table(cfg: StudyConfig, metrics: pd.DataFrame) -> pd.DataFrame:
     """Every claim x metric of :data:`CLAIMS` that the study has runs for, tested paired over seeds, Holm across
     all rows, with effect sizes, power and the verdict (module docstring)."""
-    from stmedfm.report import claim_roles
-
     roles = claim_roles(cfg)
     rows = []
     for claim in CLAIMS:
@@ -160,29 +162,25 @@ def prediction_interval(values, level: float = 0.95) -> tuple[float, float, floa
 def paper_single_run(metrics: pd.DataFrame) -> pd.DataFrame:
     """Each paper cell of Tables 5-8b whose flag we ran, beside our mean with its 95 % CI and the 95 % prediction
     interval of a single run of ours; ``inside`` says whether one run of ours would plausibly give the paper's."""
-    from stmedfm.tables import METRIC_TABLES, paper_results
-
     paper = paper_results()
     rows = []
     for table, metric in METRIC_TABLES.items():
         cells = paper[(paper["table"] == table) & (paper["metric"] == metric)]
-        for cell in cells.itertuples():
-            ours = metrics[(metrics["experiment"] == "transfer") & (metrics["task"] == cell.task)
-                           & (metrics["strategy"] == cell.strategy) & (metrics["metric"] == metric)]["value"]
+        for published in cells.itertuples():
+            ours = metrics[(metrics["experiment"] == "transfer") & (metrics["task"] == published.task)
+                           & (metrics["strategy"] == published.strategy) & (metrics["metric"] == metric)]["value"]
             if len(ours) < 2:
                 continue
             mean, lo, hi = stats.mean_ci(ours)
             _, plo, phi = prediction_interval(ours)
-            rows.append({"table": table, "task": cell.task, "strategy": cell.strategy, "metric": metric,
-                         "paper": cell.value, "mean": mean, "ci_low": lo, "ci_high": hi, "pi_low": plo,
-                         "pi_high": phi, "n": len(ours), "inside": bool(plo <= cell.value <= phi)})
+            rows.append({"table": table, "task": published.task, "strategy": published.strategy, "metric": metric,
+                         "paper": published.value, "mean": mean, "ci_low": lo, "ci_high": hi, "pi_low": plo,
+                         "pi_high": phi, "n": len(ours), "inside": bool(plo <= published.value <= phi)})
     return pd.DataFrame(rows)
 
 
 def write_findings(results: str | Path) -> dict[str, pd.DataFrame]:
     """Compute ``claims.csv`` and ``paper_single_run.csv`` from the store's committed tables; returns them."""
-    from stmedfm.study import ResultStore
-
     store = ResultStore(results)
     cfg, metrics = store.config(), store.table("metrics")
     out = {"claims": claims_table(cfg, metrics), "paper_single_run": paper_single_run(metrics)}
@@ -204,8 +202,6 @@ def reference_block(results: str | Path) -> str:
     """The README's reference-results block, from the store's committed tables only: the AUROC table (Table 7,
     mean ± 95 % CI, the paper's single run in brackets), the claims with their tests and verdicts, and how many
     paper cells one run of ours would plausibly produce."""
-    from stmedfm.tables import cell
-
     root = Path(results)
     claims = pd.read_csv(root / "claims.csv")
     single = pd.read_csv(root / "paper_single_run.csv")
@@ -249,7 +245,6 @@ def beyond_block(params: str | Path) -> str:
     """The findings of the variant study ``params`` as a markdown list, from its committed tables
     (:func:`stmedfm.beyond.findings`; nothing is computed: an incomplete study is an error)."""
     from stmedfm import beyond
-    from stmedfm.errors import StmedfmError
 
     study = beyond.load(params)
     if not beyond.complete(study):
@@ -261,8 +256,6 @@ def flips_block(label_safe: str | Path, reference: str | Path, task: str = "orga
     """Label-safe flips against the paper's flips on ``task``: accuracy and AUROC per strategy (Scratch, Full),
     mean ± 95 % CI over the seeds both stores have, and the seeds where label-safe is better. Both stores must come
     from the same machine (a cross-CPU difference would pass for an effect); otherwise the block says so."""
-    from stmedfm.study import ResultStore
-
     stores = [ResultStore(label_safe), ResultStore(reference)]
     runs = [s.table("runs") for s in stores]
     machines = [set(r["machine"].fillna("unrecorded")) if "machine" in r else {"unrecorded"} for r in runs]

@@ -30,9 +30,13 @@ import torch
 from stmedfm import registry
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
+from stmedfm.executors import single_thread
 from stmedfm.io import atomic_write_bytes
 from stmedfm.model import STMedFM
+from stmedfm.planning import PretrainJob, plan, study_data
+from stmedfm.planning import run_id as make_id
 from stmedfm.registry import FlagInfo
+from stmedfm.store import ResultStore, checkpoint_state
 from stmedfm.train import RunSpec, adapt, downstream_model, evaluate, predict_logits
 
 __all__ = ["TrainedModel", "load_model", "find_run"]
@@ -99,9 +103,7 @@ def find_run(store, task: str | None = None, strategy: str | None = None, seed: 
              experiment: str = "transfer", run_id: str | None = None, data=None):
     """``(run id, RunSpec)`` of one finished run of the store's plan: by ``run_id``, or the ``experiment``'s run of
     ``task`` x ``strategy`` x ``seed`` (default: the first task, strategy and seed of the config). ``data``: the
-    identities of the study's files (:func:`stmedfm.study.study_data`, read when None)."""
-    from stmedfm.study import plan, run_id as make_id, study_data
-
+    identities of the study's files (:func:`stmedfm.planning.study_data`, read when None)."""
     cfg = store.config()
     data = study_data(cfg) if data is None else data
     runs = [(make_id(cfg, p.spec, data), p) for p in plan(cfg)]
@@ -137,8 +139,6 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
     loaded with ``weights_only=True``; otherwise the run is re-materialised from its checkpoint and verified
     against its stored metrics (see the module docstring), and saved when ``save``.
     """
-    from stmedfm.study import PretrainJob, ResultStore, _state_dict, single_thread, study_data
-
     store = ResultStore(results)
     cfg = store.config()
     data = study_data(cfg)  # locates and verifies the study's files: a run's id covers its data
@@ -149,7 +149,7 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
         if not store.checkpoint_path(job).is_file():
             raise StmedfmError(f"The checkpoint of run {rid} ({store.checkpoint_path(job)}) is missing: rerun the "
                                f"study to rebuild it.")
-        pretrained = _state_dict(torch.load(store.checkpoint_path(job), map_location="cpu", weights_only=True), job)
+        pretrained = checkpoint_state(torch.load(store.checkpoint_path(job), map_location="cpu", weights_only=True), job)
         if pretrained is None:
             raise StmedfmError(f"{store.checkpoint_path(job)} holds another checkpoint than run {rid}'s: rerun the "
                                f"study to rebuild it.")

@@ -258,7 +258,9 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     exists; while runs compute, a progress bar (tqdm.auto: a widget in Jupyter) counts them, and one summary line
     says how many runs were reused and computed.
     """
-    from stmedfm.study import ResultStore, plan, run_id, run_study
+    from stmedfm.planning import plan, run_id
+    from stmedfm.store import ResultStore
+    from stmedfm.study import run_study
     from stmedfm.studyname import check, claim
 
     cfg = config(params, namespace)
@@ -355,7 +357,7 @@ def save_figure(fig, name: str, cfg: StudyConfig):
     """Write ``fig`` as ``figures/<study>/<name>.png`` (150 dpi) and ``.svg``, atomically; returns ``fig`` so that a
     cell ending with this call also displays it. Names follow :func:`stmedfm.plots.write_figures`."""
     from stmedfm.plots import write_figure
-    from stmedfm.study import ResultStore
+    from stmedfm.store import ResultStore
 
     notices = ResultStore(paths.results_dir(cfg.study)).notices()  # synthetic data, smoke budgets, machines
     write_figure(copy.deepcopy(fig), paths.figures_dir(cfg.study), name, notices)  # the shown figure stays as is

@@ -18,7 +18,7 @@ AMD EPYC Zen 4 (avx512_bf16, no AMX) bf16 autocast was measured faster than fp32
 this model (see :data:`NATIVE_CPU_FLAGS`); on CPUs with neither flag bf16 is emulated (7x slower on an AVX2 EPYC),
 so ``auto`` stays fp32 there, and ``stmedfm bench`` says so instead of timing it.
 
-Run identity (:mod:`stmedfm.study`): precision enters a run's id only when it is not fp32, and ``auto`` enters as
+Run identity (:mod:`stmedfm.planning`): precision enters a run's id only when it is not fp32, and ``auto`` enters as
 what it resolved to, so ``auto`` on a CPU without native bf16 *is* the fp32 run.
 """
 

@@ -1,6 +1,6 @@
 """Where a number was made: the machine, the software and the code version, recorded with every run.
 
-Provenance is not identity. A run's identity (:func:`stmedfm.study.run_id`) says what it computes — parameters
+Provenance is not identity. A run's identity (:func:`stmedfm.planning.run_id`) says what it computes — parameters
 and data — so a committed result stays usable on any machine. Provenance says where and with what it was
 computed, because the *same* seed gives bit-identical numbers only on the same hardware and software: recomputing
 a run on another CPU (another SIMD instruction set in oneDNN/ATen kernels) changes floating-point summation order

@@ -214,7 +214,7 @@ def write_synthetic_streaming(directory: str | os.PathLike, flag: str, size: int
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / info.filename(size)
     if target.is_file():
-        entry = data._manifest_entry(target)
+        entry = data.manifest_entry(target)
         if not (entry and entry.get("synthetic")):
             raise StmedfmError(f"{target} exists and is not a synthetic file listed in {paths.MANIFEST_NAME}; "
                                f"refusing to overwrite it. Write the synthetic files into another directory.")

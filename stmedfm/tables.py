@@ -19,7 +19,7 @@ import pandas as pd
 from stmedfm import strategies
 from stmedfm.stats import mean_ci
 from stmedfm.io import atomic_write_csv, atomic_write_text
-from stmedfm.study import ResultStore, not_results
+from stmedfm.store import ResultStore, not_results
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
 METRIC_TABLES = {

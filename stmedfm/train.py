@@ -114,7 +114,10 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, pool: Pool, log_normalise: bo
     return loss
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (Table 3; no schedule): frozen weights get no optimiser state, so
+    a PEFT run holds moments for its few trainable tensors. Public because the benchmark's baseline must train
+    with the very same optimiser."""
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
@@ -140,7 +143,7 @@ def train_steps(model: STMedFM, pool: Pool, steps: int, lr: float, cfg: StudyCon
     dev = next(model.parameters()).device
     prec = precision_of(cfg, dev)
     scaler = prec.scaler()
-    opt = _optimizer(model, lr, cfg.weight_decay)
+    opt = optimizer(model, lr, cfg.weight_decay)
     model.train()
     losses = []
     for _ in range(steps):
@@ -195,7 +198,7 @@ def pretrain(cfg: StudyConfig, tasks: list[str], seed: int) -> tuple[dict, pd.Da
     g = generator(derive_seed(seed, "pretrain-data", *tasks))
     prec = precision_of(cfg, dev)
     scaler = prec.scaler()
-    opt = _optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
+    opt = optimizer(model, cfg.pretrain_lr, cfg.weight_decay)
     model.train()
     rows = []
     with torch.profiler.record_function(PHASE_PRETRAIN):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stmedfm import bench
+from stmedfm import bench, bench_baseline
 from stmedfm import data as D
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
@@ -46,7 +46,7 @@ def test_baseline_items_match_our_batches(synthetic_dir):
     """The per-item pipeline gives the same input tensors as our batch conversion (up to float rounding)."""
     for task in ("bloodmnist", "organmnist3d"):
         split = D.load_task(task, data_dir=synthetic_dir)["train"]
-        ds = bench.per_item_dataset(task, split, flip=False)
+        ds = bench_baseline.per_item_dataset(task, split, flip=False)
         x, y = ds[3]
         ours = D.to_float(split.images[3:4])[0]
         assert x.shape == ours.shape and x.dtype == torch.float32 and y == int(split.labels[3])
@@ -108,7 +108,7 @@ def test_trainable_stems_are_never_recorded(synthetic_dir, strategy):
 def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
     """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
     from stmedfm import paths
-    from stmedfm.study import official_data, plan, pretrain_jobs, unique_runs
+    from stmedfm.planning import official_data, plan, pretrain_jobs, unique_runs
 
     out = tmp_path / "profile.csv"
     assert main(["bench", "--profile", "--quick", "--top", "5", "--out", str(out)]) == 0

@@ -13,7 +13,7 @@ import stmedfm.train as train_mod
 from stmedfm import beyond, paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import official_data, plan, run_id
+from stmedfm.planning import official_data, plan, run_id
 from stmedfm.train import RunSpec, run_downstream
 
 PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")

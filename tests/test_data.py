@@ -363,7 +363,7 @@ def test_load_task_is_cached_until_the_file_changes(synthetic_dir, tmp_path):
     assert second is not first and torch.equal(second["train"].images, first["train"].images)
 
 
-def test_load_task_downloads_only_when_asked(synthetic_dir, tmp_path, monkeypatch, no_default_data):
+def test_load_task_never_downloads_load_or_download_does(synthetic_dir, tmp_path, monkeypatch, no_default_data):
     from stmedfm import download as download_mod
 
     calls = []
@@ -376,7 +376,7 @@ def test_load_task_downloads_only_when_asked(synthetic_dir, tmp_path, monkeypatc
     with pytest.raises(StmedfmError, match="stmedfm download"):
         data.load_task("dermamnist", data_dir=tmp_path)
     assert calls == []
-    task = data.load_task("dermamnist", data_dir=tmp_path, download=True)
+    task = download_mod.load_or_download("dermamnist", data_dir=tmp_path)
     assert calls == [("dermamnist", 28, tmp_path)]
     assert len(task["train"]) == 48
 

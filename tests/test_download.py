@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stmedfm import data, paths, registry
-from stmedfm.download import download, download_many, source_url
+from stmedfm.download import download, download_many, load_or_download, source_url
 from stmedfm.errors import StmedfmError
 
 
@@ -191,10 +191,10 @@ def test_cannot_connect(tmp_path, no_default_data):
 
 
 def test_load_task_download_end_to_end(server, blood_bytes, tmp_path, monkeypatch):
-    """load_task(download=True) fetches a missing file and verifies it (registry md5 made to match the mirror)."""
+    """load_or_download fetches a missing file and verifies it (registry md5 made to match the mirror)."""
     monkeypatch.setenv(paths.ENV_MIRROR, server.base)
     monkeypatch.setitem(registry.get("bloodmnist").md5, 28, hashlib.md5(blood_bytes).hexdigest())
-    task = data.load_task("bloodmnist", data_dir=tmp_path, download=True)
+    task = load_or_download("bloodmnist", data_dir=tmp_path)
     assert len(task["train"]) == 48
     assert data.verify(tmp_path / "bloodmnist.npz", "bloodmnist") == "md5"
 

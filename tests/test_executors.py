@@ -9,7 +9,8 @@ import pytest
 from stmedfm import executors as E
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import ResultStore, run_study
+from stmedfm.store import ResultStore
+from stmedfm.study import run_study
 
 
 def tiny(data_dir, **changes) -> StudyConfig:

@@ -26,7 +26,7 @@ def test_the_readme_blocks_are_what_the_committed_results_give():
 def test_committed_claims_are_recomputed_exactly():
     for name in ("claims", "paper_single_run"):
         committed = pd.read_csv(ROOT / "results" / "offline" / f"{name}.csv")
-        from stmedfm.study import ResultStore
+        from stmedfm.store import ResultStore
 
         store = ResultStore(ROOT / "results" / "offline")
         cfg, metrics = store.config(), store.table("metrics")

@@ -20,8 +20,9 @@ from stmedfm import paths, provenance, synthetic
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import (PROVENANCE, ResultStore, StoreWarning, official_data, plan, run_id, run_study,
-                           study_data)
+from stmedfm.planning import official_data, plan, run_id, study_data
+from stmedfm.store import PROVENANCE, ResultStore, StoreWarning
+from stmedfm.study import run_study
 from stmedfm.tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]

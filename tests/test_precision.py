@@ -12,7 +12,8 @@ from stmedfm import precision as P
 from stmedfm import paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import official_data, plan, run_id, run_study
+from stmedfm.planning import official_data, plan, run_id
+from stmedfm.study import run_study
 from stmedfm.train import RunSpec, run_downstream
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})

@@ -132,7 +132,7 @@ def test_first_notebook_tells_binder_and_colab_users_how_to_get_the_data():
 
 # --- 4. first success offline, and advice that never repeats the failed command -----------------------------------------
 def test_preflight_advice_never_names_the_study_that_failed(no_default_data, monkeypatch):
-    from stmedfm.study import preflight
+    from stmedfm.planning import preflight
 
     offline = StudyConfig.load(ROOT / "params" / "offline.yaml")
     with pytest.raises(StmedfmError) as err:
@@ -155,7 +155,7 @@ def test_preflight_advice_never_names_the_study_that_failed(no_default_data, mon
 def test_preflight_suggests_the_offline_protocol_when_its_files_are_here(no_default_data, synthetic_dir, tmp_path,
                                                                         monkeypatch):
     from stmedfm import synthetic
-    from stmedfm.study import preflight
+    from stmedfm.planning import preflight
 
     data = tmp_path / "data"
     synthetic.write_synthetic(data, ["organamnist", "bloodmnist", "retinamnist"], n=12)
@@ -341,7 +341,8 @@ def test_load_model_rematerialises_verifies_saves_and_predicts(synthetic_dir, tm
     from stmedfm import data as D
     from stmedfm.inference import load_model, model_path
     from stmedfm.peft import LoRALinear
-    from stmedfm.study import ResultStore, run_study
+    from stmedfm.store import ResultStore
+    from stmedfm.study import run_study
 
     cfg = StudyConfig.from_dict(TINY | {"data_dir": str(synthetic_dir)})
     store = run_study(cfg, out=tmp_path / "tiny", progress=False)

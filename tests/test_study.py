@@ -8,7 +8,9 @@ from stmedfm import paths
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.study import official_data, plan, run_id, run_study
+from stmedfm.planning import official_data, plan, run_id
+from stmedfm.store import ResultStore
+from stmedfm.study import run_study
 from stmedfm.tables import write_tables
 
 
@@ -65,7 +67,7 @@ def test_interrupted_study_resumes_without_duplicates(synthetic_dir, tmp_path, m
     calls["n"] = 100  # no more interruptions; count the runs the second pass computes
     run_study(cfg, out=tmp_path / "resumed", progress=False)
     assert calls["n"] - 100 == 19 - 4
-    resumed = study_mod.ResultStore(tmp_path / "resumed")
+    resumed = ResultStore(tmp_path / "resumed")
     a, b = sorted_metrics(reference), sorted_metrics(resumed)
     assert not b.duplicated(["run_id", "experiment", "variant", "metric"]).any()
     pd.testing.assert_frame_equal(a, b)
@@ -145,7 +147,7 @@ def test_cli_prints_errors_without_traceback(capsys):
 
 def test_run_identity_is_stable():
     """Stored results are found by these ids: a change here orphans every finished run (add fields via LATER_FIELDS)."""
-    from stmedfm.study import PretrainJob
+    from stmedfm.planning import PretrainJob
     from stmedfm.train import RunSpec
 
     cfg = StudyConfig()

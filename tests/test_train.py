@@ -71,7 +71,7 @@ def _count_optimizer_steps(monkeypatch):
     import stmedfm.train as train_mod
 
     calls = {"step": 0}
-    real = train_mod._optimizer
+    real = train_mod.optimizer
 
     def counting(*args, **kwargs):
         opt = real(*args, **kwargs)
@@ -84,7 +84,7 @@ def _count_optimizer_steps(monkeypatch):
         opt.step = counted
         return opt
 
-    monkeypatch.setattr(train_mod, "_optimizer", counting)
+    monkeypatch.setattr(train_mod, "optimizer", counting)
     return calls
 
 

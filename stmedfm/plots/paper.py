@@ -1,6 +1,6 @@
 """The paper's Figures 2-7, drawn from a study's tidy results, and :func:`write_figures` (Figures 1-7 of a store).
 
-Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.study.ResultStore`) and returns a
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.store.ResultStore`) and returns a
 :class:`matplotlib.figure.Figure`; none of them reads a file, so notebooks and tests can feed them any frame.
 """
 
@@ -35,7 +35,7 @@ from stmedfm.plots.style import (
     style,
     write_figure,
 )
-from stmedfm.study import ResultStore
+from stmedfm.store import ResultStore
 from stmedfm.tables import summarise
 
 __all__ = ["fig2_pretraining_loss", "fig3_train_size_auroc", "fig_fewshot", "fig6_reliability", "fig7_confusion",

@@ -1,0 +1,265 @@
+"""What a study computes, and under which identity: the runs its parameters plan, and whether their files are here.
+
+* :func:`plan` turns a :class:`~stmedfm.config.StudyConfig` into pretraining jobs (one per seed and set of
+  pretraining tasks) and downstream runs, each tagged with the experiment(s) it belongs to. A run is identified
+  by what defines it (task, strategy, steps, lr, class weights, starting checkpoint, K, split, seed, the training
+  fields of the config, and the bytes of its data when they are not the official file), not by the experiment
+  that asked for it: Table 11's "weights on" rows *are* Table 5's runs, and run once.
+* :func:`preflight` is everything that can fail before training (files missing or corrupt, K larger than a
+  class), so a study stops at once, with one message, instead of after an hour.
+
+Nothing here reads or writes a result store (:mod:`stmedfm.store`) or runs anything (:mod:`stmedfm.study`): an
+identity must not depend on where a run is kept or how it is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from stmedfm import data as D
+from stmedfm import download, paths, registry, strategies
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.precision import identity_name
+from stmedfm.train import RunSpec
+
+#: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
+TRAINING_FIELDS = (
+    "image_size", "width", "ln_affine", "lora_r", "lora_alpha", "adapter_bottleneck", "batch_size_2d",
+    "batch_size_3d", "weight_decay", "class_weight_clip", "augment", "temperature_scaling", "eval_max_samples",
+)
+PRETRAIN_FIELDS = (
+    "image_size", "width", "ln_affine", "batch_size_2d", "batch_size_3d", "weight_decay", "class_weights",
+    "class_weight_clip", "augment", "pretrain_steps", "pretrain_lr", "task_sampling", "sampling_alpha",
+    "loss_log_normalise",
+)
+EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency")
+
+
+#: Fields added after the first reference results: part of an identity only when not at their default, so
+#: adding them did not change the identity of any finished run. LATER_RUN_FIELDS change evaluation only.
+#: ``precision`` enters as what it resolves to on this machine (``auto`` without native bf16 *is* fp32).
+LATER_FIELDS = {"flip_policy": "all", "precision": "fp32"}
+LATER_RUN_FIELDS = {"eval_batch_size_2d": 256, "eval_batch_size_3d": 32}
+
+#: The identity of every data file a study reads, flag -> :class:`stmedfm.data.FileIdentity` (see :func:`study_data`).
+StudyData = Mapping[str, D.FileIdentity]
+
+
+def _later(cfg: StudyConfig, name: str):
+    if name == "precision":
+        return identity_name(cfg.precision)
+    return getattr(cfg, name)
+
+
+def _fields(cfg: StudyConfig, names, later=LATER_FIELDS) -> dict:
+    fields = {f: getattr(cfg, f) for f in names}
+    fields.update({f: _later(cfg, f) for f, default in later.items() if _later(cfg, f) != default})
+    return fields
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def study_data(cfg: StudyConfig) -> dict[str, D.FileIdentity]:
+    """Locate and verify every file of the study; their identities (what run identities are built from)."""
+    return {t: D.identify(t, cfg.image_size, cfg.data_dir) for t in cfg.all_tasks()}
+
+
+def official_data(cfg: StudyConfig) -> dict[str, D.FileIdentity]:
+    """The identities the study's files have when they are the official ones (no file is read): for planning and
+    tests on machines without the data."""
+    return {t: D.FileIdentity(t, cfg.image_size, "official", f"md5:{registry.get(t).md5.get(cfg.image_size)}")
+            for t in cfg.all_tasks()}
+
+
+def _data_fields(data: StudyData, tasks) -> dict[str, str]:
+    """The digests of the files among ``tasks`` that are not the official ones. Decision: an official file is
+    already named by (flag, image size), which every identity holds, so only other bytes (derived, subset or
+    synthetic files) enter an identity; runs on the official files keep the ids they had before data entered
+    identities, and any other bytes can never reuse them."""
+    missing = [t for t in tasks if t not in data]
+    if missing:
+        raise KeyError(f"no data identity for {missing}")
+    return {t: data[t].digest for t in tasks if not data[t].official}
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    seed: int
+    tasks: tuple[str, ...]
+
+    def id(self, cfg: StudyConfig, data: StudyData) -> str:
+        fields = _fields(cfg, PRETRAIN_FIELDS)
+        if cfg.task_sampling != "temperature":
+            fields.pop("sampling_alpha")
+        files = _data_fields(data, self.tasks)
+        if files:
+            fields["data"] = files
+        return "pretrain-" + _digest({"seed": self.seed, "tasks": self.tasks, **fields})
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    experiment: str
+    variant: str  #: the ablation setting this run stands for (e.g. 'weights off', '2D-only', 'extended')
+    spec: RunSpec
+
+    @property
+    def pretrain_job(self) -> PretrainJob | None:
+        return PretrainJob(self.spec.seed, self.spec.pretrain) if self.spec.pretrain else None
+
+
+def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
+    """Identity of a run: its spec, the training fields of the config, its data and its checkpoint's identity."""
+    fields = _fields(cfg, TRAINING_FIELDS, {**LATER_FIELDS, **LATER_RUN_FIELDS})
+    files = _data_fields(data, [spec.task])
+    if files:
+        fields["data"] = files
+    ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg, data) if spec.pretrain else None
+    return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
+
+
+def plan(cfg: StudyConfig) -> list[PlannedRun]:
+    """Every (experiment, run) the parameters ask for, in a stable order; the same spec may appear twice."""
+    full_pretrain = tuple(cfg.pretrain_tasks)
+    out: list[PlannedRun] = []
+
+    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0):
+        steps = cfg.steps(task, strategy) if steps is None else steps
+        class_weights = cfg.class_weights if class_weights is None else class_weights
+        fresh = not strategies.get(strategy).pretrained
+        pretrain = () if fresh else (full_pretrain if pretrain is None else pretrain)
+        # the per-class / reliability / confusion outputs belong to the calibration task's standard run
+        detail = (task == cfg.calibration_task and strategy == cfg.calibration_strategy and k == 0
+                  and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
+                  and pretrain == (() if fresh else full_pretrain)
+                  and split == -1 and fraction == 1.0)
+        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy),
+                       class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail,
+                       fraction=float(fraction))
+
+    for seed in cfg.seeds:
+        for task in cfg.downstream_tasks:
+            for strategy in cfg.strategies:
+                out.append(PlannedRun("transfer", "", spec(task, strategy, seed)))
+        for task, steps in cfg.fewshot_tasks.items():
+            for k in cfg.fewshot_k:
+                for split in range(cfg.fewshot_splits):
+                    for strategy in cfg.fewshot_strategies:
+                        out.append(PlannedRun("fewshot", f"K={k}", spec(task, strategy, seed, steps=steps, k=k, split=split)))
+        for task in cfg.class_weight_ablation_tasks:
+            for strategy in cfg.class_weight_ablation_strategies:
+                for on in (True, False):
+                    out.append(PlannedRun("class_weights", "weights on" if on else "weights off",
+                                          spec(task, strategy, seed, class_weights=on)))
+        for task in cfg.leave_out_tasks:
+            without = tuple(t for t in full_pretrain if t != task)
+            for strategy in cfg.leave_out_strategies:
+                out.append(PlannedRun("leave_out", "all tasks", spec(task, strategy, seed)))
+                out.append(PlannedRun("leave_out", f"without {task}", spec(task, strategy, seed, pretrain=without)))
+        for task in cfg.extended_tasks:
+            out.append(PlannedRun("extended", "extended", spec(task, "scratch", seed, steps=cfg.extended_scratch_steps)))
+            out.append(PlannedRun("extended", "extended", spec(task, "full", seed, steps=cfg.extended_full_steps)))
+        # beyond the paper: the same strategies at several step budgets (a budget equal to the standard one *is*
+        # the transfer run), and stratified fractions of the train split with repeats (the repeat index is the
+        # run's fewshot_split, which also seeds its head and batches)
+        for task, budgets in cfg.budget_tasks.items():
+            for steps in budgets:
+                for strategy in cfg.budget_strategies:
+                    out.append(PlannedRun("budget", f"{steps} steps", spec(task, strategy, seed, steps=steps)))
+        for task in cfg.data_fraction_tasks:
+            for fraction in cfg.data_fractions:
+                for repeat in range(cfg.data_fraction_repeats):
+                    for strategy in cfg.data_fraction_strategies:
+                        out.append(PlannedRun("data_efficiency", f"{100 * fraction:g} %",
+                                              spec(task, strategy, seed, split=repeat, fraction=fraction)))
+    return out
+
+
+def unique_runs(cfg: StudyConfig, planned: list[PlannedRun], data: StudyData) -> dict[str, PlannedRun]:
+    """Run id -> the first planned run with that id: what actually executes (a run shared by experiments, once)."""
+    unique: dict[str, PlannedRun] = {}
+    for p in planned:
+        unique.setdefault(run_id(cfg, p.spec, data), p)
+    return unique
+
+
+def pretrain_jobs(planned: list[PlannedRun]) -> list[PretrainJob]:
+    """The pretraining jobs the planned runs start from, each once, by seed then tasks."""
+    return sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
+
+
+def data_kind(data: StudyData) -> str:
+    """'synthetic' when any file of the study is synthetic, else 'real'."""
+    return "synthetic" if any(i.kind == "synthetic" for i in data.values()) else "real"
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def preflight(cfg: StudyConfig) -> None:
+    """Everything that can fail before training: files present and verified, K not larger than any class."""
+    missing, problems = [], []
+    for task in cfg.all_tasks():
+        try:
+            D.locate(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        except StmedfmError:
+            missing.append(task)
+    if missing and cfg.download:
+        reason = ""
+        for task in list(missing):
+            try:
+                download.download(task, size=cfg.image_size, data_dir=cfg.data_dir)
+            except StmedfmError as exc:  # stop at the first failure: the others would fail the same way
+                reason = f" Downloading failed: {exc}"
+                break
+            missing.remove(task)
+    else:
+        reason = ""
+    if missing:
+        size = "" if cfg.image_size == 28 else f" --size {cfg.image_size}"
+        dirs = ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir))
+        fetch = ("" if cfg.download else  # never advise the download that just failed
+                 f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / "
+                 f"-p download=true), or, on a machine without internet, ")
+        raise StmedfmError(
+            f"Study '{cfg.study}' needs {len(missing)} MedMNIST file(s) that are not here: "
+            f"{', '.join(registry.get(t).filename(cfg.image_size) for t in missing)} (searched: {dirs}). "
+            f"{fetch}{'c' if fetch else 'C'}opy the official files into one of those directories (or point "
+            f"${paths.ENV_DATA} at a directory holding them).{_offline_advice(cfg)}{reason}")
+    for task in cfg.all_tasks():
+        D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout
+    if cfg.fewshot_tasks and cfg.fewshot_k:
+        k = max(cfg.fewshot_k)
+        for task in cfg.fewshot_tasks:
+            labels = D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)["train"].labels
+            counts = torch.bincount(labels, minlength=registry.get(task).n_classes)
+            if int(counts.min()) < k:
+                c = int(counts.argmin())
+                problems.append(f"'{task}' class {c} has {int(counts[c])} training samples but fewshot_k asks for K={k}")
+    if problems:
+        raise StmedfmError("Few-shot parameters exceed the data: " + "; ".join(problems) +
+                           ". Lower 'fewshot_k' or drop the task from 'fewshot_tasks'.")
+
+
+def _offline_advice(cfg: StudyConfig) -> str:
+    """Advice to run the offline protocol instead, only when its files are all here and it is another study
+    (advice never names the study that just failed)."""
+    offline = paths.params_dir() / "offline.yaml"
+    try:
+        other = StudyConfig.load(offline)
+        if other.all_tasks() == cfg.all_tasks() or other.study == cfg.study:
+            return ""
+        for task in other.all_tasks():
+            D.locate(task, size=other.image_size, data_dir=cfg.data_dir)
+    except StmedfmError:
+        return ""
+    return (" The files of the offline protocol are here: `make quick` runs it at one seed in minutes, "
+            "`make study PARAMS=params/offline.yaml` in full.")
+

@@ -1,0 +1,403 @@
+"""A study's result store: the files of one study under ``results/<study>/``, and the only code that writes them.
+
+* One JSON file per finished run under ``runs/`` (written atomically by the client process, the only writer) and
+  pretrained checkpoints under ``checkpoints/``. Rerunning skips finished runs, so an interrupted study resumes
+  without duplicates.
+* The tidy tables (``metrics.csv``: one row per run x metric; ``runs.csv``, ``pretrain_loss.csv``,
+  ``per_class.csv``, ``confusion.csv``, ``reliability.csv``) are rebuilt from those files after every study, for
+  the runs of the current plan on the current data only.
+* ``store.json`` marks a folder as the store of one study and one kind of data (real or synthetic), so results
+  of two studies, or of synthetic and real files, can never mix.
+
+Kept apart from :mod:`stmedfm.study` (which executes runs) because everything that *reads* results — tables,
+figures, the report, inference — needs the store and none of the execution machinery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from stmedfm import __version__
+from stmedfm.config import StudyConfig
+from stmedfm.errors import StmedfmError
+from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
+from stmedfm.train import RunResult, build_model
+
+#: The marker of a result store: which study it holds and whether its data is real or synthetic.
+MARKER = "store.json"
+#: Columns of runs.csv that say where and with what a run was computed (see stmedfm.provenance).
+PROVENANCE = ("data", "machine", "pretrain_machine", "stmedfm", "git_commit", "torch")
+
+
+#: Columns a tidy table of the store must have to be read at all.
+TABLE_COLUMNS = {"metrics": ("run_id", "experiment", "variant", "task", "strategy", "seed", "metric", "value"),
+                 "runs": ("run_id", "experiment", "variant", "task", "strategy", "seed")}
+
+
+class StoreWarning(UserWarning):
+    """A damaged file of a result store was set aside (moved to quarantine/) and will be recomputed."""
+
+
+class ResultStore:
+    """The files of one study under ``results/<study>/`` (see the module docstring).
+
+    A store is marked by ``store.json`` (its study name and data kind). Files that fail to load or whose content
+    does not match their name are moved to ``quarantine/`` (never deleted), named in a :class:`StoreWarning`, and
+    recomputed. ``config.yaml`` is written only after the tidy tables, so the two always describe the same study.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # locations
+    def run_path(self, rid: str) -> Path:
+        return self.root / "runs" / f"{rid}.json"
+
+    def checkpoint_path(self, job_id: str) -> Path:
+        return self.root / "checkpoints" / f"{job_id}.pt"
+
+    def loss_path(self, job_id: str) -> Path:
+        return self.root / "checkpoints" / f"{job_id}.loss.csv"
+
+    # claiming a folder ----------------------------------------------------------------------------------------
+    def marker(self) -> dict | None:
+        path = self.root / MARKER
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StmedfmError(f"'{path}' is damaged ({type(exc).__name__}); it marks a result store. Restore it, "
+                               f"or pass a new folder as --out.") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("study"), str):
+            raise StmedfmError(f"'{path}' is not a result-store marker; pass a new folder as --out.")
+        return doc
+
+    def check_claim(self, cfg: StudyConfig, kind: str | None) -> None:
+        """Refuse, before anything is written, any folder that is not new, empty, or a store of this study with
+        data of the same kind ('real' or 'synthetic'; None: not known yet, not checked)."""
+        root = self.root
+        if root.exists() and not root.is_dir() or root.is_symlink() and not root.exists():
+            raise StmedfmError(f"The result folder '{root}' is a file (or a broken link). Pass a new or empty folder, "
+                               f"or a store of study '{cfg.study}', as --out.")
+        for name in ("runs", "checkpoints", "quarantine", MARKER):
+            part = root / name
+            if part.exists() and (part.is_dir() != (name != MARKER)):
+                raise StmedfmError(f"'{part}' should be a {'file' if name == MARKER else 'folder'} of the result "
+                                   f"store; move it away or pass another --out.")
+        doc = self.marker()
+        if doc is None:
+            legacy = _study_in(root / "config.yaml")  # a store written before markers existed: taken as real data
+            if root.is_dir() and any(root.iterdir()) and (legacy != cfg.study or kind == "synthetic"):
+                what = (f"a store of study '{legacy}'" if legacy and legacy != cfg.study else
+                        "an unmarked store, taken to hold real data" if legacy else
+                        "not a result store (no store.json)")
+                raise StmedfmError(f"The result folder '{root}' is not empty and is {what}. Results of study "
+                                   f"'{cfg.study}' go into a new or empty folder or a store of the same study: pass "
+                                   f"another --out.")
+            return
+        if doc["study"] != cfg.study:
+            raise StmedfmError(f"The result folder '{root}' holds study '{doc['study']}', not '{cfg.study}'. Pass "
+                               f"another --out (or -p study={doc['study']}).")
+        if kind is not None and doc.get("data", kind) != kind:
+            raise StmedfmError(
+                f"The result folder '{root}' holds results on {doc['data']} data, and this study reads {kind} files "
+                f"({_kind_hint(kind)}). Runs on synthetic and real data never share a store: pass another --out.")
+
+    def claim(self, cfg: StudyConfig, kind: str) -> None:
+        """:meth:`check_claim`, then mark the folder as this study's store."""
+        self.check_claim(cfg, kind)
+        if self.marker() is None:
+            doc = {"study": cfg.study, "data": kind, "created_by": f"stmedfm {__version__}"}
+            try:
+                atomic_write_text(self.root / MARKER, json.dumps(doc, indent=1) + "\n")
+            except OSError as exc:
+                raise StmedfmError(f"Cannot create the result folder '{self.root}' ({exc.strerror or exc}); pass a "
+                                   f"writable --out.") from None
+
+    def open(self, cfg: StudyConfig) -> StudyData:
+        """The one way into a store before computing: refuse a folder that is not this study's (before anything is
+        downloaded or written), :func:`preflight` (files present, downloaded when ``cfg.download``), then claim it
+        for the kind of data the study reads. Returns the study's data identities."""
+        self.check_claim(cfg, None)
+        preflight(cfg)
+        data = study_data(cfg)
+        self.claim(cfg, data_kind(data))
+        return data
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the store for one study at a time (an advisory lock on its marker; a no-op without fcntl)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        with open(self.root / MARKER, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise StmedfmError(f"Another study is running in '{self.root}' right now; wait for it to finish "
+                                   f"(a rerun then resumes), or pass another --out.") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of writes a killed client never finished (only the client writes, under the
+        lock, so none is in use)."""
+        stale = [p for d in ("runs", "checkpoints") for p in (self.root / d).glob(".*.tmp")]
+        stale += list(self.root.glob(".*.tmp"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    # damaged files ---------------------------------------------------------------------------------------------
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a damaged file to ``quarantine/`` (never delete it), name it in a warning, return where it went."""
+        dest = self.root / "quarantine" / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.parent.name}-{path.name}"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except OSError as exc:
+            raise StmedfmError(f"{path} is damaged ({reason}) and cannot be moved to {dest.parent} "
+                               f"({exc.strerror or exc}); move or delete it, then rerun.") from None
+        warnings.warn(StoreWarning(f"{path} is damaged ({reason}); moved to {dest} and recomputed."), stacklevel=2)
+        return dest
+
+    # runs -----------------------------------------------------------------------------------------------------
+    def has_run(self, rid: str) -> bool:
+        return self.run_path(rid).is_file()
+
+    def write_run(self, rid: str, result: RunResult, cfg: StudyConfig | None = None,
+                  provenance: dict | None = None) -> None:
+        record = {
+            "run_id": rid, **result.spec.key(), "detail": result.spec.detail,
+            "total_params": result.total_params, "trainable_params": result.trainable_params,
+            "seconds": round(result.seconds, 3), "metrics": result.metrics,
+            "extras": {k: v.to_dict(orient="records") for k, v in result.extras.items()},
+            "provenance": {**(provenance or {}), **result.provenance},
+            "config": cfg.to_dict() if cfg is not None else None,
+        }
+        atomic_write_text(self.run_path(rid), json.dumps(record, default=float))
+
+    def read_run(self, rid: str) -> dict:
+        return json.loads(self.run_path(rid).read_text())
+
+    def load_run(self, rid: str) -> dict | None:
+        """The run's record, or None (and the file quarantined) when it is unreadable or belongs to another run."""
+        path = self.run_path(rid)
+        try:
+            rec = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # truncated, garbage, not UTF-8
+            self.quarantine(path, f"unreadable: {type(exc).__name__}")
+            return None
+        problem = _run_problem(rec, rid)
+        if problem:
+            self.quarantine(path, problem)
+            return None
+        return rec
+
+    # checkpoints ------------------------------------------------------------------------------------------------
+    def has_checkpoint(self, job_id: str) -> bool:
+        return self.checkpoint_path(job_id).is_file() and self.loss_path(job_id).is_file()
+
+    def checkpoint_ok(self, job_id: str, cfg: StudyConfig | None = None, tasks=()) -> bool:
+        """Whether the checkpoint and its loss table load and belong to ``job_id`` (and, given ``cfg`` and the job's
+        ``tasks``, load into its model); damaged ones are quarantined. A checkpoint without its loss table, or the
+        reverse, is set aside too."""
+        ckpt, loss = self.checkpoint_path(job_id), self.loss_path(job_id)
+        if not ckpt.is_file() and not loss.is_file():
+            return False
+        problem = None
+        try:
+            obj = torch.load(io.BytesIO(ckpt.read_bytes()), map_location="cpu", weights_only=True)
+            state = checkpoint_state(obj, job_id)
+            if state is None:
+                problem = "not a checkpoint of this job"
+            elif cfg is not None:
+                build_model(cfg, list(tasks), 0).load_state_dict(state)
+        except Exception as exc:  # torch raises many types for a damaged or foreign file
+            problem = f"unreadable: {type(exc).__name__}"
+        if problem is None:
+            try:
+                frame = pd.read_csv(loss)
+                if not {"step", "loss"} <= set(frame.columns) or frame.empty:
+                    problem = "loss table without its columns"
+            except Exception as exc:  # pandas: ParserError, UnicodeDecodeError, EmptyDataError, ...
+                problem = f"loss table unreadable: {type(exc).__name__}"
+        if problem:
+            for path in (ckpt, loss):
+                if path.is_file():
+                    self.quarantine(path, problem)
+            return False
+        return True
+
+    # config ---------------------------------------------------------------------------------------------------
+    def write_config(self, cfg: StudyConfig) -> None:
+        atomic_write_text(self.root / "config.yaml", cfg.to_yaml())
+
+    def config(self) -> StudyConfig:
+        path = self.root / "config.yaml"
+        if not path.is_file():
+            raise StmedfmError(f"'{self.root}' holds no study (no config.yaml). Run `stmedfm study PARAMS --out {self.root}` first.")
+        return StudyConfig.load(path)
+
+    # tidy tables
+    def consolidate(self, cfg: StudyConfig, data: StudyData) -> dict[str, pd.DataFrame]:
+        """Rebuild the tidy CSV tables from the finished runs of the current plan on the current data; returns
+        them. Runs of other parameters or other data stay in runs/ but never enter the tables."""
+        planned = plan(cfg)
+        run_rows, metric_rows = [], []
+        extras: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        cache: dict[str, dict | None] = {}
+        for p in planned:
+            rid = run_id(cfg, p.spec, data)
+            if rid not in cache:
+                cache[rid] = self.load_run(rid)
+            rec = cache[rid]
+            if rec is None:
+                continue
+            key = {"run_id": rid, "experiment": p.experiment, "variant": p.variant, **p.spec.key()}
+            prov = rec.get("provenance") or {}
+            run_rows.append({**key, "total_params": rec["total_params"], "trainable_params": rec["trainable_params"],
+                             "seconds": rec["seconds"], **{c: prov.get(c, "") for c in PROVENANCE}})
+            metric_rows += [{**key, "metric": m, "value": v} for m, v in rec["metrics"].items()]
+            if p.experiment == "transfer":
+                for name, records in rec["extras"].items():
+                    frame = pd.DataFrame(records)
+                    for col, val in reversed(list(key.items())):
+                        frame.insert(0, col, val)
+                    extras[name].append(frame)
+        tables = {"runs": pd.DataFrame(run_rows), "metrics": pd.DataFrame(metric_rows)}
+        tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
+        losses = []
+        for job in pretrain_jobs(planned):
+            jid = job.id(cfg, data)
+            if self.has_checkpoint(jid):
+                frame = pd.read_csv(self.loss_path(jid))
+                frame.insert(0, "pretrain", "+".join(job.tasks))
+                frame.insert(0, "seed", job.seed)
+                losses.append(frame)
+        if losses:
+            tables["pretrain_loss"] = pd.concat(losses, ignore_index=True)
+        for name, frame in tables.items():
+            atomic_write_csv(self.root / f"{name}.csv", frame)
+        return tables
+
+    def table(self, name: str) -> pd.DataFrame:
+        path = self.root / f"{name}.csv"
+        if not path.is_file():
+            raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
+        try:
+            frame = pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+            frame, problem = None, type(exc).__name__
+        else:
+            missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in frame.columns]
+            problem = f"no column {missing[0]!r}" if missing else None
+        if problem:
+            raise StmedfmError(f"'{path}' is damaged ({problem}); the tables are rebuilt from the runs by "
+                               f"`stmedfm study PARAMS --out {self.root}`.")
+        return frame
+
+    def notices(self) -> list[str]:
+        """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from
+        several machines. Tables, figures and the report print these."""
+        out = []
+        doc = self.marker() or {}
+        if doc.get("data") == "synthetic":
+            out.append(SYNTHETIC_NOTICE)
+        try:
+            if self.config().is_smoke():
+                out.append(SMOKE_NOTICE)
+        except StmedfmError:
+            pass
+        runs_csv = self.root / "runs.csv"
+        if runs_csv.is_file():
+            try:
+                runs = pd.read_csv(runs_csv, dtype=str, keep_default_na=False)
+            except (ValueError, UnicodeDecodeError):  # damaged: table() names it where it is needed
+                return out
+            machines = sorted({m for col in ("machine", "pretrain_machine") if col in runs for m in runs[col] if m})
+            if len(machines) > 1:
+                out.append(f"runs computed on {len(machines)} machines ({' | '.join(machines)}): the same seed gives "
+                           f"bit-identical numbers only on the same hardware; see README, Reproducibility")
+        return out
+
+
+SYNTHETIC_NOTICE = "synthetic data — not results"
+SMOKE_NOTICE = "smoke budgets — not results"
+
+
+def not_results(notices: list[str]) -> bool:
+    """Whether the notices mark a store whose numbers are not results (no paper deltas are shown for it)."""
+    return SYNTHETIC_NOTICE in notices or SMOKE_NOTICE in notices
+
+
+
+def _kind_hint(kind: str) -> str:
+    return "listed as synthetic in a MANIFEST.json" if kind == "synthetic" else "none of them synthetic"
+
+
+def _study_in(config_yaml: Path) -> str | None:
+    try:
+        doc = yaml.safe_load(config_yaml.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return doc.get("study") if isinstance(doc, dict) and isinstance(doc.get("study"), str) else None
+
+
+_RUN_KEYS = ("run_id", "metrics", "total_params", "trainable_params", "seconds", "extras")
+
+
+#: Metrics every run reports; a record without them (or with a non-number among its metrics) is damaged.
+_CORE_METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _run_problem(rec, rid: str) -> str | None:
+    if not isinstance(rec, dict) or any(k not in rec for k in _RUN_KEYS):
+        return "not a run record"
+    if rec["run_id"] != rid:
+        return f"it holds run {rec['run_id']}"
+    metrics, extras = rec["metrics"], rec["extras"]
+    if (not isinstance(metrics, dict) or any(m not in metrics for m in _CORE_METRICS)
+            or not all(_number(v) for v in metrics.values())):
+        return "its metrics are missing or not numbers"
+    if not all(_number(rec[k]) for k in ("total_params", "trainable_params", "seconds")):
+        return "its counts are not numbers"
+    if not isinstance(extras, dict) or not all(
+            isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in extras.values()):
+        return "its per-class tables are damaged"
+    return None
+
+
+def checkpoint_state(obj, job_id: str) -> dict | None:
+    """The state dict of a stored checkpoint ({'job_id', 'state_dict', ...}), or None when it is not one of
+    ``job_id``. Decision: a bare state dict (written before checkpoints named their job) names no job, so it is
+    quarantined and recomputed rather than trusted. Public because inference loads checkpoints with the same
+    rule: a model is never rebuilt from another job's weights."""
+    if isinstance(obj, dict) and obj.get("job_id") == job_id and isinstance(obj.get("state_dict"), dict):
+        return obj["state_dict"]
+    return None
+
+
