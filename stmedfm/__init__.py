@@ -1,11 +1,27 @@
 """stmedfm: a reproducible study of STMedFM, a lightweight cross-modal (2D + 3D) multi-task backbone on MedMNIST.
 
-Modules, one concept each: ``paths`` (where things live), ``registry`` (facts of every MedMNIST flag),
-``data`` (find, verify, load, augment), ``download``, ``synthetic`` (test files of official shapes),
-``model`` and ``peft`` (the architecture and its LoRA / adapter variants), ``metrics``, ``train``,
-``config`` (the typed study parameters), ``study`` (runner and result store), ``studyname`` (one name per study,
-one parameter file per store), ``inference`` (trained models of a store for new images), ``tables``, ``plots``,
-``cli`` (also ``python -m stmedfm``).
+The package is layered. A module imports only from layers below its own (imports inside functions count too),
+modules separated by ``|`` never import each other, and no two modules import each other by any path. The order,
+top to bottom (``pyproject.toml`` ``[tool.importlinter]`` holds the same list, and ``tests/test_architecture.py``
+checks both the imports and that this list and that one agree)::
+
+    cli                                   the command line (also ``python -m stmedfm``)
+    bench | findings | notebook           benchmark; conclusions for the README; notebook helpers
+    beyond                                variant studies of the study (params/beyond.yaml)
+    bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report
+    tables                                the paper's tables from a result store
+    study | studyname                     execute a study; one name and parameter file per store
+    store                                 the result store: runs, checkpoints, tidy tables
+    planning                              what a study runs, each run's identity, preflight
+    executors | train                     where tasks run; training and evaluation loops
+    calibration | config | download | metrics | peft | precision | stats | synthetic
+    data | model                          verified data as tensors; the architecture
+    errors : io : paths : provenance : registry : strategies    the foundation (``:`` may import each other)
+
+Why this order: results are a function of parameters and data only, so what a run *is* (``planning``) sits
+below where it is kept (``store``), which sits below how it is executed (``study``, ``executors``); everything
+that reads results (tables, figures, the report) sits above the store and never needs the execution machinery.
+``docs/architecture.md`` says where a new module goes.
 """
 
 from stmedfm.errors import StmedfmError

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from stmedfm import registry
+from stmedfm import paths, registry
 from stmedfm import strategies as _strategies
 from stmedfm.errors import StmedfmError
 
@@ -217,17 +217,14 @@ class StudyConfig:
         if errors:  # the rules below assume the types
             raise StmedfmError("\n".join(errors))
         self._canonical_flags(errors)
+        self._check_values(errors)
+        self._check_tasks(errors)
+        if errors:
+            raise StmedfmError("\n".join(dict.fromkeys(errors)))
+        return self
 
-        def positive(name: str, value) -> None:
-            if value <= 0:
-                errors.append(f"Parameter '{name}' must be a positive number, got {value!r}.")
-
-        def check(fn, *args) -> None:
-            try:
-                fn(*args)
-            except StmedfmError as exc:
-                errors.append(str(exc))
-
+    def _check_values(self, errors: list[str]) -> None:
+        """Ranges of single fields (counts, rates, names of choices); problems appended to ``errors``."""
         if len(self.seeds) > MAX_SEEDS:
             errors.append(f"Parameter 'seeds' asks for {len(self.seeds)} seeds; at most {MAX_SEEDS}.")
         if self.width > 4096:
@@ -235,19 +232,19 @@ class StudyConfig:
         if not STUDY_NAME.match(self.study) or self.study in (".", "..") or len(self.study) > 100:
             errors.append(f"Parameter 'study' must be a name of at most 100 letters, digits, '-' and '_' (starting with "
                           f"a letter or digit; no path separators), got {self.study!r}: it names results/<study>/.")
-        check(registry.check_size, self.image_size)
+        _collect(errors, registry.check_size, self.image_size)
         if self.workers is not None:
-            positive("workers", self.workers)
+            _positive(errors, "workers", self.workers)
         for name in ("pretrain_steps", "scratch_steps_2d", "scratch_steps_3d", "finetune_steps_2d",
                      "finetune_steps_3d", "extended_scratch_steps", "extended_full_steps", "batch_size_2d",
                      "batch_size_3d", "eval_batch_size_2d", "eval_batch_size_3d", "fewshot_splits", "width",
                      "lora_r", "adapter_bottleneck", "pretrain_lr", "lr_scratch", "lr_full", "lr_peft",
                      "lr_linear_probe", "lora_alpha", "sampling_alpha", "data_fraction_repeats"):
-            positive(name, getattr(self, name))
+            _positive(errors, name, getattr(self, name))
         if self.weight_decay < 0:
             errors.append(f"Parameter 'weight_decay' must be >= 0, got {self.weight_decay}.")
         if self.eval_max_samples is not None:
-            positive("eval_max_samples", self.eval_max_samples)
+            _positive(errors, "eval_max_samples", self.eval_max_samples)
         if len(self.class_weight_clip) != 2 or not 0 < self.class_weight_clip[0] <= self.class_weight_clip[1]:
             errors.append(f"Parameter 'class_weight_clip' must be [low, high] with 0 < low <= high, "
                           f"got {self.class_weight_clip}.")
@@ -261,12 +258,15 @@ class StudyConfig:
             errors.append(f"Unknown task_sampling '{self.task_sampling}'.{registry.closest(self.task_sampling, SAMPLERS)} "
                           f"Choose one of {', '.join(SAMPLERS)}.")
 
+    def _check_tasks(self, errors: list[str]) -> None:
+        """Flags, strategies and the rules between fields (budgets, few-shot, leave-out, calibration); problems
+        appended to ``errors``."""
         for name in ("pretrain_tasks", "downstream_tasks", "class_weight_ablation_tasks", "leave_out_tasks",
                      "extended_tasks", "data_fraction_tasks"):
             for flag in getattr(self, name):
-                check(self._check_flag, name, flag)
+                _collect(errors, self._check_flag, name, flag)
         for flag, budgets in self.budget_tasks.items():
-            check(self._check_flag, "budget_tasks", flag)
+            _collect(errors, self._check_flag, "budget_tasks", flag)
             if not budgets:
                 errors.append(f"'budget_tasks.{flag}' must be a non-empty list of step counts, got {budgets!r}.")
             for steps in budgets:
@@ -277,8 +277,8 @@ class StudyConfig:
                 errors.append(f"Parameter 'data_fractions' holds fractions of the train split in (0, 1] "
                               f"(0.01 = 1 %), got {f!r}.")
         for flag, steps in self.fewshot_tasks.items():
-            check(self._check_flag, "fewshot_tasks", flag)
-            positive(f"fewshot_tasks.{flag}", steps)
+            _collect(errors, self._check_flag, "fewshot_tasks", flag)
+            _positive(errors, f"fewshot_tasks.{flag}", steps)
         if not self.pretrain_tasks and self.uses_pretraining():
             errors.append("Parameter 'pretrain_tasks' is empty but the study has pretrained strategies; "
                           "name at least one pretraining task or use only 'scratch'.")
@@ -295,7 +295,7 @@ class StudyConfig:
             errors.append(f"Few-shot and leave-out studies adapt a pretrained model; '{fresh[0]}' is not allowed "
                           f"in 'fewshot_strategies' or 'leave_out_strategies'.")
         for k in self.fewshot_k:
-            positive("fewshot_k", k)
+            _positive(errors, "fewshot_k", k)
         for flag in self.leave_out_tasks:
             if flag not in self.pretrain_tasks:
                 errors.append(
@@ -304,16 +304,13 @@ class StudyConfig:
             elif len(self.pretrain_tasks) < 2:
                 errors.append("'leave_out_tasks' needs at least two pretraining tasks (one must remain).")
         if self.calibration_task is not None:
-            check(self._check_flag, "calibration_task", self.calibration_task)
+            _collect(errors, self._check_flag, "calibration_task", self.calibration_task)
             if self.calibration_task not in self.downstream_tasks:
                 errors.append(f"'calibration_task' is '{self.calibration_task}', which is not a downstream task "
                               f"(downstream_tasks: {', '.join(self.downstream_tasks)}).")
             if self.calibration_strategy not in self.strategies:
                 errors.append(f"'calibration_strategy' is '{self.calibration_strategy}', which is not in "
                               f"'strategies' ({', '.join(self.strategies)}).")
-        if errors:
-            raise StmedfmError("\n".join(dict.fromkeys(errors)))
-        return self
 
     def uses_pretraining(self) -> bool:
         def pretrained(names) -> bool:
@@ -393,6 +390,20 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise StmedfmError(f"Parameter file '{p}' must hold a mapping of parameter: value.")
     return values
+
+
+def _positive(errors: list[str], name: str, value) -> None:
+    if value <= 0:
+        errors.append(f"Parameter '{name}' must be a positive number, got {value!r}.")
+
+
+def _collect(errors: list[str], fn, *args) -> None:
+    """Run a check that raises :class:`StmedfmError`, its message appended to ``errors`` instead (so every problem
+    of a parameter file is reported at once)."""
+    try:
+        fn(*args)
+    except StmedfmError as exc:
+        errors.append(str(exc))
 
 
 class _Invalid(Exception):
@@ -544,20 +555,28 @@ def notebook_overrides(namespace: Mapping[str, Any], known=None) -> dict[str, An
     return {k: v for k, v in namespace.items() if k in known}
 
 
-def from_namespace(params: str | os.PathLike, namespace: Mapping[str, Any]) -> StudyConfig:
-    """The config of a notebook: the parameter file ``params`` overridden by every variable of ``namespace``
-    named like a field (this is how papermill's ``-p key value`` reaches the study).
+def params_path(params: str | os.PathLike) -> Path:
+    """Where a parameter file named in a notebook or a variant file is: the path as given when it is absolute or
+    exists from the current directory, else relative to the project root (notebooks run in ``notebooks/``, and
+    ``base: params/offline.yaml`` is written relative to the root)."""
+    path = Path(params)
+    return path if path.is_absolute() or path.is_file() else paths.project_root() / path
 
-    The ``parameters`` cell of a notebook defines only ``params`` (the file), so nothing a notebook sets for
-    itself can leak into a run with another parameter file; a mistyped injected name is refused
-    (:func:`notebook_overrides`). A relative ``params`` path is resolved against the current directory, then the
-    project root (notebooks run in ``notebooks/``).
-    """
-    from stmedfm import paths
 
+def notebook_params(params: str | os.PathLike, namespace: Mapping[str, Any], known=None) -> tuple[Path, dict[str, Any]]:
+    """(parameter file, overrides) of a notebook: the file ``params`` (:func:`params_path`) and every variable of
+    ``namespace`` named like a field of ``known`` (default all of StudyConfig's; :func:`notebook_overrides`).
+
+    The one way a notebook turns its namespace into parameters, for a study (:func:`from_namespace`) and for
+    variant studies (:func:`stmedfm.beyond.from_namespace`). The ``parameters`` cell of a notebook defines only
+    ``params`` (the file), so nothing a notebook sets for itself can leak into a run with another parameter file;
+    a mistyped injected name is refused."""
     if not isinstance(params, (str, os.PathLike)):
         raise StmedfmError(f"Parameter 'params' must be the path of a YAML parameter file, got {params!r}.")
-    path = Path(params)
-    if not path.is_absolute() and not path.is_file():
-        path = paths.project_root() / path
-    return StudyConfig.load(path, notebook_overrides(namespace))
+    return params_path(params), notebook_overrides(namespace, known)
+
+
+def from_namespace(params: str | os.PathLike, namespace: Mapping[str, Any]) -> StudyConfig:
+    """The config of a notebook: the parameter file ``params`` overridden by every variable of ``namespace``
+    named like a field (this is how papermill's ``-p key value`` reaches the study; :func:`notebook_params`)."""
+    return StudyConfig.load(*notebook_params(params, namespace))

@@ -46,7 +46,7 @@ from stmedfm.report import claim_roles
 from stmedfm.store import ResultStore
 from stmedfm.tables import METRIC_TABLES, cell, paper_results
 
-__all__ = ["ALPHA", "DETECT", "CLAIMS", "Claim", "claims_table", "seeds_for_power", "prediction_interval",
+__all__ = ["ALPHA", "DETECT", "CLAIMS", "Claim", "claims_table", "seeds_for_power",
            "paper_single_run", "reference_block", "write_findings"]
 
 ALPHA = stats.ALPHA
@@ -149,16 +149,6 @@ def claims_table(cfg: StudyConfig, metrics: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def prediction_interval(values, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of the ``level`` prediction interval of one new run, from runs ``values``."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) < 2:
-        return (float(v.mean()) if len(v) else float("nan")), float("nan"), float("nan")
-    half = st.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
-
-
 def paper_single_run(metrics: pd.DataFrame) -> pd.DataFrame:
     """Each paper cell of Tables 5-8b whose flag we ran, beside our mean with its 95 % CI and the 95 % prediction
     interval of a single run of ours; ``inside`` says whether one run of ours would plausibly give the paper's."""
@@ -172,7 +162,7 @@ def paper_single_run(metrics: pd.DataFrame) -> pd.DataFrame:
             if len(ours) < 2:
                 continue
             mean, lo, hi = stats.mean_ci(ours)
-            _, plo, phi = prediction_interval(ours)
+            _, plo, phi = stats.prediction_interval(ours)
             rows.append({"table": table, "task": published.task, "strategy": published.strategy, "metric": metric,
                          "paper": published.value, "mean": mean, "ci_low": lo, "ci_high": hi, "pi_low": plo,
                          "pi_high": phi, "n": len(ours), "inside": bool(plo <= published.value <= phi)})

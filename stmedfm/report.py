@@ -282,8 +282,9 @@ def paper_params() -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
-    """``b - a`` for one metric: means over seeds, the mean paired difference, its 95 % half-width, and the
-    direction: ``up`` / ``down`` (sign with one seed; interval excluding 0 with several), ``unclear`` or ``equal``."""
+    """``a - b`` for one metric (the sign convention of :func:`stmedfm.stats.paired_test`): means over seeds, the
+    mean paired difference, its 95 % half-width, and the direction: ``up`` (a above b) / ``down`` (sign with one
+    seed; interval excluding 0 with several), ``unclear`` or ``equal``."""
 
     metric: str
     a: float
@@ -294,6 +295,7 @@ class Comparison:
     direction: str
 
     def text(self, a_name: str, b_name: str) -> str:
+        """'AUROC full 0.914 vs scratch 0.886 (+0.028, 1 seed)': a, then b, then a - b."""
         ci = f" ± {self.ci:.3f}" if self.n >= 2 and not math.isnan(self.ci) else ""
         seeds = f", {self.n} seeds" if self.n >= 2 else ", 1 seed" if self.n == 1 else ""
         return (f"{METRIC_NAMES.get(self.metric, self.metric)} {a_name} {self.a:.3f} vs {b_name} {self.b:.3f} "
@@ -301,12 +303,13 @@ class Comparison:
 
 
 def compare(a: pd.Series, b: pd.Series, metric: str = "") -> Comparison | None:
-    """Compare per-seed values ``a`` and ``b`` (Series indexed by seed), paired on the seeds both have."""
+    """``a - b`` of per-seed values ``a`` and ``b`` (Series indexed by seed), paired on the seeds both have; None
+    when they share no seed."""
     a, b = a.dropna(), b.dropna()
     seeds = a.index.intersection(b.index)
     if len(seeds) == 0:
         return None
-    d = (b.loc[seeds] - a.loc[seeds]).to_numpy(dtype=float)
+    d = (a.loc[seeds] - b.loc[seeds]).to_numpy(dtype=float)
     delta, n = float(d.mean()), len(d)
     half = ci95(d)
     if n == 1:
@@ -365,11 +368,11 @@ def claim_pretraining_helps(metrics: pd.DataFrame, task: str | None,
     Full higher."""
     setting = "standard budget"
     comps = [c for m in metric_names
-             if task and (c := compare(_values(metrics, task, "scratch", m), _values(metrics, task, "full", m), m))]
+             if task and (c := compare(_values(metrics, task, "full", m), _values(metrics, task, "scratch", m), m))]
     if not comps:
         return pd.DataFrame([_not_tested("pretraining", task, setting,
                                          f"no scratch and full transfer runs of {task or 'a dominant task'}")])
-    evidence = "; ".join(c.text("scratch", "full") for c in comps)
+    evidence = "; ".join(c.text("full", "scratch") for c in comps)
     return pd.DataFrame([_row("pretraining", task, setting, evidence, verdict([c.direction == "up" for c in comps]))])
 
 
@@ -390,11 +393,11 @@ def claim_peft_keeps_gain(metrics: pd.DataFrame, params: pd.DataFrame, task: str
     if scratch.empty or full.empty or not peft:
         return pd.DataFrame([_not_tested("peft", task, setting,
                                          f"needs scratch, full and LoRA/adapter transfer runs of {task or 'a task'}")])
-    gain_cmp = compare(scratch, full, metric)
+    gain_cmp = compare(full, scratch, metric)
     gain = full.mean() - scratch.mean()
     p = params[params["task"] == task].set_index("strategy")
     total = float(p.loc["full", "total"]) if "full" in p.index else float("nan")
-    parts = [f"gain of full over scratch: {gain_cmp.text('scratch', 'full')}"]
+    parts = [f"gain of full over scratch: {gain_cmp.text('full', 'scratch')}"]
     favourable = []
     for s in peft:
         value = _values(metrics, task, s, metric).mean()
@@ -420,12 +423,12 @@ def claim_negative_transfer(metrics: pd.DataFrame, task: str | None,
     rows = []
     for experiment, setting in (("transfer", "standard budget"), ("extended", "extended budget")):
         comps = [c for m in metric_names if task and (c := compare(
-            _values(metrics, task, "full", m, experiment), _values(metrics, task, "scratch", m, experiment), m))]
+            _values(metrics, task, "scratch", m, experiment), _values(metrics, task, "full", m, experiment), m))]
         if not comps:
             rows.append(_not_tested("negative_transfer", task, setting,
                                     f"no scratch and full runs of {task or 'a small task'} ({experiment})"))
             continue
-        evidence = "; ".join(c.text("full", "scratch") for c in comps)
+        evidence = "; ".join(c.text("scratch", "full") for c in comps)
         rows.append(_row("negative_transfer", task, setting, evidence,
                          verdict([c.direction == "up" for c in comps])))
     return pd.DataFrame(rows)

@@ -29,7 +29,8 @@ from scipy import stats as st
 
 from stmedfm.errors import StmedfmError
 
-__all__ = ["ALPHA", "holm", "rank_biserial", "mean_ci", "paired_test", "min_two_sided_p", "compare", "verdict"]
+__all__ = ["ALPHA", "holm", "rank_biserial", "mean_ci", "prediction_interval", "paired_test", "min_two_sided_p",
+           "compare", "verdict"]
 
 ALPHA = 0.05  #: the level of every verdict (:func:`verdict`)
 
@@ -88,6 +89,18 @@ def verdict(estimate: float, p_holm: float, alpha: float = ALPHA) -> str:
     if not (isinstance(p_holm, (int, float)) and p_holm < alpha) or estimate == 0 or math.isnan(estimate):
         return "inconclusive"
     return "supported" if estimate > 0 else "contradicted"
+
+
+def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the ``level`` prediction interval of one *new* run, from runs ``values``:
+    ``mean ± t(0.5 + level/2, n-1) · sd · sqrt(1 + 1/n)``. The yardstick for a single published run (the paper's
+    one run per cell), where :func:`mean_ci` would shrink with seeds while single runs do not."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else float("nan")), float("nan"), float("nan")
+    half = st.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def min_two_sided_p(n: int) -> float:

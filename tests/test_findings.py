@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from stmedfm import findings
+from stmedfm import findings, stats
 from stmedfm.config import StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_seeds_for_power_matches_the_textbook():
 
 def test_prediction_interval_by_hand():
     v = [1.0, 2.0, 3.0, 4.0]
-    mean, lo, hi = findings.prediction_interval(v)
+    mean, lo, hi = stats.prediction_interval(v)
     half = st.t.ppf(0.975, 3) * np.std(v, ddof=1) * math.sqrt(1 + 1 / 4)
     assert (mean, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
     assert hi - lo > 2 * st.t.ppf(0.975, 3) * np.std(v, ddof=1) / 2  # wider than the CI of the mean

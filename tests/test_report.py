@@ -37,21 +37,21 @@ def offline() -> StudyConfig:
 
 # --- comparisons and verdicts -----------------------------------------------------------------------------------
 def test_compare_one_seed_uses_the_sign():
-    c = report.compare(pd.Series([0.5]), pd.Series([0.6]), "macro_auroc")
-    assert c.direction == "up" and c.n == 1 and math.isclose(c.delta, 0.1)
-    assert report.compare(pd.Series([0.6]), pd.Series([0.5])).direction == "down"
+    c = report.compare(pd.Series([0.6]), pd.Series([0.5]), "macro_auroc")
+    assert c.direction == "up" and c.n == 1 and math.isclose(c.delta, 0.1)  # a - b
+    assert report.compare(pd.Series([0.5]), pd.Series([0.6])).direction == "down"
     assert report.compare(pd.Series([0.5]), pd.Series([0.5])).direction == "equal"
 
 
 def test_compare_several_seeds_needs_the_interval_to_exclude_zero():
-    clear = report.compare(pd.Series([0.50, 0.52, 0.51]), pd.Series([0.60, 0.61, 0.62]))
+    clear = report.compare(pd.Series([0.60, 0.61, 0.62]), pd.Series([0.50, 0.52, 0.51]))
     assert clear.direction == "up" and clear.n == 3 and clear.ci > 0
     noisy = report.compare(pd.Series([0.50, 0.60, 0.55]), pd.Series([0.58, 0.52, 0.57]))
     assert noisy.direction == "unclear"
 
 
 def test_compare_pairs_on_common_seeds_only():
-    c = report.compare(pd.Series([0.5, 0.5], index=[0, 1]), pd.Series([0.7, 0.9], index=[1, 2]))
+    c = report.compare(pd.Series([0.7, 0.9], index=[1, 2]), pd.Series([0.5, 0.5], index=[0, 1]))
     assert c.n == 1 and math.isclose(c.delta, 0.2)
     assert report.compare(pd.Series([0.5], index=[0]), pd.Series([0.5], index=[1])) is None
 
@@ -90,7 +90,7 @@ def test_claim_pretraining_helps(full_acc, full_auc, expected):
                        ("t", "full", "accuracy"): [full_acc], ("t", "full", "macro_auroc"): [full_auc]})
     row = report.claim_pretraining_helps(m, "t").iloc[0]
     assert row["supported"] == expected and row["task"] == "t"
-    assert "scratch 0.600 vs full" in row["evidence"]
+    assert f"full {full_acc:.3f} vs scratch 0.600 ({full_acc - 0.6:+.3f}" in row["evidence"]
 
 
 def test_claim_pretraining_helps_with_seeds_inside_the_noise_is_not_support():
@@ -151,7 +151,7 @@ def test_claim_negative_transfer_standard_and_extended():
     rows = report.claim_negative_transfer(pd.concat([standard, extended]), "s")
     assert list(rows["setting"]) == ["standard budget", "extended budget"]
     assert list(rows["supported"]) == ["yes", "mixed"]
-    assert "full 0.200 vs scratch 0.300 (+0.100" in rows.iloc[0]["evidence"]
+    assert "scratch 0.300 vs full 0.200 (+0.100" in rows.iloc[0]["evidence"]
 
 
 def test_claim_negative_transfer_no_and_not_tested():

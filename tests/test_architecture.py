@@ -1,0 +1,132 @@
+"""The package's shape stays what ``stmedfm/__init__.py`` says: layers without cycles (import-linter), no private
+name used across modules, and modules and functions small enough to read."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import stmedfm
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(stmedfm.__file__).parent
+MAX_MODULE_LINES = 700
+MAX_FUNCTION_LINES = 120
+#: Modules another part of issue 19 splits (the plots subpackage, the notebook helpers); they leave this list then.
+BEING_SPLIT = {"plots.py", "notebook.py"}
+
+
+def _contract_layers() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return next(c["layers"] for c in config["contracts"] if c["type"] == "layers")
+
+
+def test_import_contracts_are_kept():
+    """import-linter over the installed package: layers, no cycle, the baseline imported by bench only."""
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_package_docstring_states_the_checked_layers():
+    """The layer order is written for readers in the package docstring and checked from pyproject.toml: the two
+    lists must be the same, so neither can drift."""
+    block = stmedfm.__doc__.split("::\n", 1)[1].split("\n\n", 1)[0]
+    written = [re.split(r"\s{2,}", line.strip())[0] for line in block.splitlines() if line.strip()]
+    assert written == _contract_layers()
+
+
+def _absolute(node: ast.ImportFrom, module: str) -> str:
+    """The module an ``import from`` names, relative imports resolved against ``module``."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")[:-node.level]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _module_names(tree: ast.Module, module: str, package: Path) -> dict[str, str]:
+    """Local name -> package module it is bound to, for every import of a module of ``package`` in ``tree``."""
+    top, names = package.name, {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == top:
+                    names[a.asname or top] = a.name if a.asname else top
+        elif isinstance(node, ast.ImportFrom) and _absolute(node, module) == top:
+            for a in node.names:
+                if (package / f"{a.name}.py").is_file() or (package / a.name).is_dir():
+                    names[a.asname or a.name] = f"{top}.{a.name}"
+    return names
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_names_across_modules(package: Path = PACKAGE) -> list[str]:
+    """Every ``from pkg.x import _y`` and every ``x._y`` (or ``pkg.x._y``) on a name bound to *another* module of
+    ``package``: its private names used across modules."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package.parent).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        tree = ast.parse(path.read_text(), str(path))
+        modules = _module_names(tree, module, package)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and _absolute(node, module).split(".")[0] == package.name:
+                source = _absolute(node, module)
+                found += [f"{rel}:{node.lineno} from {source} import {a.name}" for a in node.names
+                          if _private(a.name) and source != module]
+            elif isinstance(node, ast.Attribute) and _private(node.attr):
+                chain, base = [node.attr], node.value
+                while isinstance(base, ast.Attribute):
+                    chain.append(base.attr)
+                    base = base.value
+                owner = ".".join([modules.get(getattr(base, "id", ""), ""), *reversed(chain[1:])])
+                if isinstance(base, ast.Name) and base.id in modules and owner != module:
+                    found.append(f"{rel}:{node.lineno} {base.id}.{'.'.join(reversed(chain))}")
+    return sorted(found)
+
+
+def test_no_private_name_is_used_across_modules():
+    """A leading underscore means "only this module relies on it": what another module needs is public, with a
+    docstring saying why."""
+    assert private_names_across_modules() == []
+
+
+def test_the_private_name_scan_finds_each_form(tmp_path):
+    package = tmp_path / "stmedfm"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "data.py").write_text("def _load_cached(): ...\n_load_cached.cache_clear()\n")
+    (package / "train.py").write_text("def _optimizer(): ...\n")
+    (package / "bench.py").write_text(
+        "import stmedfm.train\nfrom stmedfm import data as D\nfrom stmedfm.train import _optimizer\n"
+        "from .data import _load_cached\nD._load_cached.cache_clear()\nstmedfm.train._optimizer()\n"
+        "D.__name__\nD.Split\n")
+    assert private_names_across_modules(package) == sorted([
+        "stmedfm/bench:3 from stmedfm.train import _optimizer", "stmedfm/bench:4 from stmedfm.data import _load_cached",
+        "stmedfm/bench:5 D._load_cached", "stmedfm/bench:6 stmedfm.train._optimizer"])
+
+
+def test_modules_and_functions_stay_readable():
+    """No module over 700 lines and no function over 120 (the ones being split elsewhere excepted)."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in BEING_SPLIT and path.parent == PACKAGE:
+            continue
+        text = path.read_text()
+        rel = path.relative_to(PACKAGE.parent)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{rel}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    assert too_long == []
