@@ -7,6 +7,10 @@ cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper ta
 ``figures`` (paper figures), ``beyond`` (variant studies). ``stmedfm`` alone prints this help, ``--version`` the
 version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
+
+Each command imports what it runs inside its ``cmd_*`` function, the one place in the package that does so on
+purpose: ``stmedfm config PARAMS --get study``, which the Makefile calls before every study, and ``stmedfm --help``
+then start in a fraction of a second instead of loading torch and matplotlib first.
 """
 
 from __future__ import annotations

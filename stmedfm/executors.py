@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from stmedfm import __version__
 from stmedfm.errors import StmedfmError
 
 ENV_SCHEDULER = "DASK_SCHEDULER_ADDRESS"
@@ -280,9 +281,7 @@ def _import_distributed():
 
 
 def _worker_versions() -> dict:
-    import stmedfm
-
-    return {"stmedfm": stmedfm.__version__, "torch": torch.__version__}
+    return {"stmedfm": __version__, "torch": torch.__version__}
 
 
 class DaskExecutor(Executor):

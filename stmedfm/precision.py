@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stmedfm import registry
 from stmedfm.errors import StmedfmError
 from stmedfm.provenance import cpu_flags  # one definition, there
 
@@ -85,8 +86,6 @@ def resolve(requested: str, device: torch.device | str | None = None, flags: fro
     ``flags`` (CPU flags) and ``cuda_capability`` override what is read from the machine (tests mock them).
     """
     if requested not in PRECISIONS:
-        from stmedfm import registry
-
         raise StmedfmError(f"Unknown precision '{requested}'.{registry.closest(str(requested), PRECISIONS)} "
                            f"Choose one of fp32, bf16, auto (fp16: CUDA only).")
     if device is None:

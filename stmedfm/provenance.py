@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from stmedfm import __version__
+
 __all__ = ["ISA_FLAGS", "cpu_model", "cpu_flags", "isa_summary", "machine", "git_commit", "software"]
 
 #: CPU flags worth naming with a machine: they decide which kernels run, and how fast bf16 is.
@@ -83,6 +85,4 @@ def git_commit() -> str:
 
 def software() -> dict[str, str]:
     """Versions that can change a number: stmedfm, its commit, torch."""
-    import stmedfm
-
-    return {"stmedfm": stmedfm.__version__, "git_commit": git_commit(), "torch": str(torch.__version__)}
+    return {"stmedfm": __version__, "git_commit": git_commit(), "torch": str(torch.__version__)}

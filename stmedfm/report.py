@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -29,11 +30,14 @@ from importlib import metadata
 
 import numpy as np
 import pandas as pd
+import torch
 
 from stmedfm import registry
 from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.data import class_weights, load_task, status_table
+from stmedfm.peft import parameter_table
 from stmedfm.tables import ci95, paper_results
+from stmedfm.train import sampling_probabilities
 
 __all__ = [
     "CLAIMS",
@@ -91,8 +95,6 @@ def _by_size(flags) -> list[str]:
 
 
 def _share(cfg: StudyConfig, tasks: list[str]) -> dict[str, float]:
-    from stmedfm.train import sampling_probabilities
-
     return sampling_probabilities(cfg, tasks) if tasks else {}
 
 
@@ -494,8 +496,6 @@ def claims_report(cfg: StudyConfig, metrics: pd.DataFrame, params: pd.DataFrame 
     Columns: ``claim``, ``setting``, ``paper_task``, ``paper_evidence``, ``paper_supported``, ``task``, ``evidence``,
     ``supported``. The per-task calibration rows are ours only (the paper's are summarised in ``all tasks``).
     """
-    from stmedfm.peft import parameter_table
-
     if params is None:
         params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, width=cfg.width)
     roles = claim_roles(cfg)
@@ -554,10 +554,6 @@ def paper_comparison_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def package_versions(packages=("stmedfm", "torch", "numpy", "pandas", "scikit-learn", "scipy", "matplotlib",
                                "seaborn", "papermill", "nbval")) -> pd.DataFrame:
     """Python, platform, CPU and the version of every package that computed or drew the results."""
-    import os
-
-    import torch
-
     rows = [{"component": "python", "version": sys.version.split()[0]},
             {"component": "platform", "version": platform.platform()},
             {"component": "cpu cores", "version": str(os.cpu_count())},
@@ -601,8 +597,6 @@ def class_distribution(cfg: StudyConfig) -> pd.DataFrame:
     """Per task and class: counts in each split, share of the training split, and the class weight that share
     implies under the study's rule (:func:`stmedfm.data.class_weights`, clipped to ``class_weight_clip``; 1 when
     ``class_weights`` is off)."""
-    import torch  # bincount of the label tensors; torch is loaded with the data anyway
-
     rows = []
     for flag in cfg.all_tasks():
         data = load_task(flag, size=cfg.image_size, data_dir=cfg.data_dir)
@@ -630,8 +624,6 @@ def imbalance_summary(dist: pd.DataFrame) -> pd.DataFrame:
 
 def table4_against_paper(width: int = 64) -> pd.DataFrame:
     """Table 4 recomputed from the model at the paper's four flags and strategies, beside the paper's counts."""
-    from stmedfm.peft import parameter_table
-
     ours = parameter_table(tasks=PAPER_TASKS, strategies=("scratch", "full", "lora", "adapter"), width=width)
     paper = paper_params().rename(columns={"total": "paper total", "trainable": "paper trainable"})
     out = ours.merge(paper, on=["task", "strategy"], how="left")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -204,10 +205,6 @@ def write_synthetic_streaming(directory: str | os.PathLike, flag: str, size: int
     depend only on shapes and sizes). Listed in MANIFEST.json like :func:`write_synthetic`'s files, and, as
     those, never to be reported as results. Refuses to overwrite a file not listed there as synthetic.
     """
-    import zipfile
-
-    from stmedfm.io import atomic_path
-
     directory = Path(directory).expanduser()
     info = registry.get(flag)
     registry.check_size(size)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from stmedfm import strategies
-from stmedfm.stats import mean_ci
 from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm.peft import parameter_table
+from stmedfm.stats import mean_ci
 from stmedfm.store import ResultStore, not_results
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
@@ -94,8 +95,6 @@ def _order(frame: pd.DataFrame) -> pd.DataFrame:
 
 def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
     """Every paper table (and the temperature-scaling table) from one result store."""
-    from stmedfm.peft import parameter_table
-
     cfg = store.config()
     metrics = store.table("metrics")
     metrics["variant"] = metrics["variant"].astype(object).fillna("")  # all-empty columns are read as float

@@ -35,7 +35,7 @@ from stmedfm import data as D
 from stmedfm import registry, strategies
 from stmedfm.calibration import apply_temperature, fit_temperature, softmax
 from stmedfm.config import StudyConfig
-from stmedfm.metrics import brier, classification_metrics, ece, nll
+from stmedfm.metrics import brier, classification_metrics, confusion, ece, nll, per_class_report, reliability_bins
 from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
 from stmedfm.precision import Precision
@@ -427,7 +427,6 @@ def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskD
 
 def run_metrics(cfg: StudyConfig, spec: RunSpec, info, logits: dict, labels: dict) -> tuple[dict, dict]:
     """Test metrics, temperature-scaled ones (temperature fitted on the validation logits) and the details."""
-    from stmedfm.metrics import confusion, per_class_report, reliability_bins
 
     probs = softmax(logits["test"])
     metrics = classification_metrics(labels["test"], probs)
