@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PARAMS ?= params/paper.yaml
 ARGS   ?=
 
-.PHONY: setup study quick beyond tables test clean-venv
+.PHONY: setup study quick variants beyond tables test clean-venv
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,18 +45,21 @@ study: setup
 quick:
 	$(MAKE) study PARAMS=params/offline.yaml ARGS="-p study=offline_1seed -p seeds=1"
 
-# Beyond the paper (notebook 09, stmedfm.beyond): the variant studies of BEYOND into results/<name>/, their tables,
-# figures into figures/<name>/, and the executed notebook into runs/<name>/ (+ HTML).
-BEYOND ?= params/beyond.yaml
+# Variant studies beyond the paper (notebook 09, stmedfm.variants): the variants of VARIANTS into results/<name>/,
+# their tables, figures into figures/<name>/, and the executed notebook into runs/<name>/ (+ HTML).
+# `make beyond` (and BEYOND=file) is the former name of the same target.
+VARIANTS ?= $(or $(BEYOND),params/beyond.yaml)
 
-beyond: setup
-	@name=$$($(BIN)/stmedfm config $(BEYOND) --get study) || exit 1; \
+variants: setup
+	@name=$$($(BIN)/stmedfm config $(VARIANTS) --get study) || exit 1; \
 	set -ex; \
-	$(BIN)/stmedfm beyond $(BEYOND); \
+	$(BIN)/stmedfm variants $(VARIANTS); \
 	mkdir -p runs/$$name; \
 	$(BIN)/papermill notebooks/09_beyond.ipynb runs/$$name/09_beyond.ipynb --cwd notebooks -k python3 \
-	  --no-progress-bar -p params $(BEYOND); \
+	  --no-progress-bar -p params $(VARIANTS); \
 	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$name/09_beyond.ipynb
+
+beyond: variants
 
 # All tests: unit tests (synthetic data; real files when $$STMEDFM_DATA has them), then every notebook with its
 # smoke defaults under nbval (needs the real files in $$STMEDFM_DATA; cells marked NBVAL_CHECK_OUTPUT must

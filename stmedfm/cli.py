@@ -4,7 +4,8 @@ Commands: ``data`` (registry and local status), ``download`` (official files, MD
 (Table 4), ``synthetic`` (test files of official shapes), ``config`` (a parameter file as the study reads it; ``--get
 study`` is how the Makefile learns a study's name), ``study`` (run or resume a parameter file, locally or on a Dask
 cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
-``figures`` (paper figures), ``beyond`` (variant studies). ``stmedfm`` alone prints this help, ``--version`` the
+``figures`` (paper figures), ``variants`` (variant studies; ``beyond``, its former name, still works). ``stmedfm``
+alone prints this help, ``--version`` the
 version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
 
@@ -23,6 +24,7 @@ import warnings
 
 import pandas as pd
 
+from stmedfm import __version__
 from stmedfm.errors import StmedfmError
 
 
@@ -88,16 +90,15 @@ def _config(args):
 
 
 def cmd_config(args) -> None:
-    from stmedfm.config import StudyConfig, parse_overrides, read_params_file
+    from stmedfm.config import StudyConfig, is_variant_file, parse_overrides, read_params_file
 
-    from stmedfm import beyond
-
-    if args.params is not None and beyond.is_variant_file(read_params_file(args.params)):
+    if args.params is not None and is_variant_file(read_params_file(args.params)):
+        from stmedfm import variants
 
         overrides = {k: v for k, v in parse_overrides(args.param).items() if k != "study"}
-        study = beyond.load(args.params, overrides)
+        study = variants.load(args.params, overrides)
         if args.get not in (None, "study"):
-            raise StmedfmError(f"{args.params} is a beyond file of variants: only --get study applies to it.")
+            raise StmedfmError(f"{args.params} is a variant-study file: only --get study applies to it.")
         print(study.name if args.get else "\n".join([f"study: {study.name}", "variants:",
                                                       *(f"  - {v}" for v in study.configs)]))
         return
@@ -148,22 +149,22 @@ def cmd_bench(args) -> None:
               real_data_dir=args.data_dir)
 
 
-def cmd_beyond(args) -> None:
-    from stmedfm import beyond
+def cmd_variants(args) -> None:
+    from stmedfm import variants
     from stmedfm.config import parse_overrides
 
     overrides = parse_overrides(args.param)
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    study = beyond.load(args.params, overrides, out=args.out)
+    study = variants.load(args.params, overrides, out=args.out)
     if args.reanalyse:
-        tables = beyond.reanalyse(study)
+        tables = variants.reanalyse(study)
     else:
-        tables = beyond.run(study, workers=args.workers, progress=not args.quiet)
-    beyond.write_figures(study, tables)
-    for line in beyond.findings(study, tables):
+        tables = variants.run(study, workers=args.workers, progress=not args.quiet)
+    variants.write_figures(study, tables)
+    for line in variants.findings(study, tables):
         print(f"- {line}")
-    print(f"beyond study '{study.name}': tables in {study.root}, figures in {study.figures_dir}")
+    print(f"variant study '{study.name}': tables in {study.root}, figures in {study.figures_dir}")
 
 
 def cmd_tables(args) -> None:
@@ -200,26 +201,33 @@ def cmd_figures(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stmedfm import __version__
-
     parser = argparse.ArgumentParser(prog="stmedfm", description="stmedfm: the command line of the STMedFM study "
                                      "(`stmedfm COMMAND --help` for each command).")
     parser.add_argument("--version", action="version", version=f"stmedfm {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    data_dir_help = "directory searched first for {flag}.npz (then $STMEDFM_DATA, then ~/.medmnist)"
-    size_help = "image size in pixels: 28 (MedMNIST) or a MedMNIST+ size (64, 128, 224; 3D: 64) (default 28)"
-    format_help = "output format (default: table)"
+    _data_commands(sub)
+    _run_commands(sub)
+    _result_commands(sub)
+    return parser
 
+
+DATA_DIR_HELP = "directory searched first for {flag}.npz (then $STMEDFM_DATA, then ~/.medmnist)"
+SIZE_HELP = "image size in pixels: 28 (MedMNIST) or a MedMNIST+ size (64, 128, 224; 3D: 64) (default 28)"
+FORMAT_HELP = "output format (default: table)"
+
+
+def _data_commands(sub) -> None:
+    """data, download, params, synthetic: the files and the model, before any study."""
     p = sub.add_parser("data", help="list MedMNIST flags with their local status (missing / verified / bad checksum)")
-    p.add_argument("--data-dir", help=data_dir_help)
-    p.add_argument("--size", type=int, default=28, help=size_help)
-    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table", help=format_help)
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--size", type=int, default=28, help=SIZE_HELP)
+    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table", help=FORMAT_HELP)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("download", help="download official MedMNIST files (MD5-verified, atomic)")
     p.add_argument("flags", nargs="+", help="MedMNIST flags, e.g. bloodmnist organamnist")
-    p.add_argument("--size", type=int, default=28, help=size_help)
+    p.add_argument("--size", type=int, default=28, help=SIZE_HELP)
     p.add_argument("--data-dir", help="target directory (default: $STMEDFM_DATA, else ~/.medmnist)")
     p.add_argument("--mirror", help="base URL of an institutional mirror (default: $STMEDFM_MIRROR, else Zenodo)")
     p.add_argument("--retries", type=int, default=3, help="further attempts after a failed one (default 3)")
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated flags (default: the paper's four)")
     p.add_argument("--strategies", help="comma-separated strategies (default: every registered one)")
     p.add_argument("--width", type=int, default=64, help="encoder width (default: the paper's 64)")
-    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table", help=format_help)
+    p.add_argument("--format", choices=["table", "csv", "markdown"], default="table", help=FORMAT_HELP)
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("synthetic", help="write synthetic files of official shapes (tests only, never results)")
@@ -239,10 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flags", nargs="+", help="MedMNIST flags to imitate")
     p.add_argument("--n", type=int, default=None, help="samples per split")
     p.add_argument("--scale", type=float, default=None, help="fraction of the official split sizes")
-    p.add_argument("--size", type=int, default=28, help=size_help)
+    p.add_argument("--size", type=int, default=28, help=SIZE_HELP)
     p.add_argument("--seed", type=int, default=0, help="random seed of the pixels and labels (default 0)")
     p.set_defaults(func=cmd_synthetic)
 
+
+def _run_commands(sub) -> None:
+    """config, study, bench, variants: what runs."""
     p = sub.add_parser("config", help="print a parameter file as the study reads it (validated, with overrides)")
     p.add_argument("params", nargs="?", help="YAML parameter file (default: the paper's protocol)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
@@ -257,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (default: $DASK_SCHEDULER_ADDRESS, else a "
                         "local process pool; 'local' forces the pool); needs stmedfm[dask]")
-    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
     p.set_defaults(func=cmd_study)
@@ -282,18 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--sizes: fraction of the official split sizes (1.0: full files, ~16 GB at 224 px)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("beyond", help="run or resume a beyond study (variants of a study; params/beyond.yaml)")
-    p.add_argument("params", help="beyond parameter file, e.g. params/beyond.yaml")
+    p = sub.add_parser("variants", aliases=["beyond"],
+                       help="run or resume a variant study (variants of a study; params/beyond.yaml)")
+    p.add_argument("params", help="variant-study parameter file, e.g. params/beyond.yaml")
     p.add_argument("--out", help="result directory (default: results/<study>)")
     p.add_argument("--workers", type=int, help="worker processes, one torch thread each (default: CPU cores)")
-    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a StudyConfig field in every variant (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
     p.add_argument("--reanalyse", action="store_true",
                    help="recompute comparisons, tables and figures from the study's metrics.csv (no run computed)")
-    p.set_defaults(func=cmd_beyond)
+    p.set_defaults(func=cmd_variants)
 
+
+def _result_commands(sub) -> None:
+    """tables, report, figures: what is read from a result store."""
     p = sub.add_parser("tables", help="write the paper's tables (CSV + markdown) from a result store")
     p.add_argument("results", help="result directory, e.g. results/offline")
     p.set_defaults(func=cmd_tables)
@@ -309,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="result directory, e.g. results/offline")
     p.add_argument("--out", help="figure directory (default: figures/<study>)")
     p.set_defaults(func=cmd_figures)
-    return parser
 
 
 def _interrupt(signum, frame) -> None:

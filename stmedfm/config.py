@@ -132,7 +132,7 @@ class StudyConfig:
     extended_scratch_steps: int = 240
     extended_full_steps: int = 150
 
-    # --- beyond the paper (stmedfm.beyond; off by default) ---------------------------------------------------
+    # --- beyond the paper (variant studies, stmedfm.variants; off by default) -------------------------------
     budget_tasks: dict[str, list[int]] = field(default_factory=dict)  #: task -> downstream step counts
     budget_strategies: list[str] = field(default_factory=lambda: ["scratch", "full", "lora", "adapter"])
     data_fraction_tasks: list[str] = field(default_factory=list)  #: tasks trained on fractions of their train split
@@ -392,6 +392,12 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def is_variant_file(doc: Mapping[str, Any]) -> bool:
+    """Whether the keys of a parameter file are those of a variant study (:mod:`stmedfm.variants`) rather than of
+    one StudyConfig. Here, beside :func:`read_params_file`, so that telling them apart loads no torch."""
+    return "variants" in doc or "extends" in doc
+
+
 def _positive(errors: list[str], name: str, value) -> None:
     if value <= 0:
         errors.append(f"Parameter '{name}' must be a positive number, got {value!r}.")
@@ -568,7 +574,7 @@ def notebook_params(params: str | os.PathLike, namespace: Mapping[str, Any], kno
     ``namespace`` named like a field of ``known`` (default all of StudyConfig's; :func:`notebook_overrides`).
 
     The one way a notebook turns its namespace into parameters, for a study (:func:`from_namespace`) and for
-    variant studies (:func:`stmedfm.beyond.from_namespace`). The ``parameters`` cell of a notebook defines only
+    variant studies (:func:`stmedfm.variants.from_namespace`). The ``parameters`` cell of a notebook defines only
     ``params`` (the file), so nothing a notebook sets for itself can leak into a run with another parameter file;
     a mistyped injected name is refused."""
     if not isinstance(params, (str, os.PathLike)):

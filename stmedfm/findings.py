@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from stmedfm import stats
+from stmedfm import stats, variants
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
@@ -225,21 +225,20 @@ def reference_block(results: str | Path) -> str:
 
 
 #: Generated blocks in a markdown file: ``<!-- stmedfm:reference results/offline -->`` (a study's reference block,
-#: :func:`reference_block`) or ``<!-- stmedfm:beyond params/beyond.yaml -->`` (the findings of a variant study's
-#: committed tables, :func:`beyond_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|beyond|flips) (?P<arg>[^>]+?) -->\n)(?P<body>.*?)"
+#: :func:`reference_block`), ``<!-- stmedfm:variants params/beyond.yaml -->`` (the findings of a variant study's
+#: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
+#: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`), each closed by ``<!-- /stmedfm -->``.
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips) (?P<arg>[^>]+?) -->\n)(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
 
 
-def beyond_block(params: str | Path) -> str:
+def variants_block(params: str | Path) -> str:
     """The findings of the variant study ``params`` as a markdown list, from its committed tables
-    (:func:`stmedfm.beyond.findings`; nothing is computed: an incomplete study is an error)."""
-    from stmedfm import beyond
-
-    study = beyond.load(params)
-    if not beyond.complete(study):
-        raise StmedfmError(f"The tables of '{params}' in {study.root} are incomplete: run `stmedfm beyond {params}`.")
-    return "".join(f"- {line}\n" for line in beyond.findings(study, beyond.read(study)))
+    (:func:`stmedfm.variants.findings`; nothing is computed: an incomplete study is an error)."""
+    study = variants.load(params)
+    if not variants.complete(study):
+        raise StmedfmError(f"The tables of '{params}' in {study.root} are incomplete: run `stmedfm variants {params}`.")
+    return "".join(f"- {line}\n" for line in variants.findings(study, variants.read(study)))
 
 
 def flips_block(label_safe: str | Path, reference: str | Path, task: str = "organamnist") -> str:
@@ -276,6 +275,8 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
     difference, so no number in those blocks can drift from ``results/``."""
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
-        return {"reference": reference_block, "beyond": beyond_block, "flips": flips_block}[m.group("kind")](*args)
+        blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
+                  "flips": flips_block}
+        return blocks[m.group("kind")](*args)
 
     return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)

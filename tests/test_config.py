@@ -163,11 +163,11 @@ def test_malformed_override_yaml():
         parse_overrides(["strategies=[a"])
 
 
-def test_beyond_notebook_refuses_injected_typos():
-    from stmedfm import beyond
+def test_variants_notebook_refuses_injected_typos():
+    from stmedfm import variants
 
     with pytest.raises(StmedfmError, match="Unknown notebook parameter 'seed' = 3. Did you mean 'seeds'?"):
-        beyond.from_namespace(paths.project_root() / "params" / "beyond_smoke.yaml", {"seed": 3})
+        variants.from_namespace(paths.project_root() / "params" / "beyond_smoke.yaml", {"seed": 3})
 
 
 def test_flags_are_spelled_as_the_registry_spells_them():

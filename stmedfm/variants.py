@@ -1,7 +1,9 @@
-"""Beyond the paper: a set of variant studies, run through the same engine, compared with paired tests.
+"""Variant studies: several variants of one study, run through the same engine, compared with paired tests.
 
-Sampling, width and LayerNorm settings act on *pretraining*, so one "beyond" study is a set of variant
-:class:`~stmedfm.config.StudyConfig` objects read from one parameter file (``params/beyond.yaml``)::
+Beyond the paper, the questions are about settings that act on *pretraining* (task sampling, width, LayerNorm),
+so one variant study is a set of variant :class:`~stmedfm.config.StudyConfig` objects read from one parameter
+file (``params/beyond.yaml``, the study named ``beyond``; ``stmedfm variants FILE``, formerly ``stmedfm beyond``,
+which still works)::
 
     study: beyond                     # results/beyond/, figures/beyond/
     base: params/offline.yaml         # the protocol the variants start from (tasks, budgets, seeds, ...)
@@ -42,6 +44,9 @@ verdict of :func:`stmedfm.stats.verdict` (Holm p < 0.05 and the sign its hypothe
 other sign: contradicted; else inconclusive). A hypothesis is *supported* when at least one of its tests is and
 none contradicts it, *contradicted* in the mirror case, *mixed* when both occur, else *inconclusive*. Every
 sentence names its number of seeds, so a contrast kept at fewer seeds says so.
+
+This module was ``stmedfm.beyond``. No alias module keeps that name: nothing in the project imports it any more,
+and without one git sees the rename, so changes made meanwhile to ``beyond.py`` follow it into this file.
 """
 
 from __future__ import annotations
@@ -56,15 +61,18 @@ import numpy as np
 import pandas as pd
 
 from stmedfm import paths, stats
-from stmedfm.config import StudyConfig
-from stmedfm.config import notebook_overrides, read_params_file
+from stmedfm import plots
+from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.planning import plan, run_id, study_data
 from stmedfm.store import ResultStore
 from stmedfm.study import run_study
+from stmedfm.tables import cell, markdown, summarise
+from stmedfm.train import sampling_probabilities
 
-__all__ = ["Beyond", "load", "reanalyse", "is_variant_file", "from_namespace", "run", "results", "complete", "aggregate", "read", "comparisons",
+__all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "run", "results", "complete", "aggregate", "read",
+           "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
 
 FILE_KEYS = ("study", "base", "small_task", "dominant_task", "baseline", "common", "variants", "contrasts", "extends",
@@ -74,8 +82,8 @@ PRETRAINED = ("full", "lora", "adapter", "linear_probe")
 
 
 @dataclass
-class Beyond:
-    """One beyond study: its variant configs, the roles of its tasks and where its results go."""
+class VariantStudy:
+    """One variant study: its variant configs, the roles of its tasks and where its results go."""
 
     name: str
     configs: dict[str, StudyConfig]
@@ -101,16 +109,9 @@ class Beyond:
                 for v, cfg in self.configs.items() for p in plan(cfg)}
 
 
-def _resolve(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.is_absolute() and not p.is_file():
-        p = paths.project_root() / p
-    return p
-
-
-def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out: str | os.PathLike | None = None) -> Beyond:
-    """Read a beyond parameter file; ``overrides`` (StudyConfig fields, e.g. data_dir) apply to every variant."""
-    path = _resolve(params)
+def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out: str | os.PathLike | None = None) -> VariantStudy:
+    """Read a variant-study parameter file; ``overrides`` (StudyConfig fields, e.g. data_dir) apply to every variant."""
+    path = params_path(params)
     doc = _read(path)
     name = str(doc.get("study", path.stem))
     variants = doc.get("variants") or {}
@@ -129,7 +130,7 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
         raise StmedfmError(f"'{path}': " + "; ".join(shapes) + ".")
     base_values: dict[str, Any] = {}
     if doc.get("base"):
-        base_values = read_params_file(_resolve(doc["base"]))
+        base_values = read_params_file(params_path(doc["base"]))
     common = doc.get("common") or {}
     configs = {}
     override = doc.get("override") or {}
@@ -150,7 +151,7 @@ def load(params: str | os.PathLike, overrides: dict[str, Any] | None = None, out
                                    f"(variants: {', '.join(configs)}).")
     if baseline not in configs:
         raise StmedfmError(f"'baseline' is '{baseline}', which is not a variant of '{path}'.")
-    return Beyond(name=name, configs=configs, small_task=str(doc.get("small_task", "")),
+    return VariantStudy(name=name, configs=configs, small_task=str(doc.get("small_task", "")),
                   dominant_task=str(doc.get("dominant_task", "")), baseline=baseline, contrasts=contrasts,
                   out=Path(out) if out is not None else None)
 
@@ -160,15 +161,15 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     doc = read_params_file(path)
     unknown = [k for k in doc if k not in FILE_KEYS]
     if unknown:
-        raise StmedfmError(f"Unknown key(s) {', '.join(unknown)} in '{path}'; a beyond file has {', '.join(FILE_KEYS)} "
-                           f"(StudyConfig fields go under 'common' or a variant).")
+        raise StmedfmError(f"Unknown key(s) {', '.join(unknown)} in '{path}'; a variant-study file has "
+                           f"{', '.join(FILE_KEYS)} (StudyConfig fields go under 'common' or a variant).")
     if "extends" not in doc:
         if "exclude" in doc:
             raise StmedfmError(f"'{path}': 'exclude' needs 'extends' (the file whose variants it drops).")
         return doc
     if not isinstance(doc["extends"], str):
-        raise StmedfmError(f"'{path}': 'extends' must be the path of another beyond file.")
-    parent_path = _resolve(doc["extends"])
+        raise StmedfmError(f"'{path}': 'extends' must be the path of another variant-study file.")
+    parent_path = params_path(doc["extends"])
     if parent_path.resolve() in seen or parent_path.resolve() == path.resolve():
         raise StmedfmError(f"'{path}' extends '{doc['extends']}', which extends it back.")
     parent = _read(parent_path, (*seen, path.resolve()))
@@ -185,10 +186,11 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Beyond:
-    """A notebook's study: the beyond file ``params`` with every variable of ``namespace`` named like a StudyConfig
-    field applied to every variant (how papermill's ``-p key value`` and the parameters cell's ``download`` reach it)."""
-    return load(params, notebook_overrides(namespace, set(StudyConfig.keys()) - {"study"}))
+def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> VariantStudy:
+    """A notebook's study: the variant-study file ``params`` with every variable of ``namespace`` named like a
+    StudyConfig field applied to every variant (how papermill's ``-p key value`` and the parameters cell's
+    ``download`` reach it; :func:`stmedfm.config.notebook_params`, as for one study)."""
+    return load(*notebook_params(params, namespace, set(StudyConfig.keys()) - {"study"}))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _share(study: Beyond, variant: str, data) -> int:
+def _share(study: VariantStudy, variant: str, data) -> int:
     """Copy into ``variant``'s store every run and checkpoint it plans that a sibling variant already has (an id
     covers parameters and data, so only what this variant would compute itself is copied)."""
     cfg = study.configs[variant]
@@ -231,7 +233,7 @@ def _share(study: Beyond, variant: str, data) -> int:
     return shared
 
 
-def run(study: Beyond, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
+def run(study: VariantStudy, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Run (or resume) every variant, then aggregate; returns the aggregated tables."""
     for variant, cfg in study.configs.items():
         store = ResultStore(study.root / variant)
@@ -241,7 +243,7 @@ def run(study: Beyond, workers: int | None = None, progress: bool = True) -> dic
     return aggregate(study)
 
 
-def complete(study: Beyond) -> bool:
+def complete(study: VariantStudy) -> bool:
     """Whether ``results/<study>/metrics.csv`` already holds every planned run of every variant."""
     path = study.root / "metrics.csv"
     if not path.is_file():
@@ -259,7 +261,7 @@ def complete(study: Beyond) -> bool:
     return study.planned_keys() <= have
 
 
-def results(study: Beyond, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
+def results(study: VariantStudy, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
     """The study's tables: read from ``results/<study>/`` when they are complete (the committed full run),
     else computed (resuming whatever runs exist)."""
     if complete(study):
@@ -268,10 +270,8 @@ def results(study: Beyond, workers: int | None = None, progress: bool = True) ->
 
 
 # ------------------------------------------------------------------------------------------------------------
-def variant_table(study: Beyond) -> pd.DataFrame:
+def variant_table(study: VariantStudy) -> pd.DataFrame:
     """Per variant: pretraining settings and the share of pretraining the small and dominant tasks get."""
-    from stmedfm.train import sampling_probabilities
-
     rows = []
     for v, cfg in study.configs.items():
         probs = sampling_probabilities(cfg, cfg.pretrain_tasks) if cfg.pretrain_tasks else {}
@@ -291,7 +291,7 @@ def variant_table(study: Beyond) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def aggregate(study: Beyond) -> dict[str, pd.DataFrame]:
+def aggregate(study: VariantStudy) -> dict[str, pd.DataFrame]:
     """Collect every variant's tidy tables into ``results/<study>/`` with a ``variant`` column; returns them."""
     metrics, runs, losses = [], [], []
     for v, cfg in study.configs.items():
@@ -326,7 +326,7 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def read(study: Beyond) -> dict[str, pd.DataFrame]:
+def read(study: VariantStudy) -> dict[str, pd.DataFrame]:
     """The aggregated tables of a finished study, from ``results/<study>/``."""
     out = {}
     for name in ("metrics", "runs", "pretrain_loss", "variants", "budget_auroc", "data_efficiency_auroc",
@@ -341,29 +341,22 @@ def read(study: Beyond) -> dict[str, pd.DataFrame]:
     return out
 
 
-def reanalyse(study: Beyond) -> dict[str, pd.DataFrame]:
+def reanalyse(study: VariantStudy) -> dict[str, pd.DataFrame]:
     """Recompute the comparisons and markdown tables from the study's aggregated ``metrics.csv`` alone
     (no run is read or computed). Decision: the per-variant run stores are working state and are not committed,
     so a change of the *analysis* (e.g. how Holm families are formed) reaches committed results through this,
     from the same committed measurements."""
     tables = read(study)
     if tables["metrics"].empty:
-        raise StmedfmError(f"No metrics.csv in {study.root}: run `stmedfm beyond` first.")
+        raise StmedfmError(f"No metrics.csv in {study.root}: run `stmedfm variants` first.")
     tables["comparisons"] = comparisons(study, tables["metrics"])
     atomic_write_csv(study.root / "comparisons.csv", tables["comparisons"])
     write_tables(study, tables)
     return tables
 
 
-def is_variant_file(doc: dict) -> bool:
-    """Whether a parameter file's keys are those of a variant study (rather than one StudyConfig)."""
-    return "variants" in doc or "extends" in doc
-
-
 def summaries(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Mean +- 95 % CI of macro AUROC per budget and per data fraction."""
-    from stmedfm.tables import summarise
-
     if metrics.empty:
         return {"budget_auroc": pd.DataFrame(), "data_efficiency_auroc": pd.DataFrame()}
     auroc = metrics[metrics["metric"] == METRIC]
@@ -413,7 +406,7 @@ def _pair(a: pd.Series, b: pd.Series) -> dict:
     return stats.paired_test(joined["a"], joined["b"])
 
 
-def comparisons(study: Beyond, metrics: pd.DataFrame) -> pd.DataFrame:
+def comparisons(study: VariantStudy, metrics: pd.DataFrame) -> pd.DataFrame:
     """Every family of paired comparisons (macro AUROC), Holm-corrected within its family.
 
     * ``transfer:<task>`` — pretrained strategy vs Scratch of the same variant, per variant; the value per seed is
@@ -508,16 +501,11 @@ def comparison_view(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _comparison_markdown(frame: pd.DataFrame) -> str:
-    from stmedfm.tables import markdown
-
     return markdown(comparison_view(frame)) if not frame.empty else "(no comparisons)\n"
 
 
-def write_tables(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[Path]:
+def write_tables(study: VariantStudy, tables: dict[str, pd.DataFrame]) -> list[Path]:
     """Markdown versions of the summaries and comparisons into ``results/<study>/tables/``."""
-    from stmedfm.tables import markdown
-    from stmedfm.tables import cell
-
     out_dir = study.root / "tables"
     written = []
     note = ("Cells: macro AUROC, mean ± 95 % t-CI over seeds (data efficiency: over seeds x repeats). "
@@ -588,7 +576,7 @@ def _test(r) -> str:
             f"(Holm p {r.p_holm:.2g})")
 
 
-def findings(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[str]:
+def findings(study: VariantStudy, tables: dict[str, pd.DataFrame]) -> list[str]:
     """The findings as sentences with their numbers, computed from the tables (smoke or full)."""
     comp = tables.get("comparisons", pd.DataFrame())
     lines = []
@@ -635,12 +623,10 @@ def findings(study: Beyond, tables: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def figures(study: Beyond, tables: dict[str, pd.DataFrame]) -> dict:
-    """The beyond figures the tables support, by file name: ``budget_auroc_<small task>_<hypothesis>`` (the
+def figures(study: VariantStudy, tables: dict[str, pd.DataFrame]) -> dict:
+    """The variant-study figures the tables support, by file name: ``budget_auroc_<small task>_<hypothesis>`` (the
     variants of each hypothesis's contrasts), ``budget_auroc_<dominant task>`` (every variant that has it),
     ``data_efficiency`` and ``hypotheses_<small task>`` (forest plot of the contrasts)."""
-    from stmedfm import plots
-
     out: dict = {}
     metrics = tables.get("metrics", pd.DataFrame())
     if metrics is None or metrics.empty:
@@ -665,7 +651,7 @@ def figures(study: Beyond, tables: dict[str, pd.DataFrame]) -> dict:
     return out
 
 
-def hypothesis_variants(study: Beyond) -> dict[str, list[str]]:
+def hypothesis_variants(study: VariantStudy) -> dict[str, list[str]]:
     """The variants each hypothesis's contrasts name, the baseline first when it is among them."""
     out: dict[str, list[str]] = {}
     for c in study.contrasts:
@@ -684,10 +670,8 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
 
 
-def write_figures(study: Beyond, tables: dict[str, pd.DataFrame], out: str | os.PathLike | None = None) -> list[Path]:
+def write_figures(study: VariantStudy, tables: dict[str, pd.DataFrame], out: str | os.PathLike | None = None) -> list[Path]:
     """Every figure of :func:`figures` as PNG (150 dpi) and SVG into ``figures/<study>/`` (or ``out``)."""
-    from stmedfm import plots
-
     out_dir = Path(out) if out is not None else study.figures_dir
     written: list[Path] = []
     for name, fig in figures(study, tables).items():

@@ -1,4 +1,5 @@
-"""Beyond the paper: budget and data-efficiency experiments, variant studies, their tables and figures."""
+"""Beyond the paper: budget and data-efficiency experiments, variant studies (stmedfm.variants), their tables and
+figures."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 
 import stmedfm.study as study_mod
 import stmedfm.train as train_mod
-from stmedfm import beyond, paths
+from stmedfm import paths, variants
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.planning import official_data, plan, run_id
@@ -86,7 +87,7 @@ def test_fraction_runs_train_on_a_stratified_subset_seeded_per_repeat(synthetic_
     assert torch.equal(a, again) and not torch.equal(a, other) and full is None
 
 
-def _tiny_beyond(tmp_path, data_dir) -> beyond.Beyond:
+def _tiny_beyond(tmp_path, data_dir) -> variants.VariantStudy:
     doc = {
         "study": "tiny_beyond", "small_task": "dermamnist", "dominant_task": "bloodmnist", "baseline": "prop",
         "common": dict(data_dir=str(data_dir), seeds=2, pretrain_tasks=["bloodmnist", "dermamnist"],
@@ -101,7 +102,7 @@ def _tiny_beyond(tmp_path, data_dir) -> beyond.Beyond:
     }
     path = tmp_path / "tiny_beyond.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return beyond.load(path, out=tmp_path / "results")
+    return variants.load(path, out=tmp_path / "results")
 
 
 def test_variant_study_shares_runs_aggregates_and_reads_back(synthetic_dir, tmp_path, monkeypatch):
@@ -109,7 +110,7 @@ def test_variant_study_shares_runs_aggregates_and_reads_back(synthetic_dir, tmp_
     calls = []
     real = study_mod.run_downstream
     monkeypatch.setattr(study_mod, "run_downstream", lambda cfg, spec, state: calls.append(spec) or real(cfg, spec, state))
-    tables = beyond.run(study, workers=1, progress=False)
+    tables = variants.run(study, workers=1, progress=False)
     # prop: (2 + 1 budgets) x 3 strategies x 2 seeds = 18; all: the same minus its 6 Scratch runs (shared by id);
     # frac: 2 fractions x 2 repeats x 3 strategies x 1 seed = 12
     assert len(calls) == 18 + 12 + 12
@@ -125,20 +126,20 @@ def test_variant_study_shares_runs_aggregates_and_reads_back(synthetic_dir, tmp_
     hyp = comp[comp["family"] == "hypotheses:dermamnist"]
     assert len(hyp) == 2 and set(hyp["strategy"]) == {"full", "lora"} and (hyp["n"] == 2).all()
     for fam, sub in comp.groupby("family"):  # Holm within each family
-        np.testing.assert_allclose(sub["p_holm"], beyond.stats.holm(sub["p_two_sided"]))
+        np.testing.assert_allclose(sub["p_holm"], variants.stats.holm(sub["p_two_sided"]))
     var = tables["variants"].set_index("variant")
     assert var.loc["all", "small_batches"] == 3 and var.loc["prop", "small_share"] == pytest.approx(7007 / (11959 + 7007))
     for name in ("metrics", "variants", "budget_auroc", "data_efficiency_auroc", "comparisons"):
         assert (study.root / f"{name}.csv").is_file()
     assert (study.root / "tables" / "comparisons.md").read_text().count("## ") == comp["family"].nunique()
-    assert beyond.complete(study)
+    assert variants.complete(study)
     calls.clear()
-    again = beyond.results(study, workers=1, progress=False)  # complete: read back, nothing recomputed
+    again = variants.results(study, workers=1, progress=False)  # complete: read back, nothing recomputed
     assert calls == [] and len(again["metrics"]) == len(m)
-    lines = beyond.findings(study, again)
+    lines = variants.findings(study, again)
     assert any(line.startswith("Transfer gap on the small task dermamnist") for line in lines)
     assert any("Hypothesis 'sampling share'" in line for line in lines)
-    written = beyond.write_figures(study, again, out=tmp_path / "fig")
+    written = variants.write_figures(study, again, out=tmp_path / "fig")
     assert {p.name for p in written} >= {"budget_auroc_dermamnist_sampling_share.png", "data_efficiency.svg",
                                          "hypotheses_dermamnist.png"}
     # the command line resumes the same study (nothing to compute) and writes figures under the project root
@@ -149,8 +150,15 @@ def test_variant_study_shares_runs_aggregates_and_reads_back(synthetic_dir, tmp_
     assert calls == [] and (tmp_path / "figures" / "tiny_beyond" / "data_efficiency.png").is_file()
 
 
+def test_variants_command_keeps_its_former_name():
+    from stmedfm.cli import build_parser, cmd_variants
+
+    for command in ("variants", "beyond"):
+        assert build_parser().parse_args([command, "params/beyond.yaml"]).func is cmd_variants
+
+
 def test_beyond_files_validate():
-    study = beyond.load(paths.project_root() / "params" / "beyond.yaml")
+    study = variants.load(paths.project_root() / "params" / "beyond.yaml")
     assert study.baseline == "proportional" and study.small_task == "retinamnist"
     cfgs = study.configs
     assert cfgs["all_tasks"].task_sampling == "all_tasks" and cfgs["width128"].width == 128
@@ -158,13 +166,13 @@ def test_beyond_files_validate():
     assert all(len(c.seeds) >= 5 for v, c in cfgs.items() if v != "data_efficiency")
     assert cfgs["data_efficiency"].data_fractions == [0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
     assert all(not c.temperature_scaling for c in cfgs.values())
-    smoke = beyond.load(paths.project_root() / "params" / "beyond_smoke.yaml")
+    smoke = variants.load(paths.project_root() / "params" / "beyond_smoke.yaml")
     assert smoke.name == "beyond_smoke"
     bad = {"variants": {"a": {}}, "contrasts": [{"a": "a", "b": "nope"}]}
     with pytest.raises(StmedfmError, match="names variant 'nope'"):
-        beyond.load(_write(bad))
+        variants.load(_write(bad))
     with pytest.raises(StmedfmError, match="Variant 'a'.*pretrain_step"):
-        beyond.load(_write({"variants": {"a": {"pretrain_step": 3}}}))
+        variants.load(_write({"variants": {"a": {"pretrain_step": 3}}}))
 
 
 def _write(doc) -> str:
@@ -238,17 +246,17 @@ def test_each_hypothesis_is_its_own_holm_family_with_verdicts():
                                  seed=seed, steps=10, value=value))
     contrasts = [{"hypothesis": "H1", "a": "v2", "b": "v1"}, {"hypothesis": "H1", "a": "v3", "b": "v1"},
                  {"hypothesis": "H2", "a": "v2", "b": "v3"}]
-    study = beyond.Beyond(name="x", configs={}, small_task="t", dominant_task="", baseline="v1", contrasts=contrasts)
-    comp = beyond.comparisons(study, pd.DataFrame(rows))
+    study = variants.VariantStudy(name="x", configs={}, small_task="t", dominant_task="", baseline="v1", contrasts=contrasts)
+    comp = variants.comparisons(study, pd.DataFrame(rows))
     hyp = comp[comp["family"] == "hypotheses:t"].set_index(["a", "b"])
     p = 2 / 2**8
     assert hyp["p_two_sided"].tolist() == pytest.approx([p, p, p])
     assert hyp["p_holm"].tolist() == pytest.approx([2 * p, 2 * p, p])
     assert hyp["verdict"].tolist() == ["supported", "contradicted", "supported"]
-    summary = beyond.hypothesis_summary(comp, "t").set_index("hypothesis")
+    summary = variants.hypothesis_summary(comp, "t").set_index("hypothesis")
     assert summary.loc["H1", ["supported", "contradicted", "inconclusive", "verdict"]].tolist() == [1, 1, 0, "mixed"]
     assert summary.loc["H2", "verdict"] == "supported" and summary.loc["H2", "n_min"] == 8
-    lines = beyond.findings(study, {"comparisons": comp})
+    lines = variants.findings(study, {"comparisons": comp})
     h2 = next(line for line in lines if line.startswith("Hypothesis 'H2'"))
     assert "1 tests at 8 seeds" in h2 and "**supported**" in h2 and "v2 vs v3 full +0.207" in h2
 
@@ -256,8 +264,8 @@ def test_each_hypothesis_is_its_own_holm_family_with_verdicts():
 def test_a_file_extends_another_without_redefining_its_variants(tmp_path):
     """params/contrasts.yaml reruns beyond.yaml's variants: same variants minus the excluded, contrasts naming an
     excluded variant dropped, `override` applied after each variant's own fields, and the same run ids."""
-    study = beyond.load("params/contrasts.yaml")
-    parent = beyond.load("params/beyond.yaml")
+    study = variants.load("params/contrasts.yaml")
+    parent = variants.load("params/beyond.yaml")
     assert list(study.configs) == [v for v in parent.configs if v != "data_efficiency"]
     assert study.contrasts == parent.contrasts and study.small_task == "retinamnist" and study.name == "contrasts"
     for v, cfg in study.configs.items():  # leave_out etc. set their own budget_tasks: override wins
@@ -268,13 +276,13 @@ def test_a_file_extends_another_without_redefining_its_variants(tmp_path):
         assert ids <= {run_id(pc, p.spec, official_data(pc)) for p in plan(pc)}
     (tmp_path / "bad.yaml").write_text("study: x\nextends: params/beyond.yaml\nexclude: [nope]\n")
     with pytest.raises(StmedfmError, match=r"'exclude' must list variants of 'params/beyond.yaml' \(proportional,"):
-        beyond.load(tmp_path / "bad.yaml")
+        variants.load(tmp_path / "bad.yaml")
     (tmp_path / "loop.yaml").write_text(f"study: x\nextends: {tmp_path / 'loop.yaml'}\n")
     with pytest.raises(StmedfmError, match="extends it back"):
-        beyond.load(tmp_path / "loop.yaml")
+        variants.load(tmp_path / "loop.yaml")
     (tmp_path / "alone.yaml").write_text("study: x\nexclude: [a]\nvariants: {a: {}}\n")
     with pytest.raises(StmedfmError, match="'exclude' needs 'extends'"):
-        beyond.load(tmp_path / "alone.yaml")
+        variants.load(tmp_path / "alone.yaml")
     from stmedfm.cli import main
 
     assert main(["config", "params/contrasts.yaml", "--get", "study"]) == 0
@@ -285,10 +293,10 @@ def test_reanalyse_recomputes_the_comparisons_from_the_committed_metrics(tmp_pat
     the committed comparisons.csv (which a test thus ties to the committed measurements)."""
     import shutil
 
-    study = beyond.load("params/beyond.yaml", out=tmp_path / "beyond")
+    study = variants.load("params/beyond.yaml", out=tmp_path / "beyond")
     shutil.copytree(paths.project_root() / "results" / "beyond", study.root,
                     ignore=shutil.ignore_patterns("comparisons.csv", "tables"))
-    tables = beyond.reanalyse(study)
+    tables = variants.reanalyse(study)
     committed = pd.read_csv(paths.project_root() / "results" / "beyond" / "comparisons.csv")
     pd.testing.assert_frame_equal(pd.read_csv(study.root / "comparisons.csv"), committed)
     assert (study.root / "tables" / "comparisons.md").read_text() == \
@@ -296,4 +304,4 @@ def test_reanalyse_recomputes_the_comparisons_from_the_committed_metrics(tmp_pat
     assert set(tables["comparisons"]["verdict"]) <= {"supported", "contradicted", "inconclusive"}
     (study.root / "metrics.csv").unlink()
     with pytest.raises(StmedfmError, match="No metrics.csv in"):
-        beyond.reanalyse(study)
+        variants.reanalyse(study)
