@@ -185,11 +185,11 @@ def test_config_get_study_is_the_yaml_key(tmp_path, capsys):
     (tmp_path / "nokey.yaml").write_text("seeds: 2\n")
     assert cli.main(["config", str(tmp_path / "nokey.yaml"), "--get", "study"]) == 0
     assert capsys.readouterr().out == "nokey\n"
-    beyond = tmp_path / "mybeyond.yaml"  # a beyond file of variants: the Makefile's beyond target asks the same way
+    beyond = tmp_path / "mybeyond.yaml"  # a variant-study file: the Makefile's variants target asks the same way
     shutil.copy(ROOT / "params" / "beyond_smoke.yaml", beyond)
     assert cli.main(["config", str(beyond), "--get", "study"]) == 0
     assert capsys.readouterr().out == "beyond_smoke\n"
-    assert "stmedfm config $(BEYOND) --get study" in (ROOT / "Makefile").read_text()
+    assert "stmedfm config $(VARIANTS) --get study" in (ROOT / "Makefile").read_text()
 
 
 def test_a_copied_params_file_cannot_touch_another_study(synthetic_dir, tmp_path, monkeypatch, capsys):
