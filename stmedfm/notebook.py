@@ -76,7 +76,7 @@ TABLE_TITLES = {
 }
 DEFAULT_PARAMS = "params/smoke.yaml"
 #: Notebooks whose parameter file is not a StudyConfig file: their own smoke default (09_beyond reads a beyond
-#: file of variants, stmedfm.beyond; `make study` runs 01-08 only, `make beyond` runs 09).
+#: file of variants, stmedfm.variants; `make study` runs 01-08 only, `make variants` runs 09).
 NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml"}
 
 

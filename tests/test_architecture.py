@@ -1,5 +1,5 @@
-"""The package's shape stays what ``stmedfm/__init__.py`` says: layers without cycles (import-linter), no private
-name used across modules, and modules and functions small enough to read."""
+"""The package's shape stays what ``stmedfm/__init__.py`` says: layers without cycles (import-linter) and no private
+name used across modules (sizes: tests/test_sizes.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ import stmedfm
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(stmedfm.__file__).parent
-MAX_MODULE_LINES = 700
-MAX_FUNCTION_LINES = 120
-#: Modules another part of issue 19 splits (the plots subpackage, the notebook helpers); they leave this list then.
-BEING_SPLIT = {"plots.py", "notebook.py"}
 
 
 def _contract_layers() -> list[str]:
@@ -112,21 +108,3 @@ def test_the_private_name_scan_finds_each_form(tmp_path):
     assert private_names_across_modules(package) == sorted([
         "stmedfm/bench:3 from stmedfm.train import _optimizer", "stmedfm/bench:4 from stmedfm.data import _load_cached",
         "stmedfm/bench:5 D._load_cached", "stmedfm/bench:6 stmedfm.train._optimizer"])
-
-
-def test_modules_and_functions_stay_readable():
-    """No module over 700 lines and no function over 120 (the ones being split elsewhere excepted)."""
-    too_long = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name in BEING_SPLIT and path.parent == PACKAGE:
-            continue
-        text = path.read_text()
-        rel = path.relative_to(PACKAGE.parent)
-        if len(text.splitlines()) > MAX_MODULE_LINES:
-            too_long.append(f"{rel}: {len(text.splitlines())} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
-                    too_long.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
-    assert too_long == []

@@ -14,7 +14,7 @@ import X`` does not depend on where X lives:
 * :mod:`~stmedfm.plots.architecture` — the study's model (:func:`study_model`), Table 2, Figure 1 (from a data
   description of the model, :func:`describe`, and a generic renderer, :func:`draw`), forward shapes;
 * :mod:`~stmedfm.plots.paper` — Figures 2-7 and :func:`write_figures`;
-* :mod:`~stmedfm.plots.variants` — the variant studies' figures (:mod:`stmedfm.beyond`);
+* :mod:`~stmedfm.plots.variants` — the variant studies' figures (:mod:`stmedfm.variants`);
 * :mod:`~stmedfm.plots.dataset` — sample images and class distributions (notebook 01).
 
 =======  ====================================  ================================================================

@@ -1,4 +1,4 @@
-"""Figures of the variant studies (:mod:`stmedfm.beyond`): AUROC vs budget per pretraining variant, UMedPT-style
+"""Figures of the variant studies (:mod:`stmedfm.variants`): AUROC vs budget per pretraining variant, UMedPT-style
 data efficiency, and the forest plot of the hypothesis contrasts.
 
 They read the tidy frames the variant studies aggregate (a ``variant`` column beside the usual keys) and, like the
@@ -64,7 +64,7 @@ def fig_budget_auroc(metrics: pd.DataFrame, task: str, variants=None, metric: st
     variant (sampler, width, ...), each with its 95 % t-CI band over seeds; Scratch (which does not depend on
     the pretraining variant) is the grey dashed line, once per distinct set of Scratch runs.
 
-    ``metrics``: the tidy metrics of :func:`stmedfm.beyond.aggregate` (columns variant, experiment ``budget``,
+    ``metrics``: the tidy metrics of :func:`stmedfm.variants.aggregate` (columns variant, experiment ``budget``,
     task, strategy, steps, seed, metric, value, run_id).
     """
     require_columns(metrics, ("variant", "experiment", "task", "strategy", "steps", "seed", "metric", "value",
