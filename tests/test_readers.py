@@ -91,7 +91,7 @@ def test_data_notebooks_call_the_one_data_helper():
         source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
         if path.stem == "02_architecture":
             continue  # reads no data
-        assert ("nb.ensure_data(cfg)" in source or "nb.setup(" in source or "beyond.from_namespace" in source), path
+        assert ("nb.ensure_data(cfg)" in source or "nb.setup(" in source or "variants.from_namespace" in source), path
 
 
 def test_ensure_data_without_download_says_how_in_one_line(no_default_data):
