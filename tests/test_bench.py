@@ -15,6 +15,7 @@ from stmedfm.config import StudyConfig
 from stmedfm.train import RunSpec, downstream_model, predict_logits, pretrain
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_one_row_per_measure(tmp_path, capsys):
     out = tmp_path / "bench.csv"
     assert main(["bench", "--quick", "--out", str(out)]) == 0
@@ -53,15 +54,10 @@ def test_baseline_items_match_our_batches(synthetic_dir):
         torch.testing.assert_close(x, ours, rtol=0, atol=1e-6)
 
 
-def small_cfg(data_dir, tasks) -> StudyConfig:
-    return StudyConfig.from_dict(dict(data_dir=str(data_dir), pretrain_tasks=tasks, pretrain_steps=2,
-                                      downstream_tasks=tasks, fewshot_tasks={}, class_weight_ablation_tasks=[],
-                                      leave_out_tasks=[], extended_tasks=[], calibration_task=None))
-
-
-def test_shared_stem_outputs_give_bit_identical_logits(synthetic_dir):
+@pytest.mark.slow
+def test_shared_stem_outputs_give_bit_identical_logits(make_config, synthetic_dir):
     """LoRA / adapter / linear-probe runs replay the frozen stem's recorded outputs: the logits must not change."""
-    cfg = small_cfg(synthetic_dir, ["bloodmnist", "organmnist3d"])
+    cfg = make_config(pretrain_tasks=["bloodmnist", "organmnist3d"], downstream_tasks=["bloodmnist", "organmnist3d"])
     state, _ = pretrain(cfg, ["bloodmnist", "organmnist3d"], 0)
     test = D.load_task("organmnist3d", data_dir=synthetic_dir)["test"]
     for strategy in ("lora", "adapter", "linear_probe", "full"):
@@ -75,9 +71,10 @@ def test_shared_stem_outputs_give_bit_identical_logits(synthetic_dir):
         np.testing.assert_array_equal(plain, again)
 
 
-def test_shared_stem_outputs_follow_the_weights(synthetic_dir):
+@pytest.mark.slow
+def test_shared_stem_outputs_follow_the_weights(make_config, synthetic_dir):
     """A stem with other weights (another checkpoint) never gets the outputs recorded for the first one."""
-    cfg = small_cfg(synthetic_dir, ["organmnist3d"])
+    cfg = make_config(pretrain_tasks=["organmnist3d"], downstream_tasks=["organmnist3d"])
     test = D.load_task("organmnist3d", data_dir=synthetic_dir)["test"]
     key = (test.images, "organmnist3d", "test", None)
     outs = []
@@ -92,10 +89,10 @@ def test_shared_stem_outputs_follow_the_weights(synthetic_dir):
 
 
 @pytest.mark.parametrize("strategy", ["scratch", "full"])
-def test_trainable_stems_are_never_recorded(synthetic_dir, strategy):
+def test_trainable_stems_are_never_recorded(make_config, synthetic_dir, strategy):
     from stmedfm import train
 
-    cfg = small_cfg(synthetic_dir, ["bloodmnist"])
+    cfg = make_config()
     state = pretrain(cfg, ["bloodmnist"], 0)[0] if strategy != "scratch" else None
     model = downstream_model(cfg, RunSpec("bloodmnist", strategy, 0, 1, 1e-3, True,
                                           ("bloodmnist",) if state else ()), state)
@@ -105,6 +102,7 @@ def test_trainable_stems_are_never_recorded(synthetic_dir, strategy):
     assert len(train._STEM_CACHE) == before
 
 
+@pytest.mark.slow
 def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
     """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
     from stmedfm import paths

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stmedfm.config import StudyConfig
 from stmedfm.tables import write_tables
 
 CLIENT = "import sys; from stmedfm.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -46,13 +45,11 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def params(synthetic_dir, tmp_path_factory) -> Path:
-    cfg = StudyConfig.from_dict(dict(
-        study="chaos", data_dir=str(synthetic_dir), seeds=[0, 1, 2], workers=2,
-        pretrain_tasks=["bloodmnist", "dermamnist"], pretrain_steps=10, downstream_tasks=["bloodmnist", "dermamnist"],
-        strategies=["scratch", "full", "lora", "adapter"], scratch_steps_2d=25, finetune_steps_2d=25,
-        fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[], extended_tasks=[],
-        calibration_task="bloodmnist"))
+def params(make_config, tmp_path_factory) -> Path:
+    cfg = make_config(study="chaos", seeds=[0, 1, 2], workers=2, pretrain_tasks=["bloodmnist", "dermamnist"],
+                      pretrain_steps=10, downstream_tasks=["bloodmnist", "dermamnist"],
+                      strategies=["scratch", "full", "lora", "adapter"], scratch_steps_2d=25, finetune_steps_2d=25,
+                      calibration_task="bloodmnist")
     path = tmp_path_factory.mktemp("chaos") / "chaos.yaml"
     path.write_text(cfg.to_yaml())
     return path

@@ -7,23 +7,19 @@ import pandas as pd
 import pytest
 
 from stmedfm import executors as E
-from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.store import ResultStore
 from stmedfm.study import run_study
 
 
-def tiny(data_dir, **changes) -> StudyConfig:
-    """Every experiment of the protocol (2D and 3D, pretrained and scratch) with budgets of a few steps."""
-    values = dict(
-        study="tiny", data_dir=str(data_dir), seeds=[0, 1], pretrain_tasks=["bloodmnist", "organmnist3d"],
-        pretrain_steps=3, downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
-        scratch_steps_2d=2, scratch_steps_3d=2, finetune_steps_2d=2, finetune_steps_3d=2,
-        fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1], fewshot_splits=1, fewshot_strategies=["full", "adapter"],
-        class_weight_ablation_tasks=[], leave_out_tasks=["organmnist3d"], leave_out_strategies=["lora"],
-        extended_tasks=[], calibration_task="bloodmnist")
-    values.update(changes)
-    return StudyConfig.from_dict(values)
+#: Every experiment of the protocol (2D and 3D, pretrained and scratch) with budgets of a few steps, two seeds
+#: (changes to the tiny config).
+EVERY_EXPERIMENT = dict(
+    seeds=[0, 1], pretrain_tasks=["bloodmnist", "organmnist3d"], pretrain_steps=3,
+    downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"], scratch_steps_2d=2,
+    scratch_steps_3d=2, finetune_steps_2d=2, finetune_steps_3d=2, fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1],
+    fewshot_splits=1, fewshot_strategies=["full", "adapter"], leave_out_tasks=["organmnist3d"],
+    leave_out_strategies=["lora"], calibration_task="bloodmnist")
 
 
 def sorted_metrics(store) -> pd.DataFrame:
@@ -89,9 +85,10 @@ def test_missing_distributed_is_a_clear_error(monkeypatch):
 
 
 # --- a study on a Dask cluster ------------------------------------------------------------------------------------
-def test_dask_cluster_gives_the_same_rows_as_the_local_pool(synthetic_dir, tmp_path):
+@pytest.mark.slow
+def test_dask_cluster_gives_the_same_rows_as_the_local_pool(make_config, tmp_path):
     distributed = pytest.importorskip("distributed")
-    cfg = tiny(synthetic_dir)
+    cfg = make_config(EVERY_EXPERIMENT)
     pool = run_study(cfg, out=tmp_path / "pool", progress=False, workers=2)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
@@ -107,9 +104,11 @@ def test_dask_cluster_gives_the_same_rows_as_the_local_pool(synthetic_dir, tmp_p
     pd.testing.assert_frame_equal(sorted_metrics(again), sorted_metrics(dask))
 
 
-def test_resumed_runs_take_checkpoints_from_the_store(synthetic_dir, tmp_path):
+@pytest.mark.slow
+def test_resumed_runs_take_checkpoints_from_the_store(make_config, tmp_path):
     """Runs of a checkpoint written by an earlier study read it from the store (no pretraining again)."""
-    cfg = tiny(synthetic_dir, seeds=[0], strategies=["full"], fewshot_tasks={}, leave_out_tasks=[], calibration_task=None)
+    cfg = make_config(EVERY_EXPERIMENT, seeds=[0], strategies=["full"], fewshot_tasks={}, leave_out_tasks=[],
+                      calibration_task=None)
     first = run_study(cfg.replace(strategies=["scratch"]), out=tmp_path / "s", progress=False, workers=1)
     assert not list((first.root / "checkpoints").glob("*.pt"))
     run_study(cfg, out=tmp_path / "s", progress=False, workers=1)

@@ -16,9 +16,10 @@ from stmedfm.errors import StmedfmError
 from stmedfm.study import run_study
 from stmedfm.tables import write_tables
 
-TINY = dict(seeds=1, pretrain_steps=3, scratch_steps_2d=2, scratch_steps_3d=1, finetune_steps_2d=2,
-            finetune_steps_3d=1, batch_size_2d=8, batch_size_3d=2, eval_batch_size_3d=4, extended_scratch_steps=2,
-            extended_full_steps=2, fewshot_k=[1], fewshot_splits=1, temperature_scaling=False)
+#: Budgets of a few steps and small batches, applied on top of a parameter file or of the tiny config.
+BUDGETS = dict(seeds=1, pretrain_steps=3, scratch_steps_2d=2, scratch_steps_3d=1, finetune_steps_2d=2,
+               finetune_steps_3d=1, batch_size_2d=8, batch_size_3d=2, eval_batch_size_3d=4, extended_scratch_steps=2,
+               extended_full_steps=2, fewshot_k=[1], fewshot_splits=1, temperature_scaling=False)
 
 # Table 4 at width 64 for a binary head (64*2 + 2 = 130): 56320 + 69664 + 33536 + 130; LoRA +3072 / 3072+384+130;
 # adapter +4256 / 4256+384+130. Bloodmnist's are the paper's.
@@ -34,9 +35,10 @@ def other_flags_dir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_example_params_file_runs_other_flags_end_to_end(other_flags_dir, tmp_path):
     """params/example_other_flag.yaml as written (2D grayscale binary + 3D binary + 2D RGB), tiny budgets."""
-    over = dict(TINY, data_dir=str(other_flags_dir), fewshot_tasks={"pneumoniamnist": 2, "nodulemnist3d": 1},
+    over = dict(BUDGETS, data_dir=str(other_flags_dir), fewshot_tasks={"pneumoniamnist": 2, "nodulemnist3d": 1},
                 class_weight_ablation_strategies=["scratch", "full"])
     cfg = StudyConfig.load(paths.project_root() / "params" / "example_other_flag.yaml", over)
     assert cfg.pretrain_tasks == ["bloodmnist", "pneumoniamnist", "nodulemnist3d"]
@@ -76,21 +78,17 @@ def sized_dir(tmp_path_factory):
     return d
 
 
-def _sized_cfg(data_dir, size, tasks, strategies) -> StudyConfig:
-    return StudyConfig.from_dict(dict(
-        TINY, data_dir=str(data_dir), image_size=size, pretrain_tasks=tasks, downstream_tasks=tasks,
-        strategies=strategies, fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[],
-        extended_tasks=[], calibration_task=None, eval_batch_size_2d=8))
-
-
-def test_64px_files_load_and_run_with_table4_counts(sized_dir, tmp_path, no_default_data):
+@pytest.mark.slow
+def test_64px_files_load_and_run_with_table4_counts(make_config, sized_dir, tmp_path, no_default_data):
     assert data.locate("nodulemnist3d", size=64, data_dir=sized_dir).name == "nodulemnist3d_64.npz"
     vol = data.load_task("nodulemnist3d", size=64, data_dir=sized_dir)
     assert tuple(vol["train"].images.shape) == (16, 1, 64, 64, 64)
     assert tuple(data.load_task("bloodmnist", size=64, data_dir=sized_dir)["test"].images.shape) == (8, 3, 64, 64)
     with pytest.raises(StmedfmError, match="bloodmnist.npz"):  # the 28 px file is another file
         data.load_task("bloodmnist", data_dir=sized_dir)
-    cfg = _sized_cfg(sized_dir, 64, ["bloodmnist", "nodulemnist3d"], ["scratch", "lora", "adapter"])
+    tasks = ["bloodmnist", "nodulemnist3d"]
+    cfg = make_config(BUDGETS, data_dir=sized_dir, image_size=64, pretrain_tasks=tasks, downstream_tasks=tasks,
+                      strategies=["scratch", "lora", "adapter"], eval_batch_size_2d=8)
     store = run_study(cfg, out=tmp_path / "s64", progress=False, workers=1)
     runs = store.table("runs")
     got = {(r.task, r.strategy): (r.total_params, r.trainable_params) for r in runs.itertuples()}
@@ -99,10 +97,12 @@ def test_64px_files_load_and_run_with_table4_counts(sized_dir, tmp_path, no_defa
     assert store.table("metrics").query("metric == 'macro_auroc'")["value"].between(0, 1).all()
 
 
-def test_128px_2d_flag_runs_through_a_study(sized_dir, tmp_path):
+@pytest.mark.slow
+def test_128px_2d_flag_runs_through_a_study(make_config, sized_dir, tmp_path):
     task = data.load_task("pneumoniamnist", size=128, data_dir=sized_dir)
     assert tuple(task["train"].images.shape) == (16, 3, 128, 128)  # grayscale repeated to 3 channels
-    cfg = _sized_cfg(sized_dir, 128, ["pneumoniamnist"], ["scratch", "full"])
+    cfg = make_config(BUDGETS, data_dir=sized_dir, image_size=128, pretrain_tasks=["pneumoniamnist"],
+                      downstream_tasks=["pneumoniamnist"], strategies=["scratch", "full"], eval_batch_size_2d=8)
     store = run_study(cfg, out=tmp_path / "s128", progress=False, workers=1)
     runs = store.table("runs")
     assert set(runs["total_params"]) == {159650}

@@ -18,7 +18,6 @@ import pytest
 import stmedfm.study as study_mod
 from stmedfm import paths, provenance, synthetic
 from stmedfm.cli import main
-from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.planning import official_data, plan, run_id, study_data
 from stmedfm.store import PROVENANCE, ResultStore, StoreWarning
@@ -26,16 +25,6 @@ from stmedfm.study import run_study
 from stmedfm.tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def mini(data_dir, **changes) -> StudyConfig:
-    """The issue's MIN: one downstream task, few steps, no side experiments (a second or two per study)."""
-    values = dict(study="mini", data_dir=str(data_dir), seeds=[0], workers=1, pretrain_tasks=["bloodmnist"],
-                  pretrain_steps=2, downstream_tasks=["bloodmnist"], strategies=["scratch", "full"],
-                  scratch_steps_2d=2, finetune_steps_2d=2, fewshot_tasks={}, class_weight_ablation_tasks=[],
-                  leave_out_tasks=[], extended_tasks=[], calibration_task=None, eval_max_samples=None)
-    values.update(changes)
-    return StudyConfig.from_dict(values)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +66,9 @@ def test_committed_reference_results_keep_their_run_ids():
         assert committed == ids, name
 
 
-def test_results_of_other_bytes_are_never_reused(synthetic_dir, other_synthetic, tmp_path, monkeypatch):
-    a, b = mini(synthetic_dir), mini(other_synthetic)
+@pytest.mark.slow
+def test_results_of_other_bytes_are_never_reused(make_config, other_synthetic, tmp_path, monkeypatch):
+    a, b = make_config(), make_config(data_dir=other_synthetic)
     ids_a = {run_id(a, p.spec, study_data(a)) for p in plan(a)}
     ids_b = {run_id(b, p.spec, study_data(b)) for p in plan(b)}
     assert not ids_a & ids_b
@@ -92,32 +82,33 @@ def test_results_of_other_bytes_are_never_reused(synthetic_dir, other_synthetic,
     pd.testing.assert_frame_equal(ResultStore(tmp_path / "D").table("metrics"), fresh.table("metrics"))
 
 
-def test_synthetic_and_real_runs_never_share_a_store(retina_synthetic, real_data_dir, tmp_path):
+@pytest.mark.slow
+def test_synthetic_and_real_runs_never_share_a_store(make_config, retina_synthetic, real_data_dir, tmp_path):
     """The issue's reproduction: a study on synthetic files, then the same study on the real files into the
     same folder, reused the synthetic AUROC 1.0 as a real result."""
     over = dict(pretrain_tasks=["retinamnist"], downstream_tasks=["retinamnist"], strategies=["scratch"])
-    run_study(mini(retina_synthetic, **over), out=tmp_path / "D", progress=False)
+    run_study(make_config(data_dir=retina_synthetic, **over), out=tmp_path / "D", progress=False)
     before = (tmp_path / "D" / "metrics.csv").read_bytes()
     with pytest.raises(StmedfmError, match="holds results on synthetic data, and this study reads real files"):
-        run_study(mini(real_data_dir, **over), out=tmp_path / "D", progress=False)
+        run_study(make_config(data_dir=real_data_dir, **over), out=tmp_path / "D", progress=False)
     assert (tmp_path / "D" / "metrics.csv").read_bytes() == before
-    run_study(mini(real_data_dir, **over), out=tmp_path / "R", progress=False)
+    run_study(make_config(data_dir=real_data_dir, **over), out=tmp_path / "R", progress=False)
     with pytest.raises(StmedfmError, match="holds results on real data, and this study reads synthetic files"):
-        run_study(mini(retina_synthetic, **over), out=tmp_path / "R", progress=False)
+        run_study(make_config(data_dir=retina_synthetic, **over), out=tmp_path / "R", progress=False)
 
 
-def test_eval_batch_size_is_part_of_a_run_identity(synthetic_dir):
-    cfg = mini(synthetic_dir)
+def test_eval_batch_size_is_part_of_a_run_identity(make_config):
+    cfg = make_config()
     spec = plan(cfg)[0].spec
     data = study_data(cfg)
     assert run_id(cfg.replace(eval_batch_size_2d=128), spec, data) != run_id(cfg, spec, data)
     assert run_id(cfg.replace(eval_batch_size_3d=16), spec, data) != run_id(cfg, spec, data)
 
 
-def test_a_worker_with_other_files_refuses_to_run(synthetic_dir, other_synthetic):
+def test_a_worker_with_other_files_refuses_to_run(make_config, other_synthetic):
     """A Dask worker finds its own copy of the data: it must be the bytes the client planned with."""
-    cfg = mini(other_synthetic)
-    planned_with = {t: i.digest for t, i in study_data(mini(synthetic_dir)).items()}
+    cfg = make_config(data_dir=other_synthetic)
+    planned_with = {t: i.digest for t, i in study_data(make_config()).items()}
     with pytest.raises(StmedfmError, match="A worker reads other files than the client planned with"):
         study_mod._run_job(cfg.to_dict(), "run-x", plan(cfg)[0].spec, None, planned_with)
 
@@ -141,6 +132,7 @@ def test_a_study_name_cannot_write_outside_results(name, retina_synthetic, tmp_p
     assert sorted(p for p in tmp_path.rglob("*")) == before, "nothing may be written"
 
 
+@pytest.mark.slow
 def test_out_refuses_a_folder_that_is_not_a_store_of_the_study(retina_synthetic, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
@@ -171,18 +163,17 @@ def test_out_refuses_a_folder_that_is_not_a_store_of_the_study(retina_synthetic,
     assert "holds study 'smoke', not 'another'" in capsys.readouterr().err
 
 
-def test_figures_out_at_a_file_is_a_clear_error(retina_synthetic, tmp_path, capsys):
-    store = run_study(mini(retina_synthetic, pretrain_tasks=["retinamnist"], downstream_tasks=["retinamnist"],
-                           strategies=["scratch"]), out=tmp_path / "S", progress=False)
+def test_figures_out_at_a_file_is_a_clear_error(tiny_store, tmp_path, capsys):
     a_file = tmp_path / "f.png"
     a_file.write_text("x")
-    assert main(["figures", str(store.root), "--out", str(a_file)]) == 2
+    assert main(["figures", str(tiny_store.root), "--out", str(a_file)]) == 2
     assert "The figure folder" in capsys.readouterr().err
 
 
 # --- 4. config.yaml always describes the tables beside it -----------------------------------------------------
-def test_a_failed_study_leaves_config_and_tables_as_they_were(synthetic_dir, tmp_path, monkeypatch):
-    store = run_study(mini(synthetic_dir), out=tmp_path / "D", progress=False)
+@pytest.mark.slow
+def test_a_failed_study_leaves_config_and_tables_as_they_were(make_config, tmp_path, monkeypatch):
+    store = run_study(make_config(), out=tmp_path / "D", progress=False)
     config, metrics = (store.root / "config.yaml").read_bytes(), (store.root / "metrics.csv").read_bytes()
 
     def broken(*args, **kwargs):
@@ -190,15 +181,16 @@ def test_a_failed_study_leaves_config_and_tables_as_they_were(synthetic_dir, tmp
 
     monkeypatch.setattr(study_mod, "run_downstream", broken)
     with pytest.raises(RuntimeError, match="power cut"):
-        run_study(mini(synthetic_dir, width=128), out=tmp_path / "D", progress=False)
+        run_study(make_config(width=128), out=tmp_path / "D", progress=False)
     assert (store.root / "config.yaml").read_bytes() == config
     assert (store.root / "metrics.csv").read_bytes() == metrics
     assert ResultStore(tmp_path / "D").config().width == 64
 
 
 # --- 5. a damaged store heals ---------------------------------------------------------------------------------------
-def test_damaged_runs_and_checkpoints_are_quarantined_and_recomputed(synthetic_dir, tmp_path, monkeypatch):
-    cfg = mini(synthetic_dir, seeds=[0, 1])
+@pytest.mark.slow
+def test_damaged_runs_and_checkpoints_are_quarantined_and_recomputed(make_config, tmp_path, monkeypatch):
+    cfg = make_config(seeds=[0, 1])
     reference = run_study(cfg, out=tmp_path / "ref", progress=False)
     shutil.copytree(reference.root, tmp_path / "hurt")
     store = ResultStore(tmp_path / "hurt")
@@ -235,9 +227,10 @@ def test_damaged_runs_and_checkpoints_are_quarantined_and_recomputed(synthetic_d
     assert calls["n"] == 0
 
 
-def test_cli_names_a_damaged_file_in_one_warning_line(synthetic_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_names_a_damaged_file_in_one_warning_line(make_config, tmp_path, capsys):
     params = tmp_path / "mini.yaml"
-    params.write_text(mini(synthetic_dir, strategies=["scratch"]).to_yaml())
+    params.write_text(make_config(strategies=["scratch"]).to_yaml())
     out = tmp_path / "S"
     assert main(["study", str(params), "--out", str(out), "-q"]) == 0
     run = next((out / "runs").glob("*.json"))
@@ -250,8 +243,9 @@ def test_cli_names_a_damaged_file_in_one_warning_line(synthetic_dir, tmp_path, c
 
 
 # --- provenance and notices --------------------------------------------------------------------------------------
-def test_every_run_records_where_and_from_what_it_was_made(synthetic_dir, tmp_path):
-    cfg = mini(synthetic_dir)
+@pytest.mark.slow
+def test_every_run_records_where_and_from_what_it_was_made(make_config, tmp_path):
+    cfg = make_config()
     store = run_study(cfg, out=tmp_path / "S", progress=False)
     runs = pd.read_csv(store.root / "runs.csv", dtype=str, keep_default_na=False)
     assert set(PROVENANCE) <= set(runs.columns)
@@ -264,8 +258,9 @@ def test_every_run_records_where_and_from_what_it_was_made(synthetic_dir, tmp_pa
     assert record["config"] == cfg.to_dict()  # each run keeps the config it was made with
 
 
-def test_synthetic_and_smoke_stores_are_marked_everywhere(synthetic_dir, tmp_path):
-    store = run_study(mini(synthetic_dir, eval_max_samples=16), out=tmp_path / "S", progress=False)
+@pytest.mark.slow
+def test_synthetic_and_smoke_stores_are_marked_everywhere(make_config, tmp_path):
+    store = run_study(make_config(eval_max_samples=16), out=tmp_path / "S", progress=False)
     assert store.notices() == ["synthetic data — not results", "smoke budgets — not results"]
     write_tables(store.root)
     md = (store.root / "tables" / "table7_auroc.md").read_text()
@@ -276,8 +271,8 @@ def test_synthetic_and_smoke_stores_are_marked_everywhere(synthetic_dir, tmp_pat
     assert "paper" not in md.split("|", 1)[0].split("not results**")[-1]  # the note promises no paper values
 
 
-def test_a_store_of_several_machines_says_so(synthetic_dir, tmp_path):
-    store = run_study(mini(synthetic_dir), out=tmp_path / "S", progress=False)
+def test_a_store_of_several_machines_says_so(tiny_store, tmp_path):
+    store = ResultStore(shutil.copytree(tiny_store.root, tmp_path / "S"))
     runs = pd.read_csv(store.root / "runs.csv")
     runs.loc[0, "machine"] = "Intel(R) Xeon(R) Platinum 8481C; ATen AVX512; avx512_bf16 amx_bf16"
     runs.to_csv(store.root / "runs.csv", index=False)
@@ -290,12 +285,13 @@ def test_a_store_of_several_machines_says_so(synthetic_dir, tmp_path):
 
 
 # --- found by the adversarial review ---------------------------------------------------------------------------
-def test_more_kinds_of_damage_heal(synthetic_dir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_more_kinds_of_damage_heal(make_config, tmp_path, monkeypatch):
     """A damaged loss table, a run record with wrong types inside, and a checkpoint replaced by another job's bare
     state dict are set aside and recomputed, not used and not a traceback."""
     import torch
 
-    cfg = mini(synthetic_dir, seeds=[0, 1], strategies=["full"])
+    cfg = make_config(seeds=[0, 1], strategies=["full"])
     reference = run_study(cfg, out=tmp_path / "ref", progress=False)
     shutil.copytree(reference.root, tmp_path / "hurt")
     store = ResultStore(tmp_path / "hurt")
@@ -318,8 +314,9 @@ def test_more_kinds_of_damage_heal(synthetic_dir, tmp_path, monkeypatch):
         assert (store.root / name).read_bytes() == (reference.root / name).read_bytes(), name
 
 
-def test_unusable_folders_are_clear_errors(synthetic_dir, tmp_path):
-    cfg = mini(synthetic_dir, strategies=["scratch"])
+@pytest.mark.slow
+def test_unusable_folders_are_clear_errors(make_config, tmp_path):
+    cfg = make_config(strategies=["scratch"])
     dangling = tmp_path / "link"
     dangling.symlink_to(tmp_path / "nowhere" / "x")
     with pytest.raises(StmedfmError, match="is a file \\(or a broken link\\)"):
@@ -335,13 +332,13 @@ def test_unusable_folders_are_clear_errors(synthetic_dir, tmp_path):
         run_study(cfg, out=under_a_file / "sub", progress=False)
 
 
-def test_an_unmarked_store_is_taken_as_real_and_refuses_synthetic_runs(synthetic_dir, tmp_path):
+def test_an_unmarked_store_is_taken_as_real_and_refuses_synthetic_runs(make_config, tmp_path):
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    (legacy / "config.yaml").write_text("study: mini\n")
+    (legacy / "config.yaml").write_text("study: tiny\n")
     (legacy / "metrics.csv").write_text("kept\n")
     with pytest.raises(StmedfmError, match="is an unmarked store, taken to hold real data"):
-        run_study(mini(synthetic_dir), out=legacy, progress=False)
+        run_study(make_config(), out=legacy, progress=False)
     assert (legacy / "metrics.csv").read_text() == "kept\n"
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 from matplotlib.figure import Figure
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
@@ -230,14 +229,10 @@ def test_config_takes_papermill_overrides_from_the_namespace():
 
 
 @pytest.mark.slow
-def test_setup_runs_then_reuses_and_writes_tables_and_figures(synthetic_dir, tmp_path, monkeypatch, capsys):
+def test_setup_runs_then_reuses_and_writes_tables_and_figures(make_config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path))
     params = tmp_path / "tiny.yaml"
-    params.write_text(yaml.safe_dump({
-        "study": "tiny", "data_dir": str(synthetic_dir), "workers": 1, "pretrain_tasks": ["bloodmnist", "dermamnist"],
-        "pretrain_steps": 2, "downstream_tasks": ["bloodmnist"], "strategies": ["scratch", "full"],
-        "scratch_steps_2d": 2, "finetune_steps_2d": 2, "fewshot_tasks": {}, "class_weight_ablation_tasks": [],
-        "leave_out_tasks": [], "extended_tasks": [], "calibration_task": "bloodmnist"}))
+    params.write_text(make_config(pretrain_tasks=["bloodmnist", "dermamnist"], calibration_task="bloodmnist").to_yaml())
     cfg, store = nb.setup(str(params), {})
     assert store.root == tmp_path / "results" / "tiny"
     assert "2 runs in results/tiny (0 reused, 2 computed" in capsys.readouterr().out

@@ -222,15 +222,11 @@ def test_every_registered_strategy_trains_from_the_registry():
         strategies.register(strategies.Strategy("lora", "again"))
 
 
-def test_a_study_runs_a_registered_strategy_end_to_end(synthetic_dir, tmp_path):
-    from stmedfm.config import StudyConfig
+@pytest.mark.slow
+def test_a_study_runs_a_registered_strategy_end_to_end(make_config, tmp_path):
     from stmedfm.study import run_study
 
-    cfg = StudyConfig.from_dict(dict(
-        study="bitfit", data_dir=str(synthetic_dir), seeds=[0], workers=1, pretrain_tasks=["bloodmnist"],
-        pretrain_steps=2, downstream_tasks=["bloodmnist"], strategies=["scratch", "bitfit"], scratch_steps_2d=2,
-        finetune_steps_2d=2, fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[],
-        extended_tasks=[], calibration_task=None))
+    cfg = make_config(study="bitfit", strategies=["scratch", "bitfit"])
     runs = run_study(cfg, out=tmp_path / "s", progress=False).table("runs").set_index("strategy")
     assert runs.loc["bitfit", "trainable_params"] == 1_040 + 65 * 8
     assert runs.loc["bitfit", "lr"] == cfg.lr_peft and runs.loc["bitfit", "pretrain"] == "bloodmnist"

@@ -36,7 +36,6 @@ from stmedfm.plots import (
     write_figures,
 )
 from stmedfm.plots.architecture import Arrow, Box, Column, Diagram, Line
-from stmedfm.study import run_study
 
 KEY = dict(run_id="run-x", variant="", steps=3, lr=0.002, class_weights=True, pretrain="bloodmnist+dermamnist",
            k=0, fewshot_split=-1)
@@ -317,21 +316,7 @@ def test_long_class_names_are_shortened():
                for x in registry.get(t).labels)
 
 
-# --- write_figures on a tiny study ---------------------------------------------------------------------------
-def tiny_config(data_dir) -> StudyConfig:
-    return StudyConfig.from_dict(dict(
-        study="plots", data_dir=str(data_dir), seeds=[0], workers=1, pretrain_tasks=["bloodmnist", "dermamnist"],
-        pretrain_steps=3, downstream_tasks=["bloodmnist", "dermamnist"], strategies=["scratch", "full"],
-        scratch_steps_2d=2, finetune_steps_2d=2, fewshot_tasks={"dermamnist": 1, "bloodmnist": 1}, fewshot_k=[1],
-        fewshot_splits=1, fewshot_strategies=["full"], class_weight_ablation_tasks=[], leave_out_tasks=[],
-        extended_tasks=[], calibration_task="bloodmnist", calibration_strategy="full"))
-
-
-@pytest.fixture(scope="module")
-def tiny_store(synthetic_dir, tmp_path_factory):
-    return run_study(tiny_config(synthetic_dir), out=tmp_path_factory.mktemp("plots-study"), progress=False)
-
-
+# --- write_figures on the shared tiny study (conftest.tiny_store) ----------------------------------------------
 EXPECTED = ["fig1_architecture", "fig2_pretraining_loss", "fig3_train_size_auroc", "fig4_fewshot_dermamnist",
             "fig5_fewshot_bloodmnist", "fig6_reliability_bloodmnist", "fig7_confusion_bloodmnist"]
 
@@ -356,8 +341,8 @@ def test_write_figures_defaults_to_figures_dir_and_skips_absent_data(tiny_store,
         (copy / f"{name}.csv").unlink()
     monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path / "project"))
     written = write_figures(copy)
-    assert {p.parent for p in written} == {paths.figures_dir("plots")}
-    assert paths.figures_dir("plots") == tmp_path / "project" / "figures" / "plots"
+    assert {p.parent for p in written} == {paths.figures_dir("tiny")}
+    assert paths.figures_dir("tiny") == tmp_path / "project" / "figures" / "tiny"
     stems = sorted({p.stem for p in written})
     assert stems == ["fig1_architecture", "fig7_confusion_bloodmnist"]  # Figure 1 needs only the config
     with pytest.raises(StmedfmError, match="no study"):

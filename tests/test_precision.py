@@ -99,17 +99,15 @@ def test_auto_enters_the_identity_as_what_it_resolves_to(monkeypatch, flags, sam
         P._resolved_name.cache_clear()
 
 
-def _cfg(data_dir, **kw) -> StudyConfig:
-    return StudyConfig.from_dict(dict(
-        study="prec", data_dir=str(data_dir), seeds=[0], pretrain_tasks=["bloodmnist", "organmnist3d"],
-        pretrain_steps=4, downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
-        scratch_steps_2d=3, scratch_steps_3d=2, finetune_steps_2d=3, finetune_steps_3d=2, fewshot_tasks={},
-        class_weight_ablation_tasks=[], leave_out_tasks=[], extended_tasks=[], calibration_task="bloodmnist",
-        workers=1, **kw))
+#: Transfer on a 2D and a 3D task with budgets of a few steps (changes to the tiny config).
+TWO_TASKS = dict(study="prec", pretrain_tasks=["bloodmnist", "organmnist3d"], pretrain_steps=4,
+                 downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
+                 scratch_steps_2d=3, scratch_steps_3d=2, finetune_steps_2d=3, finetune_steps_3d=2,
+                 calibration_task="bloodmnist")
 
 
-def test_bf16_runs_under_autocast_with_fp32_weights_and_finite_metrics(synthetic_dir):
-    cfg = _cfg(synthetic_dir, precision="bf16")
+def test_bf16_runs_under_autocast_with_fp32_weights_and_finite_metrics(make_config):
+    cfg = make_config(TWO_TASKS, precision="bf16")
     seen = []
     spec = RunSpec(task="bloodmnist", strategy="scratch", seed=0, steps=3, lr=2e-3, class_weights=True)
     from stmedfm import train
@@ -133,12 +131,13 @@ def test_bf16_runs_under_autocast_with_fp32_weights_and_finite_metrics(synthetic
     assert abs(res.metrics["macro_auroc"] - ref["macro_auroc"]) < 0.2  # ...not the model
 
 
-def test_bf16_study_end_to_end(synthetic_dir, tmp_path):
-    store = run_study(_cfg(synthetic_dir, precision="bf16"), out=tmp_path / "bf16", progress=False)
+@pytest.mark.slow
+def test_bf16_study_end_to_end(make_config, tmp_path):
+    store = run_study(make_config(TWO_TASKS, precision="bf16"), out=tmp_path / "bf16", progress=False)
     metrics = store.table("metrics")
     assert len(metrics) and np.isfinite(metrics["value"]).all()
     state = torch.load(next(Path(tmp_path / "bf16" / "checkpoints").glob("*.pt")), weights_only=True)
     state = state.get("state_dict", state)  # checkpoints name their job: {'job_id', 'state_dict', 'provenance'}
     assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())  # fp32 weights
-    fp32 = run_study(_cfg(synthetic_dir), out=tmp_path / "fp32", progress=False).table("runs")
+    fp32 = run_study(make_config(TWO_TASKS), out=tmp_path / "fp32", progress=False).table("runs")
     assert not set(fp32["run_id"]) & set(store.table("runs")["run_id"])

@@ -192,13 +192,18 @@ def test_config_get_study_is_the_yaml_key(tmp_path, capsys):
     assert "stmedfm config $(VARIANTS) --get study" in (ROOT / "Makefile").read_text()
 
 
-def test_a_copied_params_file_cannot_touch_another_study(synthetic_dir, tmp_path, monkeypatch, capsys):
+#: A tiny study with pretraining on two tasks, Scratch and LoRA on one (changes to the tiny config).
+READER_STUDY = dict(pretrain_tasks=["bloodmnist", "dermamnist"], strategies=["scratch", "lora"],
+                    calibration_task="bloodmnist", calibration_strategy="lora")
+
+
+def test_a_copied_params_file_cannot_touch_another_study(make_config, tmp_path, monkeypatch, capsys):
     from stmedfm.studyname import claim
 
     monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path))
     (tmp_path / "params").mkdir()
     smoke = tmp_path / "params" / "smoke.yaml"
-    smoke.write_text(yaml.safe_dump(TINY | {"study": "smoke", "data_dir": str(synthetic_dir)}))
+    smoke.write_text(make_config(READER_STUDY, study="smoke").to_yaml())
     mine = tmp_path / "params" / "mine.yaml"
     shutil.copy(smoke, mine)
     root = claim(StudyConfig.load(smoke), smoke)
@@ -227,6 +232,7 @@ if [ "$(basename "$0")" = stmedfm ] && [ "$1" = config ]; then exec "{python}" -
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, study", [("", "smoke"), ("-p study=x -p seeds=2", "x")])
 def test_make_study_names_every_directory_by_the_study_key(tmp_path, args, study):
     """The Makefile asks the CLI for the name: a copy mine.yaml of smoke.yaml is study 'smoke' in every command
@@ -260,10 +266,10 @@ def test_make_study_names_every_directory_by_the_study_key(tmp_path, args, study
 
 # --- 6. progress where the work is ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_setup_shows_a_progress_bar_and_one_summary_line(synthetic_dir, tmp_path, monkeypatch, capsys):
+def test_setup_shows_a_progress_bar_and_one_summary_line(make_config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path))
     params = tmp_path / "tiny.yaml"
-    params.write_text(yaml.safe_dump(TINY | {"data_dir": str(synthetic_dir)}))
+    params.write_text(make_config(READER_STUDY).to_yaml())
     nb.setup(str(params), {})
     out, err = capsys.readouterr()
     assert "study tiny: 100%" in err and "3/3" in err  # the bar (tqdm.auto: a widget in Jupyter)
@@ -277,6 +283,7 @@ def test_notebook_dependencies_include_ipywidgets():
 
 
 # --- 7. conventions ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_python_m_stmedfm_version_and_bare_help():
     version = subprocess.run([sys.executable, "-m", "stmedfm", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout == f"stmedfm {__version__}\n"
@@ -328,24 +335,15 @@ def test_notebooks_are_counted_correctly():
 
 
 # --- 8. use what was trained ---------------------------------------------------------------------------------------------------
-TINY = {"study": "tiny", "workers": 1, "pretrain_tasks": ["bloodmnist", "dermamnist"], "pretrain_steps": 2,
-        "downstream_tasks": ["bloodmnist"], "strategies": ["scratch", "lora"], "scratch_steps_2d": 2,
-        "finetune_steps_2d": 2, "fewshot_tasks": {}, "class_weight_ablation_tasks": [], "leave_out_tasks": [],
-        "extended_tasks": [], "calibration_task": "bloodmnist", "calibration_strategy": "lora"}
-
-
-@pytest.mark.slow
-def test_load_model_rematerialises_verifies_saves_and_predicts(synthetic_dir, tmp_path, monkeypatch):
+def test_load_model_rematerialises_verifies_saves_and_predicts(tiny_store, synthetic_dir, tmp_path):
     import torch
 
     from stmedfm import data as D
     from stmedfm.inference import load_model, model_path
     from stmedfm.peft import LoRALinear
     from stmedfm.store import ResultStore
-    from stmedfm.study import run_study
 
-    cfg = StudyConfig.from_dict(TINY | {"data_dir": str(synthetic_dir)})
-    store = run_study(cfg, out=tmp_path / "tiny", progress=False)
+    store = ResultStore(shutil.copytree(tiny_store.root, tmp_path / "tiny"))  # load_model writes into the store
     m = load_model(store.root, task="bloodmnist", strategy="lora", seed=0)
     assert m.source == "re-materialised" and m.spec.strategy == "lora" and m.cfg.study == "tiny"
     assert any(isinstance(x, LoRALinear) for x in m.model.modules())  # the strategy's modules

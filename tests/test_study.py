@@ -14,18 +14,15 @@ from stmedfm.study import run_study
 from stmedfm.tables import write_tables
 
 
-def tiny(data_dir, **changes) -> StudyConfig:
-    """Every experiment of the protocol, 2D and 3D, with budgets of a few steps."""
-    values = dict(
-        study="tiny", data_dir=str(data_dir), seeds=[0], pretrain_tasks=["bloodmnist", "organmnist3d"],
-        pretrain_steps=4, downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
-        scratch_steps_2d=3, scratch_steps_3d=2, finetune_steps_2d=3, finetune_steps_3d=2,
-        fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1, 2], fewshot_splits=2, fewshot_strategies=["full", "adapter"],
-        class_weight_ablation_tasks=["bloodmnist"], class_weight_ablation_strategies=["scratch", "full"],
-        leave_out_tasks=["organmnist3d"], leave_out_strategies=["lora"], extended_tasks=["organmnist3d"],
-        extended_scratch_steps=4, extended_full_steps=3, calibration_task="bloodmnist")
-    values.update(changes)
-    return StudyConfig.from_dict(values)
+#: Every experiment of the protocol, 2D and 3D, with budgets of a few steps (changes to the tiny config).
+EVERY_EXPERIMENT = dict(
+    pretrain_tasks=["bloodmnist", "organmnist3d"], pretrain_steps=4, downstream_tasks=["bloodmnist", "organmnist3d"],
+    strategies=["scratch", "full", "lora"], scratch_steps_2d=3, scratch_steps_3d=2, finetune_steps_2d=3,
+    finetune_steps_3d=2, fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1, 2], fewshot_splits=2,
+    fewshot_strategies=["full", "adapter"], class_weight_ablation_tasks=["bloodmnist"],
+    class_weight_ablation_strategies=["scratch", "full"], leave_out_tasks=["organmnist3d"],
+    leave_out_strategies=["lora"], extended_tasks=["organmnist3d"], extended_scratch_steps=4, extended_full_steps=3,
+    calibration_task="bloodmnist")
 
 
 def sorted_metrics(store) -> pd.DataFrame:
@@ -33,8 +30,8 @@ def sorted_metrics(store) -> pd.DataFrame:
     return m.sort_values(["run_id", "experiment", "variant", "metric"]).reset_index(drop=True)
 
 
-def test_plan_shares_identical_runs_between_experiments(synthetic_dir):
-    cfg = tiny(synthetic_dir)
+def test_plan_shares_identical_runs_between_experiments(make_config):
+    cfg = make_config(EVERY_EXPERIMENT)
     planned = plan(cfg)
     ids = {run_id(cfg, p.spec, official_data(cfg)) for p in planned}
     # transfer 6 + fewshot 2K*2 splits*2 strategies=8 + class weights 4 + leave-out 2 + extended 2 = 22 planned
@@ -46,8 +43,9 @@ def test_plan_shares_identical_runs_between_experiments(synthetic_dir):
     assert all(run_id(cfg, p.spec, official_data(cfg)) in transfer for p in on)
 
 
-def test_interrupted_study_resumes_without_duplicates(synthetic_dir, tmp_path, monkeypatch):
-    cfg = tiny(synthetic_dir, workers=1)
+@pytest.mark.slow
+def test_interrupted_study_resumes_without_duplicates(make_config, tmp_path, monkeypatch):
+    cfg = make_config(EVERY_EXPERIMENT, workers=1)
     reference = run_study(cfg, out=tmp_path / "ref", progress=False)
 
     calls = {"n": 0}
@@ -77,9 +75,10 @@ def test_interrupted_study_resumes_without_duplicates(synthetic_dir, tmp_path, m
     assert calls["n"] == 100
 
 
-def test_same_seed_same_numbers_whatever_the_worker_count(synthetic_dir, tmp_path):
-    cfg = tiny(synthetic_dir, seeds=[0, 1], fewshot_tasks={}, class_weight_ablation_tasks=[],
-               leave_out_tasks=[], extended_tasks=[])
+@pytest.mark.slow
+def test_same_seed_same_numbers_whatever_the_worker_count(make_config, tmp_path):
+    cfg = make_config(EVERY_EXPERIMENT, seeds=[0, 1], fewshot_tasks={}, class_weight_ablation_tasks=[],
+                      leave_out_tasks=[], extended_tasks=[])
     one = run_study(cfg, out=tmp_path / "w1", progress=False, workers=1)
     two = run_study(cfg, out=tmp_path / "w2", progress=False, workers=2)
     pd.testing.assert_frame_equal(sorted_metrics(one), sorted_metrics(two))
@@ -132,8 +131,8 @@ def test_missing_files_stop_before_any_work(tmp_path, no_default_data):
     assert not (tmp_path / "out").exists()
 
 
-def test_k_larger_than_a_class_is_rejected_before_training(synthetic_dir, tmp_path):
-    cfg = tiny(synthetic_dir, fewshot_k=[50])
+def test_k_larger_than_a_class_is_rejected_before_training(make_config, tmp_path):
+    cfg = make_config(EVERY_EXPERIMENT, fewshot_k=[50])
     with pytest.raises(StmedfmError, match=r"class \d+ has \d+ training samples but fewshot_k asks for K=50"):
         run_study(cfg, out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()

@@ -87,13 +87,13 @@ def test_fraction_runs_train_on_a_stratified_subset_seeded_per_repeat(synthetic_
     assert torch.equal(a, again) and not torch.equal(a, other) and full is None
 
 
-def _tiny_beyond(tmp_path, data_dir) -> variants.VariantStudy:
+def _tiny_beyond(tmp_path, make_config) -> variants.VariantStudy:
+    common = make_config(seeds=2, pretrain_tasks=["bloodmnist", "dermamnist"], pretrain_steps=3, downstream_tasks=[],
+                         temperature_scaling=False, budget_tasks={"dermamnist": [2, 4], "bloodmnist": [2]},
+                         budget_strategies=["scratch", "full", "lora"])
     doc = {
         "study": "tiny_beyond", "small_task": "dermamnist", "dominant_task": "bloodmnist", "baseline": "prop",
-        "common": dict(data_dir=str(data_dir), seeds=2, pretrain_tasks=["bloodmnist", "dermamnist"],
-                       pretrain_steps=3, downstream_tasks=[], fewshot_tasks={}, class_weight_ablation_tasks=[],
-                       leave_out_tasks=[], extended_tasks=[], calibration_task=None, temperature_scaling=False,
-                       budget_tasks={"dermamnist": [2, 4], "bloodmnist": [2]}, budget_strategies=["scratch", "full", "lora"]),
+        "common": common.to_dict(),
         "variants": {"prop": {}, "all": {"task_sampling": "all_tasks"},
                      "frac": {"budget_tasks": {}, "seeds": 1, "data_fraction_tasks": ["dermamnist"],
                               "data_fractions": [0.25, 1.0], "data_fraction_repeats": 2, "scratch_steps_2d": 2,
@@ -105,8 +105,9 @@ def _tiny_beyond(tmp_path, data_dir) -> variants.VariantStudy:
     return variants.load(path, out=tmp_path / "results")
 
 
-def test_variant_study_shares_runs_aggregates_and_reads_back(synthetic_dir, tmp_path, monkeypatch):
-    study = _tiny_beyond(tmp_path, synthetic_dir)
+@pytest.mark.slow
+def test_variant_study_shares_runs_aggregates_and_reads_back(make_config, tmp_path, monkeypatch):
+    study = _tiny_beyond(tmp_path, make_config)
     calls = []
     real = study_mod.run_downstream
     monkeypatch.setattr(study_mod, "run_downstream", lambda cfg, spec, state: calls.append(spec) or real(cfg, spec, state))
