@@ -42,9 +42,10 @@ TINY = dict(study="tiny", seeds=[0], workers=1, pretrain_tasks=["bloodmnist"], p
 
 #: The shared store (changes to TINY): two 2D tasks pretrained together, Scratch / Full / LoRA transfer on both, one
 #: few-shot run per task and the calibration outputs, so that every figure and a LoRA model can be read from it.
-STORE = dict(pretrain_tasks=["bloodmnist", "dermamnist"], pretrain_steps=3, downstream_tasks=["bloodmnist", "dermamnist"],
-             strategies=["scratch", "full", "lora"], fewshot_tasks={"dermamnist": 1, "bloodmnist": 1}, fewshot_k=[1],
-             fewshot_splits=1, fewshot_strategies=["full"], calibration_task="bloodmnist", calibration_strategy="full")
+STORE = dict(pretrain_tasks=["bloodmnist", "dermamnist"], pretrain_steps=3,
+             downstream_tasks=["bloodmnist", "dermamnist"], strategies=["scratch", "full", "lora"],
+             fewshot_tasks={"dermamnist": 1, "bloodmnist": 1}, fewshot_k=[1], fewshot_splits=1,
+             fewshot_strategies=["full"], calibration_task="bloodmnist", calibration_strategy="full")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -60,6 +60,7 @@ def _metrics(diff: dict[str, list[float]], task: str = "organamnist") -> pd.Data
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow  # about 5 s of CPU
 def test_verdicts_follow_the_rule():
     cfg = StudyConfig.from_dict({"pretrain_tasks": ["organamnist", "bloodmnist"], "downstream_tasks": ["organamnist"],
                                  "strategies": ["scratch", "full", "lora"], "leave_out_tasks": [],

@@ -42,6 +42,7 @@ def test_pool_weights_follow_the_trained_subset(synthetic_dir):
     assert float(x.min()) >= -1 and float(x.max()) <= 1
 
 
+@pytest.mark.slow  # about 5 s of CPU
 def test_run_is_deterministic_and_reports_table4_counts(synthetic_dir):
     cfg = StudyConfig(data_dir=str(synthetic_dir), pretrain_tasks=["bloodmnist"])
     spec = RunSpec(task="bloodmnist", strategy="scratch", seed=3, steps=3, lr=2e-3, class_weights=True)
@@ -88,7 +89,8 @@ def _count_optimizer_steps(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("sampling", ["all_tasks", "proportional"])
+@pytest.mark.parametrize("sampling", [pytest.param("all_tasks", marks=pytest.mark.slow),  # about 5 s of CPU
+                                      "proportional"])
 def test_pretraining_step_touches_every_task_once_per_update_under_all_tasks(synthetic_dir, monkeypatch, sampling):
     from stmedfm.train import pretrain
 
