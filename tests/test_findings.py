@@ -16,11 +16,25 @@ from stmedfm.config import StudyConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_readme_blocks_are_what_the_committed_results_give():
-    """Every number in a generated README block comes from results/ through stmedfm.findings."""
-    text = (ROOT / "README.md").read_text()
-    assert findings.BLOCK.search(text), "the README has generated blocks"
-    assert findings.update_markdown(text, ROOT) == text, "run `stmedfm report results/offline --markdown README.md`"
+#: Every markdown file that may hold generated blocks: the README and the pages of docs/.
+MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_generated_block_has_a_home():
+    """The reference block stays in the README; the others may live in docs/, but none is lost in a move."""
+    kinds = {p.name: [m.group("kind") for m in findings.BLOCK.finditer(p.read_text())] for p in MARKDOWN}
+    assert "reference" in kinds["README.md"], "the README has the reference block"
+    assert {"reference", "beyond", "flips"} <= {k for found in kinds.values() for k in found}, kinds
+
+
+@pytest.mark.parametrize("path", [p for p in MARKDOWN if findings.BLOCK.search(p.read_text())],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_generated_blocks_are_what_the_committed_results_give(path):
+    """Every number in a generated block of the README or docs/ comes from results/ through stmedfm.findings."""
+    text = path.read_text()
+    assert findings.BLOCK.search(text), f"{path.name} has generated blocks"
+    assert findings.update_markdown(text, ROOT) == text, (
+        f"run `stmedfm report results/offline --markdown {path.relative_to(ROOT)}` from the project root")
 
 
 def test_committed_claims_are_recomputed_exactly():
