@@ -106,6 +106,7 @@ TWO_TASKS = dict(study="prec", pretrain_tasks=["bloodmnist", "organmnist3d"], pr
                  calibration_task="bloodmnist")
 
 
+@pytest.mark.slow  # 3 to 8 s of CPU where bf16 is emulated (no native bf16)
 def test_bf16_runs_under_autocast_with_fp32_weights_and_finite_metrics(make_config):
     cfg = make_config(TWO_TASKS, precision="bf16")
     seen = []
