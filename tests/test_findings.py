@@ -24,7 +24,7 @@ def test_every_generated_block_has_a_home():
     """The reference block stays in the README; the others may live in docs/, but none is lost in a move."""
     kinds = {p.name: [m.group("kind") for m in findings.BLOCK.finditer(p.read_text())] for p in MARKDOWN}
     assert "reference" in kinds["README.md"], "the README has the reference block"
-    assert {"reference", "beyond", "flips"} <= {k for found in kinds.values() for k in found}, kinds
+    assert {"reference", "variants", "flips"} <= {k for found in kinds.values() for k in found}, kinds
 
 
 @pytest.mark.parametrize("path", [p for p in MARKDOWN if findings.BLOCK.search(p.read_text())],
