@@ -30,7 +30,7 @@ the parity summary of two stores with ``--parity``); ``--sizes`` adds peak RSS a
 process and one thread under ``torch.profiler``, as time per phase (pretraining, training, evaluation, metrics)
 and the operators with the most self CPU time, written to ``results/profile.csv``.
 
-Measured, and left out (README, *Performance*): ``torch.compile`` (30 s to compile the 3D training step, which
+Measured, and left out (docs/performance.md): ``torch.compile`` (30 s to compile the 3D training step, which
 then ran slower; 1.28x on 3D evaluation after 4 s per graph, and every strategy, batch size and worker needs its
 own graphs: it does not pay back in a study of a few minutes); bf16 autocast by default (7x slower on CPUs without
 native bf16; faster where it is native: ``precision: bf16 | auto``, :mod:`stmedfm.precision`); the first 3D

@@ -97,7 +97,7 @@ class StudyConfig:
     class_weight_clip: list[float] = field(default_factory=lambda: [0.1, 5.0])
     augment: bool = True  #: random flips during training
     #: 'all' (paper): flips for every task; 'label_safe': no flips for flags whose classes name a body side
-    #: (OrganMNIST*: 'kidney-left'), because mirroring swaps their labels (see README, "Flips and laterality")
+    #: (OrganMNIST*: 'kidney-left'), because mirroring swaps their labels (see docs/flips.md)
     flip_policy: str = "all"
     #: fp32 (default: the reference numbers) | bf16 (autocast, fp32 weights, optimiser, loss and metrics) | auto
     #: (bf16 where the device runs it natively, fp16 + gradient scaler on a CUDA GPU without bf16, else fp32;

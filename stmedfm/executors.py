@@ -79,7 +79,7 @@ def tune_allocator() -> None:
 
     By default glibc hands every block above 32 MiB back to the kernel on ``free`` and maps it again on the next
     ``malloc``, so each 3D evaluation batch (32 x 16 x 28^3 float activations = 45 MiB per layer) costs thousands
-    of fresh page faults: evaluation ran about 2x slower for it (see README, Performance). Raising the mmap and
+    of fresh page faults: evaluation ran about 2x slower for it (see docs/performance.md). Raising the mmap and
     trim thresholds lets the heap reuse those blocks; peak memory stays what the largest batch needs.
     """
     _mallopt(1 << 30, 1 << 30)

@@ -271,7 +271,7 @@ def flips_block(label_safe: str | Path, reference: str | Path, task: str = "orga
 
 def update_markdown(text: str, root: str | Path = ".") -> str:
     """``text`` with every generated block rewritten from the committed tables it names (paths relative to
-    ``root``); the rest of the text is left as it is. A test calls this on the README and fails on any
+    ``root``); the rest of the text is left as it is. A test calls this on every markdown file with a block (README.md, docs/*.md) and fails on any
     difference, so no number in those blocks can drift from ``results/``."""
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]

@@ -39,7 +39,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from stmedfm import paths, registry
-from stmedfm.config import StudyConfig, from_namespace
+from stmedfm.config import StudyConfig, from_namespace, params_path
 from stmedfm.errors import StmedfmError
 
 # tqdm.auto (the progress bars of stmedfm.study) draws a widget in Jupyter with ipywidgets (the notebooks extra);
@@ -266,7 +266,7 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     cfg = config(params, namespace)
     if not run:
         return cfg, ResultStore(paths.results_dir(cfg.study))
-    source = _params_path(params)
+    source = params_path(params)
     check(cfg, source)  # before anything is downloaded or written: a folder of this study, of this parameter file
     ensure_data(cfg)
     store = ResultStore(claim(cfg, source))
@@ -286,11 +286,6 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     for notice in store.notices():
         print(f"NOTE: {notice}")
     return cfg, store
-
-
-def _params_path(params: str | os.PathLike) -> Path:
-    path = Path(params)
-    return path if path.is_absolute() or path.is_file() else paths.project_root() / path
 
 
 def _relative(path: Path) -> str:

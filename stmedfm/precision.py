@@ -11,7 +11,7 @@ scaler. ``fp32`` does nothing at all, so the reference numbers stay bit-for-bit 
 * a CUDA device without it (a T4, capability 7.5) -> ``fp16`` with a gradient scaler;
 * a CPU with native bf16 instructions -> ``bf16``; any other CPU -> ``fp32``.
 
-Decision, measured (README, *Performance*; ``results/bench.csv``): a CPU counts as native when it has
+Decision, measured (docs/performance.md; ``results/bench.csv``): a CPU counts as native when it has
 ``amx_bf16`` (Intel Sapphire Rapids and later: bf16 matrix tiles) **or** ``avx512_bf16`` (Intel Cooper Lake, AMD
 Zen 4 and later: the ``vdpbf16ps`` dot product that oneDNN uses for bf16 convolutions and matmuls). On an
 AMD EPYC Zen 4 (avx512_bf16, no AMX) bf16 autocast was measured faster than fp32 in every throughput measure of

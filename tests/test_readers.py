@@ -5,7 +5,6 @@ end is tests/test_colab.py.)"""
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ def test_repository_url_comes_from_pyproject_and_every_link_uses_it():
     url = PYPROJECT["project"]["urls"]["Repository"]
     assert nb.repository_url() == url and url == f"https://github.com/{nb.github_repo()}"
     repo = nb.github_repo()
-    assert f"git clone --quiet --depth 1 {{_repo}}" in nb.colab_cell() and f'"{url}"' in nb.colab_cell()
+    assert "git clone --quiet --depth 1 {_repo}" in nb.colab_cell() and f'"{url}"' in nb.colab_cell()
     assert not hasattr(nb, "GITHUB_REPO")  # no second copy of the URL in the code
     for path in [ROOT / "README.md", *NOTEBOOKS]:
         found = re.findall(r"(?:colab\.research\.google\.com/github|mybinder\.org/v2/gh|github\.com)/([\w.-]+/[\w.-]+)",
