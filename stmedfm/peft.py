@@ -1,17 +1,28 @@
 """The model surgery behind the adaptation strategies of :mod:`stmedfm.strategies` (paper section III.E).
 
 The registry declares each strategy; this module implements the pieces it names: module kinds a strategy inserts
-(:data:`INSERTS`) and parameter groups it trains (:data:`GROUPS`). LoRA (Hu et al., 2022) wraps the four encoder Linear layers (``fc1``/``fc2`` of both blocks) with a rank-``r``
-update; adapters (Houlsby et al., 2019) add a residual bottleneck after each encoder block. Both are initialised
-so that inserting them leaves the model's outputs unchanged, which is what makes "Pretrain+PEFT" start exactly
-from the pretrained function. :func:`prepare` is the single entry point used by training: insert what the
-strategy needs, then set ``requires_grad``. Call it *after* loading a checkpoint into the plain model, since
-LoRA moves the wrapped weights to ``...fc1.base.weight``.
+(:data:`INSERTS`) and parameter groups it trains (:data:`GROUPS`). LoRA (Hu et al., 2022) wraps the four encoder
+Linear layers (``fc1``/``fc2`` of both blocks) with a rank-``r`` update; adapters (Houlsby et al., 2019) add a
+residual bottleneck after each encoder block. Both are initialised so that inserting them leaves the model's
+outputs unchanged, which is what makes "Pretrain+PEFT" start exactly from the pretrained function.
+
+The ``'peft'`` insert is generic: it builds the Hugging Face peft config a strategy's
+:class:`~stmedfm.strategies.PeftMethod` describes (:func:`peft_config`) and injects it into the model in place
+(:func:`add_peft`), so the model stays an :class:`~stmedfm.model.STMedFM` (same forward, same stems, same state-dict
+layout around the wrapped layers) and every peft method takes the training path of our own LoRA. Its trainable
+group ``'peft'`` is exactly the parameters peft lists as the method's own (``adapter_layer_names`` of each tuner
+layer). peft is needed only when such a strategy is used (``pip install 'stmedfm[peft]'``).
+
+:func:`prepare` is the single entry point used by training: insert what the strategy needs, then set
+``requires_grad``. Call it *after* loading a checkpoint into the plain model, since LoRA moves the wrapped weights to
+``...fc1.base.weight`` (peft's methods to ``...fc1.base_layer.weight``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Iterable
 
 import pandas as pd
@@ -27,6 +38,8 @@ __all__ = [
     "Adapter",
     "add_lora",
     "add_adapters",
+    "add_peft",
+    "peft_config",
     "STRATEGIES",
     "INSERTS",
     "GROUPS",
@@ -129,13 +142,131 @@ def add_adapters(model: STMedFM, bottleneck: int = 16) -> STMedFM:
     return model
 
 
+# --- Hugging Face peft methods -----------------------------------------------------------------------------------
+def _hf_peft():
+    try:
+        import peft
+    except ImportError:
+        raise StmedfmError("This strategy is a method of Hugging Face peft, which is not installed: "
+                           "pip install 'stmedfm[peft]' (or `make setup`).") from None
+    return peft
+
+
+def _peft_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules peft put in place of the wrapped ones (its tuner layers), in model order."""
+    if not hasattr(model, "peft_config"):  # peft marks the models it injected into; ours, before: never imported
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _has_peft(model: nn.Module) -> bool:
+    return bool(_peft_layers(model))
+
+
+def _targets(model: STMedFM, targets: str) -> list[str]:
+    """Full module names a peft method wraps: the 4 encoder Linears (what the paper's LoRA wraps), or every LayerNorm."""
+    if targets == "linears":
+        return [f"encoder.blocks.{i}.{name}" for i in range(len(model.encoder.blocks)) for name in ("fc1", "fc2")]
+    return [n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+
+
+#: Options of a peft config that name modules: written as last names ('fc2') in a PeftMethod, given to peft as the
+#: full names of the matching targets (IA3 requires its feed-forward modules to be a subset of its targets).
+MODULE_OPTIONS = ("feedforward_modules",)
+
+
+def peft_config(method: strategies.PeftMethod, model: STMedFM, lora_r: int = 4, lora_alpha: float = 4.0):
+    """The peft config object of ``method`` for ``model``: ``target_modules`` = the full names of what it wraps; a
+    config with a rank field ``r`` gets ``lora_r`` and one with ``lora_alpha``/``alpha`` gets ``lora_alpha`` (the
+    paper's LoRA rank and scaling), unless the method's options set them; then the method's options."""
+    hf = _hf_peft()
+    cls = getattr(hf, method.config, None)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise StmedfmError(f"peft {hf.__version__} has no config class '{method.config}'.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict = {}
+    if "r" in names:
+        kwargs["r"] = lora_r
+    for alpha in ("lora_alpha", "alpha"):
+        if alpha in names:
+            kwargs[alpha] = lora_alpha
+    targets = _targets(model, method.targets)
+    kwargs.update({k: list(v) if isinstance(v, tuple) else v for k, v in method.options})
+    for key in MODULE_OPTIONS:  # last names ('fc2') -> the full names of those targets, as peft compares them
+        if key in kwargs:
+            kwargs[key] = [t for t in targets if t.rsplit(".", 1)[-1] in set(kwargs[key])]
+    return cls(target_modules=targets, **kwargs)
+
+
+def add_peft(model: STMedFM, method: strategies.PeftMethod, lora_r: int = 4, lora_alpha: float = 4.0) -> STMedFM:
+    """Inject the peft ``method`` into ``model`` in place (adapter name 'default'); returns ``model``.
+
+    Why the tuner class and not ``peft.get_peft_model``: the latter wraps the model in a ``PeftModel``, which has
+    another forward signature, attribute layout and state-dict prefix than :class:`~stmedfm.model.STMedFM`, so
+    training, stem sharing and loading would each need a second path. ``peft.inject_adapter_in_model`` mutates in
+    place but refuses methods whose state lives on the tuner (VeRA's shared projections); instantiating the tuner
+    class does the same injection for every method, and the injected layers hold what they need (VeRA's layers keep
+    references to the shared projection buffers, which are therefore in the model's state dict).
+    """
+    if _has_peft(model):
+        raise StmedfmError("The model already has peft layers; add_peft must be called once, on the plain model.")
+    _hf_peft()
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    config = peft_config(method, model, lora_r, lora_alpha)
+    with warnings.catch_warnings():
+        # peft's LN-tuning asks its generic in/out-feature helper about the LayerNorms it wraps, which warns
+        # "Unsupported layer type ... LayerNorm"; the layer only deep-copies the LayerNorm, which is supported
+        warnings.filterwarnings("ignore", message=r"Unsupported layer type .*LayerNorm", category=UserWarning)
+        PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type](model, config, adapter_name="default")
+    return model
+
+
+def _peft_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The method's own parameters: what each tuner layer lists in ``adapter_layer_names`` (LoRA A/B, DoRA's
+    magnitude, VeRA's lambdas, IA3's vectors, LoHa/LoKr factors, LN-tuning's LayerNorm copies). Frozen parts of a
+    method (VeRA's projections) are buffers, never parameters; the wrapped base layers are not listed."""
+    out: list[nn.Parameter] = []
+    for layer in _peft_layers(model):
+        for name in layer.adapter_layer_names:
+            part = getattr(layer, name, None)
+            if isinstance(part, nn.Module):
+                out += list(part.parameters())
+    return out
+
+
+def _check_peft(model: nn.Module, strategy: str) -> None:
+    """The model's peft layers are the strategy's method (say, not DoRA layers prepared for VeRA)."""
+    method = strategies.get(strategy).peft
+    injected = getattr(model, "peft_config", {}).get("default")
+    if method is None or injected is None:
+        return
+    def same(key, a, b) -> bool:  # peft keeps some list options as sets, of full names for MODULE_OPTIONS
+        if isinstance(a, (list, tuple, set)) and isinstance(b, (list, tuple, set)):
+            if key in MODULE_OPTIONS:
+                a = {str(n).rsplit(".", 1)[-1] for n in a}
+            return set(a) == set(b)
+        return a == b
+
+    differ = type(injected).__name__ != method.config or not all(
+        same(k, getattr(injected, k, None), v) for k, v in method.options)
+    if differ:
+        raise StmedfmError(f"Strategy '{strategy}' needs {method.describe()}, but the model holds "
+                           f"{type(injected).__name__} layers: prepare a plain model for it.")
+
+
 #: Module kinds a strategy may insert (``Strategy.inserts``): name -> (already inserted?, insert with options).
+#: 'peft' inserts the strategy's own peft method (``options['peft']``, a PeftMethod).
 INSERTS = {
     "lora": (_has_lora, lambda model, opt: add_lora(model, r=opt["lora_r"], alpha=opt["lora_alpha"])),
     "adapter": (_has_adapters, lambda model, opt: add_adapters(model, bottleneck=opt["adapter_bottleneck"])),
+    "peft": (_has_peft, lambda model, opt: add_peft(model, opt["peft"], lora_r=opt["lora_r"],
+                                                    lora_alpha=opt["lora_alpha"])),
 }
 #: What the error says when a strategy's modules are missing.
-_INSERT_NAMES = {"lora": "LoRA layers", "adapter": "adapters"}
+_INSERT_NAMES = {"lora": "LoRA layers", "adapter": "adapters", "peft": "its peft layers"}
 
 
 def _modules(model: nn.Module, kind: type) -> list[nn.Parameter]:
@@ -143,14 +274,23 @@ def _modules(model: nn.Module, kind: type) -> list[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, kind) for p in m.parameters()]
 
 
+def _layernorms(model: nn.Module) -> list[nn.Parameter]:
+    """Every LayerNorm's parameters, except originals that peft's LN-tuning replaced by a trained copy (they no
+    longer enter the forward pass, so training them would only inflate the count)."""
+    replaced = {id(layer.get_base_layer()) for layer in _peft_layers(model)}
+    return [p for m in model.modules() if isinstance(m, nn.LayerNorm) and id(m) not in replaced
+            for p in m.parameters()]
+
+
 #: Parameter groups a strategy may train (``Strategy.trains``): name -> the group's parameters.
 GROUPS = {
     "all": lambda model, task: list(model.parameters()),
     "head": lambda model, task: list(model.heads[task].parameters()),
-    "layernorm": lambda model, task: _modules(model, nn.LayerNorm),
+    "layernorm": lambda model, task: _layernorms(model),
     "bias": lambda model, task: [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"],
     "lora": lambda model, task: [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)],
     "adapter": lambda model, task: _modules(model, Adapter),
+    "peft": lambda model, task: _peft_parameters(model),
 }
 
 
@@ -167,6 +307,7 @@ def set_trainable(model: STMedFM, strategy: str, task: str) -> None:
 
     scratch/full: all parameters. lora: LoRA A/B + every LayerNorm + ``heads[task]``. adapter: adapter parameters
     + every LayerNorm + ``heads[task]``. linear_probe: ``heads[task]`` only. bitfit: every bias + LayerNorms + head.
+    peft methods: the method's parameters + every LayerNorm + head (LN-tuning: its LayerNorm copies + head).
     LayerNorms without affine parameters simply contribute nothing. Other tasks' heads are frozen, so
     keep_heads([task]) is what makes totals match.
     """
@@ -176,6 +317,8 @@ def set_trainable(model: STMedFM, strategy: str, task: str) -> None:
         if not INSERTS[kind][0](model):
             raise StmedfmError(f"Strategy '{strategy}' needs {_INSERT_NAMES.get(kind, kind)}: call "
                                f"stmedfm.peft.prepare(model, '{strategy}', task).")
+        if kind == "peft":
+            _check_peft(model, strategy)
     for p in model.parameters():
         p.requires_grad_(False)
     for group in spec.trains:
@@ -197,7 +340,7 @@ def prepare(
     spec = strategies.get(strategy)
     if task not in model.heads:
         model.add_head(task)
-    options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "adapter_bottleneck": adapter_bottleneck}
+    options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "adapter_bottleneck": adapter_bottleneck, "peft": spec.peft}
     for kind in spec.inserts:
         present, insert = INSERTS[kind]
         if not present(model):

@@ -123,6 +123,9 @@ def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
     if files:
         fields["data"] = files
     ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg, data) if spec.pretrain else None
+    method = strategies.get(spec.strategy).peft
+    if method is not None:  # a peft method's config is part of what the run computes (only these ids hold it)
+        fields["peft"] = method.describe()
     return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
 
 

@@ -7,9 +7,11 @@ from a checkpoint, its order and colour in tables and figures. Config validation
 imports no torch, so validating parameters stays fast.
 
 *What it inserts* and *what it trains* are names: :mod:`stmedfm.peft` holds the model surgery behind each
-(``INSERTS``: 'lora', 'adapter'; ``GROUPS``: 'all', 'head', 'layernorm', 'bias', 'lora', 'adapter') and can be
-extended the same way. Adding a strategy made of existing pieces is one :func:`register` call; see
-``docs/strategies.md`` for a worked example (BitFit, below, was added that way).
+(``INSERTS``: 'lora', 'adapter', 'peft'; ``GROUPS``: 'all', 'head', 'layernorm', 'bias', 'lora', 'adapter', 'peft')
+and can be extended the same way. Adding a strategy made of existing pieces is one :func:`register` call; see
+``docs/strategies.md`` for a worked example (BitFit, below, was added that way). A method of Hugging Face peft is
+one call too: its :class:`PeftMethod` (config class, what it wraps, options) is data in the registration, and the
+generic 'peft' insert builds and injects it (issue 22; DoRA, VeRA, IA3, LoHa, LoKr and LN-tuning below).
 """
 
 from __future__ import annotations
@@ -19,7 +21,37 @@ from dataclasses import dataclass
 from stmedfm import registry
 from stmedfm.errors import StmedfmError
 
-__all__ = ["Strategy", "register", "get", "names", "label", "color", "order", "REGISTRY", "PALETTE"]
+__all__ = ["Strategy", "PeftMethod", "register", "get", "names", "label", "color", "order", "REGISTRY", "PALETTE"]
+
+
+@dataclass(frozen=True)
+class PeftMethod:
+    """A method of Hugging Face peft, as data (this module imports neither torch nor peft, so validating parameters
+    stays fast): ``config``, the name of its config class in ``peft`` (``"LoraConfig"``); ``targets``, what it wraps
+    — ``"linears"``, the 4 encoder Linears (``fc1``/``fc2`` of both blocks, exactly what the paper's LoRA wraps), or
+    ``"layernorms"``, every LayerNorm; ``options``, keyword arguments of the config, as sorted ``(name, value)``
+    pairs (hashable, so a strategy stays a frozen value). Build it with :meth:`of`.
+
+    Decision: a config with a rank ``r`` gets the study's ``lora_r``, and one with ``lora_alpha``/``alpha`` the study's
+    ``lora_alpha``, unless ``options`` sets them: every low-rank method then has the paper's LoRA rank and scaling,
+    so methods differ in structure, not in rank (see :func:`stmedfm.peft.peft_config`).
+    """
+
+    config: str
+    targets: str = "linears"
+    options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def of(cls, config: str, targets: str = "linears", **options) -> "PeftMethod":
+        if targets not in ("linears", "layernorms"):
+            raise StmedfmError(f"A peft method wraps 'linears' or 'layernorms', got {targets!r}.")
+        return cls(config, targets, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                                 for k, v in options.items())))
+
+    def describe(self) -> str:
+        """``LoraConfig(use_dora=True) on linears``: how tables and run identities name it."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options)
+        return f"{self.config}({args}) on {self.targets}"
 
 
 @dataclass(frozen=True)
@@ -29,7 +61,8 @@ class Strategy:
     ``inserts``: module kinds added to the (pretrained) model before training, in order. ``trains``: parameter
     groups left trainable (everything else is frozen); the paper's convention for a PEFT method is its own
     parameters + every LayerNorm + the task's head. ``lr_field``: the :class:`~stmedfm.config.StudyConfig` field
-    holding its learning rate. ``pretrained``: False only for training from scratch.
+    holding its learning rate. ``pretrained``: False only for training from scratch. ``peft``: the Hugging Face
+    peft method the generic ``'peft'`` insert adds (``inserts=("peft",)``), None for every other strategy.
     """
 
     name: str
@@ -41,6 +74,7 @@ class Strategy:
     color: str = "#333333"
     marker: str = "o"
     description: str = ""
+    peft: PeftMethod | None = None
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -50,6 +84,9 @@ def register(strategy: Strategy) -> Strategy:
     """Add ``strategy`` (its name must be new); its position in the registry is its order in tables and figures."""
     if strategy.name in REGISTRY:
         raise StmedfmError(f"A strategy named '{strategy.name}' is already registered.")
+    if (strategy.peft is not None) != ("peft" in strategy.inserts):
+        raise StmedfmError(f"Strategy '{strategy.name}': a peft method (peft=PeftMethod.of(...)) goes with "
+                           f"inserts=('peft',), and inserts=('peft',) needs one.")
     REGISTRY[strategy.name] = strategy
     return strategy
 
@@ -98,3 +135,41 @@ register(Strategy("linear_probe", "Pretrain+Linear probe", trains=("head",), lr_
 # one (lr_peft), as for LoRA and adapters.
 register(Strategy("bitfit", "Pretrain+BitFit", trains=("bias", "layernorm", "head"), color=PALETTE[5], marker="P",
                   description="every bias of the pretrained model + LayerNorms + head"))
+
+# --- Hugging Face peft methods (issue 22), each one registration: its PeftMethod is data, the generic 'peft' insert
+# of stmedfm.peft builds the config and injects it into the model in place. Decisions, shared by all of them:
+# * what they wrap: the paper's LoRA wraps the 4 encoder Linears (fc1 64->128, fc2 128->64 of both blocks); so does
+#   every method here except LN-tuning, whose object is the LayerNorms;
+# * what trains (the paper's PEFT convention): the method's parameters ('peft') + every LayerNorm + the head; for
+#   LN-tuning the method's parameters *are* the LayerNorms (peft trains a copy of each and freezes the original,
+#   which no longer enters the forward pass), so it trains the copies + the head;
+# * rank and scaling: the study's lora_r / lora_alpha (the paper's r=4, scaling 1), except VeRA (below);
+# * initialisation: each is an identity at insertion (tests/test_peft.py), so "Pretrain+X" starts from the
+#   pretrained function; the learning rate is the PEFT one (lr_peft), as for LoRA and adapters.
+_PEFT_TRAINS = ("peft", "layernorm", "head")
+register(Strategy("dora", "Pretrain+DoRA", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[3], marker="<",
+                  peft=PeftMethod.of("LoraConfig", use_dora=True),
+                  description="DoRA (LoRA r=lora_r + a magnitude per output feature) on the 4 encoder Linears"))
+# VeRA: one pair of frozen random projections A (r x 128) and B (128 x r) shared by the 4 Linears (each uses the
+# slice of its own shape), drawn from a fixed key; per Linear it trains a scaling vector d (r) and b (out features).
+# Rank 64 = the encoder width: since only vectors train, VeRA needs a high rank (its paper uses 256-1024 on
+# 768-4096-wide models); at 64 the random projections span all of fc1's input and fc2's output space.
+register(Strategy("vera", "Pretrain+VeRA", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[8], marker=">",
+                  peft=PeftMethod.of("VeraConfig", r=64),
+                  description="VeRA (shared frozen random projections, rank 64; vectors d and b trained) on the 4 "
+                              "encoder Linears"))
+# IA3's feed-forward convention (Liu et al., 2022, l_ff): the activation between the two layers of the MLP is
+# rescaled, i.e. fc2 is the 'feed-forward module' whose *input* (128, after GELU) is scaled; fc1 scales its
+# *output* (128, before GELU), as IA3 does for its other targets. Vectors start at 1.
+register(Strategy("ia3", "Pretrain+IA3", inserts=("peft",), trains=_PEFT_TRAINS, color="#7b3294", marker="X",
+                  peft=PeftMethod.of("IA3Config", feedforward_modules=["fc2"]),
+                  description="IA3 scaling vectors: fc1's output, fc2's input (feed-forward) in both blocks"))
+register(Strategy("loha", "Pretrain+LoHa", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[6], marker="h",
+                  peft=PeftMethod.of("LoHaConfig"),
+                  description="LoHa (Hadamard product of two rank-lora_r factorisations) on the 4 encoder Linears"))
+register(Strategy("lokr", "Pretrain+LoKr", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[9], marker="p",
+                  peft=PeftMethod.of("LoKrConfig"),
+                  description="LoKr (Kronecker product, second factor of rank lora_r) on the 4 encoder Linears"))
+register(Strategy("ln_tuning", "Pretrain+LN-tuning", inserts=("peft",), trains=("peft", "head"), color="#1b7837",
+                  marker="*", peft=PeftMethod.of("LNTuningConfig", targets="layernorms"),
+                  description="LN-tuning: a trained copy of every LayerNorm + head (originals frozen)"))
