@@ -128,7 +128,7 @@ def test_set_trainable_errors():
         set_trainable(model, "adapter", TASK)
     with pytest.raises(StmedfmError, match=r"no head for task 'bloodmnist'"):
         set_trainable(model, "full", "bloodmnist")
-    assert set(STRATEGIES) == {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"}
+    assert {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"} <= set(STRATEGIES)
 
 
 def test_prepare_adds_missing_head():
