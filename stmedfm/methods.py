@@ -1,0 +1,457 @@
+"""Every PEFT method on one tiny cross-modal backbone (issue 22): tables, paired tests, Pareto front, figures and
+findings of a study that runs every registered strategy (``params/peft_methods.yaml``; notebook 10).
+
+The study itself is an ordinary one (``stmedfm study``): this module only reads its tidy tables (``metrics.csv``,
+``runs.csv``) and writes its own beside them in the store (``results/<study>/methods_*.csv``):
+
+========================  ==========================================================================================
+``methods_summary``       per task x strategy x metric: mean, 95 % t-CI over seeds, n, trainable parameters
+``methods_comparisons``   each method vs the paper's LoRA and vs Scratch, paired over seeds (:mod:`stmedfm.stats`,
+                          ``mean_diff`` = method - reference), Holm within each (task, metric, reference) family
+``methods_pareto``        per task: AUROC and trainable parameters of each strategy, ``front`` = on the Pareto front
+``methods_fewshot``       few-shot AUROC per task x strategy x K: splits averaged per seed, then mean and 95 % CI
+                          over seeds (seeds are the independent unit; a seed's splits share its checkpoint)
+========================  ==========================================================================================
+
+Decisions, written down once:
+
+* **Metrics**: macro AUROC (the primary one), macro-F1, ECE and Brier score of the test split; with temperature
+  scaling on, ECE and Brier after scaling too (``ece_ts``, ``brier_ts``). For ECE and Brier lower is better, so a
+  negative ``mean_diff`` favours the method.
+* **Pareto front** (per task, on the means): a strategy is on it when no other strategy has at most as many
+  trainable parameters and at least its AUROC, one of the two strictly. The *Pareto-best* method of a task is the
+  cheapest front member whose AUROC is not significantly below the task's best (paired Wilcoxon, Holm over the
+  task's methods compared with the best): the cheapest way to the top, within what the seeds can resolve.
+* **Negative transfer on the small task** (the smallest pretraining task, :func:`stmedfm.report.claim_roles`): a
+  pretrained method *removes* it when its AUROC is not significantly below Scratch's (Holm p >= 0.05 in the
+  vs-Scratch family) and its mean paired difference is >= 0; it *beats* Scratch when significantly above.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from stmedfm import stats, strategies
+from stmedfm.errors import StmedfmError
+from stmedfm.io import atomic_write_csv
+
+__all__ = ["METRICS", "REFERENCES", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
+           "fewshot", "task_table", "comparison_view", "findings", "fig_pareto", "fig_fewshot_methods",
+           "figures", "write_figures"]
+
+#: The metrics of the tables, the primary one first; ``*_ts`` only when the study scaled temperatures.
+METRICS = ("macro_auroc", "macro_f1", "ece", "brier", "ece_ts", "brier_ts")
+METRIC_NAMES = {"macro_auroc": "AUROC", "macro_f1": "macro-F1", "ece": "ECE", "brier": "Brier",
+                "ece_ts": "ECE (TS)", "brier_ts": "Brier (TS)"}
+LOWER_IS_BETTER = {"ece", "brier", "ece_ts", "brier_ts"}
+#: The references every method is tested against: the paper's LoRA and training from scratch.
+REFERENCES = ("lora", "scratch")
+ALPHA = 0.05
+TABLES = ("summary", "comparisons", "pareto", "fewshot")
+
+
+def _order(frame: pd.DataFrame, *by: str) -> pd.DataFrame:
+    """Rows by task (first appearance) then strategy (the registry's order)."""
+    if frame.empty:
+        return frame
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(frame["task"]))}
+    keys = frame.assign(_t=frame["task"].map(tasks), _s=frame["strategy"].map(strategies.order))
+    return keys.sort_values(["_t", "_s", *by], kind="stable").drop(columns=["_t", "_s"]).reset_index(drop=True)
+
+
+def _transfer(metrics: pd.DataFrame) -> pd.DataFrame:
+    need = ("experiment", "task", "strategy", "seed", "metric", "value")
+    missing = [c for c in need if c not in metrics.columns]
+    if missing:
+        raise StmedfmError(f"The metrics table lacks column(s) {', '.join(missing)}: pass metrics.csv of a study.")
+    return metrics[metrics["experiment"] == "transfer"]
+
+
+def summary(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95 % t-CI over seeds of every metric of :data:`METRICS` per task x strategy (transfer experiment),
+    with the strategy's trainable and total parameters on that task (from ``runs.csv``)."""
+    m = _transfer(metrics)
+    m = m[m["metric"].isin(METRICS)]
+    rows = []
+    for (task, strategy, metric), g in m.groupby(["task", "strategy", "metric"], sort=False):
+        mean, lo, hi = stats.mean_ci(g.drop_duplicates("seed")["value"])
+        rows.append({"task": task, "strategy": strategy, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
+                     "n": int(g["seed"].nunique())})
+    out = pd.DataFrame(rows, columns=["task", "strategy", "metric", "mean", "ci_low", "ci_high", "n"])
+    counts = runs[runs["experiment"] == "transfer"].groupby(["task", "strategy"])[
+        ["trainable_params", "total_params"]].first().reset_index()
+    out = out.merge(counts, on=["task", "strategy"], how="left")
+    out["metric_order"] = out["metric"].map({m: i for i, m in enumerate(METRICS)})
+    return _order(out, "metric_order").drop(columns="metric_order")
+
+
+def comparisons(metrics: pd.DataFrame, references=REFERENCES) -> pd.DataFrame:
+    """Each strategy vs each reference (default: the paper's LoRA and Scratch) on every task and metric, and on
+    AUROC also vs the task's best strategy (highest mean AUROC), paired over seeds with
+    :func:`stmedfm.stats.compare` (``mean_diff`` = strategy - reference); Holm within each family (task, metric,
+    reference), i.e. over the methods compared with that reference. ``against`` names the family's kind ('lora',
+    'scratch' or 'best') and ``reference`` the strategy compared with.
+
+    The 'best' family picks its reference on the same data, which biases the best's mean upwards; it is used only to
+    ask which cheaper methods are *not* shown to be worse (:func:`pareto_best`), where that bias makes the answer
+    conservative."""
+    m = _transfer(metrics)
+    m = m[m["metric"].isin(METRICS)].drop_duplicates(["task", "strategy", "metric", "seed"])
+    frames = []
+    for (task, metric), g in m.groupby(["task", "metric"], sort=False):
+        present = set(g["strategy"])
+        against = [(ref, ref) for ref in references if ref in present]
+        if metric == "macro_auroc":
+            against.append(("best", g.groupby("strategy")["value"].mean().idxmax()))
+        for kind, ref in against:
+            others = [s for s in strategies.names() if s in present and s != ref]
+            others += sorted(present - set(strategies.names()) - {ref})
+            if not others:
+                continue
+            out = stats.compare(g, [({"strategy": s}, {"strategy": ref}) for s in others], pair_on=["seed"],
+                                labels=others, family=f"{task}:{metric}:vs {kind}")
+            for i, (col, val) in enumerate((("task", task), ("metric", metric), ("against", kind),
+                                            ("reference", ref))):
+                out.insert(i, col, val)
+            frames.append(out.rename(columns={"label": "strategy"}))
+    if not frames:
+        return pd.DataFrame(columns=["task", "metric", "against", "reference", "family", "strategy", "n",
+                                     "mean_diff", "ci_low", "ci_high", "p_two_sided", "p_holm"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def pareto(summ: pd.DataFrame, metric: str = "macro_auroc") -> pd.DataFrame:
+    """Per task: each strategy's trainable parameters and ``metric`` (mean, CI), and whether it is on the Pareto
+    front (no other strategy with <= parameters and >= ``metric``, one strictly; module docstring)."""
+    s = summ[summ["metric"] == metric].dropna(subset=["mean", "trainable_params"])
+    rows = []
+    for task, g in s.groupby("task", sort=False):
+        pts = list(zip(g["strategy"], g["trainable_params"].astype(float), g["mean"].astype(float)))
+        for strategy, n, auc in pts:
+            dominated = any((n2 <= n and a2 >= auc) and (n2 < n or a2 > auc) for s2, n2, a2 in pts if s2 != strategy)
+            rows.append({"task": task, "strategy": strategy, "trainable_params": int(n), "mean": auc,
+                         "front": not dominated})
+    out = pd.DataFrame(rows, columns=["task", "strategy", "trainable_params", "mean", "front"])
+    out = out.merge(s[["task", "strategy", "ci_low", "ci_high", "n"]], on=["task", "strategy"], how="left")
+    return _order(out)
+
+
+def fewshot(metrics: pd.DataFrame, metric: str = "macro_auroc") -> pd.DataFrame:
+    """Few-shot ``metric`` per task x strategy x K: the splits of a seed averaged, then mean and 95 % t-CI over
+    seeds."""
+    if "k" not in metrics.columns:
+        return pd.DataFrame(columns=["task", "strategy", "k", "mean", "ci_low", "ci_high", "n"])
+    m = metrics[(metrics["experiment"] == "fewshot") & (metrics["metric"] == metric)]
+    per_seed = m.groupby(["task", "strategy", "k", "seed"], sort=False)["value"].mean().reset_index()
+    rows = []
+    for (task, strategy, k), g in per_seed.groupby(["task", "strategy", "k"], sort=False):
+        mean, lo, hi = stats.mean_ci(g["value"])
+        rows.append({"task": task, "strategy": strategy, "k": int(k), "mean": mean, "ci_low": lo, "ci_high": hi,
+                     "n": len(g)})
+    out = pd.DataFrame(rows, columns=["task", "strategy", "k", "mean", "ci_low", "ci_high", "n"])
+    return _order(out, "k")
+
+
+def analyse(store) -> dict[str, pd.DataFrame]:
+    """The tables of :data:`TABLES` computed from a study's store (a :class:`~stmedfm.study.ResultStore` or its
+    path), plus ``small_task`` / ``dominant_task`` as one-row frames of the roles."""
+    from stmedfm.report import claim_roles
+    from stmedfm.study import ResultStore
+
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    metrics, runs = store.table("metrics"), store.table("runs")
+    summ = summary(metrics, runs)
+    roles = claim_roles(store.config())
+    return {"summary": summ, "comparisons": comparisons(metrics), "pareto": pareto(summ), "fewshot": fewshot(metrics),
+            "roles": pd.DataFrame([roles])}
+
+
+def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """Write ``methods_<name>.csv`` (and ``methods_roles.csv``) into the store; returns the paths."""
+    from stmedfm.study import ResultStore
+
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    tables = analyse(store) if tables is None else tables
+    written = []
+    for name, frame in tables.items():
+        path = store.root / f"methods_{name}.csv"
+        atomic_write_csv(path, frame)
+        written.append(path)
+    return written
+
+
+def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The committed ``methods_*.csv`` of a store (written by :func:`write_tables`); nothing is computed."""
+    root = Path(results)
+    out = {}
+    for name in (*TABLES, "roles"):
+        path = root / f"methods_{name}.csv"
+        if not path.is_file():
+            raise StmedfmError(f"'{path}' does not exist: run notebook 10 (or stmedfm.methods.write_tables) on "
+                               f"{root} first.")
+        out[name] = pd.read_csv(path)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# views and findings
+# ---------------------------------------------------------------------------------------------------------------
+def _cell(mean: float, lo: float, hi: float) -> str:
+    if not np.isfinite(mean):
+        return ""
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{mean:.3f}"
+
+
+def _p(p: float) -> str:
+    return "—" if not np.isfinite(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.0e}"
+
+
+def task_table(tables: dict[str, pd.DataFrame], task: str) -> pd.DataFrame:
+    """One task: a row per strategy with its trainable parameters and each metric as 'mean [95 % CI]'."""
+    s = tables["summary"]
+    s = s[s["task"] == task]
+    if s.empty:
+        raise StmedfmError(f"No transfer rows for task '{task}'; tasks: {', '.join(dict.fromkeys(tables['summary']['task']))}.")
+    rows = []
+    for strategy, g in s.groupby("strategy", sort=False):
+        row = {"strategy": strategies.label(strategy), "trainable": int(g["trainable_params"].iloc[0]),
+               "n": int(g["n"].max())}
+        for r in g.itertuples():
+            row[METRIC_NAMES.get(r.metric, r.metric)] = _cell(r.mean, r.ci_low, r.ci_high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_view(tables: dict[str, pd.DataFrame], task: str, metric: str = "macro_auroc") -> pd.DataFrame:
+    """One task and metric: per strategy, the paired difference vs LoRA and vs Scratch (mean [95 % CI], seeds
+    where the method is higher / pairs) and the Holm-adjusted Wilcoxon p of each."""
+    c = tables["comparisons"]
+    c = c[(c["task"] == task) & (c["metric"] == metric)]
+    rows = {}
+    for r in c.itertuples():
+        if r.against not in REFERENCES:
+            continue
+        row = rows.setdefault(r.strategy, {"strategy": strategies.label(r.strategy)})
+        row[f"Δ vs {strategies.label(r.reference)}"] = (f"{r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                                                        if np.isfinite(r.ci_low) else f"{r.mean_diff:+.3f}")
+        row[f"higher / n ({r.reference})"] = f"{r.n_pos}/{r.n}"
+        row[f"Holm p ({r.reference})"] = _p(r.p_holm)
+    order = sorted(rows, key=strategies.order)
+    return pd.DataFrame([rows[s] for s in order])
+
+
+def _comparison(tables, task: str, strategy: str, against: str, metric: str = "macro_auroc"):
+    c = tables["comparisons"]
+    hit = c[(c["task"] == task) & (c["metric"] == metric) & (c["against"] == against) & (c["strategy"] == strategy)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _significant(row, sign: int) -> bool:
+    """Holm p < ALPHA with the mean difference of sign ``sign`` (+1: the strategy above its reference)."""
+    return (row is not None and np.isfinite(row["p_holm"]) and row["p_holm"] < ALPHA
+            and np.sign(row["mean_diff"]) == sign)
+
+
+def pareto_best(tables: dict[str, pd.DataFrame], task: str) -> str | None:
+    """The Pareto-best strategy of ``task``: walking the Pareto front from the fewest trainable parameters up, the
+    first member whose AUROC is not significantly below the task's best (the 'best' family of
+    :func:`comparisons`); the best itself when every cheaper member is."""
+    p = tables["pareto"]
+    front = p[(p["task"] == task) & p["front"].astype(bool)].sort_values("trainable_params")
+    for r in front.itertuples():
+        row = _comparison(tables, task, r.strategy, "best")
+        if row is None or not _significant(row, -1):  # None: r is the best itself
+            return r.strategy
+    return None
+
+
+def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Sentences computed from the tables (never typed): per task the Pareto front and the Pareto-best method, then
+    whether any method removes the small task's negative transfer, then the few-shot leaders."""
+    out = []
+    summ, p = tables["summary"], tables["pareto"]
+    roles = tables["roles"].iloc[0].to_dict() if "roles" in tables and not tables["roles"].empty else {}
+    for task in dict.fromkeys(p["task"]):
+        g = p[p["task"] == task]
+        n = int(g["n"].max()) if g["n"].notna().any() else 0
+        front = g[g["front"].astype(bool)].sort_values("trainable_params")
+        members = "; ".join(f"{strategies.label(r.strategy)} ({r.trainable_params:,} trainable, AUROC "
+                            f"{_cell(r.mean, r.ci_low, r.ci_high)})" for r in front.itertuples())
+        best_row = g.loc[g["mean"].idxmax()]
+        line = (f"{task} ({n} seeds): the Pareto front of AUROC vs trainable parameters is {members}. Highest mean "
+                f"AUROC: {strategies.label(best_row['strategy'])} ({best_row['mean']:.3f})")
+        pb = pareto_best(tables, task)
+        if pb is not None:
+            pr = g[g["strategy"] == pb].iloc[0]
+            line += (f"; Pareto-best (the cheapest front member not significantly below it, Holm over the task's "
+                     f"methods): {strategies.label(pb)} with {int(pr['trainable_params']):,} trainable parameters, "
+                     f"AUROC {_cell(pr['mean'], pr['ci_low'], pr['ci_high'])}")
+            vs = _comparison(tables, task, pb, "lora")
+            if vs is not None:
+                line += (f" (vs the paper's LoRA {vs['mean_diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], "
+                         f"Holm p {_p(vs['p_holm'])})")
+        out.append(line + ".")
+    small = roles.get("small")
+    if small and small in set(summ["task"]):
+        sc = summ[(summ["task"] == small) & (summ["strategy"] == "scratch") & (summ["metric"] == "macro_auroc")]
+        c = tables["comparisons"]
+        c = c[(c["task"] == small) & (c["metric"] == "macro_auroc") & (c["against"] == "scratch")]
+        if not sc.empty and not c.empty:
+            s0 = sc.iloc[0]
+            below = [r for r in c.itertuples() if _significant(r._asdict(), -1)]
+            above = [r for r in c.itertuples() if _significant(r._asdict(), +1)]
+            removed = [r for r in c.itertuples() if not (np.isfinite(r.p_holm) and r.p_holm < ALPHA)
+                       and r.mean_diff >= 0]
+
+            def names(rs) -> str:
+                return ", ".join(f"{strategies.label(r.strategy)} ({r.mean_diff:+.3f}, Holm p {_p(r.p_holm)})"
+                                 for r in rs) or "none"
+
+            text = (f"Negative transfer on the small task {small} (Scratch AUROC {_cell(s0['mean'], s0['ci_low'], s0['ci_high'])}): "
+                    f"significantly below Scratch: {names(below)}; ")
+            if removed or above:
+                text += (f"removed (not significantly below Scratch, mean difference >= 0): {names(removed)}; "
+                         f"significantly above Scratch: {names(above)}.")
+            else:
+                text += "no pretrained method removes it (none reaches Scratch's mean AUROC without being "\
+                        "significantly below it)."
+            out.append(text)
+    fs = tables.get("fewshot")
+    if fs is not None and not fs.empty:
+        for task in dict.fromkeys(fs["task"]):
+            g = fs[fs["task"] == task]
+            leaders = []
+            for k in sorted(g["k"].unique()):
+                r = g[g["k"] == k].sort_values("mean", ascending=False).iloc[0]
+                leaders.append(f"K={k}: {strategies.label(r['strategy'])} ({_cell(r['mean'], r['ci_low'], r['ci_high'])})")
+            out.append(f"Few-shot {task}, highest mean AUROC per K (splits averaged per seed, CI over "
+                       f"{int(g['n'].max())} seeds): " + "; ".join(leaders) + ".")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures (tidy frames in, Figure out; written with the project's figure writer)
+# ---------------------------------------------------------------------------------------------------------------
+def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure:
+    """AUROC vs trainable parameters (log x), one panel per task: each strategy with its 95 % CI bar (registry
+    colour and marker) and the Pareto front as a step line through its members."""
+    from stmedfm.plots import STRATEGY_MARKERS, style
+
+    need = ("task", "strategy", "trainable_params", "mean", "ci_low", "ci_high", "front")
+    missing = [c for c in need if c not in pareto_frame.columns]
+    if missing or pareto_frame.empty:
+        raise StmedfmError(f"fig_pareto needs the methods_pareto table (columns {', '.join(need)}); "
+                           f"{'missing ' + ', '.join(missing) if missing else 'it is empty'}.")
+    tasks = list(dict.fromkeys(pareto_frame["task"]))
+    with rc_context(style()):
+        fig = Figure(figsize=(4.6 * len(tasks) + 2.6, 4.8))
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        for ax, task in zip(axes, tasks):
+            g = pareto_frame[pareto_frame["task"] == task]
+            for r in g.itertuples():
+                err = [[r.mean - r.ci_low], [r.ci_high - r.mean]] if np.isfinite(r.ci_low) else None
+                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=STRATEGY_MARKERS.get(r.strategy, "o"),
+                            color=strategies.color(r.strategy), ms=8 if r.front else 6, capsize=3, lw=1.2,
+                            mec="black" if r.front else strategies.color(r.strategy), mew=1.0,
+                            label=strategies.label(r.strategy), zorder=3)
+            front = g[g["front"].astype(bool)].sort_values("trainable_params")
+            xs, ys = front["trainable_params"].to_numpy(float), front["mean"].to_numpy(float)
+            if len(xs):
+                ax.step(np.r_[xs, xs[-1] * 3], np.r_[ys, ys[-1]], where="post", color="#444444", lw=1.1, ls="--",
+                        zorder=2, label="Pareto front")
+            ax.set_xscale("log")
+            ax.set_xlabel("trainable parameters (log scale)")
+            n = int(g["n"].max()) if "n" in g and g["n"].notna().any() else 0
+            ax.set_title(f"{task} (n = {n} seeds)")
+        axes[0].set_ylabel(f"test macro {metric_name} (mean ± 95 % CI)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        keep = dict(zip(labels, handles))
+        axes[-1].legend(keep.values(), keep.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                        title="strategy (black edge:\non the Pareto front)")
+        fig.suptitle(f"{metric_name} vs trainable parameters per task: the Pareto front", fontsize=12)
+        fig.tight_layout()
+    return fig
+
+
+def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lora", "full")) -> Figure:
+    """Few-shot AUROC vs K on ``task``, one small panel per pretrained method (mean ± 95 % CI over seeds, registry
+    colour) with the ``references`` (the paper's LoRA, Full) as grey lines in every panel, so each method reads
+    against the same yardstick without eleven overlapping lines."""
+    from stmedfm.plots import STRATEGY_MARKERS, style
+
+    need = ("task", "strategy", "k", "mean", "ci_low", "ci_high")
+    missing = [c for c in need if c not in fewshot_frame.columns]
+    g0 = fewshot_frame[fewshot_frame["task"] == task] if not missing else pd.DataFrame()
+    if g0.empty:
+        raise StmedfmError(f"fig_fewshot_methods needs the methods_fewshot rows of task '{task}' (columns "
+                           f"{', '.join(need)}).")
+    methods = sorted(set(g0["strategy"]), key=lambda s: (strategies.order(s), s))
+    cols = min(4, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    ks = sorted(int(k) for k in g0["k"].unique())
+    with rc_context(style()):
+        fig = Figure(figsize=(3.3 * cols, 2.7 * rows + 0.8))
+        axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+        for i, ax in enumerate(axes.ravel()):
+            if i >= len(methods):
+                ax.set_visible(False)
+                continue
+            strategy = methods[i]
+            for ref, ls in zip(references, ("--", ":")):
+                r = g0[g0["strategy"] == ref].sort_values("k")
+                if not r.empty and ref != strategy:
+                    ax.plot(r["k"], r["mean"], ls=ls, color="#888888", lw=1.2, label=strategies.label(ref))
+            g = g0[g0["strategy"] == strategy].sort_values("k")
+            color = strategies.color(strategy)
+            ax.plot(g["k"], g["mean"], marker=STRATEGY_MARKERS.get(strategy, "o"), color=color, lw=1.8, ms=5)
+            ok = g["ci_low"].notna().to_numpy()
+            if ok.any():
+                ax.fill_between(g["k"][ok], g["ci_low"][ok], g["ci_high"][ok], color=color, alpha=0.18, lw=0)
+            ax.set_title(strategies.label(strategy), fontsize=10)
+            ax.set_xticks(ks)
+            if i % cols == 0:
+                ax.set_ylabel("test macro AUROC")
+            if i // cols == rows - 1:
+                ax.set_xlabel("K per class")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="upper right", ncol=len(handles), fontsize=8.5, title="grey: reference")
+        n = int(g0["n"].max())
+        fig.suptitle(f"Few-shot AUROC vs K on {task} (mean ± 95 % CI over {n} seeds, splits averaged)", fontsize=12,
+                     x=0.02, ha="left")
+        fig.tight_layout()
+    return fig
+
+
+def figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
+    """Every figure of the tables: ``pareto_auroc`` and one ``fewshot_methods_<task>`` per few-shot task."""
+    out = {}
+    if not tables["pareto"].empty:
+        out["pareto_auroc"] = fig_pareto(tables["pareto"])
+    fs = tables["fewshot"]
+    for task in dict.fromkeys(fs["task"]) if not fs.empty else ():
+        out[f"fewshot_methods_{task}"] = fig_fewshot_methods(fs, task)
+    return out
+
+
+def write_figures(store, tables: dict[str, pd.DataFrame], out: str | os.PathLike | None = None) -> list[Path]:
+    """Write :func:`figures` as PNG + SVG into ``out`` (default ``figures/<study>/``) with the store's notices
+    (smoke budgets, synthetic data) across each figure; returns the paths."""
+    from stmedfm import paths
+    from stmedfm.plots import write_figure
+    from stmedfm.study import ResultStore
+
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    out_dir = Path(out) if out is not None else paths.figures_dir(store.config().study)
+    notices = store.notices()
+    written = []
+    for name, fig in figures(tables).items():
+        written += write_figure(fig, out_dir, name, notices)
+    return written
