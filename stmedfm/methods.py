@@ -37,12 +37,14 @@ import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.transforms import ScaledTranslation
 
 from stmedfm import stats, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
 
-__all__ = ["METRICS", "REFERENCES", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
+__all__ = ["METRICS", "REFERENCES", "counts", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
            "fewshot", "task_table", "comparison_view", "findings", "fig_pareto", "fig_fewshot_methods",
            "figures", "write_figures"]
 
@@ -54,6 +56,9 @@ LOWER_IS_BETTER = {"ece", "brier", "ece_ts", "brier_ts"}
 #: The references every method is tested against: the paper's LoRA and training from scratch.
 REFERENCES = ("lora", "scratch")
 ALPHA = 0.05
+#: The paper's PEFT methods and Full: whether *they* are below Scratch on the small task is what "negative transfer"
+#: means in the paper (Tables 7, 10 and 12 on OrganMNIST3D).
+PAPER_PEFT = ("full", "lora", "adapter")
 TABLES = ("summary", "comparisons", "pareto", "fewshot")
 
 
@@ -200,6 +205,23 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
     return out
 
 
+def counts(names=None, tasks=("pathmnist", "bloodmnist", "dermamnist", "organmnist3d"), width: int = 64) -> pd.DataFrame:
+    """Table 4 for strategies ``names`` (default: every registered one): per strategy what it trains, its trainable
+    parameters on each of ``tasks`` (the paper's four by default) and its total on the first task."""
+    from stmedfm.peft import parameter_table
+
+    names = list(strategies.names() if names is None else names)
+    t = parameter_table(tasks=tasks, strategies=names, width=width)
+    wide = t.pivot(index="strategy", columns="task", values="trainable").reindex(index=names, columns=list(tasks))
+    out = pd.DataFrame({"strategy": [strategies.label(s) for s in names],
+                        "trains": [strategies.get(s).description for s in names]})
+    for task in tasks:
+        out[f"trainable ({task})"] = wide[task].to_numpy()
+    first = t[t["task"] == tasks[0]].set_index("strategy")["total"]
+    out[f"total ({tasks[0]})"] = [int(first[s]) for s in names]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # views and findings
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,23 +327,27 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         c = c[(c["task"] == small) & (c["metric"] == "macro_auroc") & (c["against"] == "scratch")]
         if not sc.empty and not c.empty:
             s0 = sc.iloc[0]
-            below = [r for r in c.itertuples() if _significant(r._asdict(), -1)]
-            above = [r for r in c.itertuples() if _significant(r._asdict(), +1)]
-            removed = [r for r in c.itertuples() if not (np.isfinite(r.p_holm) and r.p_holm < ALPHA)
-                       and r.mean_diff >= 0]
+            rows = list(c.itertuples())
+            below = [r for r in rows if _significant(r._asdict(), -1)]
+            above = [r for r in rows if _significant(r._asdict(), +1)]
+            removed = [r for r in rows if not (np.isfinite(r.p_holm) and r.p_holm < ALPHA) and r.mean_diff >= 0]
 
             def names(rs) -> str:
-                return ", ".join(f"{strategies.label(r.strategy)} ({r.mean_diff:+.3f}, Holm p {_p(r.p_holm)})"
-                                 for r in rs) or "none"
+                return ", ".join(f"{strategies.label(r.strategy)} ({r.mean_diff:+.3f} [{r.ci_low:+.3f}, "
+                                 f"{r.ci_high:+.3f}], Holm p {_p(r.p_holm)})" for r in rs) or "none"
 
-            text = (f"Negative transfer on the small task {small} (Scratch AUROC {_cell(s0['mean'], s0['ci_low'], s0['ci_high'])}): "
-                    f"significantly below Scratch: {names(below)}; ")
-            if removed or above:
-                text += (f"removed (not significantly below Scratch, mean difference >= 0): {names(removed)}; "
-                         f"significantly above Scratch: {names(above)}.")
+            paper = [r for r in rows if r.strategy in PAPER_PEFT]
+            text = (f"Negative transfer on the small task {small} (Scratch AUROC "
+                    f"{_cell(s0['mean'], s0['ci_low'], s0['ci_high'])}; method - Scratch, paired over seeds): ")
+            if any(_significant(r._asdict(), -1) for r in paper):
+                text += (f"present for the paper's methods ({names(paper)}). Removed (not significantly below "
+                         f"Scratch, mean difference >= 0) by: {names(removed)}; significantly above Scratch: "
+                         f"{names(above)}; still significantly below: "
+                         f"{', '.join(strategies.label(r.strategy) for r in below) or 'none'}.")
             else:
-                text += "no pretrained method removes it (none reaches Scratch's mean AUROC without being "\
-                        "significantly below it)."
+                text += (f"not significant for the paper's methods at these seeds ({names(paper)}), so there is "
+                         f"none to remove; significantly below Scratch: {names(below)}; significantly above: "
+                         f"{names(above)}.")
             out.append(text)
     fs = tables.get("fewshot")
     if fs is not None and not fs.empty:
@@ -355,25 +381,39 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure
         axes = fig.subplots(1, len(tasks), squeeze=False)[0]
         for ax, task in zip(axes, tasks):
             g = pareto_frame[pareto_frame["task"] == task]
-            for r in g.itertuples():
-                err = [[r.mean - r.ci_low], [r.ci_high - r.mean]] if np.isfinite(r.ci_low) else None
+            g = g.assign(_o=g["strategy"].map(strategies.order)).sort_values(["trainable_params", "_o"])
+            # strategies with the same count (Scratch and Full; VeRA and LoKr) side by side, a few points apart
+            slot = g.groupby("trainable_params").cumcount().to_numpy()
+            size = g.groupby("trainable_params")["strategy"].transform("size").to_numpy()
+            for r, i, k in zip(g.itertuples(), slot, size):
+                shift = ax.transData + ScaledTranslation((i - (k - 1) / 2) * 0.08, 0, fig.dpi_scale_trans)
+                lo, hi = max(r.ci_low, 0.0), min(r.ci_high, 1.0)  # an AUROC lives in [0, 1]
+                err = [[r.mean - lo], [hi - r.mean]] if np.isfinite(r.ci_low) else None
                 ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=STRATEGY_MARKERS.get(r.strategy, "o"),
                             color=strategies.color(r.strategy), ms=8 if r.front else 6, capsize=3, lw=1.2,
                             mec="black" if r.front else strategies.color(r.strategy), mew=1.0,
-                            label=strategies.label(r.strategy), zorder=3)
-            front = g[g["front"].astype(bool)].sort_values("trainable_params")
-            xs, ys = front["trainable_params"].to_numpy(float), front["mean"].to_numpy(float)
-            if len(xs):
-                ax.step(np.r_[xs, xs[-1] * 3], np.r_[ys, ys[-1]], where="post", color="#444444", lw=1.1, ls="--",
+                            label=strategies.label(r.strategy), zorder=3, transform=shift)
+                # shifted artists do not autoscale: the bar's extent enters the data limits here
+                ax.update_datalim([(r.trainable_params, lo if np.isfinite(lo) else r.mean),
+                                   (r.trainable_params, hi if np.isfinite(hi) else r.mean)])
+            front = g[g["front"].astype(bool)]
+            if len(front):
+                ax.step(front["trainable_params"], front["mean"], where="post", color="#444444", lw=1.1, ls="--",
                         zorder=2, label="Pareto front")
             ax.set_xscale("log")
+            ax.autoscale_view()
             ax.set_xlabel("trainable parameters (log scale)")
             n = int(g["n"].max()) if "n" in g and g["n"].notna().any() else 0
             ax.set_title(f"{task} (n = {n} seeds)")
         axes[0].set_ylabel(f"test macro {metric_name} (mean ± 95 % CI)")
-        handles, labels = axes[0].get_legend_handles_labels()
-        keep = dict(zip(labels, handles))
-        axes[-1].legend(keep.values(), keep.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+        keep = {}
+        for ax in axes:
+            for h, label in zip(*ax.get_legend_handles_labels()):
+                keep.setdefault(label, h)
+        order = sorted(keep, key=lambda lab: (lab != "Pareto front", [strategies.label(s) for s in
+                                                                      strategies.names()].index(lab)
+                                              if lab in [strategies.label(s) for s in strategies.names()] else 99))
+        axes[-1].legend([keep[k] for k in order], order, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
                         title="strategy (black edge:\non the Pareto front)")
         fig.suptitle(f"{metric_name} vs trainable parameters per task: the Pareto front", fontsize=12)
         fig.tight_layout()
@@ -412,17 +452,20 @@ def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lor
             color = strategies.color(strategy)
             ax.plot(g["k"], g["mean"], marker=STRATEGY_MARKERS.get(strategy, "o"), color=color, lw=1.8, ms=5)
             ok = g["ci_low"].notna().to_numpy()
-            if ok.any():
-                ax.fill_between(g["k"][ok], g["ci_low"][ok], g["ci_high"][ok], color=color, alpha=0.18, lw=0)
+            if ok.any():  # an AUROC lives in [0, 1]
+                ax.fill_between(g["k"][ok], g["ci_low"][ok].clip(lower=0), g["ci_high"][ok].clip(upper=1),
+                                color=color, alpha=0.18, lw=0)
             ax.set_title(strategies.label(strategy), fontsize=10)
             ax.set_xticks(ks)
             if i % cols == 0:
                 ax.set_ylabel("test macro AUROC")
             if i // cols == rows - 1:
                 ax.set_xlabel("K per class")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="upper right", ncol=len(handles), fontsize=8.5, title="grey: reference")
+        present = [(ref, ls) for ref, ls in zip(references, ("--", ":")) if ref in set(g0["strategy"])]
+        if present:
+            fig.legend([Line2D([], [], color="#888888", ls=ls, lw=1.2) for _, ls in present],
+                       [strategies.label(ref) for ref, _ in present], loc="upper right", ncol=len(present),
+                       fontsize=8.5, title="grey: references")
         n = int(g0["n"].max())
         fig.suptitle(f"Few-shot AUROC vs K on {task} (mean ± 95 % CI over {n} seeds, splits averaged)", fontsize=12,
                      x=0.02, ha="left")

@@ -75,9 +75,10 @@ TABLE_TITLES = {
     "temperature_scaling": "Temperature scaling · ECE, Brier and NLL before (raw) and after (_ts), fitted T",
 }
 DEFAULT_PARAMS = "params/smoke.yaml"
-#: Notebooks whose parameter file is not a StudyConfig file: their own smoke default (09_beyond reads a beyond
-#: file of variants, stmedfm.variants; `make study` runs 01-08 only, `make variants` runs 09).
-NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml"}
+#: Notebooks with their own smoke default: 09_beyond reads a beyond file of variants (stmedfm.variants), 10_peft_methods
+#: the study of every registered strategy (stmedfm.methods); `make study` runs 01-08 only, `make variants` runs 09 and
+#: `make peft-methods` 10.
+NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml", "10_peft_methods": "params/peft_methods_smoke.yaml"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def test_notebooks_are_counted_correctly():
     readme = (ROOT / "README.md").read_text()
     assert "`01_data.ipynb` … `08_report.ipynb`" not in readme
     section = readme.split("## Notebooks", 1)[1].split("\n## ", 1)[0]
-    assert len(re.findall(r"^\| \[`0\d_\w+`\]", section, re.M)) == n
+    assert len(re.findall(r"^\| \[`\d\d_\w+`\]", section, re.M)) == n
     assert f"{n} notebooks" in section
 
 
