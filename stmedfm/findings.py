@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from stmedfm import stats, variants
+from stmedfm import methods, stats, variants
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
@@ -227,8 +227,10 @@ def reference_block(results: str | Path) -> str:
 #: Generated blocks in a markdown file: ``<!-- stmedfm:reference results/offline -->`` (a study's reference block,
 #: :func:`reference_block`), ``<!-- stmedfm:variants params/beyond.yaml -->`` (the findings of a variant study's
 #: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
-#: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips) (?P<arg>[^>]+?) -->\n)(?P<body>.*?)"
+#: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`) or ``<!-- stmedfm:methods results/peft_methods -->`` (the
+#: findings of the study of every strategy, :func:`methods_block`), each closed by ``<!-- /stmedfm -->``.
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods) (?P<arg>[^>]+?) -->\n)"
+                   r"(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
 
 
@@ -239,6 +241,12 @@ def variants_block(params: str | Path) -> str:
     if not variants.complete(study):
         raise StmedfmError(f"The tables of '{params}' in {study.root} are incomplete: run `stmedfm variants {params}`.")
     return "".join(f"- {line}\n" for line in variants.findings(study, variants.read(study)))
+
+
+def methods_block(results: str | Path) -> str:
+    """The findings of the study of every strategy (``params/peft_methods.yaml``, notebook 10) as a markdown list,
+    from its committed ``methods_*.csv`` tables (:func:`stmedfm.methods.findings`; nothing is computed)."""
+    return "".join(f"- {line}\n" for line in methods.findings(methods.read_tables(results)))
 
 
 def flips_block(label_safe: str | Path, reference: str | Path, task: str = "organamnist") -> str:
@@ -276,7 +284,7 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
         blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
-                  "flips": flips_block}
+                  "flips": flips_block, "methods": methods_block}
         return blocks[m.group("kind")](*args)
 
     return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)
