@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PARAMS ?= params/paper.yaml
 ARGS   ?=
 
-.PHONY: setup study quick variants beyond tables test clean-venv
+.PHONY: setup study quick variants beyond peft-methods tables test clean-venv
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,23 @@ variants: setup
 	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$name/09_beyond.ipynb
 
 beyond: variants
+
+# Every PEFT method (issue 22; notebook 10, stmedfm.methods): every registered strategy of PEFT_METHODS (default
+# params/peft_methods.yaml, 10 seeds) into results/<study>/, then notebook 10 executed on it into runs/<study>/
+# (+ HTML; it writes results/<study>/methods_*.csv and figures/<study>/), then the paper tables and the generated
+# findings block of docs/peft_methods.md. Smoke: make peft-methods PEFT_METHODS=params/peft_methods_smoke.yaml
+PEFT_METHODS ?= params/peft_methods.yaml
+
+peft-methods: setup
+	@study=$$($(BIN)/stmedfm config $(PEFT_METHODS) --get study $(ARGS)) || exit 1; \
+	set -ex; \
+	$(BIN)/stmedfm study $(PEFT_METHODS) $(ARGS); \
+	mkdir -p runs/$$study; \
+	$(BIN)/papermill notebooks/10_peft_methods.ipynb runs/$$study/10_peft_methods.ipynb --cwd notebooks -k python3 \
+	  --no-progress-bar -p params $(PEFT_METHODS) $(NB_ARGS); \
+	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/10_peft_methods.ipynb; \
+	$(BIN)/stmedfm tables results/$$study; \
+	if [ "$$study" = peft_methods ]; then $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md; fi
 
 # All tests: unit tests (synthetic data; real files when $$STMEDFM_DATA has them), then every notebook with its
 # smoke defaults under nbval (needs the real files in $$STMEDFM_DATA; cells marked NBVAL_CHECK_OUTPUT must
