@@ -65,12 +65,15 @@ beyond: variants
 # params/peft_methods.yaml, 10 seeds) into results/<study>/, then notebook 10 executed on it into runs/<study>/
 # (+ HTML; it writes results/<study>/methods_*.csv and figures/<study>/), then the paper tables and the generated
 # findings block of docs/peft_methods.md. Smoke: make peft-methods PEFT_METHODS=params/peft_methods_smoke.yaml
+# REUSE: stores whose runs of the same id are taken instead of computed (results/offline holds the paper
+# strategies' runs and the checkpoints of seeds 0-9: 420 of 1,350 runs); REUSE= computes everything.
 PEFT_METHODS ?= params/peft_methods.yaml
+REUSE ?= $(wildcard results/offline)
 
 peft-methods: setup
 	@study=$$($(BIN)/stmedfm config $(PEFT_METHODS) --get study $(ARGS)) || exit 1; \
 	set -ex; \
-	$(BIN)/stmedfm study $(PEFT_METHODS) $(ARGS); \
+	$(BIN)/stmedfm study $(PEFT_METHODS) $(addprefix --reuse ,$(REUSE)) $(ARGS); \
 	mkdir -p runs/$$study; \
 	$(BIN)/papermill notebooks/10_peft_methods.ipynb runs/$$study/10_peft_methods.ipynb --cwd notebooks -k python3 \
 	  --no-progress-bar -p params $(PEFT_METHODS) $(NB_ARGS); \

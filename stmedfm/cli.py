@@ -126,7 +126,7 @@ def cmd_study(args) -> None:
 
     cfg = _config(args)
     out = claim(cfg, args.params, out=args.out)
-    store = run_study(cfg, out=out, progress=not args.quiet, scheduler=args.scheduler)
+    store = run_study(cfg, out=out, progress=not args.quiet, scheduler=args.scheduler, reuse=args.reuse or ())
     print(f"study '{cfg.study}': results in {store.root}")
 
 
@@ -270,6 +270,9 @@ def _run_commands(sub) -> None:
                         "local process pool; 'local' forces the pool); needs stmedfm[dask]")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    p.add_argument("--reuse", action="append", metavar="STORE",
+                   help="take runs and checkpoints of the same id from this result store instead of computing them "
+                        "(repeatable), e.g. --reuse results/offline")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
     p.set_defaults(func=cmd_study)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -100,19 +101,24 @@ PRETRAIN_PRIORITY = 10**12
 
 
 def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: bool = True,
-              workers: int | None = None, scheduler=None) -> ResultStore:
+              workers: int | None = None, scheduler=None, reuse=()) -> ResultStore:
     """Run (or resume) every planned run of ``cfg``; returns the store with its tidy tables rebuilt.
 
     Runs execute on a local process pool of ``workers`` processes (default: ``cfg.workers``, else CPU cores;
     one worker = in this process), or on a Dask cluster when ``scheduler`` (an address such as
     ``tcp://host:8786`` or a ``distributed.Client``) or ``$DASK_SCHEDULER_ADDRESS`` is given; ``'local'`` forces
     the pool. Scratch runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is
-    written. The numbers do not depend on any of this.
+    written. The numbers do not depend on any of this. ``reuse``: stores whose runs and checkpoints of the same id
+    are taken instead of computed (:func:`reuse_runs`).
     """
     store = ResultStore(out or paths.results_dir(cfg.study))
     data = store.open(cfg)
     with store.locked():
         store.remove_partial_writes()
+        if reuse:
+            runs, jobs = reuse_runs(cfg, store, reuse, data)
+            if progress:
+                print(f"reused {runs} runs and {jobs} checkpoints of {', '.join(map(str, reuse))}", flush=True)
         _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(), scheduler)
         store.consolidate(cfg, data)
         store.write_config(cfg)  # last: config.yaml always describes the tables beside it
@@ -192,3 +198,49 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
             run_tasks(executor, tasks, on_result)
         finally:
             bar.close()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (files of a store are replaced atomically, never edited in place, so a link is safe), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.reuse.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData) -> tuple[int, int]:
+    """Link into ``store`` every run and pretraining checkpoint of ``cfg``'s plan that it lacks and a store of
+    ``sources`` holds; returns (runs, checkpoints) taken. Why this is sound: an id covers everything that defines
+    what is computed (spec, training fields, data identities, checkpoint), so a run of another study with the same
+    id is the same computation (e.g. params/peft_methods.yaml shares 420 runs and its checkpoints with
+    params/offline.yaml). Only the planned ids are taken, so the store holds nothing else; a damaged source file is
+    quarantined and recomputed like any other; where each run was computed stays in its provenance."""
+    others = []
+    for src in map(Path, sources):
+        if not (src / MARKER).is_file() and not (src / "config.yaml").is_file():
+            raise StmedfmError(f"'{src}' is not a result store (no {MARKER}): --reuse takes a study's results folder, "
+                               f"e.g. results/offline.")
+        if src.resolve() != store.root.resolve():
+            others.append(ResultStore(src))
+    planned = plan(cfg)
+    runs = jobs = 0
+    for rid in unique_runs(cfg, planned, data):
+        if store.has_run(rid):
+            continue
+        other = next((o for o in others if o.has_run(rid)), None)
+        if other is not None:
+            _link_or_copy(other.run_path(rid), store.run_path(rid))
+            runs += 1
+    for job in pretrain_jobs(planned):
+        jid = job.id(cfg, data)
+        if store.has_checkpoint(jid):
+            continue
+        other = next((o for o in others if o.has_checkpoint(jid)), None)
+        if other is not None:
+            _link_or_copy(other.loss_path(jid), store.loss_path(jid))
+            _link_or_copy(other.checkpoint_path(jid), store.checkpoint_path(jid))
+            jobs += 1
+    return runs, jobs

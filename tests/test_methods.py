@@ -183,3 +183,30 @@ def test_the_findings_generator_writes_the_methods_block_from_committed_tables(t
                    + "".join(f"- {line}\n" for line in methods.findings(tables)) + "<!-- /stmedfm -->\nafter\n")
     with pytest.raises(StmedfmError, match="methods_summary.csv' does not exist"):
         findings.methods_block(tmp_path / "nothing")
+
+
+def test_a_study_reuses_the_runs_and_checkpoints_of_the_same_id(synthetic_dir, tmp_path, capsys):
+    """`stmedfm study --reuse STORE`: what another store computed under the same id is taken, not recomputed."""
+    import yaml
+
+    from stmedfm import cli
+    from stmedfm.study import ResultStore, plan, run_id, study_data
+
+    base = {"workers": 1, "data_dir": str(synthetic_dir), "seeds": 1, "pretrain_tasks": ["bloodmnist"],
+            "pretrain_steps": 2, "downstream_tasks": ["bloodmnist"], "scratch_steps_2d": 2, "finetune_steps_2d": 2,
+            "fewshot_tasks": {}, "class_weight_ablation_tasks": [], "leave_out_tasks": [], "extended_tasks": [],
+            "calibration_task": None}
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(yaml.safe_dump({**base, "study": "first", "strategies": ["scratch", "lora"]}))
+    second.write_text(yaml.safe_dump({**base, "study": "second", "strategies": ["scratch", "lora", "bitfit"]}))
+    assert cli.main(["study", str(first), "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert cli.main(["study", str(second), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "reused 2 runs and 1 checkpoints" in out and "0 pretraining jobs and 1 runs" in out
+    a, b = ResultStore(tmp_path / "a"), ResultStore(tmp_path / "b")
+    cfg = StudyConfig.load(second)
+    ids = [run_id(cfg, p.spec, study_data(cfg)) for p in plan(cfg) if p.spec.strategy != "bitfit"]
+    assert all(a.read_run(r) == b.read_run(r) for r in ids)
+    assert cli.main(["study", str(second), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a result store" in err
