@@ -11,7 +11,8 @@ imports no torch, so validating parameters stays fast.
 and can be extended the same way. Adding a strategy made of existing pieces is one :func:`register` call; see
 ``docs/strategies.md`` for a worked example (BitFit, below, was added that way). A method of Hugging Face peft is
 one call too: its :class:`PeftMethod` (config class, what it wraps, options) is data in the registration, and the
-generic 'peft' insert builds and injects it (issue 22; DoRA, VeRA, IA3, LoHa, LoKr and LN-tuning below).
+generic 'peft' insert builds and injects it (issue 22; DoRA, VeRA, IA3, LoHa, LoKr, OFT, HRA, FourierFT and
+LN-tuning below).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ register(Strategy("bitfit", "Pretrain+BitFit", trains=("bias", "layernorm", "hea
 _PEFT_TRAINS = ("peft", "layernorm", "head")
 register(Strategy("dora", "Pretrain+DoRA", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[3], marker="<",
                   peft=PeftMethod.of("LoraConfig", use_dora=True),
-                  description="DoRA (LoRA r=lora_r + a magnitude per output feature) on the 4 encoder Linears"))
+                  description="DoRA (LoRA r=lora_r + a magnitude per output feature) on the 4 encoder Linears + "
+                              "LayerNorms + head"))
 # VeRA: one pair of frozen random projections A (r x 128) and B (128 x r) shared by the 4 Linears (each uses the
 # slice of its own shape), drawn from a fixed key; per Linear it trains a scaling vector d (r) and b (out features).
 # Rank 64 = the encoder width: since only vectors train, VeRA needs a high rank (its paper uses 256-1024 on
@@ -157,19 +159,43 @@ register(Strategy("dora", "Pretrain+DoRA", inserts=("peft",), trains=_PEFT_TRAIN
 register(Strategy("vera", "Pretrain+VeRA", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[8], marker=">",
                   peft=PeftMethod.of("VeraConfig", r=64),
                   description="VeRA (shared frozen random projections, rank 64; vectors d and b trained) on the 4 "
-                              "encoder Linears"))
+                              "encoder Linears + LayerNorms + head"))
 # IA3's feed-forward convention (Liu et al., 2022, l_ff): the activation between the two layers of the MLP is
 # rescaled, i.e. fc2 is the 'feed-forward module' whose *input* (128, after GELU) is scaled; fc1 scales its
 # *output* (128, before GELU), as IA3 does for its other targets. Vectors start at 1.
 register(Strategy("ia3", "Pretrain+IA3", inserts=("peft",), trains=_PEFT_TRAINS, color="#7b3294", marker="X",
                   peft=PeftMethod.of("IA3Config", feedforward_modules=["fc2"]),
-                  description="IA3 scaling vectors: fc1's output, fc2's input (feed-forward) in both blocks"))
+                  description="IA3 scaling vectors (fc1's output, fc2's input: feed-forward) in both blocks + "
+                              "LayerNorms + head"))
 register(Strategy("loha", "Pretrain+LoHa", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[6], marker="h",
                   peft=PeftMethod.of("LoHaConfig"),
-                  description="LoHa (Hadamard product of two rank-lora_r factorisations) on the 4 encoder Linears"))
+                  description="LoHa (Hadamard product of two rank-lora_r factorisations) on the 4 encoder Linears + "
+                              "LayerNorms + head"))
 register(Strategy("lokr", "Pretrain+LoKr", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[9], marker="p",
                   peft=PeftMethod.of("LoKrConfig"),
-                  description="LoKr (Kronecker product, second factor of rank lora_r) on the 4 encoder Linears"))
+                  description="LoKr (Kronecker product, second factor of rank lora_r) on the 4 encoder Linears + "
+                              "LayerNorms + head"))
+# OFT: a block-diagonal orthogonal rotation of each Linear's input space (Cayley parametrisation of skew-symmetric
+# blocks, peft's default Neumann approximation). Block size 16 (r=0: peft derives the number of blocks, 4 for fc1's 64
+# inputs, 8 for fc2's 128) puts it at LoRA's budget (2,880 vs 3,072 parameters); peft's default 32 would double it.
+register(Strategy("oft", "Pretrain+OFT", inserts=("peft",), trains=_PEFT_TRAINS, color="#8c510a", marker="d",
+                  peft=PeftMethod.of("OFTConfig", r=0, oft_block_size=16),
+                  description="OFT (orthogonal rotation of the input, blocks of 16) on the 4 encoder Linears + "
+                              "LayerNorms + head"))
+# HRA: r = lora_r Householder reflections of each Linear's input space (the chain of reflections between LoRA and
+# OFT); its identity at insertion needs an even r (peft pairs equal vectors), which the paper's r=4 is.
+register(Strategy("hra", "Pretrain+HRA", inserts=("peft",), trains=_PEFT_TRAINS, color="#01665e", marker="H",
+                  peft=PeftMethod.of("HRAConfig"),
+                  description="HRA (lora_r Householder reflections of the input) on the 4 encoder Linears + "
+                              "LayerNorms + head"))
+# FourierFT: per Linear, n trained coefficients at fixed random frequencies of the weight's 2D spectrum (seed 777,
+# peft's default), dW = scaling * Re(IFFT2). n = 768 per Linear matches LoRA's budget (3,072). Decision:
+# init_weights=True (coefficients 0), because peft's default (False: coefficients ~ N(0, 1), scaling 150) would
+# change the pretrained function at insertion.
+register(Strategy("fourierft", "Pretrain+FourierFT", inserts=("peft",), trains=_PEFT_TRAINS, color="#c51b7d",
+                  marker="8", peft=PeftMethod.of("FourierFTConfig", n_frequency=768, init_weights=True),
+                  description="FourierFT (768 spectral coefficients per Linear) on the 4 encoder Linears + "
+                              "LayerNorms + head"))
 register(Strategy("ln_tuning", "Pretrain+LN-tuning", inserts=("peft",), trains=("peft", "head"), color="#1b7837",
                   marker="*", peft=PeftMethod.of("LNTuningConfig", targets="layernorms"),
                   description="LN-tuning: a trained copy of every LayerNorm + head (originals frozen)"))
