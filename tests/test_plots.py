@@ -21,6 +21,7 @@ from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 from stmedfm.plots import (
     STRATEGY_COLORS,
+    STRATEGY_MARKERS,
     describe,
     draw,
     fig1_architecture,
@@ -63,8 +64,12 @@ def ci95_by_hand(values) -> float:
 
 # --- style ---------------------------------------------------------------------------------------------------
 def test_style_has_one_distinct_colour_per_strategy_and_saves_at_150_dpi():
-    assert set(STRATEGY_COLORS) == {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"}
+    from stmedfm import strategies
+
+    assert {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"} <= set(STRATEGY_COLORS)
+    assert set(STRATEGY_COLORS) == set(strategies.names())  # the peft methods too (issue 22)
     assert len(set(STRATEGY_COLORS.values())) == len(STRATEGY_COLORS)
+    assert len(set(STRATEGY_MARKERS.values())) == len(STRATEGY_MARKERS)
     rc = style()
     assert rc["savefig.dpi"] == 150
     assert rc["axes.grid"] is True
