@@ -251,3 +251,26 @@ def test_load_model_handles_every_peft_method(synthetic_dir, tmp_path):
             strategies.get(strategy).peft.config
         again = load_model(store.root, task="bloodmnist", strategy=strategy, seed=0)  # models/<run id>.pt
         assert again.source == "saved" and np.array_equal(again.predict(raw), first.predict(raw)), strategy
+
+
+def test_peft_runs_share_the_frozen_stem_with_the_other_runs_of_their_checkpoint():
+    """Evaluation replays the stem outputs recorded by the first frozen-stem run of a checkpoint (LoRA here): every
+    peft method hits that record (no new entry) and its logits are bit-identical to a plain evaluation."""
+    from stmedfm import train
+    from stmedfm.config import StudyConfig
+    from stmedfm.train import RunSpec, downstream_model, predict_logits
+
+    cfg = StudyConfig(pretrain_tasks=[TASK], downstream_tasks=[TASK])
+    state = {k: v.clone() for k, v in base_model([TASK]).state_dict().items()}
+    images = torch.randint(0, 256, (24, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    key = (images, TASK, "test", None)
+    train._STEM_CACHE.clear()  # a cache, so emptying it changes no number; a full one would hide a miss
+    predict_logits(downstream_model(cfg, RunSpec(TASK, "lora", 0, 1, 1e-3, True, (TASK,)), state), TASK, images, 8,
+                   reuse=key)
+    entries = len(train._STEM_CACHE)
+    assert entries == 1
+    for strategy in PEFT_METHODS:
+        model = downstream_model(cfg, RunSpec(TASK, strategy, 0, 1, 1e-3, True, (TASK,)), state)
+        replayed = predict_logits(model, TASK, images, 8, reuse=key)
+        assert len(train._STEM_CACHE) == entries, strategy  # a hit, not a new record
+        assert (replayed == predict_logits(model, TASK, images, 8)).all(), strategy
