@@ -197,7 +197,10 @@ def peft_config(method: strategies.PeftMethod, model: STMedFM, lora_r: int = 4, 
     for key in MODULE_OPTIONS:  # last names ('fc2') -> the full names of those targets, as peft compares them
         if key in kwargs:
             kwargs[key] = [t for t in targets if t.rsplit(".", 1)[-1] in set(kwargs[key])]
-    return cls(target_modules=targets, **kwargs)
+    try:
+        return cls(target_modules=targets, **kwargs)
+    except (TypeError, ValueError) as exc:  # an option peft does not know or accept: name it in one line
+        raise StmedfmError(f"peft {hf.__version__} rejects {method.describe()}: {' '.join(str(exc).split())}") from None
 
 
 def add_peft(model: STMedFM, method: strategies.PeftMethod, lora_r: int = 4, lora_alpha: float = 4.0) -> STMedFM:

@@ -172,6 +172,17 @@ def test_peft_layers_of_another_method_are_refused():
         add_peft(model, strategies.get("dora").peft)
 
 
+def test_a_bad_peft_registration_is_named_in_one_line():
+    from stmedfm.peft import peft_config
+
+    for method, match in ((strategies.PeftMethod.of("NoSuchConfig"), "has no config class 'NoSuchConfig'"),
+                          (strategies.PeftMethod.of("LoraConfig", rank=3), r"rejects LoraConfig\(rank=3\)"),
+                          (strategies.PeftMethod.of("OFTConfig"), "rejects OFTConfig")):  # r=4 and block size 32
+        with pytest.raises(StmedfmError, match=match) as err:
+            peft_config(method, base_model([TASK]))
+        assert "\n" not in str(err.value)
+
+
 def test_a_peft_method_is_one_registration_and_in_the_run_identity():
     from stmedfm.config import StudyConfig
     from stmedfm.study import official_data, run_id
