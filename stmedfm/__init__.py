@@ -7,7 +7,7 @@ checks both the imports and that this list and that one agree)::
 
     cli                                   the command line (also ``python -m stmedfm``)
     bench | findings | notebook           benchmark; conclusions for the README; notebook helpers
-    variants                              variant studies (params/beyond.yaml; formerly stmedfm.beyond)
+    variants | methods                    variant studies (params/beyond.yaml); every strategy compared
     bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report
     tables                                the paper's tables from a result store
     study | studyname                     execute a study; one name and parameter file per store

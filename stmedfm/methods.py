@@ -29,24 +29,23 @@ Decisions, written down once:
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.transforms import ScaledTranslation
 
-from stmedfm import stats, strategies
+from stmedfm import paths, stats, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
+from stmedfm.peft import parameter_table
+from stmedfm.plots import fig_fewshot_methods, fig_pareto, write_figure
+from stmedfm.report import claim_roles
+from stmedfm.store import ResultStore
 
 __all__ = ["METRICS", "REFERENCES", "counts", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
-           "fewshot", "task_table", "comparison_view", "findings", "fig_pareto", "fig_fewshot_methods",
-           "figures", "write_figures"]
+           "fewshot", "task_table", "comparison_view", "pareto_best", "findings", "figures", "write_figures"]
 
 #: The metrics of the tables, the primary one first; ``*_ts`` only when the study scaled temperatures.
 METRICS = ("macro_auroc", "macro_f1", "ece", "brier", "ece_ts", "brier_ts")
@@ -167,9 +166,6 @@ def fewshot(metrics: pd.DataFrame, metric: str = "macro_auroc") -> pd.DataFrame:
 def analyse(store) -> dict[str, pd.DataFrame]:
     """The tables of :data:`TABLES` computed from a study's store (a :class:`~stmedfm.study.ResultStore` or its
     path), plus ``small_task`` / ``dominant_task`` as one-row frames of the roles."""
-    from stmedfm.report import claim_roles
-    from stmedfm.study import ResultStore
-
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     metrics, runs = store.table("metrics"), store.table("runs")
     summ = summary(metrics, runs)
@@ -180,8 +176,6 @@ def analyse(store) -> dict[str, pd.DataFrame]:
 
 def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Write ``methods_<name>.csv`` (and ``methods_roles.csv``) into the store; returns the paths."""
-    from stmedfm.study import ResultStore
-
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     tables = analyse(store) if tables is None else tables
     written = []
@@ -208,8 +202,6 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
 def counts(names=None, tasks=("pathmnist", "bloodmnist", "dermamnist", "organmnist3d"), width: int = 64) -> pd.DataFrame:
     """Table 4 for strategies ``names`` (default: every registered one): per strategy what it trains, its trainable
     parameters on each of ``tasks`` (the paper's four by default) and its total on the first task."""
-    from stmedfm.peft import parameter_table
-
     names = list(strategies.names() if names is None else names)
     t = parameter_table(tasks=tasks, strategies=names, width=width)
     wide = t.pivot(index="strategy", columns="task", values="trainable").reindex(index=names, columns=list(tasks))
@@ -363,116 +355,8 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures (tidy frames in, Figure out; written with the project's figure writer)
+# figures (drawn by stmedfm.plots.methods from the tidy tables; written with the project's figure writer)
 # ---------------------------------------------------------------------------------------------------------------
-def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure:
-    """AUROC vs trainable parameters (log x), one panel per task: each strategy with its 95 % CI bar (registry
-    colour and marker) and the Pareto front as a step line through its members."""
-    from stmedfm.plots import STRATEGY_MARKERS, style
-
-    need = ("task", "strategy", "trainable_params", "mean", "ci_low", "ci_high", "front")
-    missing = [c for c in need if c not in pareto_frame.columns]
-    if missing or pareto_frame.empty:
-        raise StmedfmError(f"fig_pareto needs the methods_pareto table (columns {', '.join(need)}); "
-                           f"{'missing ' + ', '.join(missing) if missing else 'it is empty'}.")
-    tasks = list(dict.fromkeys(pareto_frame["task"]))
-    with rc_context(style()):
-        fig = Figure(figsize=(4.6 * len(tasks) + 2.6, 4.8))
-        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-        for ax, task in zip(axes, tasks):
-            g = pareto_frame[pareto_frame["task"] == task]
-            g = g.assign(_o=g["strategy"].map(strategies.order)).sort_values(["trainable_params", "_o"])
-            # strategies with the same count (Scratch and Full; VeRA and LoKr) side by side, a few points apart
-            slot = g.groupby("trainable_params").cumcount().to_numpy()
-            size = g.groupby("trainable_params")["strategy"].transform("size").to_numpy()
-            for r, i, k in zip(g.itertuples(), slot, size):
-                shift = ax.transData + ScaledTranslation((i - (k - 1) / 2) * 0.08, 0, fig.dpi_scale_trans)
-                lo, hi = max(r.ci_low, 0.0), min(r.ci_high, 1.0)  # an AUROC lives in [0, 1]
-                err = [[r.mean - lo], [hi - r.mean]] if np.isfinite(r.ci_low) else None
-                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=STRATEGY_MARKERS.get(r.strategy, "o"),
-                            color=strategies.color(r.strategy), ms=8 if r.front else 6, capsize=3, lw=1.2,
-                            mec="black" if r.front else strategies.color(r.strategy), mew=1.0,
-                            label=strategies.label(r.strategy), zorder=3, transform=shift)
-                # shifted artists do not autoscale: the bar's extent enters the data limits here
-                ax.update_datalim([(r.trainable_params, lo if np.isfinite(lo) else r.mean),
-                                   (r.trainable_params, hi if np.isfinite(hi) else r.mean)])
-            front = g[g["front"].astype(bool)]
-            if len(front):
-                ax.step(front["trainable_params"], front["mean"], where="post", color="#444444", lw=1.1, ls="--",
-                        zorder=2, label="Pareto front")
-            ax.set_xscale("log")
-            ax.autoscale_view()
-            ax.set_xlabel("trainable parameters (log scale)")
-            n = int(g["n"].max()) if "n" in g and g["n"].notna().any() else 0
-            ax.set_title(f"{task} (n = {n} seeds)")
-        axes[0].set_ylabel(f"test macro {metric_name} (mean ± 95 % CI)")
-        keep = {}
-        for ax in axes:
-            for h, label in zip(*ax.get_legend_handles_labels()):
-                keep.setdefault(label, h)
-        order = sorted(keep, key=lambda lab: (lab != "Pareto front", [strategies.label(s) for s in
-                                                                      strategies.names()].index(lab)
-                                              if lab in [strategies.label(s) for s in strategies.names()] else 99))
-        axes[-1].legend([keep[k] for k in order], order, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-                        title="strategy (black edge:\non the Pareto front)")
-        fig.suptitle(f"{metric_name} vs trainable parameters per task: the Pareto front", fontsize=12)
-        fig.tight_layout()
-    return fig
-
-
-def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lora", "full")) -> Figure:
-    """Few-shot AUROC vs K on ``task``, one small panel per pretrained method (mean ± 95 % CI over seeds, registry
-    colour) with the ``references`` (the paper's LoRA, Full) as grey lines in every panel, so each method reads
-    against the same yardstick without eleven overlapping lines."""
-    from stmedfm.plots import STRATEGY_MARKERS, style
-
-    need = ("task", "strategy", "k", "mean", "ci_low", "ci_high")
-    missing = [c for c in need if c not in fewshot_frame.columns]
-    g0 = fewshot_frame[fewshot_frame["task"] == task] if not missing else pd.DataFrame()
-    if g0.empty:
-        raise StmedfmError(f"fig_fewshot_methods needs the methods_fewshot rows of task '{task}' (columns "
-                           f"{', '.join(need)}).")
-    methods = sorted(set(g0["strategy"]), key=lambda s: (strategies.order(s), s))
-    cols = min(4, len(methods))
-    rows = math.ceil(len(methods) / cols)
-    ks = sorted(int(k) for k in g0["k"].unique())
-    with rc_context(style()):
-        fig = Figure(figsize=(3.3 * cols, 2.7 * rows + 0.8))
-        axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
-        for i, ax in enumerate(axes.ravel()):
-            if i >= len(methods):
-                ax.set_visible(False)
-                continue
-            strategy = methods[i]
-            for ref, ls in zip(references, ("--", ":")):
-                r = g0[g0["strategy"] == ref].sort_values("k")
-                if not r.empty and ref != strategy:
-                    ax.plot(r["k"], r["mean"], ls=ls, color="#888888", lw=1.2, label=strategies.label(ref))
-            g = g0[g0["strategy"] == strategy].sort_values("k")
-            color = strategies.color(strategy)
-            ax.plot(g["k"], g["mean"], marker=STRATEGY_MARKERS.get(strategy, "o"), color=color, lw=1.8, ms=5)
-            ok = g["ci_low"].notna().to_numpy()
-            if ok.any():  # an AUROC lives in [0, 1]
-                ax.fill_between(g["k"][ok], g["ci_low"][ok].clip(lower=0), g["ci_high"][ok].clip(upper=1),
-                                color=color, alpha=0.18, lw=0)
-            ax.set_title(strategies.label(strategy), fontsize=10)
-            ax.set_xticks(ks)
-            if i % cols == 0:
-                ax.set_ylabel("test macro AUROC")
-            if i // cols == rows - 1:
-                ax.set_xlabel("K per class")
-        present = [(ref, ls) for ref, ls in zip(references, ("--", ":")) if ref in set(g0["strategy"])]
-        if present:
-            fig.legend([Line2D([], [], color="#888888", ls=ls, lw=1.2) for _, ls in present],
-                       [strategies.label(ref) for ref, _ in present], loc="upper right", ncol=len(present),
-                       fontsize=8.5, title="grey: references")
-        n = int(g0["n"].max())
-        fig.suptitle(f"Few-shot AUROC vs K on {task} (mean ± 95 % CI over {n} seeds, splits averaged)", fontsize=12,
-                     x=0.02, ha="left")
-        fig.tight_layout()
-    return fig
-
-
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
     """Every figure of the tables: ``pareto_auroc`` and one ``fewshot_methods_<task>`` per few-shot task."""
     out = {}
@@ -487,10 +371,6 @@ def figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
 def write_figures(store, tables: dict[str, pd.DataFrame], out: str | os.PathLike | None = None) -> list[Path]:
     """Write :func:`figures` as PNG + SVG into ``out`` (default ``figures/<study>/``) with the store's notices
     (smoke budgets, synthetic data) across each figure; returns the paths."""
-    from stmedfm import paths
-    from stmedfm.plots import write_figure
-    from stmedfm.study import ResultStore
-
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     out_dir = Path(out) if out is not None else paths.figures_dir(store.config().study)
     notices = store.notices()

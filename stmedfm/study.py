@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +28,7 @@ from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
 from stmedfm.io import atomic_write_bytes, atomic_write_text
 from stmedfm.planning import PlannedRun, PretrainJob, StudyData, plan, pretrain_jobs, unique_runs
 from stmedfm.precision import identity_name, resolve
-from stmedfm.store import ResultStore
+from stmedfm.store import MARKER, ResultStore
 from stmedfm.train import RunResult, RunSpec, pretrain, run_downstream
 
 

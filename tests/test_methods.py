@@ -125,7 +125,7 @@ def test_figures_and_views(tables):
     assert table.loc[0, "strategy"] == "Scratch" and "AUROC" in table.columns
     with pytest.raises(StmedfmError, match="No transfer rows for task 'bloodmnist'"):
         methods.task_table(tables, "bloodmnist")
-    with pytest.raises(StmedfmError, match="fig_pareto needs the methods_pareto table"):
+    with pytest.raises(StmedfmError, match=r"fig_pareto \(the methods_pareto table\) needs columns strategy"):
         methods.fig_pareto(pd.DataFrame({"task": ["x"]}))
     with pytest.raises(StmedfmError, match="lacks column"):
         methods.summary(pd.DataFrame({"task": []}), pd.DataFrame())
@@ -160,7 +160,7 @@ def test_the_study_files_plan_every_registered_strategy():
 def test_the_paper_strategies_keep_the_offline_run_ids():
     """The runs peft_methods.yaml shares with params/offline.yaml (scratch/full/lora/adapter/linear probe, few-shot
     full/lora/adapter on retinamnist, and the checkpoints) have the same ids: the same computations."""
-    from stmedfm.study import official_data, plan, run_id
+    from stmedfm.planning import official_data, plan, run_id
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
     offline = StudyConfig.load(ROOT / "params" / "offline.yaml").replace(seeds=cfg.seeds)
@@ -172,7 +172,7 @@ def test_the_paper_strategies_keep_the_offline_run_ids():
 
 def test_the_findings_generator_writes_the_methods_block_from_committed_tables(tables, tmp_path):
     from stmedfm import findings
-    from stmedfm.study import ResultStore
+    from stmedfm.store import ResultStore
 
     store = ResultStore(tmp_path / "peft_methods")
     store.root.mkdir()
@@ -190,7 +190,8 @@ def test_a_study_reuses_the_runs_and_checkpoints_of_the_same_id(synthetic_dir, t
     import yaml
 
     from stmedfm import cli
-    from stmedfm.study import ResultStore, plan, run_id, study_data
+    from stmedfm.planning import plan, run_id, study_data
+    from stmedfm.store import ResultStore
 
     base = {"workers": 1, "data_dir": str(synthetic_dir), "seeds": 1, "pretrain_tasks": ["bloodmnist"],
             "pretrain_steps": 2, "downstream_tasks": ["bloodmnist"], "scratch_steps_2d": 2, "finetune_steps_2d": 2,

@@ -185,7 +185,7 @@ def test_a_bad_peft_registration_is_named_in_one_line():
 
 def test_a_peft_method_is_one_registration_and_in_the_run_identity():
     from stmedfm.config import StudyConfig
-    from stmedfm.study import official_data, run_id
+    from stmedfm.planning import official_data, run_id
     from stmedfm.train import RunSpec
 
     with pytest.raises(StmedfmError, match="goes with inserts=\\('peft',\\)"):

@@ -15,6 +15,7 @@ import X`` does not depend on where X lives:
   description of the model, :func:`describe`, and a generic renderer, :func:`draw`), forward shapes;
 * :mod:`~stmedfm.plots.paper` — Figures 2-7 and :func:`write_figures`;
 * :mod:`~stmedfm.plots.variants` — the variant studies' figures (:mod:`stmedfm.variants`);
+* :mod:`~stmedfm.plots.methods` — the figures of the study of every strategy (:mod:`stmedfm.methods`);
 * :mod:`~stmedfm.plots.dataset` — sample images and class distributions (notebook 01).
 
 =======  ====================================  ================================================================
@@ -40,6 +41,7 @@ from stmedfm.plots.architecture import (
     study_model,
 )
 from stmedfm.plots.dataset import fig_class_distribution, fig_samples
+from stmedfm.plots.methods import fig_fewshot_methods, fig_pareto
 from stmedfm.plots.paper import (
     fig2_pretraining_loss,
     fig3_train_size_auroc,
@@ -64,6 +66,8 @@ from stmedfm.plots.style import (
 from stmedfm.plots.variants import DATA_EFFICIENCY_LABELS, fig_budget_auroc, fig_contrasts, fig_data_efficiency
 
 __all__ = [
+    "fig_pareto",
+    "fig_fewshot_methods",
     "STRATEGY_COLORS",
     "STRATEGY_LABELS",
     "STRATEGY_MARKERS",
