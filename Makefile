@@ -66,7 +66,7 @@ beyond: variants
 # (+ HTML; it writes results/<study>/methods_*.csv and figures/<study>/), then the paper tables and the generated
 # findings block of docs/peft_methods.md. Smoke: make peft-methods PEFT_METHODS=params/peft_methods_smoke.yaml
 # REUSE: stores whose runs of the same id are taken instead of computed (results/offline holds the paper
-# strategies' runs and the checkpoints of seeds 0-9: 420 of 1,350 runs); REUSE= computes everything.
+# strategies' runs and the checkpoints of seeds 0-9: 420 of 1,710 runs); REUSE= computes everything.
 PEFT_METHODS ?= params/peft_methods.yaml
 REUSE ?= $(wildcard results/offline)
 
