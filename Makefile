@@ -79,7 +79,11 @@ peft-methods: setup
 	  --no-progress-bar -p params $(PEFT_METHODS) $(NB_ARGS); \
 	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/10_peft_methods.ipynb; \
 	$(BIN)/stmedfm tables results/$$study; \
-	if [ "$$study" = peft_methods ]; then $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md; fi
+	if [ "$$study" = peft_methods ]; then \
+	  grep -q '^<!-- stmedfm:methods ' docs/peft_methods.md || \
+	    printf '\n<!-- stmedfm:methods results/peft_methods -->\n<!-- /stmedfm -->\n' >> docs/peft_methods.md; \
+	  $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md; \
+	fi
 
 # All tests: unit tests (synthetic data; real files when $$STMEDFM_DATA has them), then every notebook with its
 # smoke defaults under nbval (needs the real files in $$STMEDFM_DATA; cells marked NBVAL_CHECK_OUTPUT must
