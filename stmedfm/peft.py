@@ -246,6 +246,7 @@ def _check_peft(model: nn.Module, strategy: str) -> None:
     injected = getattr(model, "peft_config", {}).get("default")
     if method is None or injected is None:
         return
+
     def same(key, a, b) -> bool:  # peft keeps some list options as sets, of full names for MODULE_OPTIONS
         if isinstance(a, (list, tuple, set)) and isinstance(b, (list, tuple, set)):
             if key in MODULE_OPTIONS:
