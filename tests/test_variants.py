@@ -289,20 +289,24 @@ def test_a_file_extends_another_without_redefining_its_variants(tmp_path):
     assert main(["config", "params/contrasts.yaml", "--get", "study"]) == 0
 
 
-def test_reanalyse_recomputes_the_comparisons_from_the_committed_metrics(tmp_path):
-    """The committed results/beyond has no run stores; its comparisons come back from metrics.csv alone, equal to
-    the committed comparisons.csv (which a test thus ties to the committed measurements)."""
+@pytest.mark.parametrize("name", ["beyond", "contrasts"])
+def test_reanalyse_recomputes_the_comparisons_from_the_committed_metrics(tmp_path, name):
+    """The committed variant studies have no run stores; their comparisons come back from metrics.csv alone, equal
+    to the committed comparisons.csv (which a test thus ties to the committed measurements and today's analysis);
+    a stale export (an earlier analysis, without verdicts) is never what read() shows."""
     import shutil
 
-    study = variants.load("params/beyond.yaml", out=tmp_path / "beyond")
-    shutil.copytree(paths.project_root() / "results" / "beyond", study.root,
-                    ignore=shutil.ignore_patterns("comparisons.csv", "tables"))
+    study = variants.load(f"params/{name}.yaml", out=tmp_path / name)
+    committed_dir = paths.project_root() / "results" / name
+    shutil.copytree(committed_dir, study.root, ignore=shutil.ignore_patterns("comparisons.csv", "tables"))
     tables = variants.reanalyse(study)
-    committed = pd.read_csv(paths.project_root() / "results" / "beyond" / "comparisons.csv")
+    committed = pd.read_csv(committed_dir / "comparisons.csv")
     pd.testing.assert_frame_equal(pd.read_csv(study.root / "comparisons.csv"), committed)
     assert (study.root / "tables" / "comparisons.md").read_text() == \
-        (paths.project_root() / "results" / "beyond" / "tables" / "comparisons.md").read_text()
+        (committed_dir / "tables" / "comparisons.md").read_text()
     assert set(tables["comparisons"]["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    committed.drop(columns="verdict").to_csv(study.root / "comparisons.csv", index=False)
+    assert "verdict" in variants.read(study)["comparisons"]
     (study.root / "metrics.csv").unlink()
     with pytest.raises(StmedfmError, match="No metrics.csv in"):
         variants.reanalyse(study)
