@@ -52,7 +52,6 @@ and without one git sees the rename, so changes made meanwhile to ``beyond.py`` 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,9 +64,9 @@ from stmedfm import plots
 from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
-from stmedfm.planning import plan, run_id, study_data
-from stmedfm.store import ResultStore
-from stmedfm.study import run_study
+from stmedfm.planning import plan, study_data
+from stmedfm.store import MARKER, ResultStore
+from stmedfm.study import reuse_runs, run_study
 from stmedfm.tables import cell, markdown, summarise
 from stmedfm.train import sampling_probabilities
 
@@ -194,43 +193,13 @@ def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Vari
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.share")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _share(study: VariantStudy, variant: str, data) -> int:
-    """Copy into ``variant``'s store every run and checkpoint it plans that a sibling variant already has (an id
-    covers parameters and data, so only what this variant would compute itself is copied)."""
-    cfg = study.configs[variant]
-    store = ResultStore(study.root / variant)
-    others = [ResultStore(study.root / v) for v in study.configs if v != variant and (study.root / v).is_dir()]
-    shared = 0
-    planned = plan(cfg)
-    for p in planned:
-        rid = run_id(cfg, p.spec, data)
-        if store.has_run(rid):
-            continue
-        for other in others:
-            if other.has_run(rid):
-                _link_or_copy(other.run_path(rid), store.run_path(rid))
-                shared += 1
-                break
-    for job in {p.pretrain_job for p in planned if p.pretrain_job}:
-        jid = job.id(cfg, data)
-        if store.has_checkpoint(jid):
-            continue
-        for other in others:
-            if other.has_checkpoint(jid):
-                _link_or_copy(other.loss_path(jid), store.loss_path(jid))
-                _link_or_copy(other.checkpoint_path(jid), store.checkpoint_path(jid))
-                break
-    return shared
+    """Link into ``variant``'s store every run and checkpoint it plans that a sibling variant already has
+    (:func:`stmedfm.study.reuse_runs`: an id covers parameters and data, so only what this variant would compute
+    itself is taken; Scratch, which does not depend on the sampler, is computed once)."""
+    siblings = [study.root / v for v in study.configs if v != variant and (study.root / v / MARKER).is_file()]
+    runs, _ = reuse_runs(study.configs[variant], ResultStore(study.root / variant), siblings, data)
+    return runs
 
 
 def run(study: VariantStudy, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
