@@ -48,7 +48,7 @@ from stmedfm import paths, registry
 from stmedfm import strategies as _strategies
 from stmedfm.errors import StmedfmError
 
-PAPER_TASKS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
+PAPER_TASKS = registry.PAPER_TASKS  #: defined once, in the registry of flags
 #: The strategies the paper's protocol runs by default (Tables 5-8b, with our linear probe); every registered
 #: strategy (stmedfm.strategies) is accepted.
 STRATEGY_NAMES = ("scratch", "full", "lora", "adapter", "linear_probe")

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stmedfm import paths, stats, strategies
+from stmedfm import paths, registry, stats, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
 from stmedfm.peft import parameter_table
@@ -199,7 +199,7 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
     return out
 
 
-def counts(names=None, tasks=("pathmnist", "bloodmnist", "dermamnist", "organmnist3d"), width: int = 64) -> pd.DataFrame:
+def counts(names=None, tasks=registry.PAPER_TASKS, width: int = 64) -> pd.DataFrame:
     """Table 4 for strategies ``names`` (default: every registered one): per strategy what it trains, its trainable
     parameters on each of ``tasks`` (the paper's four by default) and its total on the first task."""
     names = list(strategies.names() if names is None else names)

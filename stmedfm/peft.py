@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from stmedfm import strategies
+from stmedfm import registry, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 
@@ -360,7 +360,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def parameter_table(
-    tasks: Iterable[str] = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d"),
+    tasks: Iterable[str] = registry.PAPER_TASKS,
     strategies: Iterable[str] = ("scratch", "full", "lora", "adapter"),
     width: int = 64,
 ) -> pd.DataFrame:

@@ -16,6 +16,8 @@ from importlib import resources
 from stmedfm.errors import StmedfmError
 
 SIZES = (28, 64, 128, 224)
+#: The paper's four tasks (PathMNIST, BloodMNIST, DermaMNIST, OrganMNIST3D): its protocol, Table 4's counts.
+PAPER_TASKS = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 SPLITS = ("train", "val", "test")
 
 
