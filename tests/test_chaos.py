@@ -55,10 +55,17 @@ def params(make_config, tmp_path_factory) -> Path:
     return path
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a shell's background job (nohup, some CI runners) starts its children with
+    SIGINT ignored, which Python then keeps, and the client would not see the signal this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def study(params: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-c", CLIENT, "study", str(params), "--out", str(out), "-q"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_as_from_a_terminal)
 
 
 def finished(proc: subprocess.Popen) -> None:
