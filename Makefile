@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PARAMS ?= params/paper.yaml
 ARGS   ?=
 
-.PHONY: setup study quick variants beyond peft-methods tables test clean-venv
+.PHONY: setup study quick variants beyond peft-methods test clean-venv
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +65,9 @@ beyond: variants
 # params/peft_methods.yaml, 10 seeds) into results/<study>/, then notebook 10 executed on it into runs/<study>/
 # (+ HTML; it writes results/<study>/methods_*.csv and figures/<study>/), then the paper tables and the generated
 # findings block of docs/peft_methods.md. Smoke: make peft-methods PEFT_METHODS=params/peft_methods_smoke.yaml
-# REUSE: stores whose runs of the same id are taken instead of computed (results/offline holds the paper
-# strategies' runs and the checkpoints of seeds 0-9: 420 of 1,710 runs); REUSE= computes everything.
+# REUSE: stores whose runs of the same id are taken instead of computed (results/offline, once its run store
+# exists on this machine, holds the paper strategies' runs and the checkpoints of seeds 0-9: 420 of 1,710 runs;
+# the committed results/offline has no run files); REUSE= computes everything.
 PEFT_METHODS ?= params/peft_methods.yaml
 REUSE ?= $(wildcard results/offline)
 

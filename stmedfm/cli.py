@@ -4,9 +4,9 @@ Commands: ``data`` (registry and local status), ``download`` (official files, MD
 (Table 4), ``synthetic`` (test files of official shapes), ``config`` (a parameter file as the study reads it; ``--get
 study`` is how the Makefile learns a study's name), ``study`` (run or resume a parameter file, locally or on a Dask
 cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
-``figures`` (paper figures), ``variants`` (variant studies; ``beyond``, its former name, still works). ``stmedfm``
-alone prints this help, ``--version`` the
-version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
+``figures`` (paper figures), ``variants`` (variant studies; ``beyond``, its former name, still works), ``report``
+(the paper's claims tested over seeds, and the generated blocks of markdown files). ``stmedfm`` alone prints this
+help, ``--version`` the version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
 
 Each command imports what it runs inside its ``cmd_*`` function, the one place in the package that does so on
@@ -121,10 +121,11 @@ def yaml_dump(value) -> str:
 
 
 def cmd_study(args) -> None:
-    from stmedfm.study import run_study
+    from stmedfm.study import reuse_sources, run_study
     from stmedfm.studyname import claim
 
     cfg = _config(args)
+    reuse_sources(args.reuse or (), args.out or "")
     out = claim(cfg, args.params, out=args.out)
     store = run_study(cfg, out=out, progress=not args.quiet, scheduler=args.scheduler, reuse=args.reuse or ())
     print(f"study '{cfg.study}': results in {store.root}")
@@ -178,12 +179,16 @@ def cmd_tables(args) -> None:
 def cmd_report(args) -> None:
     from stmedfm import findings
 
+    from pathlib import Path
+
+    missing = [p for p in args.markdown or [] if not Path(p).is_file()]
+    if missing:
+        raise StmedfmError(f"--markdown names {', '.join(map(repr, missing))}, which is not a file (run from the "
+                           f"project root, e.g. --markdown README.md).")
     out = findings.write_findings(args.results)
     print(f"{args.results}: claims.csv ({len(out['claims'])} claim x metric rows), paper_single_run.csv "
           f"({len(out['paper_single_run'])} paper cells)")
     for path in args.markdown or []:
-        from pathlib import Path
-
         text = Path(path).read_text()
         new = findings.update_markdown(text)
         if new != text:
@@ -320,7 +325,8 @@ def _result_commands(sub) -> None:
                                       "and rewrite the generated blocks of markdown files")
     p.add_argument("results", help="result directory, e.g. results/offline")
     p.add_argument("--markdown", action="append", metavar="FILE",
-                   help="a markdown file whose <!-- stmedfm:reference ... --> blocks to regenerate (repeatable)")
+                   help="a markdown file whose generated <!-- stmedfm:KIND ... --> blocks (reference, variants, flips, "
+                        "methods) to regenerate from the committed tables (repeatable)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("figures", help="draw the paper's figures (PNG + SVG) from a result store")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -289,6 +290,17 @@ class StudyConfig:
                 if s not in known:
                     errors.append(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, known)} "
                                   f"Strategies: {', '.join(known)}.")
+        used = {s for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies",
+                               "leave_out_strategies", "budget_strategies", "data_fraction_strategies")
+                for s in getattr(self, name) if s in _strategies.REGISTRY}
+        for s in sorted(used, key=_strategies.order):
+            if not hasattr(self, _strategies.get(s).lr_field):
+                errors.append(f"Strategy '{s}' takes its learning rate from '{_strategies.get(s).lr_field}', "
+                              f"which is not a StudyConfig field.")
+        peft_methods = [s for s in sorted(used, key=_strategies.order) if _strategies.get(s).peft is not None]
+        if peft_methods and importlib.util.find_spec("peft") is None:
+            errors.append(f"Strategies {', '.join(peft_methods)} need the peft package: "
+                          f"pip install 'stmedfm[peft]' (or pip install peft).")
         fresh = [s for s in [*self.fewshot_strategies, *self.leave_out_strategies]
                  if s in _strategies.REGISTRY and not _strategies.get(s).pretrained]
         if fresh:

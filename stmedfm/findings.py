@@ -184,8 +184,7 @@ def _f(x: float, sign: bool = False) -> str:
     return "—" if not np.isfinite(x) else (f"{x:+.3f}" if sign else f"{x:.3f}")
 
 
-def _p(x: float) -> str:
-    return "—" if not np.isfinite(x) else f"{x:.2g}" if x >= 1e-3 else f"{x:.0e}"
+_p = stats.format_p
 
 
 def reference_block(results: str | Path) -> str:

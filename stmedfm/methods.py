@@ -223,8 +223,7 @@ def _cell(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{mean:.3f}"
 
 
-def _p(p: float) -> str:
-    return "—" if not np.isfinite(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.0e}"
+_p = stats.format_p
 
 
 def task_table(tables: dict[str, pd.DataFrame], task: str) -> pd.DataFrame:

@@ -9,7 +9,7 @@ per cell and no logic is copied between them. Three jobs, nothing else:
   validated :class:`~stmedfm.config.StudyConfig`, runs or resumes the study into the shared store
   ``results/<study>/`` and returns ``(cfg, store)``; :func:`config` does the same without running anything;
   :func:`ensure_data` is the one data helper (downloads when ``download`` is true, else says how in one line).
-* **Display**: :func:`position` ("Notebook 2 of 9", counted from the notebooks that exist), :func:`show`,
+* **Display**: :func:`position` ("Notebook 2 of 10", counted from the notebooks that exist), :func:`show`,
   :func:`show_tables`, :func:`study_tables` (the paper tables, written into ``results/<study>/tables/``),
   :func:`save_figure` (a figure of :mod:`stmedfm.plots` into ``figures/<study>/``) and :func:`show_source` (the
   code a notebook explains, read from the package).
@@ -79,6 +79,8 @@ DEFAULT_PARAMS = "params/smoke.yaml"
 #: the study of every registered strategy (stmedfm.methods); `make study` runs 01-08 only, `make variants` runs 09 and
 #: `make peft-methods` 10.
 NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml", "10_peft_methods": "params/peft_methods_smoke.yaml"}
+#: The parameter files that give a notebook its results (named in its parameters cell).
+RESULT_PARAMS = {"09_beyond": "params/beyond.yaml", "10_peft_methods": "params/peft_methods.yaml"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,7 +157,8 @@ def parameters_cell(notebook: str) -> str:
     every parameter a reader sets. Any other field of :class:`~stmedfm.config.StudyConfig` can be injected too
     (``-p seeds 5``)."""
     default = NOTEBOOK_PARAMS.get(notebook, DEFAULT_PARAMS)
-    return (f'params = "{default}"  # the parameter file: params/offline.yaml or params/paper.yaml for results\n'
+    results = RESULT_PARAMS.get(notebook, "params/offline.yaml or params/paper.yaml")
+    return (f'params = "{default}"  # the parameter file: {results} for results\n'
             "download = False  # True: download the official MedMNIST files it needs (your consent; CC BY 4.0,\n"
             "#                   DermaMNIST CC BY-NC 4.0), verified, into $STMEDFM_DATA or ~/.medmnist")
 
@@ -361,7 +364,7 @@ def save_figure(fig, name: str, cfg: StudyConfig):
 
 
 def position(notebook: str) -> None:
-    """Print where ``notebook`` stands in the study: "Notebook 2 of 9 of the STMedFM study", with its neighbours.
+    """Print where ``notebook`` stands in the study: "Notebook 2 of 10 of the STMedFM study", with its neighbours.
 
     Counted from the notebooks that exist (:data:`NOTEBOOKS`), at run time: a count written into each notebook's
     markdown went stale every time a notebook was added."""
@@ -388,7 +391,7 @@ def show_source(*objects) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# relinking after a fork (documented in the README)
+# relinking after a fork (documented in docs/notebooks.md)
 # ---------------------------------------------------------------------------------------------------------------
 def relink(files) -> None:
     """Rewrite the badges, the parameters cell and the Colab cell of each notebook from this module (after changing

@@ -30,7 +30,7 @@ from scipy import stats as st
 from stmedfm.errors import StmedfmError
 
 __all__ = ["ALPHA", "holm", "rank_biserial", "mean_ci", "prediction_interval", "paired_test", "min_two_sided_p",
-           "compare", "verdict"]
+           "compare", "verdict", "format_p"]
 
 ALPHA = 0.05  #: the level of every verdict (:func:`verdict`)
 
@@ -101,6 +101,11 @@ def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
         return (float(v.mean()) if len(v) else float("nan")), float("nan"), float("nan")
     half = st.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / len(v))
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def format_p(p: float) -> str:
+    """A p-value as the generated findings print it: two significant digits, scientific below 0.001, '—' if none."""
+    return "—" if not np.isfinite(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.0e}"
 
 
 def min_two_sided_p(n: int) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from stmedfm import registry
 from stmedfm.errors import StmedfmError
 
-__all__ = ["Strategy", "PeftMethod", "register", "get", "names", "label", "color", "order", "REGISTRY", "PALETTE"]
+__all__ = ["Strategy", "PeftMethod", "INSERT_KINDS", "TRAIN_GROUPS", "register", "get", "names", "label", "color", "marker", "order", "REGISTRY", "PALETTE"]
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,23 @@ class Strategy:
 
 
 REGISTRY: dict[str, Strategy] = {}
+#: The module kinds (``inserts``) and parameter groups (``trains``) that :mod:`stmedfm.peft` implements
+#: (``peft.INSERTS``, ``peft.GROUPS``; a test keeps the names equal). Named here so that a registration naming
+#: something unknown fails when it is made, not in a worker after pretraining.
+INSERT_KINDS = ("lora", "adapter", "peft")
+TRAIN_GROUPS = ("all", "head", "layernorm", "bias", "lora", "adapter", "peft")
 
 
 def register(strategy: Strategy) -> Strategy:
     """Add ``strategy`` (its name must be new); its position in the registry is its order in tables and figures."""
     if strategy.name in REGISTRY:
         raise StmedfmError(f"A strategy named '{strategy.name}' is already registered.")
+    unknown = [k for k in strategy.inserts if k not in INSERT_KINDS] + [g for g in strategy.trains
+                                                                          if g not in TRAIN_GROUPS]
+    if unknown or not strategy.trains or not strategy.lr_field.startswith("lr_"):
+        raise StmedfmError(f"Strategy '{strategy.name}': inserts must be among {', '.join(INSERT_KINDS)}, trains a "
+                           f"non-empty choice of {', '.join(TRAIN_GROUPS)}, lr_field a StudyConfig field 'lr_...'"
+                           f"{f' (unknown: {unknown})' if unknown else ''}.")
     if (strategy.peft is not None) != ("peft" in strategy.inserts):
         raise StmedfmError(f"Strategy '{strategy.name}': a peft method (peft=PeftMethod.of(...)) goes with "
                            f"inserts=('peft',), and inserts=('peft',) needs one.")
@@ -110,6 +121,10 @@ def label(name: str) -> str:
 
 def color(name: str) -> str:
     return REGISTRY[name].color if name in REGISTRY else "#333333"
+
+
+def marker(name: str) -> str:
+    return REGISTRY[name].marker if name in REGISTRY else "o"
 
 
 def order(name: str) -> int:
@@ -145,7 +160,7 @@ register(Strategy("bitfit", "Pretrain+BitFit", trains=("bias", "layernorm", "hea
 #   LN-tuning the method's parameters *are* the LayerNorms (peft trains a copy of each and freezes the original,
 #   which no longer enters the forward pass), so it trains the copies + the head;
 # * rank and scaling: the study's lora_r / lora_alpha (the paper's r=4, scaling 1), except VeRA (below);
-# * initialisation: each is an identity at insertion (tests/test_peft.py), so "Pretrain+X" starts from the
+# * initialisation: each is an identity at insertion (tests/test_peft_methods.py), so "Pretrain+X" starts from the
 #   pretrained function; the learning rate is the PEFT one (lr_peft), as for LoRA and adapters.
 _PEFT_TRAINS = ("peft", "layernorm", "head")
 register(Strategy("dora", "Pretrain+DoRA", inserts=("peft",), trains=_PEFT_TRAINS, color=PALETTE[3], marker="<",

@@ -113,11 +113,12 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     are taken instead of computed (:func:`reuse_runs`).
     """
     store = ResultStore(out or paths.results_dir(cfg.study))
+    sources = reuse_sources(reuse, store.root)  # before the store is opened: a bad --reuse writes nothing
     data = store.open(cfg)
     with store.locked():
         store.remove_partial_writes()
         if reuse:
-            runs, jobs = reuse_runs(cfg, store, reuse, data)
+            runs, jobs = reuse_runs(cfg, store, sources, data)
             if progress:
                 print(f"reused {runs} runs and {jobs} checkpoints of {', '.join(map(str, reuse))}", flush=True)
         _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(), scheduler)
@@ -212,6 +213,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def reuse_sources(sources, root: str | os.PathLike) -> list[Path]:
+    """The stores named by --reuse, checked (each must be a result store), without the store at ``root`` itself;
+    the command line calls it before it claims a folder, so a bad --reuse leaves no trace."""
+    out = []
+    for src in map(Path, sources):
+        if not (src / MARKER).is_file() and not (src / "config.yaml").is_file():
+            raise StmedfmError(f"'{src}' is not a result store (no {MARKER}): --reuse takes a study's results folder, "
+                               f"e.g. results/offline.")
+        if src.resolve() != Path(root).resolve():
+            out.append(src)
+    return out
+
+
 def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData) -> tuple[int, int]:
     """Link into ``store`` every run and pretraining checkpoint of ``cfg``'s plan that it lacks and a store of
     ``sources`` holds; returns (runs, checkpoints) taken. Why this is sound: an id covers everything that defines
@@ -219,13 +233,7 @@ def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData) -
     id is the same computation (e.g. params/peft_methods.yaml shares 420 runs and its checkpoints with
     params/offline.yaml). Only the planned ids are taken, so the store holds nothing else; a damaged source file is
     quarantined and recomputed like any other; where each run was computed stays in its provenance."""
-    others = []
-    for src in map(Path, sources):
-        if not (src / MARKER).is_file() and not (src / "config.yaml").is_file():
-            raise StmedfmError(f"'{src}' is not a result store (no {MARKER}): --reuse takes a study's results folder, "
-                               f"e.g. results/offline.")
-        if src.resolve() != store.root.resolve():
-            others.append(ResultStore(src))
+    others = [ResultStore(src) for src in reuse_sources(sources, store.root)]
     planned = plan(cfg)
     runs = jobs = 0
     for rid in unique_runs(cfg, planned, data):

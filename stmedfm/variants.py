@@ -172,11 +172,16 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if parent_path.resolve() in seen or parent_path.resolve() == path.resolve():
         raise StmedfmError(f"'{path}' extends '{doc['extends']}', which extends it back.")
     parent = _read(parent_path, (*seen, path.resolve()))
+    if not isinstance(parent.get("variants") or {}, dict):
+        raise StmedfmError(f"'{parent_path}': 'variants' must be a mapping of variant name to StudyConfig fields.")
     exclude = doc.get("exclude") or []
-    if not isinstance(exclude, list) or any(v not in (parent.get("variants") or {}) for v in exclude):
+    if (not isinstance(exclude, list) or not all(isinstance(v, str) for v in exclude)
+            or any(v not in (parent.get("variants") or {}) for v in exclude)):
         raise StmedfmError(f"'{path}': 'exclude' must list variants of '{doc['extends']}' "
                            f"({', '.join(parent.get('variants') or {})}), got {exclude!r}.")
-    merged = {k: v for k, v in parent.items() if k not in ("extends", "exclude")}
+    # never inherited: the study's name (its results folder) is this file's own, so an extension can never write
+    # into the parent's committed results
+    merged = {k: v for k, v in parent.items() if k not in ("extends", "exclude", "study")}
     merged.update({k: v for k, v in doc.items() if k not in ("extends", "exclude")})
     merged["variants"] = {k: v for k, v in (merged.get("variants") or {}).items() if k not in exclude}
     dropped = [c for c in merged.get("contrasts") or [] if isinstance(c, dict)
@@ -537,6 +542,11 @@ def hypothesis_summary(comp: pd.DataFrame, task: str, family: str = "hypotheses"
     return pd.DataFrame(rows, columns=cols)
 
 
+def _over_budgets(study: VariantStudy, task: str) -> str:
+    budgets = sorted({b for cfg in study.configs.values() for b in cfg.budget_tasks.get(task, [])})
+    return f"at the {budgets[0]}-step budget" if len(budgets) == 1 else "averaged over the budget grid"
+
+
 def _seeds(summary_row) -> str:
     n_min, n_max = int(summary_row.n_min), int(summary_row.n_max)
     return f"{n_min} seeds" if n_min == n_max else f"{n_min}-{n_max} seeds"
@@ -560,7 +570,7 @@ def findings(study: VariantStudy, tables: dict[str, pd.DataFrame]) -> list[str]:
         parts = [f"{r.strategy} {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r.n_pos}/{r.n} seeds > 0, "
                  f"p={r.p_two_sided:.3g}, one-sided {r.p_greater:.3g})" for r in fam.itertuples()]
         lines.append(f"Transfer gap on the {role} {task} under {study.baseline} sampling (pretrained - Scratch, "
-                     f"macro AUROC averaged over the budget grid): " + "; ".join(parts) + ".")
+                     f"macro AUROC {_over_budgets(study, task)}): " + "; ".join(parts) + ".")
         best = comp[comp["family"] == f"transfer:{task}"].sort_values("mean_diff", ascending=False).head(1)
         for r in best.itertuples():
             lines.append(f"Largest gap on {task}: {r.variant} + {r.strategy}, {r.mean_diff:+.3f} "

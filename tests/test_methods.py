@@ -211,3 +211,6 @@ def test_a_study_reuses_the_runs_and_checkpoints_of_the_same_id(synthetic_dir, t
     assert cli.main(["study", str(second), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a result store" in err
+    # checked before the store is claimed: a bad --reuse leaves no trace of a new study
+    assert cli.main(["study", str(second), "--out", str(tmp_path / "c"), "--reuse", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "c").exists()

@@ -285,3 +285,29 @@ def test_peft_runs_share_the_frozen_stem_with_the_other_runs_of_their_checkpoint
         replayed = predict_logits(model, TASK, images, 8, reuse=key)
         assert len(train._STEM_CACHE) == entries, strategy  # a hit, not a new record
         assert (replayed == predict_logits(model, TASK, images, 8)).all(), strategy
+
+
+def test_a_registration_naming_unknown_pieces_fails_when_made():
+    """Unknown inserts, groups or learning-rate fields fail at register(), not in a worker after pretraining; the
+    names the registry accepts are exactly those stmedfm.peft implements."""
+    from stmedfm.peft import INSERTS
+
+    assert set(strategies.INSERT_KINDS) == set(INSERTS) and set(strategies.TRAIN_GROUPS) == set(GROUPS)
+    for bad in (dict(trains=("biases",)), dict(inserts=("ia3",), trains=("head",)), dict(lr_field="speed")):
+        with pytest.raises(StmedfmError, match="Strategy 'x': inserts must be among lora, adapter, peft"):
+            strategies.register(strategies.Strategy("x", "X", **bad))
+    assert "x" not in strategies.REGISTRY
+
+
+def test_peft_strategies_without_peft_installed_stop_before_any_work(monkeypatch, make_config):
+    import importlib.util
+
+    from stmedfm import config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(StmedfmError, match=r"Strategies dora, ia3 need the peft package: pip install 'stmedfm\[peft\]'"):
+        make_config(strategies=["scratch", "full", "ia3", "dora"])
+    monkeypatch.setitem(strategies.REGISTRY, "odd", strategies.Strategy("odd", "Odd", lr_field="lr_odd"))
+    with pytest.raises(StmedfmError, match="Strategy 'odd' takes its learning rate from 'lr_odd', which is not a"):
+        make_config(strategies=["scratch", "full", "odd"])

@@ -281,6 +281,15 @@ def test_a_file_extends_another_without_redefining_its_variants(tmp_path):
     (tmp_path / "loop.yaml").write_text(f"study: x\nextends: {tmp_path / 'loop.yaml'}\n")
     with pytest.raises(StmedfmError, match="extends it back"):
         variants.load(tmp_path / "loop.yaml")
+    (tmp_path / "nameless.yaml").write_text("extends: params/beyond.yaml\n")  # never the parent's results folder
+    assert variants.load(tmp_path / "nameless.yaml").name == "nameless"
+    (tmp_path / "odd.yaml").write_text("extends: params/beyond.yaml\nexclude: [{x: 1}]\n")
+    with pytest.raises(StmedfmError, match="'exclude' must list variants of"):
+        variants.load(tmp_path / "odd.yaml")
+    (tmp_path / "listy.yaml").write_text("study: l\nvariants: [a, b]\n")
+    (tmp_path / "child.yaml").write_text(f"study: c\nextends: {tmp_path / 'listy.yaml'}\n")
+    with pytest.raises(StmedfmError, match="'variants' must be a mapping"):
+        variants.load(tmp_path / "child.yaml")
     (tmp_path / "alone.yaml").write_text("study: x\nexclude: [a]\nvariants: {a: {}}\n")
     with pytest.raises(StmedfmError, match="'exclude' needs 'extends'"):
         variants.load(tmp_path / "alone.yaml")

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import ScaledTranslation
 
 from stmedfm import strategies
-from stmedfm.plots.style import STRATEGY_MARKERS, no_data, present_strategies, require_columns, style
+from stmedfm.plots.style import no_data, present_strategies, require_columns, style
 
 __all__ = ["fig_pareto", "fig_fewshot_methods"]
 
@@ -43,7 +43,7 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure
                 shift = ax.transData + ScaledTranslation((i - (k - 1) / 2) * 0.08, 0, fig.dpi_scale_trans)
                 lo, hi = max(r.ci_low, 0.0), min(r.ci_high, 1.0)  # an AUROC lives in [0, 1]
                 err = [[r.mean - lo], [hi - r.mean]] if np.isfinite(r.ci_low) else None
-                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=STRATEGY_MARKERS.get(r.strategy, "o"),
+                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=strategies.marker(r.strategy),
                             color=strategies.color(r.strategy), ms=8 if r.front else 6, capsize=3, lw=1.2,
                             mec="black" if r.front else strategies.color(r.strategy), mew=1.0,
                             label=strategies.label(r.strategy), zorder=3, transform=shift)
@@ -101,7 +101,7 @@ def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lor
                     ax.plot(r["k"], r["mean"], ls=ls, color="#888888", lw=1.2, label=strategies.label(ref))
             g = g0[g0["strategy"] == strategy].sort_values("k")
             color = strategies.color(strategy)
-            ax.plot(g["k"], g["mean"], marker=STRATEGY_MARKERS.get(strategy, "o"), color=color, lw=1.8, ms=5)
+            ax.plot(g["k"], g["mean"], marker=strategies.marker(strategy), color=color, lw=1.8, ms=5)
             ok = g["ci_low"].notna().to_numpy()
             if ok.any():  # an AUROC lives in [0, 1]
                 ax.fill_between(g["k"][ok], g["ci_low"][ok].clip(lower=0), g["ci_high"][ok].clip(upper=1),
