@@ -12,6 +12,7 @@ several machines says so in its tables and report.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
@@ -84,5 +85,11 @@ def git_commit() -> str:
 
 
 def software() -> dict[str, str]:
-    """Versions that can change a number: stmedfm, its commit, torch."""
-    return {"stmedfm": __version__, "git_commit": git_commit(), "torch": str(torch.__version__)}
+    """Versions that can change a number: stmedfm, its commit, torch, and peft when installed (its initialisations,
+    e.g. VeRA's projections, shape the peft strategies' numbers; kept in each run's record, not in its id)."""
+    out = {"stmedfm": __version__, "git_commit": git_commit(), "torch": str(torch.__version__)}
+    try:
+        out["peft"] = importlib.metadata.version("peft")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return out

@@ -255,6 +255,9 @@ def test_every_run_records_where_and_from_what_it_was_made(make_config, tmp_path
     assert set(runs["torch"]) == {provenance.software()["torch"]}
     record = json.loads(store.run_path(runs["run_id"].iloc[0]).read_text())
     assert record["config"] == cfg.to_dict()  # each run keeps the config it was made with
+    import importlib.metadata
+
+    assert record["provenance"]["peft"] == importlib.metadata.version("peft")  # peft's inits shape peft runs
 
 
 @pytest.mark.slow
