@@ -352,3 +352,9 @@ def test_write_figures_defaults_to_figures_dir_and_skips_absent_data(tiny_store,
     assert stems == ["fig1_architecture", "fig7_confusion_bloodmnist"]  # Figure 1 needs only the config
     with pytest.raises(StmedfmError, match="no study"):
         write_figures(tmp_path / "nowhere")
+
+
+def test_figure_styles_read_the_registry_at_use(monkeypatch):
+    """A strategy registered after import has its own label, colour and marker in every figure."""
+    monkeypatch.setitem(strategies.REGISTRY, "late", strategies.Strategy("late", "Late", color="#123456", marker="*"))
+    assert (STRATEGY_COLORS["late"], STRATEGY_MARKERS["late"]) == ("#123456", "*") and "late" in STRATEGY_COLORS

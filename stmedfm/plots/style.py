@@ -8,6 +8,7 @@ labels); they are public names because they are used across modules, but not par
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -18,11 +19,27 @@ from stmedfm import strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_path
 
-#: Legend names, colours and markers of the adaptation strategies: from their registry (stmedfm.strategies).
-STRATEGY_ORDER = strategies.names()
-STRATEGY_LABELS = {s.name: s.label for s in strategies.REGISTRY.values()}
-STRATEGY_COLORS = {s.name: s.color for s in strategies.REGISTRY.values()}
-STRATEGY_MARKERS = {s.name: s.marker for s in strategies.REGISTRY.values()}
+class _Registered(Mapping):
+    """One attribute of every registered strategy, read from the registry at each use (not copied at import, so a
+    strategy registered later has its own label, colour and marker in every figure)."""
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def __getitem__(self, name: str):
+        return getattr(strategies.REGISTRY[name], self.attr)
+
+    def __iter__(self):
+        return iter(strategies.REGISTRY)
+
+    def __len__(self) -> int:
+        return len(strategies.REGISTRY)
+
+
+#: Legend names, colours and markers of the adaptation strategies: views of their registry (stmedfm.strategies).
+STRATEGY_LABELS = _Registered("label")
+STRATEGY_COLORS = _Registered("color")
+STRATEGY_MARKERS = _Registered("marker")
 PALETTE = strategies.PALETTE
 #: Colours of tasks (Figure 2's points), distinct from the strategy colours where possible.
 TASK_COLORS = [PALETTE[0], PALETTE[3], PALETTE[2], PALETTE[4], PALETTE[1], PALETTE[9], PALETTE[5], PALETTE[6],
