@@ -15,7 +15,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from scipy import stats
 
 from stmedfm import metrics as M
-from stmedfm import paths, registry
+from stmedfm import paths, registry, strategies
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
@@ -64,8 +64,6 @@ def ci95_by_hand(values) -> float:
 
 # --- style ---------------------------------------------------------------------------------------------------
 def test_style_has_one_distinct_colour_per_strategy_and_saves_at_150_dpi():
-    from stmedfm import strategies
-
     assert {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"} <= set(STRATEGY_COLORS)
     assert set(STRATEGY_COLORS) == set(strategies.names())  # the peft methods too (issue 22)
     assert len(set(STRATEGY_COLORS.values())) == len(STRATEGY_COLORS)
