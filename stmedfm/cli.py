@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         else None
     shown, warnings.showwarning = warnings.showwarning, _warning
     try:
+        for option in ("out", "data_dir"):  # '' would silently mean the default folder
+            if getattr(args, option, None) is not None and not str(getattr(args, option)).strip():
+                raise StmedfmError(f"--{option.replace('_', '-')} needs a folder, got an empty path.")
         if getattr(args, "seeds", None) is not None:
             from stmedfm.config import parse_overrides
 

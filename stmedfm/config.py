@@ -534,7 +534,8 @@ def _typed(key: str, value: Any) -> Any:
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``['seeds=5', 'pretrain_steps=10']`` -> dict; values parsed as YAML (numbers, lists, mappings).
 
-    A text field (``study``, ``data_dir``, ...) keeps what was typed: ``-p study=123`` names the study '123'."""
+    A text field (``study``, ``data_dir``, ...) keeps what was typed: ``-p study=123`` names the study '123', and
+    ``-p data_dir=~`` is the home folder (``null`` is how to ask for the default)."""
     out: dict[str, Any] = {}
     text_fields = {k for k, h in _hints().items() if h is str or h == (str | None)}
     for pair in pairs or []:
@@ -547,8 +548,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
             problem = str(exc).splitlines()[0]
             raise StmedfmError(f"Override '{pair}': the value is not valid YAML ({problem}); lists are written "
                                f"[a, b] and mappings {{task: 10}}.") from None
-        if key in text_fields and raw and not isinstance(value, str) and value is not None:
-            value = raw
+        if key in text_fields and raw and not isinstance(value, str) and (value is not None or
+                                                                          (raw == "~" and key == "data_dir")):
+            value = raw  # '~' is YAML's null, but as a path (data_dir=~) it means the home folder
         out[key] = value
     return out
 

@@ -147,6 +147,17 @@ def test_overrides_accept_what_users_write():
     over = parse_overrides(["lr_scratch=2e-3", "study=123", "calibration_task=null", "seeds=[3, 1]"])
     cfg = StudyConfig.load(paths.project_root() / "params" / "smoke.yaml", over)
     assert cfg.lr_scratch == 0.002 and cfg.study == "123" and cfg.calibration_task is None and cfg.seeds == [3, 1]
+    # a path field: '~' (YAML's null) is the home folder; null asks for the default
+    assert parse_overrides(["data_dir=~", "calibration_task=~"]) == {"data_dir": "~", "calibration_task": None}
+    assert parse_overrides(["data_dir=null"]) == {"data_dir": None}
+
+
+@pytest.mark.parametrize("option", ["--out", "--data-dir"])
+def test_an_empty_folder_option_is_refused_not_read_as_the_default(option, capsys):
+    from stmedfm.cli import main
+
+    assert main(["study", "params/smoke.yaml", option, ""]) == 2
+    assert capsys.readouterr().err == f"stmedfm: error: {option} needs a folder, got an empty path.\n"
 
 
 def test_every_problem_is_reported_at_once():
