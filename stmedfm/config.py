@@ -50,6 +50,9 @@ from stmedfm import strategies as _strategies
 from stmedfm.errors import StmedfmError
 
 PAPER_TASKS = registry.PAPER_TASKS  #: defined once, in the registry of flags
+#: The fields that name adaptation strategies (each checked against the registry).
+STRATEGY_FIELDS = ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies",
+                   "budget_strategies", "data_fraction_strategies")
 #: The strategies the paper's protocol runs by default (Tables 5-8b, with our linear probe); every registered
 #: strategy (stmedfm.strategies) is accepted.
 STRATEGY_NAMES = ("scratch", "full", "lora", "adapter", "linear_probe")
@@ -283,16 +286,13 @@ class StudyConfig:
         if not self.pretrain_tasks and self.uses_pretraining():
             errors.append("Parameter 'pretrain_tasks' is empty but the study has pretrained strategies; "
                           "name at least one pretraining task or use only 'scratch'.")
-        for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies",
-                     "budget_strategies", "data_fraction_strategies"):
+        for name in STRATEGY_FIELDS:
             known = _strategies.names()
             for s in getattr(self, name):
                 if s not in known:
                     errors.append(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, known)} "
                                   f"Strategies: {', '.join(known)}.")
-        used = {s for name in ("strategies", "fewshot_strategies", "class_weight_ablation_strategies",
-                               "leave_out_strategies", "budget_strategies", "data_fraction_strategies")
-                for s in getattr(self, name) if s in _strategies.REGISTRY}
+        used = {s for name in STRATEGY_FIELDS for s in getattr(self, name) if s in _strategies.REGISTRY}
         for s in sorted(used, key=_strategies.order):
             if not hasattr(self, _strategies.get(s).lr_field):
                 errors.append(f"Strategy '{s}' takes its learning rate from '{_strategies.get(s).lr_field}', "

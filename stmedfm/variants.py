@@ -66,7 +66,7 @@ from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv, atomic_write_text
 from stmedfm.planning import plan, study_data
 from stmedfm.store import MARKER, ResultStore
-from stmedfm.study import reuse_runs, run_study
+from stmedfm.study import run_study
 from stmedfm.tables import cell, markdown, summarise
 from stmedfm.train import sampling_probabilities
 
@@ -198,22 +198,13 @@ def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Vari
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _share(study: VariantStudy, variant: str, data) -> int:
-    """Link into ``variant``'s store every run and checkpoint it plans that a sibling variant already has
-    (:func:`stmedfm.study.reuse_runs`: an id covers parameters and data, so only what this variant would compute
-    itself is taken; Scratch, which does not depend on the sampler, is computed once)."""
-    siblings = [study.root / v for v in study.configs if v != variant and (study.root / v / MARKER).is_file()]
-    runs, _ = reuse_runs(study.configs[variant], ResultStore(study.root / variant), siblings, data)
-    return runs
-
-
 def run(study: VariantStudy, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Run (or resume) every variant, then aggregate; returns the aggregated tables."""
+    """Run (or resume) every variant, then aggregate; returns the aggregated tables. Each variant takes the runs and
+    checkpoints of the same id that a sibling variant already has (``run_study``'s ``reuse``: an id covers
+    parameters and data, so Scratch, which does not depend on the sampler, is computed once)."""
     for variant, cfg in study.configs.items():
-        store = ResultStore(study.root / variant)
-        data = store.open(cfg)
-        _share(study, variant, data)
-        run_study(cfg, out=store.root, progress=progress, workers=workers)
+        siblings = [study.root / v for v in study.configs if v != variant and (study.root / v / MARKER).is_file()]
+        run_study(cfg, out=study.root / variant, progress=progress, workers=workers, reuse=siblings)
     return aggregate(study)
 
 
@@ -586,16 +577,14 @@ def findings(study: VariantStudy, tables: dict[str, pd.DataFrame]) -> list[str]:
     # on the dominant task the same contrasts measure what giving the small task more of pretraining costs it
     for r in hypothesis_summary(comp, study.dominant_task, "rebalancing").itertuples():
         hs = comp[(comp["family"] == f"rebalancing:{study.dominant_task}") & (comp["hypothesis"] == r.hypothesis)]
-        parts = [f"{t.a} vs {t.b} {t.strategy} {t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] "
-                 f"(Holm p {t.p_holm:.2g})" for t in hs.itertuples()]
+        parts = [_test(t) for t in hs.itertuples()]
         moved = int((hs["verdict"] != "inconclusive").sum())
         lines.append(f"Cost of re-balancing to the dominant task {study.dominant_task} ('{r.hypothesis}' contrasts, "
                      f"gap change a - b at {_seeds(r)}): " + "; ".join(parts)
                      + f"; {moved} of {r.tests} differ from 0 after Holm.")
     de = comp[comp["family"].str.startswith("data_efficiency:")]
     for (task, strategy), sub in de.groupby(["task", "strategy"], sort=False):
-        sig = sub[sub["p_holm"] < stats.ALPHA]
-        n_up, n_down = int((sig["mean_diff"] > 0).sum()), int((sig["mean_diff"] < 0).sum())
+        n_up, n_down = int((sub["verdict"] == "supported").sum()), int((sub["verdict"] == "contradicted").sum())
         sub = sub.sort_values("fraction")
         diffs = ", ".join(f"{100 * r.fraction:g} %: {r.mean_diff:+.3f}" for r in sub.itertuples())
         lines.append(f"Data efficiency on {task}, {strategy} vs Scratch (AUROC difference by fraction of the train "
