@@ -24,6 +24,9 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import hashlib
+
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -31,7 +34,7 @@ import yaml
 from stmedfm import __version__
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
 from stmedfm.train import RunResult, build_model
 
@@ -64,6 +67,9 @@ class ResultStore:
     # locations
     def run_path(self, rid: str) -> Path:
         return self.root / "runs" / f"{rid}.json"
+
+    def predictions_path(self, rid: str) -> Path:
+        return self.root / "predictions" / f"{rid}.npy"
 
     def checkpoint_path(self, job_id: str) -> Path:
         return self.root / "checkpoints" / f"{job_id}.pt"
@@ -159,7 +165,7 @@ class ResultStore:
     def remove_partial_writes(self) -> list[Path]:
         """Delete the temporary files of writes a killed client never finished (only the client writes, under the
         lock, so none is in use)."""
-        stale = [p for d in ("runs", "checkpoints") for p in (self.root / d).glob(".*.tmp")]
+        stale = [p for d in ("runs", "checkpoints", "predictions") for p in (self.root / d).glob(".*.tmp")]
         stale += list(self.root.glob(".*.tmp"))
         for p in stale:
             p.unlink(missing_ok=True)
@@ -192,7 +198,28 @@ class ResultStore:
             "provenance": {**(provenance or {}), **result.provenance},
             "config": cfg.to_dict() if cfg is not None else None,
         }
+        if result.predictions is not None:  # written first: a record never names a file that is not there
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(result.predictions, dtype=np.float16), allow_pickle=False)
+            blob = buf.getvalue()
+            atomic_write_bytes(self.predictions_path(rid), blob)
+            record["predictions"] = {"shape": list(result.predictions.shape), "dtype": "float16",
+                                     "sha256": hashlib.sha256(blob).hexdigest()}
         atomic_write_text(self.run_path(rid), json.dumps(record, default=float))
+
+    def load_predictions(self, rid: str, record: dict | None = None) -> np.ndarray | None:
+        """The run's per-image test probabilities (float16, n_test x C), or None when the run stored none or the
+        file does not match the digest its record holds (then the file is quarantined)."""
+        rec = record if record is not None else self.load_run(rid)
+        meta = (rec or {}).get("predictions")
+        path = self.predictions_path(rid)
+        if not meta or not path.is_file():
+            return None
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+            self.quarantine(path, "its digest differs from the run record's")
+            return None
+        return np.load(io.BytesIO(blob), allow_pickle=False)
 
     def read_run(self, rid: str) -> dict:
         return json.loads(self.run_path(rid).read_text())
@@ -380,6 +407,8 @@ def _run_problem(rec, rid: str) -> str | None:
     if rec["run_id"] != rid:
         return f"it holds run {rec['run_id']}"
     metrics, extras = rec["metrics"], rec["extras"]
+    if isinstance(metrics, dict) and "macro_auroc" in metrics and not any(m.startswith("val_") for m in metrics):
+        return "written before runs recorded validation metrics and per-image predictions"
     if (not isinstance(metrics, dict) or any(m not in metrics for m in _CORE_METRICS)
             or not all(_number(v) for v in metrics.values())):
         return "its metrics are missing or not numbers"

@@ -47,6 +47,10 @@ PHASE_PRETRAIN, PHASE_TRAIN, PHASE_EVALUATE, PHASE_METRICS = ("phase: pretrain",
                                                               "phase: metrics")
 
 
+#: Metrics of the validation split carry this prefix (``val_macro_auroc``); selection reads only these.
+VAL_PREFIX = "val_"
+
+
 def derive_seed(*parts) -> int:
     """A stable 63-bit seed from any parts (unlike ``hash``, identical in every process)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
@@ -355,6 +359,9 @@ class RunResult:
     seconds: float
     extras: dict[str, pd.DataFrame] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)  #: where it was computed (filled by the worker)
+    #: per-image test probabilities (n_test x C, float16, rows of the evaluated split in file order): what the
+    #: hierarchical bootstrap over seeds x test images resamples (stmedfm.stats.hierarchical_bootstrap)
+    predictions: np.ndarray | None = None
 
 
 def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> STMedFM:
@@ -379,8 +386,8 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
     """Adapt, then evaluate on the test split; temperature is fitted on the validation split."""
     t0 = time.perf_counter()
     model, task_data, (total, trainable) = adapt(cfg, spec, pretrained)
-    metrics, extras = evaluate(cfg, spec, model, task_data)
-    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras)
+    metrics, extras, predictions = evaluate(cfg, spec, model, task_data, with_predictions=True)
+    return RunResult(spec, metrics, total, trainable, time.perf_counter() - t0, extras, predictions=predictions)
 
 
 def adapt(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> tuple[STMedFM, D.TaskData, tuple[int, int]]:
@@ -404,12 +411,14 @@ def adapt(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> tuple[STM
     return model, task_data, counts
 
 
-def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskData) -> tuple[dict, dict]:
-    """The evaluation half of a run: its metrics and details (:func:`run_metrics`) on the test split (and the
-    validation split for temperature scaling), on the fixed subsets of ``eval_max_samples``."""
+def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskData,
+             with_predictions: bool = False) -> tuple:
+    """The evaluation half of a run: its metrics and details (:func:`run_metrics`) on the test and validation
+    splits (validation: ``val_*`` metrics for model selection, and the temperature), on the fixed subsets of
+    ``eval_max_samples``. ``with_predictions`` adds a third item: the test probabilities as float16."""
     logits = {}
     labels = {}
-    for split in ("val", "test") if cfg.temperature_scaling else ("test",):
+    for split in ("val", "test"):
         s = task_data[split]
         sub = eval_subset(len(s), cfg, spec.task, split)
         images, y = (s.images, s.labels) if sub is None else (s.images[sub], s.labels[sub])
@@ -422,7 +431,10 @@ def evaluate(cfg: StudyConfig, spec: RunSpec, model: STMedFM, task_data: D.TaskD
                                            precision=precision_of(cfg, next(model.parameters()).device))
         labels[split] = y.numpy()
     with torch.profiler.record_function(PHASE_METRICS):
-        return run_metrics(cfg, spec, task_data.info, logits, labels)
+        metrics, extras = run_metrics(cfg, spec, task_data.info, logits, labels)
+    if not with_predictions:
+        return metrics, extras
+    return metrics, extras, softmax(logits["test"]).astype(np.float16)
 
 
 def run_metrics(cfg: StudyConfig, spec: RunSpec, info, logits: dict, labels: dict) -> tuple[dict, dict]:
@@ -430,6 +442,9 @@ def run_metrics(cfg: StudyConfig, spec: RunSpec, info, logits: dict, labels: dic
 
     probs = softmax(logits["test"])
     metrics = classification_metrics(labels["test"], probs)
+    if "val" in logits:  # the same metrics on the validation split: what hyperparameters are selected on
+        val = classification_metrics(labels["val"], softmax(logits["val"]))
+        metrics.update({f"{VAL_PREFIX}{m}": v for m, v in val.items()})
     if cfg.temperature_scaling:
         temperature = fit_temperature(logits["val"], labels["val"])
         scaled = apply_temperature(logits["test"], temperature)  # only what is reported after scaling:
