@@ -8,20 +8,10 @@ every number a reader sees comes from a committed file through this code.
 
 Decisions (written down once, here):
 
-* **Paired over seeds.** A claim compares two settings that share each seed's data order, initialisation and
-  pretraining checkpoint, so the unit is the per-seed difference ``d = a - b`` (sign: positive favours the
-  claim). Each claim is tested with the Wilcoxon signed-rank test (two-sided, exact for small n) and, beside
-  it, the paired t-test; effect sizes are the rank-biserial correlation and Cohen's ``d_z = mean(d) / sd(d)``.
-* **Holm over the claims.** The Wilcoxon p-values of every claim x metric row of one study form one family and
-  are Holm-adjusted (:func:`stmedfm.stats.holm`).
-* **Verdict rule** at alpha = 0.05: *supported* when the Holm-adjusted Wilcoxon p < 0.05 and the mean difference
-  favours the claim; *contradicted* when it is < 0.05 and the difference goes against it; *inconclusive*
-  otherwise. With 5 seeds no two-sided Wilcoxon p can go below 0.0625, so 5 seeds can only be inconclusive;
-  that is why the reference study has 20.
-* **"Keeps most of the gain"** (PEFT) is tested as ``d = peft - (scratch + full) / 2``: positive exactly when
-  PEFT keeps more than half of Full's gain over Scratch on that seed.
-* **Power**: the seeds a paired t-test needs to detect a difference of :data:`DETECT` (0.01) at 80 % power,
-  two-sided alpha 0.05, given the observed SD of the paired differences (noncentral t).
+* **The claims and their inference** (primary metric, families, interval, verdict rule) are defined once, in
+  :mod:`stmedfm.claims`; this module writes and shows them.
+* **Power**: the seeds a paired t-test needs to detect a difference of 0.01 at 80 % power, two-sided alpha 0.05,
+  given the observed SD of the paired differences (noncentral t; :func:`stmedfm.claims.seeds_for_power`).
 * **The paper beside us.** The paper reports one run per cell. The right yardstick for one run is the 95 %
   *prediction* interval of a single run of ours, ``mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n)``, not the
   confidence interval of our mean (which shrinks with seeds while single runs do not).
@@ -38,48 +28,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from stmedfm import claims as C
 from stmedfm import methods, stats, variants
-from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_csv
-from stmedfm.report import claim_roles
 from stmedfm.store import ResultStore
 from stmedfm.tables import METRIC_TABLES, cell, paper_results
 
-__all__ = ["ALPHA", "DETECT", "CLAIMS", "Claim", "claims_table", "seeds_for_power",
-           "paper_single_run", "reference_block", "write_findings"]
+__all__ = ["claims_table", "seeds_for_power", "paper_single_run", "reference_block", "write_findings"]
 
-ALPHA = stats.ALPHA
-DETECT = 0.01  #: the difference (AUROC or accuracy) the power analysis sizes the study for
-POWER = 0.8
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of the paper's discussion as a paired contrast: ``a`` minus ``b`` (each a strategy, or several
-    averaged per seed), on the task of ``role`` ('dominant' or 'small'), in ``experiment``."""
-
-    key: str
-    text: str
-    role: str
-    a: tuple[str, ...]
-    b: tuple[str, ...]
-    metrics: tuple[str, ...] = ("macro_auroc", "accuracy")
-    experiment: str = "transfer"
-
-
-CLAIMS = (
-    Claim("pretraining", "Pretraining helps the dominant task: Pretrain+Full beats Scratch", "dominant",
-          ("full",), ("scratch",)),
-    Claim("peft_lora", "LoRA keeps most (> half) of Full's gain over Scratch on the dominant task", "dominant",
-          ("lora",), ("scratch", "full")),
-    Claim("peft_adapter", "Adapters keep most (> half) of Full's gain over Scratch on the dominant task",
-          "dominant", ("adapter",), ("scratch", "full")),
-    Claim("negative_transfer", "Negative transfer on the small cross-modal task: Scratch beats Pretrain+Full",
-          "small", ("scratch",), ("full",), ("macro_auroc", "accuracy", "macro_f1")),
-    Claim("negative_transfer_extended", "Negative transfer persists with the longer budget (Table 12b)", "small",
-          ("scratch",), ("full",), ("macro_auroc", "accuracy", "macro_f1"), "extended"),
-)
+claims_table, seeds_for_power = C.claims_table, C.seeds_for_power
 
 
 def _per_seed(metrics: pd.DataFrame, task: str, strategies: tuple[str, ...], metric: str,
@@ -90,63 +48,6 @@ def _per_seed(metrics: pd.DataFrame, task: str, strategies: tuple[str, ...], met
     if any(s not in wide.columns for s in strategies):
         return pd.Series(dtype=float)
     return wide[list(strategies)].mean(axis=1).dropna()
-
-
-def seeds_for_power(sd: float, delta: float = DETECT, power: float = POWER, alpha: float = ALPHA,
-                    limit: int = 100_000) -> float:
-    """Smallest number of seeds with which a two-sided paired t-test at ``alpha`` detects a true mean difference
-    ``delta`` with probability ``power``, given the SD ``sd`` of the paired differences (NaN when unknown)."""
-    if not np.isfinite(sd) or sd < 0:
-        return float("nan")
-    if sd == 0:
-        return 2.0
-    n = 2
-    while n <= limit:
-        df = n - 1
-        crit = st.t.ppf(1 - alpha / 2, df)
-        nc = delta / sd * math.sqrt(n)
-        achieved = st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc)
-        if achieved >= power:
-            return float(n)
-        n = n + 1 if n < 200 else int(n * 1.05)
-    return float("inf")
-
-
-def claims_table(cfg: StudyConfig, metrics: pd.DataFrame) -> pd.DataFrame:
-    """Every claim x metric of :data:`CLAIMS` that the study has runs for, tested paired over seeds, Holm across
-    all rows, with effect sizes, power and the verdict (module docstring)."""
-    roles = claim_roles(cfg)
-    rows = []
-    for claim in CLAIMS:
-        task = roles.get(claim.role)
-        if not task:
-            continue
-        for metric in claim.metrics:
-            a = _per_seed(metrics, task, claim.a, metric, claim.experiment)
-            b = _per_seed(metrics, task, claim.b, metric, claim.experiment)
-            seeds = a.index.intersection(b.index)
-            if len(seeds) < 2:
-                continue
-            if metric == "ece":  # lower is better: keep 'positive favours the claim'
-                a, b = -a, -b
-            test = stats.paired_test(a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy())
-            d = (a.loc[seeds] - b.loc[seeds]).to_numpy(dtype=float)
-            sd = float(d.std(ddof=1))
-            rows.append({
-                "claim": claim.key, "text": claim.text, "task": task, "experiment": claim.experiment,
-                "metric": metric, "a": "+".join(claim.a), "b": "+".join(claim.b), "n": test["n"],
-                "estimate": test["mean_diff"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
-                "sd_diff": sd, "p_wilcoxon": test["p_two_sided"],
-                "p_t": float(st.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue) if sd > 0 else float("nan"),
-                "n_positive": test["n_pos"], "rank_biserial": test["rank_biserial"],
-                "cohen_dz": test["mean_diff"] / sd if sd > 0 else float("nan"),
-                "seeds_needed": seeds_for_power(sd)})  # to detect DETECT at 80 % power
-    out = pd.DataFrame(rows)
-    if out.empty:
-        return out
-    out.insert(out.columns.get_loc("p_t") + 1, "p_holm", stats.holm(out["p_wilcoxon"]))
-    out["verdict"] = [stats.verdict(e, p) for e, p in zip(out["estimate"], out["p_holm"])]
-    return out
 
 
 def paper_single_run(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +74,8 @@ def write_findings(results: str | Path) -> dict[str, pd.DataFrame]:
     """Compute ``claims.csv`` and ``paper_single_run.csv`` from the store's committed tables; returns them."""
     store = ResultStore(results)
     cfg, metrics = store.config(), store.table("metrics")
-    out = {"claims": claims_table(cfg, metrics), "paper_single_run": paper_single_run(metrics)}
+    out = {"claims": C.claims_table(cfg, metrics, root=store.root, save=True),
+           "paper_single_run": paper_single_run(metrics)}
     for name, frame in out.items():
         atomic_write_csv(store.root / f"{name}.csv", frame)
     return out
@@ -204,16 +106,7 @@ def reference_block(results: str | Path) -> str:
               for task, row in wide.iterrows()]
     lines = [f"Test macro AUROC, mean ± 95 % CI over {n} seeds (`results/{root.name}/tables/table7_auroc.csv`; "
              f"the paper's single run in brackets where the flag is the paper's):", "", *auroc, "",
-             f"The paper's claims, tested paired over {n} seeds (`results/{root.name}/claims.csv`; estimate = mean "
-             f"per-seed difference, positive favours the claim; Wilcoxon p Holm-adjusted over the "
-             f"{len(claims)} rows; verdict at α = 0.05):", "",
-             "| claim | task | metric | estimate [95 % CI] | seeds > 0 | p (Wilcoxon / t) | Holm p | seeds for 0.01 | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in claims.itertuples():
-        need = f"{r.seeds_needed:.0f}" if np.isfinite(r.seeds_needed) else "—"
-        lines.append(f"| {r.text} | {r.task} | {r.metric} | {_f(r.estimate, True)} [{_f(r.ci_low, True)}, "
-                     f"{_f(r.ci_high, True)}] | {r.n_positive}/{r.n} | {_p(r.p_wilcoxon)} / {_p(r.p_t)} | "
-                     f"{_p(r.p_holm)} | {need} | **{r.verdict}** |")
+             *claims_lines(claims, f"results/{root.name}/claims.csv")]
     if not single.empty:
         inside = int(single["inside"].sum())
         tasks = ", ".join(sorted(set(single["task"])))
@@ -221,6 +114,38 @@ def reference_block(results: str | Path) -> str:
                       f"{len(single)} paper cells lie inside the 95 % prediction interval of a single run of ours "
                       f"(the yardstick for the paper's one run per cell; the CI of our mean is the wrong one)."]
     return "\n".join(lines) + "\n"
+
+
+def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
+    """The claims table as markdown: the inference first (as :mod:`stmedfm.claims` defines it), then the primary
+    family (AUROC) and the secondary family apart; untestable claims last, with why."""
+    source = "; ".join(sorted(set(claims["p_source"].dropna()) - {""}))
+    lines = ["", f"The paper's claims (`{where}`). Inference, fixed before the tables: estimate = mean per-seed "
+             f"difference a − b, positive favours the claim; 95 % interval and two-sided p from the {source}; Holm "
+             f"within each family — primary: AUROC ({int((claims['family'] == 'primary').sum())} rows), secondary: "
+             f"accuracy, macro-F1, ECE ({int((claims['family'] == 'secondary').sum())} rows); verdict at α = 0.05."]
+    tested = claims[claims["verdict"] != "untestable"]
+    for fam in ("primary", "secondary"):
+        rows = tested[tested["family"] == fam]
+        if rows.empty:
+            continue
+        lines += ["", f"**{fam.capitalize()} family**", "",
+                  "| claim (paper) | task | metric | estimate [95 % CI] | seed-only CI | seeds > 0 | p | Holm p | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows.itertuples():
+            text = r.text
+            if isinstance(r.retained, float) and np.isfinite(r.retained):
+                text += (f"; retained fraction {_f(r.retained)} [{_f(r.retained_low)}, {_f(r.retained_high)}]"
+                         + (" (Full − Scratch ≤ 0: not meaningful)" if isinstance(r.note, str) and r.note else ""))
+            lines.append(f"| {text} ({r.location}) | {r.task} | {r.metric} | {_f(r.estimate, True)} "
+                         f"[{_f(r.ci_low, True)}, {_f(r.ci_high, True)}] | [{_f(r.seed_ci_low, True)}, "
+                         f"{_f(r.seed_ci_high, True)}] | {r.n_positive:.0f}/{r.n:.0f} | {_p(r.p)} | {_p(r.p_holm)} | "
+                         f"**{r.verdict}** |")
+    untestable = claims[claims["verdict"] == "untestable"]
+    if not untestable.empty:
+        lines += ["", "Untestable with this parameter file: " + "; ".join(
+            f"{r.text} ({r.metric}: {r.note})" for r in untestable.itertuples()) + "."]
+    return lines
 
 
 #: Generated blocks in a markdown file: ``<!-- stmedfm:reference results/offline -->`` (a study's reference block,

@@ -94,6 +94,13 @@ def _by_size(flags) -> list[str]:
     return sorted(flags, key=lambda f: -registry.get(f).n_samples["train"])
 
 
+def _role_order(flags) -> list[str]:
+    """Flags in the order of the paper's roles: 2D flags by official train size, largest first, then 3D flags (the
+    paper: pathmnist, bloodmnist, dermamnist, organmnist3d), so a small 3D flag takes OrganMNIST3D's role even when
+    it has more training volumes than a small 2D flag."""
+    return sorted(flags, key=lambda f: (registry.get(f).dim, -registry.get(f).n_samples["train"]))
+
+
 def _share(cfg: StudyConfig, tasks: list[str]) -> dict[str, float]:
     return sampling_probabilities(cfg, tasks) if tasks else {}
 
@@ -108,12 +115,12 @@ def role_assignments(cfg: StudyConfig) -> pd.DataFrame:
     """
     rows = []
     share = _share(cfg, list(cfg.pretrain_tasks))
-    ordered = _by_size(cfg.pretrain_tasks)
+    ordered = _role_order(cfg.pretrain_tasks)
     for i, flag in enumerate(ordered, 1):
         what = "dominant pretraining task" if i == 1 else f"pretraining task {i} by size"
         rows.append({"role": f"pretraining task {i}", "tables": "Figure 2", "flag": flag,
                      "setting": f"{what}: {share[flag]:.1%} of steps ({registry.get(flag).modality})"})
-    for i, flag in enumerate(_by_size(cfg.downstream_tasks), 1):
+    for i, flag in enumerate(_role_order(cfg.downstream_tasks), 1):
         rows.append({"role": f"downstream task {i}", "tables": "Tables 5-8b, Figure 3", "flag": flag,
                      "setting": f"{registry.get(flag).modality}, {registry.get(flag).n_samples['train']:,} train"})
     for i, (flag, steps) in enumerate(cfg.fewshot_tasks.items(), 1):
@@ -355,12 +362,22 @@ def _not_tested(claim: str, task: str | None, setting: str, why: str) -> dict:
 # the four claims
 # ---------------------------------------------------------------------------------------------------------------
 def claim_roles(cfg: StudyConfig) -> dict[str, str | None]:
-    """The tasks the claims are about: ``dominant`` = the pretraining task with the largest official train set
-    (the paper: pathmnist); ``small`` = the first leave-out task, else the smallest pretraining task (the paper:
-    organmnist3d)."""
+    """The tasks the claims are about (None: no flag of ``cfg`` plays the role; the claim is then untestable):
+
+    * ``dominant``: the pretraining task with the largest official train set (the paper: pathmnist);
+    * ``small``: the small, rarely sampled task of the other modality: the first leave-out task, else the smallest
+      pretraining task (the paper: organmnist3d);
+    * ``small2d``: the small 2D task of the class-weight ablation, its first task (the paper: dermamnist);
+    * ``blood``: bloodmnist, when it is a downstream task (the one paper flag with claims of its own);
+    * ``fewshot2d`` / ``fewshot3d``: the first 2D / 3D few-shot task (the paper: dermamnist / organmnist3d).
+    """
     ordered = _by_size(cfg.pretrain_tasks)
     small = cfg.leave_out_tasks[0] if cfg.leave_out_tasks else (ordered[-1] if ordered else None)
-    return {"dominant": ordered[0] if ordered else None, "small": small}
+    fewshot = {d: next((t for t in cfg.fewshot_tasks if registry.get(t).dim == d), None) for d in (2, 3)}
+    return {"dominant": ordered[0] if ordered else None, "small": small,
+            "small2d": cfg.class_weight_ablation_tasks[0] if cfg.class_weight_ablation_tasks else None,
+            "blood": "bloodmnist" if "bloodmnist" in cfg.downstream_tasks else None,
+            "fewshot2d": fewshot[2], "fewshot3d": fewshot[3]}
 
 
 def claim_pretraining_helps(metrics: pd.DataFrame, task: str | None,

@@ -16,6 +16,7 @@ figures, the report, inference — needs the store and none of the execution mac
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -24,19 +25,24 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 
 from stmedfm import __version__
+from stmedfm import data as D
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
-from stmedfm.train import RunResult, build_model
+from stmedfm.train import RunResult, build_model, eval_subset
+
+#: The per-image predictions of runs whose test split has at most this many images go into the store's one
+#: committed file ``predictions.npz`` (a few MB for the offline reference); larger test splits (organamnist's
+#: 17,778 images: 0.4 MB per run) stay in ``predictions/<rid>.npy`` beside the run records, recomputed by the study.
+BUNDLE_MAX_IMAGES = 5000
+BUNDLE = "predictions.npz"
 
 #: The marker of a result store: which study it holds and whether its data is real or synthetic.
 MARKER = "store.json"
@@ -325,7 +331,29 @@ class ResultStore:
             tables["pretrain_loss"] = pd.concat(losses, ignore_index=True)
         for name, frame in tables.items():
             atomic_write_csv(self.root / f"{name}.csv", frame)
+        self.write_bundle(cfg, tables["runs"])
         return tables
+
+    def write_bundle(self, cfg: StudyConfig, runs: pd.DataFrame) -> None:
+        """``predictions.npz``: the test labels of every task of the study (``labels/<task>``, in the rows the runs
+        were evaluated on) and the per-image probabilities of every run with a small test split
+        (``probs/<rid>``, :data:`BUNDLE_MAX_IMAGES`): what the hierarchical bootstrap needs from a committed store."""
+        arrays: dict[str, np.ndarray] = {}
+        if runs.empty:
+            return
+        for task in sorted(set(runs["task"])):
+            split = D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)["test"]
+            sub = eval_subset(len(split), cfg, task, "test")
+            labels = split.labels.numpy()
+            arrays[f"labels/{task}"] = (labels if sub is None else labels[sub.numpy()]).astype(np.uint8)
+        for rid, task in zip(runs["run_id"], runs["task"]):
+            if len(arrays[f"labels/{task}"]) <= BUNDLE_MAX_IMAGES and f"probs/{rid}" not in arrays:
+                probs = self.load_predictions(rid)
+                if probs is not None:
+                    arrays[f"probs/{rid}"] = probs
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(self.root / BUNDLE, buf.getvalue())
 
     def table(self, name: str) -> pd.DataFrame:
         path = self.root / f"{name}.csv"

@@ -144,7 +144,7 @@ def test_the_study_files_plan_every_registered_strategy():
     from stmedfm import strategies
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
-    offline = StudyConfig.load(ROOT / "params" / "offline.yaml")
+    offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml")  # the reference it reused (2D pretraining)
     assert cfg.study == "peft_methods" and len(cfg.seeds) == 10 and cfg.temperature_scaling
     assert set(cfg.strategies) == set(strategies.names())
     assert set(cfg.fewshot_strategies) == {s for s in strategies.names() if strategies.get(s).pretrained}
@@ -158,12 +158,12 @@ def test_the_study_files_plan_every_registered_strategy():
 
 
 def test_the_paper_strategies_keep_the_offline_run_ids():
-    """The runs peft_methods.yaml shares with params/offline.yaml (scratch/full/lora/adapter/linear probe, few-shot
+    """The runs peft_methods.yaml shares with params/offline_2d.yaml, the previous reference (scratch/full/lora/adapter/linear probe, few-shot
     full/lora/adapter on retinamnist, and the checkpoints) have the same ids: the same computations."""
     from stmedfm.planning import official_data, plan, run_id
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
-    offline = StudyConfig.load(ROOT / "params" / "offline.yaml").replace(seeds=cfg.seeds)
+    offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml").replace(seeds=cfg.seeds)
     data = official_data(offline)
     ours = {run_id(cfg, p.spec, data) for p in plan(cfg)}
     theirs = {run_id(offline, p.spec, data) for p in plan(offline)}

@@ -157,7 +157,7 @@ def test_preflight_suggests_the_offline_protocol_when_its_files_are_here(no_defa
     from stmedfm.planning import preflight
 
     data = tmp_path / "data"
-    synthetic.write_synthetic(data, ["organamnist", "bloodmnist", "retinamnist"], n=12)
+    synthetic.write_synthetic(data, ["organamnist", "bloodmnist", "retinamnist", "adrenalmnist3d"], n=12)
     monkeypatch.setenv(paths.ENV_DATA, str(data))
     monkeypatch.setenv(paths.ENV_ROOT, str(ROOT))
     with pytest.raises(StmedfmError) as err:

@@ -35,7 +35,7 @@ def test_new_fields_leave_existing_run_identities_unchanged():
 
 
 def test_paper_and_offline_files_plan_no_beyond_runs():
-    for name, n in (("paper", 5 * (20 + 2 * 3 * 3 * 3 + 8 + 4 + 2)), ("offline", 20 * 83)):  # 83 per seed
+    for name, n in (("paper", 5 * (20 + 2 * 3 * 3 * 3 + 8 + 4 + 2)), ("offline", 20 * (20 + 2 * 3 * 3 * 3 + 16 + 4 + 2))):  # 96 per seed
         cfg = StudyConfig.load(paths.project_root() / "params" / f"{name}.yaml")
         planned = plan(cfg)
         assert len(planned) == n
