@@ -38,11 +38,37 @@ from stmedfm.config import StudyConfig
 from stmedfm.io import atomic_write_bytes
 from stmedfm.report import claim_roles
 
-__all__ = ["PRIMARY", "Side", "Claim", "CLAIMS", "Predictions", "claims_table", "seeds_for_power", "family_of"]
+__all__ = ["PRIMARY", "Side", "Claim", "CLAIMS", "Predictions", "claims_table", "seeds_for_power", "family_of",
+           "inference_markdown"]
 
 PRIMARY = "macro_auroc"  #: the primary metric: its rows form the primary family
 DETECT = 0.01  #: the difference (AUROC or accuracy) the power analysis sizes the study for
 POWER = 0.8
+
+
+def inference_markdown() -> str:
+    """The inference as the docs and notebook 08 state it before any table, generated from the constants that the
+    code uses (one definition: a change here changes what readers are told)."""
+    n_primary = sum(c.metrics.count(PRIMARY) for c in CLAIMS)
+    n_secondary = sum(len(c.metrics) for c in CLAIMS) - n_primary
+    return "\n".join([
+        f"- **Claims**: {len(CLAIMS)} claims of the paper, {n_primary + n_secondary} claim x metric rows, each a "
+        f"paired contrast a − b over seeds written so that a positive difference is what the paper says "
+        f"(`stmedfm.claims.CLAIMS`, with the paper section or table of each).",
+        f"- **Primary metric**: macro AUROC; its {n_primary} rows form the primary family. Accuracy, macro-F1 and "
+        f"ECE rows ({n_secondary}) form the secondary family, tested and shown apart.",
+        f"- **Interval and p-value**: hierarchical bootstrap over seeds x test images, {bootstrap.REPLICATES} "
+        f"replicates (the test images resampled once per replicate for all runs of a task, the seeds with "
+        f"replacement), 95 % percentile interval, two-sided bootstrap p (floor {2 / (bootstrap.REPLICATES + 1):.3f}). "
+        f"Stores without per-image predictions fall back to the Wilcoxon signed-rank p over seeds.",
+        f"- **Multiplicity**: Holm within each family.",
+        f"- **Verdict** at α = {stats.ALPHA}: *supported* when the Holm-adjusted p < α and the estimate is positive, "
+        f"*contradicted* when p < α and it is negative, *inconclusive* otherwise; *untestable* when no flag plays "
+        f"the claim's role or its runs are missing (listed, never dropped).",
+        "- **Retention** (PEFT keeps most of Full's gain): tested as peft − (scratch + full) / 2; the retained "
+        "fraction (peft − scratch) / (full − scratch) is shown with its interval, and flagged when Full − Scratch is "
+        "not positive.",
+    ]) + "\n"
 
 
 def family_of(metric: str) -> str:

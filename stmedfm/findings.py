@@ -153,7 +153,7 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
 #: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
 #: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`) or ``<!-- stmedfm:methods results/peft_methods -->`` (the
 #: findings of the study of every strategy, :func:`methods_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods) (?P<arg>[^>]+?) -->\n)"
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|inference) (?P<arg>[^>]+?) -->\n)"
                    r"(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
 
@@ -208,7 +208,7 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
         blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
-                  "flips": flips_block, "methods": methods_block}
+                  "flips": flips_block, "methods": methods_block, "inference": lambda _: C.inference_markdown()}
         return blocks[m.group("kind")](*args)
 
     return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)

@@ -140,3 +140,22 @@ def test_the_retained_fraction_by_hand_and_when_full_has_no_gain(tmp_path):
     note = claims.claims_table(_cfg(), flat, root=tmp_path / "flat", replicates=100).set_index(
         ["claim", "metric"]).loc[("peft_lora", "macro_auroc"), "note"]
     assert "is not positive" in note
+
+
+def test_medmnist_baselines_cover_every_role_and_the_gap_is_ours_minus_theirs():
+    from stmedfm import tables
+
+    base = tables.medmnist_baselines()
+    for flag in ("pathmnist", "bloodmnist", "dermamnist", "organamnist", "retinamnist"):
+        assert len(base[(base["flag"] == flag) & (base["model"] == "ResNet-18 (28)")]) == 1, flag
+    for flag in ("organmnist3d", "adrenalmnist3d"):
+        assert len(base[(base["flag"] == flag) & (base["model"] == "ResNet-18 + 3D")]) == 1, flag
+    assert base[["auc", "acc"]].stack().between(0, 1).all()
+    frame = pd.DataFrame([{"experiment": "transfer", "task": t, "strategy": "scratch", "seed": s, "metric": m,
+                           "value": v + 0.01 * s} for t in ("bloodmnist", "adrenalmnist3d") for s in range(3)
+                          for m, v in (("macro_auroc", 0.8), ("accuracy", 0.6))])
+    table = tables.benchmark_table(frame).set_index(["task", "metric"])
+    adrenal = base[(base["flag"] == "adrenalmnist3d") & (base["model"] == "ResNet-18 + 3D")].iloc[0]
+    assert table.loc[("adrenalmnist3d", "macro_auroc"), "baseline"] == "ResNet-18 + 3D"
+    assert table.loc[("adrenalmnist3d", "macro_auroc"), "gap"] == pytest.approx(0.81 - adrenal["auc"])
+    assert table.loc[("bloodmnist", "accuracy"), "baseline"] == "ResNet-18 (28)"
