@@ -73,6 +73,7 @@ TABLE_TITLES = {
     "table12b_extended": "Table 12b · Extended training budget (scratch vs full)",
     "table13_per_class": "Table 13 · Per-class precision / recall / F1 of the calibration task",
     "temperature_scaling": "Temperature scaling · ECE, Brier and NLL before (raw) and after (_ts), fitted T",
+    "medmnist_benchmark": "Beside MedMNIST v2's own baselines · our Scratch and Full vs ResNet-18 (28) / ResNet-18 + 3D",
 }
 DEFAULT_PARAMS = "params/smoke.yaml"
 #: Notebooks with their own smoke default: 09_beyond reads a beyond file of variants (stmedfm.variants), 10_peft_methods

@@ -6,6 +6,7 @@ import functools
 import http.server
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -39,7 +40,7 @@ def other_flags_dir(tmp_path_factory):
 def test_example_params_file_runs_other_flags_end_to_end(other_flags_dir, tmp_path):
     """params/example_other_flag.yaml as written (2D grayscale binary + 3D binary + 2D RGB), tiny budgets."""
     over = dict(BUDGETS, data_dir=str(other_flags_dir), fewshot_tasks={"pneumoniamnist": 2, "nodulemnist3d": 1},
-                class_weight_ablation_strategies=["scratch", "full"])
+                class_weight_ablation_strategies=["scratch", "full"], seeds=2)
     cfg = StudyConfig.load(paths.project_root() / "params" / "example_other_flag.yaml", over)
     assert cfg.pretrain_tasks == ["bloodmnist", "pneumoniamnist", "nodulemnist3d"]
     store = run_study(cfg, out=tmp_path / "other", progress=False, workers=1)
@@ -57,6 +58,25 @@ def test_example_params_file_runs_other_flags_end_to_end(other_flags_dir, tmp_pa
     assert {"table7_auroc", "table9_fewshot", "table10_fewshot", "table13_per_class"} <= names
     per_class = pd.read_csv(store.root / "tables" / "table13_per_class.csv")
     assert set(per_class["name"]) == {"normal", "pneumonia"}
+    # the 3D flag takes OrganMNIST3D's claims by parameters only, decided from its stored per-image predictions
+    from stmedfm import findings
+
+    claims = findings.write_findings(store.root)["claims"].set_index(["claim", "metric"])
+    row = claims.loc[("negative_transfer", "macro_auroc")]
+    assert row["task"] == "nodulemnist3d" and row["n"] == 2 and row["p_source"].startswith("hierarchical")
+    assert claims.loc[("fewshot_3d_stability", "macro_auroc"), "task"] == "nodulemnist3d"
+    with np.load(store.root / "predictions.npz") as z:
+        assert len(z["labels/nodulemnist3d"]) == 16 and sum(k.startswith("probs/") for k in z.files) == runs["run_id"].nunique()
+
+
+def test_a_missing_3d_file_is_one_line_naming_it(tmp_path, no_default_data):
+    from stmedfm.planning import preflight
+
+    synthetic.write_synthetic(tmp_path, ["organamnist", "bloodmnist", "retinamnist"], n=12)
+    cfg = StudyConfig.load(paths.project_root() / "params" / "offline.yaml", {"data_dir": str(tmp_path)})
+    with pytest.raises(StmedfmError) as err:
+        preflight(cfg)
+    assert "adrenalmnist3d.npz" in str(err.value) and "\n" not in str(err.value).strip()
 
 
 def test_medmnist_plus_facts_are_in_the_registry():
