@@ -223,6 +223,8 @@ class _Replicates:
 
     def get(self, rid: str, task: str, metric: str) -> np.ndarray | None:
         key = (rid, metric)
+        if key not in self._cache and f"{metric}/{rid}" in self._saved:  # computed once, by an earlier report
+            self._cache[key] = self._saved[f"{metric}/{rid}"]
         if key not in self._cache:
             labels, probs = self.preds.labels(task), self.preds.probs(rid)
             if labels is not None and probs is not None and len(probs) == len(labels):
@@ -382,6 +384,10 @@ def _retention(claim: Claim, task: str, metric: str, runs: pd.DataFrame, seeds: 
             means[name] = per_seed[boot["idx"], np.arange(reps.n)[:, None]].mean(axis=1)
         out["retained_low"], out["retained_high"] = bootstrap.percentile_interval(
             _retained(means["peft"], means["scratch"], means["full"]))
+        gain_low, gain_high = bootstrap.percentile_interval(means["full"] - means["scratch"])
+        if gain > 0 and gain_low <= 0:
+            out["note"] = (f"Full - Scratch = {gain:+.3f} [{gain_low:+.3f}, {gain_high:+.3f}] is not clearly "
+                           f"positive: the retained fraction divides by a gain that may be 0, hence its interval")
     if not gain > 0:
         out["note"] = (f"Full - Scratch = {gain:+.3f} is not positive: there is no gain to keep, so the retained "
                        f"fraction is not meaningful")

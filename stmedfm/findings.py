@@ -135,8 +135,10 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
         for r in rows.itertuples():
             text = r.text
             if isinstance(r.retained, float) and np.isfinite(r.retained):
+                note = r.note if isinstance(r.note, str) else ""
                 text += (f"; retained fraction {_f(r.retained)} [{_f(r.retained_low)}, {_f(r.retained_high)}]"
-                         + (" (Full − Scratch ≤ 0: not meaningful)" if isinstance(r.note, str) and r.note else ""))
+                         + (" (Full − Scratch ≤ 0: not meaningful)" if "not positive" in note else
+                            " (Full − Scratch not clearly > 0: unstable)" if note else ""))
             lines.append(f"| {text} ({r.location}) | {r.task} | {r.metric} | {_f(r.estimate, True)} "
                          f"[{_f(r.ci_low, True)}, {_f(r.ci_high, True)}] | [{_f(r.seed_ci_low, True)}, "
                          f"{_f(r.seed_ci_high, True)}] | {r.n_positive:.0f}/{r.n:.0f} | {_p(r.p)} | {_p(r.p_holm)} | "
@@ -153,9 +155,35 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
 #: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
 #: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`) or ``<!-- stmedfm:methods results/peft_methods -->`` (the
 #: findings of the study of every strategy, :func:`methods_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|inference) (?P<arg>[^>]+?) -->\n)"
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|inference|verdicts) (?P<arg>[^>]+?) -->\n)"
                    r"(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
+
+
+def verdicts_block(previous: str | Path, current: str | Path) -> str:
+    """Which claim verdicts changed between two committed stores (the previous reference and the current one), and
+    why, as far as the stores tell: the flag in the claim's role, the pretraining mix, the inference."""
+    old, new = (pd.read_csv(Path(r) / "claims.csv", keep_default_na=False) for r in (previous, current))
+    old_cfg, new_cfg = (ResultStore(r).config() for r in (previous, current))
+    both = new.merge(old, on=["claim", "metric"], how="left", suffixes=("", "_old"))
+    lines = [f"| claim | metric | `{Path(previous).name}` | `{Path(current).name}` | what differs |", "|---|---|---|---|---|"]
+    changed = 0
+    for r in both.itertuples():
+        before = f"{r.verdict_old} ({r.task_old})" if isinstance(r.verdict_old, str) and r.verdict_old else "—"
+        if before == f"{r.verdict} ({r.task})":
+            continue
+        changed += 1
+        why = []
+        if r.task != r.task_old:
+            why.append(f"the role is now played by {r.task or 'no flag'} (was {r.task_old or 'no flag'})")
+        if sorted(old_cfg.pretrain_tasks) != sorted(new_cfg.pretrain_tasks):
+            why.append("pretraining now on " + "+".join(new_cfg.pretrain_tasks))
+        if r.p_source != r.p_source_old:
+            why.append(f"p from the {r.p_source.split(' (')[0] or '—'} (was {r.p_source_old.split(' (')[0] or 'Wilcoxon over seeds'})")
+        lines.append(f"| {r.text} | {r.metric} | {before} | {r.verdict} ({r.task}) | {'; '.join(why)} |")
+    head = (f"{changed} of {len(new)} claim x metric rows have another verdict (or flag) than in "
+            f"`{Path(previous).name}`; the others are unchanged.")
+    return head + "\n\n" + "\n".join(lines) + "\n"
 
 
 def variants_block(params: str | Path) -> str:
@@ -208,7 +236,8 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
         blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
-                  "flips": flips_block, "methods": methods_block, "inference": lambda _: C.inference_markdown()}
+                  "flips": flips_block, "methods": methods_block, "inference": lambda _: C.inference_markdown(),
+                  "verdicts": verdicts_block}
         return blocks[m.group("kind")](*args)
 
     return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)

@@ -39,9 +39,11 @@ from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_job
 from stmedfm.train import RunResult, build_model, eval_subset
 
 #: The per-image predictions of runs whose test split has at most this many images go into the store's one
-#: committed file ``predictions.npz`` (a few MB for the offline reference); larger test splits (organamnist's
-#: 17,778 images: 0.4 MB per run) stay in ``predictions/<rid>.npy`` beside the run records, recomputed by the study.
-BUNDLE_MAX_IMAGES = 5000
+#: committed file ``predictions.npz`` (retinamnist's 400 and adrenalmnist3d's 298 test images: about 3 MB for the
+#: 20-seed reference); larger test splits (bloodmnist 3,421, organamnist 17,778 images: 0.05-0.4 MB per run) stay in
+#: ``predictions/<rid>.npy`` beside the run records, and their claims' bootstrap replicates are committed instead
+#: (``replicates.npz``, :mod:`stmedfm.claims`).
+BUNDLE_MAX_IMAGES = 1000
 BUNDLE = "predictions.npz"
 
 #: The marker of a result store: which study it holds and whether its data is real or synthetic.

@@ -65,9 +65,10 @@ def benchmark_table(metrics: pd.DataFrame, strategies_shown=("scratch", "full"))
         model = BASELINE[registry.get(r.task).dim]
         hit = base[(base["flag"] == r.task) & (base["model"] == model)]
         value = float(hit["auc" if r.metric == "macro_auroc" else "acc"].iloc[0]) if len(hit) else np.nan
-        rows.append({"task": r.task, "strategy": r.strategy, "metric": r.metric, "mean": r.mean, "ci95": r.ci95,
-                     "n": r.n, "baseline": model, "baseline_value": value, "gap": r.mean - value})
-    return pd.DataFrame(rows, columns=["task", "strategy", "metric", "mean", "ci95", "n", "baseline",
+        rows.append({"task": r.task, "strategy": r.strategy, "metric": r.metric, "ours": round(r.mean, 3),
+                     "ours_ci95": round(r.ci95, 3), "n": r.n, "baseline": model, "baseline_value": value,
+                     "gap": round(r.mean - value, 3)})
+    return pd.DataFrame(rows, columns=["task", "strategy", "metric", "ours", "ours_ci95", "n", "baseline",
                                        "baseline_value", "gap"])
 
 

@@ -157,5 +157,5 @@ def test_medmnist_baselines_cover_every_role_and_the_gap_is_ours_minus_theirs():
     table = tables.benchmark_table(frame).set_index(["task", "metric"])
     adrenal = base[(base["flag"] == "adrenalmnist3d") & (base["model"] == "ResNet-18 + 3D")].iloc[0]
     assert table.loc[("adrenalmnist3d", "macro_auroc"), "baseline"] == "ResNet-18 + 3D"
-    assert table.loc[("adrenalmnist3d", "macro_auroc"), "gap"] == pytest.approx(0.81 - adrenal["auc"])
+    assert table.loc[("adrenalmnist3d", "macro_auroc"), "gap"] == pytest.approx(0.81 - adrenal["auc"], abs=5e-4)
     assert table.loc[("bloodmnist", "accuracy"), "baseline"] == "ResNet-18 (28)"
