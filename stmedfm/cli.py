@@ -198,6 +198,21 @@ def cmd_report(args) -> None:
         print(f"{path}: generated blocks {'rewritten' if new != text else 'already up to date'}")
 
 
+def cmd_seal(args) -> None:
+    from stmedfm import seal
+
+    failed = False
+    for folder in args.folders:
+        if args.check:
+            found = seal.problems(folder)
+            failed |= bool(found)
+            print("\n".join(found) if found else f"{folder}: every table matches its digest")
+        else:
+            print(f"{folder}: sealed {len(seal.seal(folder))} files into {seal.DIGESTS}")
+    if failed:
+        raise StmedfmError("some tables do not match their digests (listed above); restore them or rebuild them.")
+
+
 def cmd_figures(args) -> None:
     from stmedfm.plots import write_figures
 
@@ -328,6 +343,11 @@ def _result_commands(sub) -> None:
                    help="a markdown file whose generated <!-- stmedfm:KIND ... --> blocks (reference, variants, flips, "
                         "methods) to regenerate from the committed tables (repeatable)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("seal", help="record (or --check) the sha256 of every table of a result store in digests.json")
+    p.add_argument("folders", nargs="+", help="result stores or variant-study folders, e.g. results/offline")
+    p.add_argument("--check", action="store_true", help="only verify: list every table that differs from its digest")
+    p.set_defaults(func=cmd_seal)
 
     p = sub.add_parser("figures", help="draw the paper's figures (PNG + SVG) from a result store")
     p.add_argument("results", help="result directory, e.g. results/offline")

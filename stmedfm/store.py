@@ -30,11 +30,11 @@ import pandas as pd
 import torch
 import yaml
 
-from stmedfm import __version__
+from stmedfm import __version__, seal
 from stmedfm import data as D
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from stmedfm.io import atomic_write_bytes, atomic_write_text
 from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
 from stmedfm.train import RunResult, build_model, eval_subset
 
@@ -283,12 +283,13 @@ class ResultStore:
 
     # config ---------------------------------------------------------------------------------------------------
     def write_config(self, cfg: StudyConfig) -> None:
-        atomic_write_text(self.root / "config.yaml", cfg.to_yaml())
+        seal.write_bytes(self.root, "config.yaml", cfg.to_yaml().encode())
 
     def config(self) -> StudyConfig:
         path = self.root / "config.yaml"
         if not path.is_file():
             raise StmedfmError(f"'{self.root}' holds no study (no config.yaml). Run `stmedfm study PARAMS --out {self.root}` first.")
+        seal.check(self.root, "config.yaml")
         return StudyConfig.load(path)
 
     # tidy tables
@@ -329,8 +330,7 @@ class ResultStore:
                 losses.append(frame)
         if losses:
             tables["pretrain_loss"] = pd.concat(losses, ignore_index=True)
-        for name, frame in tables.items():
-            atomic_write_csv(self.root / f"{name}.csv", frame)
+        self.write_tables(tables)
         self.write_bundle(cfg, tables["runs"])
         return tables
 
@@ -353,12 +353,13 @@ class ResultStore:
                     arrays[f"probs/{rid}"] = probs
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(self.root / BUNDLE, buf.getvalue())
+        seal.write_bytes(self.root, BUNDLE, buf.getvalue())  # with its sha256, like the tables
 
     def table(self, name: str) -> pd.DataFrame:
         path = self.root / f"{name}.csv"
         if not path.is_file():
             raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
+        seal.check(self.root, f"{name}.csv")  # the bytes written, or one line naming the damaged file
         try:
             frame = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
@@ -370,6 +371,15 @@ class ResultStore:
             raise StmedfmError(f"'{path}' is damaged ({problem}); the tables are rebuilt from the runs by "
                                f"`stmedfm study PARAMS --out {self.root}`.")
         return frame
+
+    # digests (stmedfm.seal) -------------------------------------------------------------------------------------
+    def write_tables(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Write the tidy tables and record their digests with those of the run records they were built from (the
+        runs listed in ``runs.csv``), so every later read can prove the tables are the ones written here."""
+        seal.write_csvs(self.root, {f"{name}.csv": frame for name, frame in tables.items()})
+        rids = tables["runs"]["run_id"] if "run_id" in tables["runs"] else ()
+        seal.record(self.root, runs={rid: seal.sha256_file(self.run_path(rid)) for rid in dict.fromkeys(rids)
+                                     if self.run_path(rid).is_file()})
 
     def notices(self) -> list[str]:
         """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from

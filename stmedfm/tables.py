@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stmedfm import registry, strategies
-from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm import registry, seal, strategies
+from stmedfm.io import atomic_write_text
 from stmedfm.peft import parameter_table
 from stmedfm.stats import mean_ci
 from stmedfm.store import ResultStore, not_results
@@ -162,7 +162,7 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
 
     per_class_path = store.root / "per_class.csv"
     if per_class_path.is_file() and cfg.calibration_task:
-        pc = pd.read_csv(per_class_path)
+        pc = store.table("per_class")
         pc = pc[(pc["task"] == cfg.calibration_task) & (pc["strategy"] == cfg.calibration_strategy)]
         long = pc.melt(id_vars=["task", "strategy", "seed", "class", "name"], value_vars=["support", "precision", "recall", "f1"],
                        var_name="metric", value_name="value")
@@ -244,9 +244,9 @@ def write_tables(results: str | Path) -> list[Path]:
     notices = store.notices()
     banner = "".join(f"> **{n}**\n\n" for n in notices)
     written = []
-    for name, frame in build_tables(store).items():
-        frame = mark(frame, notices, name)
-        atomic_write_csv(out_dir / f"{name}.csv", frame)
+    frames = {name: mark(frame, notices, name) for name, frame in build_tables(store).items()}
+    seal.write_csvs(store.root, {f"tables/{name}.csv": frame for name, frame in frames.items()})  # with digests
+    for name, frame in frames.items():
         atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n{banner}" + format_markdown(frame.drop(
             columns=["notice"], errors="ignore")))
         written += [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
