@@ -303,7 +303,7 @@ class ResultStore:
         for p in planned:
             rid = run_id(cfg, p.spec, data)
             if rid not in cache:
-                cache[rid] = self.load_run(rid)
+                cache[rid] = self.load_run_on(rid, data)
             rec = cache[rid]
             if rec is None:
                 continue
@@ -371,6 +371,19 @@ class ResultStore:
             raise StmedfmError(f"'{path}' is damaged ({problem}); the tables are rebuilt from the runs by "
                                f"`stmedfm study PARAMS --out {self.root}`.")
         return frame
+
+    # a run against the study's data (issue 29) -------------------------------------------------------------------
+    def load_run_on(self, rid: str, data: StudyData) -> dict | None:
+        """:meth:`load_run`, and the record's data (its provenance names the files it was computed on) checked against
+        the files this study reads: a record computed on other bytes (a synthetic run under a real run's id, edited
+        or reused from another store) is quarantined and recomputed, never taken by its id alone."""
+        rec = self.load_run(rid)
+        if rec is not None:
+            problem = data_mismatch(rec, data)
+            if problem:
+                self.quarantine(self.run_path(rid), problem)
+                return None
+        return rec
 
     # digests (stmedfm.seal) -------------------------------------------------------------------------------------
     def write_tables(self, tables: dict[str, pd.DataFrame]) -> None:
@@ -455,6 +468,23 @@ def _run_problem(rec, rid: str) -> str | None:
     if not isinstance(extras, dict) or not all(
             isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in extras.values()):
         return "its per-class tables are damaged"
+    return None
+
+
+def data_mismatch(rec: dict, data: StudyData) -> str | None:
+    """Why a run record was not computed on the study's files (None: it was, or the record is older than data
+    provenance and says nothing). The record's ``provenance.data`` is 'flag=kind:digest; …'
+    (:class:`~stmedfm.data.FileIdentity` as text), written by the worker that computed it."""
+    text = (rec.get("provenance") or {}).get("data")
+    if not text:
+        return None
+    found = dict(part.strip().split("=", 1) for part in str(text).split(";") if "=" in part)
+    task = rec.get("task")
+    if task in data and task not in found:
+        return f"it was computed on {text}, not on {task}"
+    for flag, identity in found.items():
+        if flag in data and str(data[flag]) != f"{flag}={identity}":
+            return f"it was computed on {flag}={identity}, and this study reads {data[flag]}"
     return None
 
 
