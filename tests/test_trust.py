@@ -65,3 +65,36 @@ def test_a_record_of_other_data_is_quarantined_not_reused(make_config, other_byt
     with pytest.warns(StoreWarning, match="and this study reads"):
         run_study(b, out=store.root, progress=False)
     assert store.read_run(rid)["metrics"]["macro_auroc"] != 1.0
+
+
+# --- 3. saved inference weights carry their sha256 --------------------------------------------------------------
+def test_saved_weights_are_checked_at_load(tiny_store, tmp_path):
+    """The issue's reproduction: one tensor of models/<rid>.pt scaled by 3 was loaded as is (predictions differed
+    by up to 0.052); a foreign pickle was refused only by torch's raw UnpicklingError."""
+    import torch
+
+    from stmedfm import seal
+    from stmedfm.inference import load_model, model_path
+
+    store = ResultStore(shutil.copytree(tiny_store.root, tmp_path / "S"))
+    first = load_model(store.root, task="bloodmnist", strategy="full", seed=0)
+    saved = model_path(store, first.run_id)
+    assert seal.load(store.root)["files"][f"models/{saved.name}"] == seal.sha256_file(saved)
+    assert load_model(store.root, task="bloodmnist", strategy="full", seed=0).source == "saved"
+    state = torch.load(saved, weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] * 3
+    torch.save(state, saved)
+    with pytest.raises(StmedfmError, match="is not the model this store saved \\(its sha256 is not the one"):
+        load_model(store.root, task="bloodmnist", strategy="full", seed=0)
+
+    class Foreign:  # a pickle that is not a state dict (weights_only refuses it)
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save(Foreign(), saved)
+    seal.record(store.root, {f"models/{saved.name}": seal.sha256_file(saved)})  # digests forged too
+    with pytest.raises(StmedfmError, match=r"Cannot load '.*\.pt' \(UnpicklingError"):
+        load_model(store.root, task="bloodmnist", strategy="full", seed=0)
+    saved.unlink()  # as the message says: deleted, the model is re-materialised and saved again
+    assert load_model(store.root, task="bloodmnist", strategy="full", seed=0).source == "re-materialised"
