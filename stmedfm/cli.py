@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATA_DIR_HELP = "directory searched first for {flag}.npz (then $STMEDFM_DATA, then ~/.medmnist)"
+DATA_DIR_HELP = ("the folder holding {flag}.npz, the only place looked (without it: $STMEDFM_DATA, then "
+                 "~/.medmnist)")
 SIZE_HELP = "image size in pixels: 28 (MedMNIST) or a MedMNIST+ size (64, 128, 224; 3D: 64) (default 28)"
 FORMAT_HELP = "output format (default: table)"
 

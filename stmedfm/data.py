@@ -27,6 +27,7 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import warnings
 import weakref
 import zipfile
@@ -119,6 +120,8 @@ def locate(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None)
     info = registry.get(flag)
     name = info.filename(size)
     searched = paths.data_dirs(data_dir)
+    if data_dir is not None:
+        return _in_explicit(searched[0], name, info.flag, size)
     for d in searched:
         candidate = d / name
         if candidate.is_file():
@@ -130,6 +133,30 @@ def locate(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None)
         f"(it lands in {paths.download_dir(data_dir)}), or, on a machine without internet, copy the official file "
         f"into one of those directories (or point ${paths.ENV_DATA} at a directory holding it)."
     )
+
+
+def _in_explicit(folder: Path, name: str, flag: str, size: int) -> Path:
+    """The file ``name`` in the explicit data folder, the only place looked (see :mod:`stmedfm.paths`): a missing
+    folder, a missing file or anything but a regular file (a FIFO, a folder, a link to a device) is one line naming
+    the folder."""
+    size_opt = "" if size == 28 else f" --size {size}"
+    if not folder.is_dir():
+        raise StmedfmError(f"The data folder '{folder}' (--data-dir / data_dir) {'is not a folder' if folder.exists() else 'does not exist'}; "
+                           f"it is the only place looked for {name}. Pass the folder holding the MedMNIST files, or "
+                           f"leave it out to use ${paths.ENV_DATA} or ~/.medmnist.")
+    candidate = folder / name
+    if not candidate.exists() and not candidate.is_symlink():
+        raise StmedfmError(f"MedMNIST file '{name}' is not in the data folder '{folder}' (--data-dir / data_dir), the "
+                           f"only place looked. Copy the official file there, or run `stmedfm download {flag}{size_opt} "
+                           f"--data-dir {folder}`.")
+    try:
+        regular = stat.S_ISREG(candidate.stat().st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        raise StmedfmError(f"'{candidate}' in the data folder '{folder}' is not a regular file (a folder, a pipe, a "
+                           f"device or a broken link); replace it with the official {name}.")
+    return candidate
 
 
 # --------------------------------------------------------------------------------------------------- verifying

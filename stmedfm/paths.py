@@ -1,9 +1,10 @@
 """Where things live: the one module that owns paths (cookiecutter-data-science style).
 
 Data is never inside the project. A MedMNIST file ``{flag}.npz`` (or ``{flag}_{size}.npz`` for MedMNIST+) is
-looked up, in order, in an explicit ``data_dir`` argument, ``$STMEDFM_DATA`` and ``~/.medmnist`` (MedMNIST's own
-default root). Downloads go to the first of these that is given (explicit, then environment), else
-``~/.medmnist``. Project outputs (results, figures, runs) live under the project root, which is the current
+looked up in an explicit ``data_dir`` argument (``--data-dir``, ``-p data_dir=…``) and only there; without one, in
+``$STMEDFM_DATA``, then ``~/.medmnist`` (MedMNIST's own default root). Decision (issue 29): an explicit folder is a
+statement of which files to use, so a file missing there is an error, never a silent fallback to other bytes.
+Downloads go to the explicit folder, else ``$STMEDFM_DATA``, else ``~/.medmnist``. Project outputs (results, figures, runs) live under the project root, which is the current
 directory unless ``$STMEDFM_ROOT`` says otherwise.
 """
 
@@ -21,10 +22,11 @@ MANIFEST_NAME = "MANIFEST.json"
 
 
 def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Directories searched for data files, in order of precedence (duplicates removed)."""
-    candidates: list[Path] = []
+    """Directories searched for data files, in order of precedence (duplicates removed): an explicit ``data_dir``
+    alone, else ``$STMEDFM_DATA`` and ``~/.medmnist``."""
     if data_dir is not None:
-        candidates.append(Path(data_dir))
+        return [Path(data_dir).expanduser()]
+    candidates: list[Path] = []
     if os.environ.get(ENV_DATA):
         candidates.append(Path(os.environ[ENV_DATA]))
     candidates.append(MEDMNIST_DEFAULT_ROOT)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -213,6 +214,10 @@ def preflight(cfg: StudyConfig) -> None:
         try:
             D.locate(task, size=cfg.image_size, data_dir=cfg.data_dir)
         except StmedfmError:
+            folder = paths.data_dirs(cfg.data_dir)[0]
+            name = folder / registry.get(task).filename(cfg.image_size)
+            if cfg.data_dir is not None and (not folder.is_dir() and not cfg.download or os.path.lexists(name)):
+                raise  # the explicit folder is missing or holds something else under the name: its own line
             missing.append(task)
     if missing and cfg.download:
         reason = ""
@@ -227,14 +232,16 @@ def preflight(cfg: StudyConfig) -> None:
         reason = ""
     if missing:
         size = "" if cfg.image_size == 28 else f" --size {cfg.image_size}"
-        dirs = ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir))
+        dirs = (f"the data folder '{cfg.data_dir}' (--data-dir / data_dir), the only place looked"
+                if cfg.data_dir is not None else ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir)))
         fetch = ("" if cfg.download else  # never advise the download that just failed
                  f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / "
                  f"-p download=true), or, on a machine without internet, ")
         raise StmedfmError(
             f"Study '{cfg.study}' needs {len(missing)} MedMNIST file(s) that are not here: "
             f"{', '.join(registry.get(t).filename(cfg.image_size) for t in missing)} (searched: {dirs}). "
-            f"{fetch}{'c' if fetch else 'C'}opy the official files into one of those directories (or point "
+            f"{fetch}{'c' if fetch else 'C'}opy the official files into "
+            f"{'that folder' if cfg.data_dir is not None else 'one of those directories'} (or point "
             f"${paths.ENV_DATA} at a directory holding them).{_offline_advice(cfg)}{reason}")
     for task in cfg.all_tasks():
         D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout

@@ -98,3 +98,39 @@ def test_saved_weights_are_checked_at_load(tiny_store, tmp_path):
         load_model(store.root, task="bloodmnist", strategy="full", seed=0)
     saved.unlink()  # as the message says: deleted, the model is re-materialised and saved again
     assert load_model(store.root, task="bloodmnist", strategy="full", seed=0).source == "re-materialised"
+
+
+# --- 4. an explicit --data-dir is the only place looked ----------------------------------------------------------
+MIN = ["-p", "seeds=1", "-p", "strategies=[scratch]", "-p", "fewshot_tasks={}", "-p", "class_weight_ablation_tasks=[]",
+       "-p", "leave_out_tasks=[]", "-p", "extended_tasks=[]", "-p", "calibration_task=null", "-p",
+       "downstream_tasks=[retinamnist]", "-p", "pretrain_tasks=[retinamnist]", "-p", "scratch_steps_2d=2", "-q"]
+
+
+@pytest.fixture(scope="module")
+def retina_env(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("retina-env")
+    synthetic.write_synthetic(d, ["retinamnist"], n={"train": 48, "val": 16, "test": 32}, seed=0)
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "fifo", "directory", "urandom"])
+def test_an_explicit_data_dir_never_falls_back(case, retina_env, tmp_path, monkeypatch, capsys):
+    """The issue's reproduction: `--data-dir /nonexistent` (or an empty folder, a FIFO, a directory or a link to
+    /dev/urandom named retinamnist.npz) ran on the file in $STMEDFM_DATA and exited 0."""
+    monkeypatch.setenv("STMEDFM_DATA", str(retina_env))
+    folder = tmp_path / "data"
+    if case != "missing":
+        folder.mkdir()
+    target = folder / "retinamnist.npz"
+    if case == "fifo":
+        os.mkfifo(target)
+    elif case == "directory":
+        target.mkdir()
+    elif case == "urandom":
+        target.symlink_to("/dev/urandom")
+    rc = main(["study", str(ROOT / "params" / "smoke.yaml"), *MIN, "--data-dir", str(folder), "--out",
+               str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"'{folder}'" in err and str(retina_env) not in err
+    assert not (tmp_path / "out" / "metrics.csv").exists()
