@@ -17,6 +17,7 @@ then start in a fraction of a second instead of loading torch and matplotlib fir
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
@@ -364,6 +365,19 @@ def _warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"stmedfm: warning: {message}", file=sys.stderr)
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system error. Writes are atomic (:mod:`stmedfm.io`), so a failed write changed
+    nothing: the line says so, and that the same command resumes."""
+    from stmedfm.io import WriteFailed
+
+    what = exc.strerror or type(exc).__name__
+    if isinstance(exc, WriteFailed) or exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return (f"cannot write '{exc.filename}' ({what}); nothing was half-written, the store is intact, and the same "
+                f"command resumes once the file can be written (free space, raise `ulimit -f`, or pass a writable "
+                f"--out).")
+    return f"{what}: '{exc.filename}'" if exc.filename else f"{type(exc).__name__}: {exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -388,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stmedfm: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as exc:  # at the boundary: a disk full, a file too large, a folder not writable
+        print(f"stmedfm: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = shown
         if previous is not None:

@@ -101,16 +101,9 @@ def record(root: str | os.PathLike, files: dict[str, str] | None = None, runs: d
 
 def write_csvs(root: str | os.PathLike, frames: dict[str, object]) -> list[Path]:
     """Write each frame (name relative to ``root``, e.g. 'metrics.csv', 'tables/table7_auroc.csv') atomically as CSV
-    and record the digests of the bytes written; returns the paths."""
-    root = Path(root)
-    digests, written = {}, []
-    for name, frame in frames.items():
-        blob = frame.to_csv(index=False).encode()
-        atomic_write_bytes(root / name, blob)
-        digests[name] = sha256_bytes(blob)
-        written.append(root / name)
-    record(root, digests)
-    return written
+    and record the digest of the bytes written after each one (a write that fails midway leaves every table
+    matching its digest); returns the paths."""
+    return [write_bytes(root, name, frame.to_csv(index=False).encode()) for name, frame in frames.items()]
 
 
 def write_bytes(root: str | os.PathLike, name: str, blob: bytes) -> Path:

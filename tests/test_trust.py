@@ -134,3 +134,60 @@ def test_an_explicit_data_dir_never_falls_back(case, retina_env, tmp_path, monke
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"'{folder}'" in err and str(retina_env) not in err
     assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+# --- 5. a write failure is one line; the store stays intact and the command resumes -----------------------------
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_a_failed_write_is_one_line_and_loses_nothing(code, tiny_store, tmp_path, monkeypatch, capsys):
+    """ENOSPC (a full disk), EACCES and EROFS (a read-only folder; tests run as root, whom chmod does not stop,
+    so the refusal is raised where the write happens)."""
+    import stmedfm.io
+
+    store = shutil.copytree(tiny_store.root, tmp_path / "S")
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    real = os.replace
+
+    def failing(src, dst, *a, **k):
+        if str(dst).endswith(".csv"):
+            raise OSError(code, os.strerror(code), str(src))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(stmedfm.io.os, "replace", failing)
+    assert main(["tables", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"cannot write '{store / 'tables'}/table" in err and os.strerror(code) in err
+    assert "the store is intact" in err and "resumes" in err
+    after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert after == before, "nothing changed, no temporary file left"
+    monkeypatch.setattr(stmedfm.io.os, "replace", real)
+    assert main(["tables", str(store)]) == 0
+
+
+_UNDER_ULIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = 200 * 1024  # `ulimit -f 200`
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from stmedfm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_file_too_large_is_one_line_and_the_study_resumes(retina_env, tmp_path):
+    """The issue's reproduction: `(ulimit -f 200; stmedfm study …)` was a traceback ending in
+    `OSError: [Errno 27] File too large` from stmedfm/io.py. A checkpoint (about 0.7 MB) exceeds 200 KiB."""
+    args = ["study", str(ROOT / "params" / "smoke.yaml"), *MIN, "-p", "strategies=[full]", "--data-dir",
+            str(retina_env), "--out", str(tmp_path / "S")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STMEDFM_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", _UNDER_ULIMIT, *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "cannot write '" in done.stderr and "File too large" in done.stderr and "the store is intact" in done.stderr
+    assert not list((tmp_path / "S").rglob(".*.tmp")), "no partial file is left"
+    again = subprocess.run([sys.executable, "-m", "stmedfm", *args], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert ResultStore(tmp_path / "S").table("metrics")["run_id"].nunique() == 1
