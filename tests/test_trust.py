@@ -191,3 +191,40 @@ def test_a_file_too_large_is_one_line_and_the_study_resumes(retina_env, tmp_path
                            timeout=300)
     assert again.returncode == 0, again.stderr
     assert ResultStore(tmp_path / "S").table("metrics")["run_id"].nunique() == 1
+
+
+# --- 7. sizes and precisions that cannot be meant ------------------------------------------------------------------
+@pytest.mark.parametrize("field, strategy, trainable", [("lora_r", "lora", "76,800,"),
+                                                        ("adapter_bottleneck", "adapter", "25,800,")])
+def test_a_peft_size_larger_than_the_model_is_refused_unless_forced(field, strategy, trainable, retina_env, tmp_path,
+                                                                   capsys):
+    """The issue's reproduction: lora_r=100000 trained 76.8 M parameters of a 160 k model, adapter_bottleneck=100000
+    25.8 M, silently."""
+    rc = main(["study", str(ROOT / "params" / "smoke.yaml"), *MIN, "-p", f"strategies=[{strategy}]", "-p",
+               f"{field}=100000", "--data-dir", str(retina_env), "--out", str(tmp_path / "S")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"'{field}' = 100000 makes {strategy} train {trainable}" in err  # RetinaMNIST's head: 5 classes
+    assert "than full fine-tuning of the whole model (159," in err and "allow_large_peft: true" in err
+    assert not (tmp_path / "S" / "runs").exists()
+    from stmedfm.config import StudyConfig
+    from stmedfm.planning import check_limits
+
+    check_limits(StudyConfig.from_dict({field: 100000, "allow_large_peft": True}))  # forced: accepted
+    check_limits(StudyConfig.from_dict({field: 200}))  # large but smaller than the model: accepted
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_is_refused_unless_forced(monkeypatch):
+    import torch
+
+    from stmedfm.config import StudyConfig
+    from stmedfm.planning import check_limits
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    avx2 = frozenset({"avx2", "fma"})
+    with pytest.raises(StmedfmError, match=r"precision: bf16 on this CPU .* is emulated, 10-26x slower than fp32 "
+                                           r"\(measured on an AVX2 AMD EPYC\).*allow_emulated_bf16: true"):
+        check_limits(StudyConfig.from_dict({"precision": "bf16"}), flags=avx2)
+    check_limits(StudyConfig.from_dict({"precision": "bf16", "allow_emulated_bf16": True}), flags=avx2)
+    check_limits(StudyConfig.from_dict({"precision": "bf16"}), flags=frozenset({"avx512_bf16"}))  # native
+    check_limits(StudyConfig.from_dict({"precision": "auto"}), flags=avx2)  # auto picks fp32 there
