@@ -573,7 +573,29 @@ def _load_cached(resolved: str, flag: str, size: int, mtime_ns: int, nbytes: int
     arrays = _map_arrays(path, size)
     _validate(path, arrays, info, size)
     splits = {s: _to_split(arrays[f"{s}_images"], arrays[f"{s}_labels"], info, views=True) for s in SPLITS}
+    _warn_degenerate(path, info, splits)
     return TaskData(info=info, size=size, path=path, splits=splits)
+
+
+class DegenerateSplitWarning(UserWarning):
+    """A validation or test split holds a single class: AUROC is undefined on it (and calibration is fitted on one
+    class); the tables say so where a cell is empty."""
+
+
+def _warn_degenerate(path: Path, info: FlagInfo, splits: dict[str, Split]) -> None:
+    """Name, once per file and process (the caller is cached), every evaluation split with one class."""
+    if info.multi_label:
+        return
+    for name in ("val", "test"):
+        labels = splits[name].labels
+        present = torch.unique(labels).tolist() if len(labels) else []
+        if len(present) == 1:
+            c = int(present[0])
+            effect = ("macro AUROC is undefined on it (its table cells stay empty and say why)" if name == "test" else
+                      "validation AUROC is undefined and temperature scaling is fitted on one class")
+            warnings.warn(DegenerateSplitWarning(
+                f"{info.flag}: the {name} split of {path} holds one class only (class {c}"
+                f"{f', {info.labels[c]!r}' if 0 <= c < len(info.labels) else ''}): {effect}."), stacklevel=4)
 
 
 def release_cache() -> None:

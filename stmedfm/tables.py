@@ -88,13 +88,29 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def summarise(frame: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
-    """Mean, 95 % CI and count of ``value`` over seeds, per group of ``by``."""
+    """Mean, 95 % CI and count of ``value`` over seeds, per group of ``by``. A group whose every run has no value
+    (n = 0: the metric is undefined, e.g. AUROC on a test split of one class) is not left as a bare blank: a column
+    ``note`` says why (the column exists only when some group needs it, so other tables are unchanged)."""
     if frame.empty:
         return pd.DataFrame(columns=[*by, "mean", "ci95", "n"])
     grouped = frame.groupby(by, sort=False, dropna=False)[value]
-    out = grouped.agg(mean="mean", n="count").reset_index()
+    out = grouped.agg(mean="mean", n="count", runs="size").reset_index()
     out["ci95"] = grouped.apply(ci95).to_numpy()
+    undefined = (out["n"] == 0) & (out["runs"] > 0)
+    if undefined.any():
+        metrics = (out["metric"] if "metric" in out else
+                   pd.Series(frame["metric"].iloc[0] if "metric" in frame and frame["metric"].nunique() == 1 else "",
+                             index=out.index))
+        out["note"] = [undefined_note(m, r) if u else "" for m, r, u in zip(metrics, out["runs"], undefined)]
+        return out[[*by, "mean", "ci95", "n", "note"]]
     return out[[*by, "mean", "ci95", "n"]]
+
+
+def undefined_note(metric: str, runs: int) -> str:
+    """Why a cell is empty: its metric is undefined in every one of its ``runs``."""
+    why = ("AUROC needs two classes in the test split, and it holds one (see the load warning)"
+           if "auroc" in str(metric) else "the metric is undefined on this test split")
+    return f"undefined in all {runs} run{'s' if runs != 1 else ''}: {why}"
 
 
 def with_paper(frame: pd.DataFrame, table: str, metric: str | None = None) -> pd.DataFrame:
@@ -196,9 +212,10 @@ def format_markdown(frame: pd.DataFrame) -> str:
 
     if frame.empty or "mean" not in frame.columns:
         return markdown(frame)
-    cells = frame.apply(lambda r: cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan),
-                                        r.get("metric") in COUNT_METRICS), axis=1)
-    show = frame.assign(ours=cells)
+    cells = frame.apply(lambda r: r["note"] if isinstance(r.get("note"), str) and r["note"] else  # why it is empty
+                        cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan), r.get("metric") in COUNT_METRICS),
+                        axis=1)
+    show = frame.assign(ours=cells).drop(columns=["note"], errors="ignore")
     if "metric" in show.columns and show["metric"].nunique() > 1:
         keys = [c for c in show.columns if c not in ("metric", "mean", "ci95", "n", "paper", "delta", "ours",
                                                      "std_splits", "paper_std_splits")]

@@ -228,3 +228,41 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_is_refused_unless_forced(monkey
     check_limits(StudyConfig.from_dict({"precision": "bf16", "allow_emulated_bf16": True}), flags=avx2)
     check_limits(StudyConfig.from_dict({"precision": "bf16"}), flags=frozenset({"avx512_bf16"}))  # native
     check_limits(StudyConfig.from_dict({"precision": "auto"}), flags=avx2)  # auto picks fp32 there
+
+
+# --- 8. a test or validation split of one class ------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_split_of_one_class_is_named_at_load_and_the_table_says_why_its_cell_is_empty(make_config, tmp_path):
+    """The issue's reproduction: a test split with one class gave AUROC NaN with no warning, and Table 7 showed a
+    blank mean with n = 0."""
+    from stmedfm import data
+    from stmedfm.tables import write_tables
+
+    import numpy as np
+
+    from stmedfm import registry
+
+    d = tmp_path / "data"
+    target = synthetic.write_synthetic(d, ["bloodmnist"], n={"train": 48, "val": 16, "test": 32}, seed=0)["bloodmnist"]
+    arrays = dict(np.load(target))
+    for split in ("val", "test"):  # every evaluation sample of class 3
+        arrays[f"{split}_labels"] = np.full_like(arrays[f"{split}_labels"], 3)
+    np.savez_compressed(target, **arrays)
+    digests = data.file_digests(target, ("sha256", "md5"))
+    synthetic._merge_manifest(d, [{"name": target.name, "flag": "bloodmnist", "sha256": digests["sha256"],
+                                   "md5": digests["md5"], "size": 28, "synthetic": True}])
+    assert registry.get("bloodmnist").n_classes == 8
+    data.release_cache()
+    with pytest.warns(data.DegenerateSplitWarning) as caught:
+        data.load_task("bloodmnist", data_dir=d)
+    said = sorted(str(w.message).split(" split")[0] for w in caught)
+    assert said == ["bloodmnist: the test", "bloodmnist: the val"]
+    assert "macro AUROC is undefined on it" in " ".join(str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DegenerateSplitWarning)
+        store = run_study(make_config(data_dir=d, **SCRATCH), out=tmp_path / "S", progress=False)
+    write_tables(store.root)
+    t7 = (store.root / "tables" / "table7_auroc.md").read_text()
+    assert "undefined in all 1 run: AUROC needs two classes in the test split" in t7
+    t5 = (store.root / "tables" / "table5_accuracy.md").read_text()
+    assert "undefined" not in t5  # accuracy is defined on one class
