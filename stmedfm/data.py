@@ -27,7 +27,6 @@ import json
 import mmap
 import os
 import shutil
-import stat
 import warnings
 import weakref
 import zipfile
@@ -121,7 +120,7 @@ def locate(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None)
     name = info.filename(size)
     searched = paths.data_dirs(data_dir)
     if data_dir is not None:
-        return _in_explicit(searched[0], name, info.flag, size)
+        return paths.explicit_data_file(searched[0], name, info.flag, size)
     for d in searched:
         candidate = d / name
         if candidate.is_file():
@@ -133,30 +132,6 @@ def locate(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None)
         f"(it lands in {paths.download_dir(data_dir)}), or, on a machine without internet, copy the official file "
         f"into one of those directories (or point ${paths.ENV_DATA} at a directory holding it)."
     )
-
-
-def _in_explicit(folder: Path, name: str, flag: str, size: int) -> Path:
-    """The file ``name`` in the explicit data folder, the only place looked (see :mod:`stmedfm.paths`): a missing
-    folder, a missing file or anything but a regular file (a FIFO, a folder, a link to a device) is one line naming
-    the folder."""
-    size_opt = "" if size == 28 else f" --size {size}"
-    if not folder.is_dir():
-        raise StmedfmError(f"The data folder '{folder}' (--data-dir / data_dir) {'is not a folder' if folder.exists() else 'does not exist'}; "
-                           f"it is the only place looked for {name}. Pass the folder holding the MedMNIST files, or "
-                           f"leave it out to use ${paths.ENV_DATA} or ~/.medmnist.")
-    candidate = folder / name
-    if not candidate.exists() and not candidate.is_symlink():
-        raise StmedfmError(f"MedMNIST file '{name}' is not in the data folder '{folder}' (--data-dir / data_dir), the "
-                           f"only place looked. Copy the official file there, or run `stmedfm download {flag}{size_opt} "
-                           f"--data-dir {folder}`.")
-    try:
-        regular = stat.S_ISREG(candidate.stat().st_mode)
-    except OSError:
-        regular = False
-    if not regular:
-        raise StmedfmError(f"'{candidate}' in the data folder '{folder}' is not a regular file (a folder, a pipe, a "
-                           f"device or a broken link); replace it with the official {name}.")
-    return candidate
 
 
 # --------------------------------------------------------------------------------------------------- verifying
@@ -573,29 +548,7 @@ def _load_cached(resolved: str, flag: str, size: int, mtime_ns: int, nbytes: int
     arrays = _map_arrays(path, size)
     _validate(path, arrays, info, size)
     splits = {s: _to_split(arrays[f"{s}_images"], arrays[f"{s}_labels"], info, views=True) for s in SPLITS}
-    _warn_degenerate(path, info, splits)
     return TaskData(info=info, size=size, path=path, splits=splits)
-
-
-class DegenerateSplitWarning(UserWarning):
-    """A validation or test split holds a single class: AUROC is undefined on it (and calibration is fitted on one
-    class); the tables say so where a cell is empty."""
-
-
-def _warn_degenerate(path: Path, info: FlagInfo, splits: dict[str, Split]) -> None:
-    """Name, once per file and process (the caller is cached), every evaluation split with one class."""
-    if info.multi_label:
-        return
-    for name in ("val", "test"):
-        labels = splits[name].labels
-        present = torch.unique(labels).tolist() if len(labels) else []
-        if len(present) == 1:
-            c = int(present[0])
-            effect = ("macro AUROC is undefined on it (its table cells stay empty and say why)" if name == "test" else
-                      "validation AUROC is undefined and temperature scaling is fitted on one class")
-            warnings.warn(DegenerateSplitWarning(
-                f"{info.flag}: the {name} split of {path} holds one class only (class {c}"
-                f"{f', {info.labels[c]!r}' if 0 <= c < len(info.labels) else ''}): {effect}."), stacklevel=4)
 
 
 def release_cache() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -257,6 +258,26 @@ def check_limits(cfg: StudyConfig, flags: frozenset[str] | None = None) -> None:
         raise StmedfmError("\n".join(problems))
 
 
+class DegenerateSplitWarning(UserWarning):
+    """A validation or test split holds a single class: AUROC is undefined on it (and temperature scaling is fitted
+    on one class); the tables say so where a cell is empty (:func:`stmedfm.tables.summarise`)."""
+
+
+def warn_degenerate(task: D.TaskData) -> None:
+    """Name every evaluation split of ``task`` with one class (preflight calls it for every file a study reads)."""
+    if task.info.multi_label:
+        return
+    for name in ("val", "test"):
+        present = torch.unique(task[name].labels).tolist() if len(task[name]) else []
+        if len(present) == 1:
+            c, labels = int(present[0]), task.info.labels
+            effect = ("macro AUROC is undefined on it (its table cells stay empty and say why)" if name == "test" else
+                      "validation AUROC is undefined and temperature scaling is fitted on one class")
+            warnings.warn(DegenerateSplitWarning(
+                f"{task.info.flag}: the {name} split of {task.path} holds one class only (class {c}"
+                f"{f', {labels[c]!r}' if 0 <= c < len(labels) else ''}): {effect}."), stacklevel=3)
+
+
 def preflight(cfg: StudyConfig) -> None:
     """Everything that can fail before training: sizes and precisions that cannot be meant (:func:`check_limits`),
     files present and verified, K not larger than any class."""
@@ -296,7 +317,7 @@ def preflight(cfg: StudyConfig) -> None:
             f"{'that folder' if cfg.data_dir is not None else 'one of those directories'} (or point "
             f"${paths.ENV_DATA} at a directory holding them).{_offline_advice(cfg)}{reason}")
     for task in cfg.all_tasks():
-        D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout
+        warn_degenerate(D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir))  # verifies checksum, layout
     if cfg.fewshot_tasks and cfg.fewshot_k:
         k = max(cfg.fewshot_k)
         for task in cfg.fewshot_tasks:

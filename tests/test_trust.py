@@ -18,7 +18,7 @@ import pytest
 from stmedfm import synthetic
 from stmedfm.cli import main
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import plan, run_id, study_data
+from stmedfm.planning import DegenerateSplitWarning, plan, preflight, run_id, study_data
 from stmedfm.store import ResultStore, StoreWarning
 from stmedfm.study import run_study
 
@@ -253,14 +253,15 @@ def test_a_split_of_one_class_is_named_at_load_and_the_table_says_why_its_cell_i
                                    "md5": digests["md5"], "size": 28, "synthetic": True}])
     assert registry.get("bloodmnist").n_classes == 8
     data.release_cache()
-    with pytest.warns(data.DegenerateSplitWarning) as caught:
-        data.load_task("bloodmnist", data_dir=d)
+    cfg = make_config(data_dir=d, **SCRATCH)
+    with pytest.warns(DegenerateSplitWarning) as caught:
+        preflight(cfg)
     said = sorted(str(w.message).split(" split")[0] for w in caught)
     assert said == ["bloodmnist: the test", "bloodmnist: the val"]
     assert "macro AUROC is undefined on it" in " ".join(str(w.message) for w in caught)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.DegenerateSplitWarning)
-        store = run_study(make_config(data_dir=d, **SCRATCH), out=tmp_path / "S", progress=False)
+        warnings.simplefilter("ignore", DegenerateSplitWarning)
+        store = run_study(cfg, out=tmp_path / "S", progress=False)
     write_tables(store.root)
     t7 = (store.root / "tables" / "table7_auroc.md").read_text()
     assert "undefined in all 1 run: AUROC needs two classes in the test split" in t7
