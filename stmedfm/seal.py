@@ -19,7 +19,8 @@ A result store (or a variant study's folder) keeps ``digests.json`` beside its t
   naming the folder; ``stmedfm seal FOLDER`` (:func:`seal`) records the digests of the tables as they are now — the
   act of vouching for them, so it is never done implicitly.
 
-What is covered: ``*.csv`` and ``config.yaml`` at the folder's top, ``tables/*.csv`` and the inference weights
+What is covered: ``*.csv``, ``*.npz`` (per-image predictions, bootstrap replicates) and ``config.yaml`` at the
+folder's top, ``tables/*.csv`` and the inference weights
 ``models/*.pt`` (:mod:`stmedfm.inference`). Markdown (``tables/*.md``)
 is a rendering for people, rewritten from the CSV beside it, and is not covered.
 
@@ -45,7 +46,7 @@ from stmedfm.io import atomic_write_bytes
 DIGESTS = "digests.json"
 FORMAT = 1
 #: What :func:`seal` covers, as globs relative to the folder.
-COVERED = ("*.csv", "config.yaml", "tables/*.csv", "models/*.pt")
+COVERED = ("*.csv", "*.npz", "config.yaml", "tables/*.csv", "models/*.pt")
 
 
 class UnsealedWarning(UserWarning):
