@@ -10,13 +10,13 @@ A result store (or a variant study's folder) keeps ``digests.json`` beside its t
 * Every writer of a derived table goes through :func:`write_csvs` (or :func:`record` right after its own atomic
   write), so the digest is that of the very bytes written.
 * Every reader goes through :func:`check` (``ResultStore.table`` is the single point for the store's tables,
-  :func:`read_csv` for the others): a table whose bytes differ from its digest, or a table the folder's digests do
-  not list, is refused with one line naming the file. Nothing is silently shown from a truncated or hand-edited
-  table.
+  :func:`read_csv` for the others): a table whose bytes differ from its digest is refused with one line naming the
+  file. Nothing is silently shown from a truncated or hand-edited table.
 * ``runs`` holds the digest of each run record a store's tables were built from (``stmedfm seal --check`` reports
   a record changed since); committed stores have no run files, their tables are checked alone.
-* A folder without ``digests.json`` (a store written before digests existed) is read unchecked, with a warning
-  naming the folder; ``stmedfm seal FOLDER`` (:func:`seal`) records the digests of the tables as they are now — the
+* A folder without ``digests.json`` (a store written before digests existed), or a file its digests do not list
+  (a store sealed partly, by the first command of this version that wrote into it), is read unchecked, with a
+  warning naming it, so older stores keep working; ``stmedfm seal FOLDER`` (:func:`seal`) records the digests of the tables as they are now — the
   act of vouching for them, so it is never done implicitly.
 
 What is covered: ``*.csv``, ``*.npz`` (per-image predictions, bootstrap replicates) and ``config.yaml`` at the
@@ -122,18 +122,16 @@ def check(root: str | os.PathLike, name: str) -> None:
     root = Path(root)
     doc = load(root)
     path = root / name
-    if doc is None:
-        key = str(root.resolve())
-        if key not in _warned:
+    if doc is None or name not in doc["files"]:
+        key = str(root.resolve()) if doc is None else str(path.resolve())
+        if key not in _warned and path.exists():
             _warned.add(key)
-            warnings.warn(UnsealedWarning(
-                f"'{root}' has no {DIGESTS}: its tables are read unchecked (`stmedfm seal {root}` records the "
-                f"digests of tables you trust)."), stacklevel=3)
+            what = f"'{root}' has no {DIGESTS}: its tables are" if doc is None else \
+                f"'{path}' is not listed in {_path(root)} (written before it, by hand or by another tool): it is"
+            warnings.warn(UnsealedWarning(f"{what} read unchecked (`stmedfm seal {root}` records the digests of "
+                                          f"tables you trust)."), stacklevel=3)
         return
-    expected = doc["files"].get(name)
-    if expected is None:
-        raise StmedfmError(f"'{path}' is not among the tables sealed in {_path(root)} (written by hand or by another "
-                           f"tool); remove it, or rebuild the tables with the command that writes them.")
+    expected = doc["files"][name]
     if not path.exists():
         return  # a missing table is its reader's message ("run the study first")
     try:
