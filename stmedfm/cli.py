@@ -5,7 +5,8 @@ Commands: ``data`` (registry and local status), ``download`` (official files, MD
 study`` is how the Makefile learns a study's name), ``study`` (run or resume a parameter file, locally or on a Dask
 cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
 ``figures`` (paper figures), ``variants`` (variant studies; ``beyond``, its former name, still works), ``report``
-(the paper's claims tested over seeds, and the generated blocks of markdown files). ``stmedfm`` alone prints this
+(the paper's claims tested over seeds, and the generated blocks of markdown files), ``seal`` (record or check the
+sha256 of every table of a store, ``digests.json``). ``stmedfm`` alone prints this
 help, ``--version`` the version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
 
