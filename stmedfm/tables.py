@@ -66,9 +66,10 @@ def benchmark_table(metrics: pd.DataFrame, strategies_shown=("scratch", "full"))
         hit = base[(base["flag"] == r.task) & (base["model"] == model)]
         value = float(hit["auc" if r.metric == "macro_auroc" else "acc"].iloc[0]) if len(hit) else np.nan
         rows.append({"task": r.task, "strategy": r.strategy, "metric": r.metric, "mean": r.mean, "ci95": r.ci95,
-                     "n": r.n, "baseline": model, "baseline_value": value, "gap": r.mean - value})
-    return pd.DataFrame(rows, columns=["task", "strategy", "metric", "mean", "ci95", "n", "baseline",
-                                       "baseline_value", "gap"])
+                     "n": r.n, "baseline": model, "baseline_value": value, "gap": r.mean - value,
+                     "note": getattr(r, "note", "")})
+    columns = ["task", "strategy", "metric", "mean", "ci95", "n", "baseline", "baseline_value", "gap"]
+    return pd.DataFrame(rows, columns=columns + (["note"] if "note" in ours else []))  # why a cell is empty
 
 
 def ci95(values) -> float:
@@ -219,6 +220,8 @@ def format_markdown(frame: pd.DataFrame) -> str:
     if "metric" in show.columns and show["metric"].nunique() > 1:
         keys = [c for c in show.columns if c not in ("metric", "mean", "ci95", "n", "paper", "delta", "ours",
                                                      "std_splits", "paper_std_splits")]
+        empty = [k for k in keys if show[k].isna().any()]  # e.g. the gap of an undefined mean: keep its row
+        show[empty] = show[empty].astype(object).where(show[empty].notna(), "")
         wide = show.pivot_table(index=keys, columns="metric", values="ours", aggfunc="first", sort=False)
         order = {m: i for i, m in enumerate((*METRICS, "total_params", "trainable_params", "support", "precision",
                                               "recall", "f1", "ece_ts", "brier_ts", "nll", "nll_ts", "temperature"))}
