@@ -16,7 +16,7 @@ checks both the imports and that this list and that one agree)::
     executors | train                     where tasks run; training and evaluation loops
     bootstrap | calibration | config | download | metrics | peft | precision | stats | synthetic
     data | model                          verified data as tensors; the architecture
-    errors : io : paths : provenance : registry : strategies    the foundation (``:`` may import each other)
+    errors : io : paths : provenance : registry : seal : strategies    the foundation (``:`` may import each other)
 
 Why this order: results are a function of parameters and data only, so what a run *is* (``planning``) sits
 below where it is kept (``store``), which sits below how it is executed (``study``, ``executors``); everything

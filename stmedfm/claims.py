@@ -33,9 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from stmedfm import bootstrap, stats
+from stmedfm import bootstrap, seal, stats
 from stmedfm.config import StudyConfig
-from stmedfm.io import atomic_write_bytes
 from stmedfm.report import claim_roles
 
 __all__ = ["PRIMARY", "Side", "Claim", "CLAIMS", "Predictions", "claims_table", "seeds_for_power", "family_of",
@@ -181,6 +180,7 @@ class Predictions:
     def __post_init__(self):
         path = Path(self.root) / "predictions.npz"
         if path.is_file():
+            seal.check(self.root, path.name)  # the bytes the study wrote (stmedfm.seal)
             with np.load(path, allow_pickle=False) as z:
                 self._bundle = {k: z[k] for k in z.files}
 
@@ -218,6 +218,7 @@ class _Replicates:
         self._saved: dict[str, np.ndarray] = {}
         path = Path(preds.root) / self.FILE
         if path.is_file():
+            seal.check(preds.root, self.FILE)
             with np.load(path, allow_pickle=False) as z:
                 self._saved = {k: z[k] for k in z.files if len(z[k]) == replicates}
 
@@ -242,7 +243,7 @@ class _Replicates:
         if self._saved:
             buf = io.BytesIO()
             np.savez_compressed(buf, **dict(sorted(self._saved.items())))
-            atomic_write_bytes(Path(self.preds.root) / self.FILE, buf.getvalue())
+            seal.write_bytes(self.preds.root, self.FILE, buf.getvalue())
 
 
 def _select(runs: pd.DataFrame, side: Side, task: str) -> pd.DataFrame:
@@ -286,6 +287,7 @@ def claims_table(cfg: StudyConfig, metrics: pd.DataFrame, root: str | Path | Non
                     "a": "+".join(claim.a.strategies), "b": "+".join(claim.b.strategies)}
             rows.append({**base, **_test(claim, task, metric, metrics, reps, replicates)})
     out = pd.DataFrame(rows)
+    out = out.reindex(columns=list(dict.fromkeys([*out.columns, *COLUMNS])))  # a store where nothing is testable
     out["p_holm"] = np.nan
     for fam in ("primary", "secondary"):
         m = (out["family"] == fam) & (out["verdict"] != "untestable")

@@ -5,7 +5,8 @@ Commands: ``data`` (registry and local status), ``download`` (official files, MD
 study`` is how the Makefile learns a study's name), ``study`` (run or resume a parameter file, locally or on a Dask
 cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
 ``figures`` (paper figures), ``variants`` (variant studies; ``beyond``, its former name, still works), ``report``
-(the paper's claims tested over seeds, and the generated blocks of markdown files). ``stmedfm`` alone prints this
+(the paper's claims tested over seeds, and the generated blocks of markdown files), ``seal`` (record or check the
+sha256 of every table of a store, ``digests.json``). ``stmedfm`` alone prints this
 help, ``--version`` the version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
 
@@ -17,6 +18,7 @@ then start in a fraction of a second instead of loading torch and matplotlib fir
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
@@ -198,6 +200,21 @@ def cmd_report(args) -> None:
         print(f"{path}: generated blocks {'rewritten' if new != text else 'already up to date'}")
 
 
+def cmd_seal(args) -> None:
+    from stmedfm import seal
+
+    failed = False
+    for folder in args.folders:
+        if args.check:
+            found = seal.problems(folder)
+            failed |= bool(found)
+            print("\n".join(found) if found else f"{folder}: every table matches its digest")
+        else:
+            print(f"{folder}: sealed {len(seal.seal(folder))} files into {seal.DIGESTS}")
+    if failed:
+        raise StmedfmError("some tables do not match their digests (listed above); restore them or rebuild them.")
+
+
 def cmd_figures(args) -> None:
     from stmedfm.plots import write_figures
 
@@ -217,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATA_DIR_HELP = "directory searched first for {flag}.npz (then $STMEDFM_DATA, then ~/.medmnist)"
+DATA_DIR_HELP = ("the folder holding {flag}.npz, the only place looked (without it: $STMEDFM_DATA, then "
+                 "~/.medmnist)")
 SIZE_HELP = "image size in pixels: 28 (MedMNIST) or a MedMNIST+ size (64, 128, 224; 3D: 64) (default 28)"
 FORMAT_HELP = "output format (default: table)"
 
@@ -329,6 +347,11 @@ def _result_commands(sub) -> None:
                         "methods) to regenerate from the committed tables (repeatable)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("seal", help="record (or --check) the sha256 of every table of a result store in digests.json")
+    p.add_argument("folders", nargs="+", help="result stores or variant-study folders, e.g. results/offline")
+    p.add_argument("--check", action="store_true", help="only verify: list every table that differs from its digest")
+    p.set_defaults(func=cmd_seal)
+
     p = sub.add_parser("figures", help="draw the paper's figures (PNG + SVG) from a result store")
     p.add_argument("results", help="result directory, e.g. results/offline")
     p.add_argument("--out", help="figure directory (default: figures/<study>)")
@@ -341,6 +364,19 @@ def _interrupt(signum, frame) -> None:
 
 def _warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"stmedfm: warning: {message}", file=sys.stderr)
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system error. Writes are atomic (:mod:`stmedfm.io`), so a failed write changed
+    nothing: the line says so, and that the same command resumes."""
+    from stmedfm.io import WriteFailed
+
+    what = exc.strerror or type(exc).__name__
+    if isinstance(exc, WriteFailed) or exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return (f"cannot write '{exc.filename}' ({what}); nothing was half-written, the store is intact, and the same "
+                f"command resumes once the file can be written (free space, raise `ulimit -f`, or pass a writable "
+                f"--out).")
+    return f"{what}: '{exc.filename}'" if exc.filename else f"{type(exc).__name__}: {exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stmedfm: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as exc:  # at the boundary: a disk full, a file too large, a folder not writable
+        print(f"stmedfm: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = shown
         if previous is not None:

@@ -107,6 +107,11 @@ class StudyConfig:
     #: (bf16 where the device runs it natively, fp16 + gradient scaler on a CUDA GPU without bf16, else fp32;
     #: see stmedfm.precision). Part of a run's identity only when it is not fp32.
     precision: str = "fp32"
+    #: sanity limits (checked before any work by stmedfm.planning.check_limits; not part of any run's identity):
+    #: a LoRA rank or adapter bottleneck whose trainable count exceeds the whole model's is refused unless this is
+    #: true; so is an explicit ``precision: bf16`` on a CPU that emulates bf16 (10-26x slower) unless the next one is
+    allow_large_peft: bool = False
+    allow_emulated_bf16: bool = False
 
     # --- downstream transfer (Tables 5-8b) ---------------------------------------------------------------------
     downstream_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))

@@ -119,6 +119,8 @@ def locate(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None)
     info = registry.get(flag)
     name = info.filename(size)
     searched = paths.data_dirs(data_dir)
+    if data_dir is not None:
+        return paths.explicit_data_file(searched[0], name, info.flag, size)
     for d in searched:
         candidate = d / name
         if candidate.is_file():

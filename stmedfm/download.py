@@ -1,18 +1,30 @@
 """Fetch official MedMNIST files, safely: nothing half-written ever sits where a data file is expected.
 
-A download streams into a hidden ``.part`` file beside the target, is checked against the official MD5 (or an
+A download streams into a hidden ``.{file}.part`` beside the target, is checked against the official MD5 (or an
 explicit ``md5``), and only then is renamed into place atomically. Connection errors, 5xx answers and cut bodies
 are retried with exponential backoff; 4xx answers and checksum mismatches are not (retrying cannot fix them).
 Nothing here runs on import: files are fetched only when :func:`download` is called.
+
+* One deadline (``--timeout``) bounds a download from connect to last byte, headers included: a watchdog shuts the
+  connection's socket when it passes, so a server that sends its headers (or its body) a byte at a time is cut.
+* The ``.part`` file has a fixed name and is held with an advisory lock (``fcntl``, POSIX) while a download writes
+  it, so a second download of the same file waits instead of racing. A ``.part`` left by a killed download (SIGKILL
+  frees its lock) is resumed by the next call with an HTTP ``Range`` request, and the MD5 over the whole file is
+  checked at the end as always; a server that ignores ranges simply sends the whole file again.
+* Files get the permissions of an ordinary ``open()`` (the user's umask, 0644 typically), not ``mkstemp``'s 0600.
+
+Hand-written on ``urllib`` (no requests/httpx dependency) because the deadline needs the connection's socket, which
+urllib's handler classes expose by subclassing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import socket
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -67,31 +79,92 @@ def source_url(flag: str, size: int = 28, mirror: str | None = None) -> str:
     return info.url[size]
 
 
+class _Watchdog:
+    """Shuts every socket a request opens when the deadline (a ``time.monotonic()`` instant) passes, so no phase of
+    a download — connect, headers, body — outlives it."""
+
+    def __init__(self, deadline: float):
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(max(0.0, min(deadline - time.monotonic(), 1e6)), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        for sock in list(self._socks):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def connection(self, base: type) -> type:
+        watchdog = self
+
+        class Watched(base):
+            def connect(self):
+                super().connect()
+                watchdog._socks.append(self.sock)
+                if watchdog.expired:
+                    watchdog._expire()
+
+        return Watched
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        watchdog = self
+
+        class HTTP(urllib.request.HTTPHandler):
+            def do_open(self, http_class, req, **kw):
+                return super().do_open(watchdog.connection(http_class), req, **kw)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def do_open(self, http_class, req, **kw):
+                return super().do_open(watchdog.connection(http_class), req, **kw)
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
 def _fetch(url: str, part: Path, expected_md5: str, timeout: float, progress: bool, label: str,
            deadline: float = float("inf")) -> None:
-    """One attempt: stream ``url`` into ``part`` and check length and MD5; raises :class:`_Failure`.
-
-    ``deadline`` is a ``time.monotonic()`` instant: every read returns what arrived (``read1``), so the deadline
-    is checked at least every ``timeout`` seconds however slowly the server sends."""
-    request = urllib.request.Request(url, headers={"User-Agent": f"stmedfm/{__version__}"})
+    """One attempt: stream ``url`` into ``part`` (resuming what it holds with a ``Range`` request) and check length
+    and MD5 of the whole file; raises :class:`_Failure`. ``deadline`` is a ``time.monotonic()`` instant enforced by
+    a :class:`_Watchdog` from connect to last byte."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": f"stmedfm/{__version__}"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
     received, total = 0, None
     md5 = hashlib.md5()
+    watchdog = _Watchdog(deadline)
     try:
         left = deadline - time.monotonic()
-        with urllib.request.urlopen(request, timeout=max(0.1, min(timeout, left))) as resp, open(part, "wb") as out:
+        with watchdog, watchdog.opener().open(request, timeout=max(0.1, min(timeout, left))) as resp:
+            resumed = bool(have) and getattr(resp, "status", None) == 206
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
-                      leave=False) as bar:
+            if resumed:  # the MD5 covers the whole file: what the part holds, then the rest
+                with open(part, "rb") as old:
+                    for chunk in iter(lambda: old.read(CHUNK), b""):
+                        md5.update(chunk)
+                received, total = have, None if total is None else have + total
+            with open(part, "ab" if resumed else "wb") as out, \
+                    tqdm(total=total, initial=received, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                         disable=not progress, leave=False) as bar:
                 while True:
                     if time.monotonic() > deadline:
-                        raise _Failure(f"the overall time limit (--timeout) ran out after {received} bytes", retry=False)
+                        raise _Failure(_late(received), retry=False)
                     try:
                         chunk = resp.read1(CHUNK)
                     except http.client.IncompleteRead as exc:
                         chunk = exc.partial
                         if chunk:
                             out.write(chunk)
+                            md5.update(chunk)
                             received += len(chunk)
                         raise _Failure(_cut(received, total), retry=True) from exc
                     if not chunk:
@@ -100,27 +173,75 @@ def _fetch(url: str, part: Path, expected_md5: str, timeout: float, progress: bo
                     md5.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-    except _Failure:
+    except _Failure as exc:
+        if watchdog.expired:
+            raise _Failure(_late(received), retry=False) from exc
         raise
     except urllib.error.HTTPError as exc:
         exc.close()  # an HTTPError holds the open response
+        if exc.code == 416:  # the range asked for does not exist: start again from the first byte
+            part.unlink(missing_ok=True)
+            raise _Failure("HTTP 416 for the rest of a partial file", retry=True) from exc
         raise _Failure(f"HTTP {exc.code} {exc.reason}", retry=exc.code >= 500) from exc
     except urllib.error.URLError as exc:
+        if watchdog.expired:
+            raise _Failure(_late(0), retry=False) from exc
         # A host name that does not resolve means no network (or a wrong mirror): retrying cannot help.
         offline = isinstance(exc.reason, socket.gaierror)
         what = "no network: the host name does not resolve" if offline else "cannot connect"
         raise _Failure(f"{what} ({exc.reason})", retry=not offline) from exc
-    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+    except (http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
+        if watchdog.expired:
+            raise _Failure(_late(received), retry=False) from exc
+        if not isinstance(exc, (http.client.HTTPException, ConnectionError, TimeoutError)):
+            raise _Failure(f"cannot write {part} ({exc.strerror or exc})", retry=False) from exc  # local
         if received or total:
             raise _Failure(_cut(received, total) + f" ({type(exc).__name__})", retry=True) from exc
         raise _Failure(f"cannot connect ({type(exc).__name__}: {exc})", retry=True) from exc
-    except OSError as exc:  # local problems: writing the .part file
-        raise _Failure(f"cannot write {part} ({exc.strerror or exc})", retry=False) from exc
+    if watchdog.expired:
+        raise _Failure(_late(received), retry=False)
     if total is not None and received < total:
         raise _Failure(_cut(received, total), retry=True)
     got = md5.hexdigest()
     if got != expected_md5:
+        part.unlink(missing_ok=True)  # resuming bad bytes cannot help
         raise _Failure(f"checksum mismatch: expected md5 {expected_md5}, got {got} ({received} bytes)", retry=False)
+
+
+@contextlib.contextmanager
+def _held(part: Path, until: float):
+    """Hold ``part`` for this download (an advisory lock, released by the OS when the process dies, so a killed
+    download's part is free to resume); wait for a concurrent download of the same file until ``until``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    while True:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            if time.monotonic() > until:
+                raise _Failure(f"another download of {part.name[1:-5]} is still running", retry=False) from None
+            time.sleep(0.2)
+            continue
+        try:
+            if os.path.exists(part) and os.stat(part).st_ino == os.fstat(fd).st_ino:
+                break  # the lock is on the part file, not on one just renamed into place by the other download
+        except OSError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _late(received: int) -> str:
+    return ("the overall time limit (--timeout) ran out " +
+            (f"after {received} bytes" if received else "before the server sent any data (headers included)"))
 
 
 def _cut(received: int, total: int | None) -> str:
@@ -181,10 +302,11 @@ def download(
     target = target_dir / name
     if _present(target, info.flag, size, md5):
         return target
+    part = target_dir / f".{name}.part"
     now = time.time()
-    for stale in target_dir.glob(f".{name}*.part"):  # from a killed download: a live one writes at least every
-        try:                                           # TIMEOUT seconds, so an older file is no one's
-            if now - stale.stat().st_mtime > max(TIMEOUT, timeout):
+    for stale in target_dir.glob(f".{name}*.part"):  # parts of earlier versions (random names): a live one writes
+        try:                                           # at least every TIMEOUT seconds, so an older file is no one's
+            if stale != part and now - stale.stat().st_mtime > max(TIMEOUT, timeout):
                 stale.unlink()
         except FileNotFoundError:
             pass
@@ -192,30 +314,34 @@ def download(
     attempts = 1 + max(0, int(retries))
     failure: _Failure | None = None
     until = time.monotonic() + deadline
-    for attempt in range(attempts):
-        if attempt and backoff > 0:
-            time.sleep(min(backoff * 2 ** (attempt - 1), max(0.0, until - time.monotonic())))
-        if time.monotonic() > until:
-            failure = _Failure(f"the overall time limit of {deadline:g} s ran out", retry=False)
-            break
-        part: Path | None = None
-        try:
-            with tempfile.NamedTemporaryFile(dir=target_dir, delete=False, prefix="." + name, suffix=".part") as fh:
-                part = Path(fh.name)
-            _fetch(url, part, expected, timeout, progress, name, until)
-            os.replace(part, target)
-            part = None
-            return target
-        except _Failure as exc:
-            failure = exc
-            if not exc.retry:
-                break
-        except OSError as exc:
-            failure = _Failure(f"cannot write into {target_dir} ({exc.strerror or exc})", retry=False)
-            break
-        finally:
-            if part is not None:
+    attempt = 0
+    try:
+        with _held(part, until):
+            if _present(target, info.flag, size, md5):  # a concurrent download of the same file finished it
                 part.unlink(missing_ok=True)
+                return target
+            for attempt in range(attempts):
+                if attempt and backoff > 0:
+                    time.sleep(min(backoff * 2 ** (attempt - 1), max(0.0, until - time.monotonic())))
+                if time.monotonic() > until:
+                    failure = _Failure(f"the overall time limit of {deadline:g} s ran out", retry=False)
+                    break
+                try:
+                    _fetch(url, part, expected, timeout, progress, name, until)  # resumes what the part holds
+                    os.replace(part, target)
+                    return target
+                except _Failure as exc:
+                    failure = exc
+                    if not exc.retry:
+                        break
+                except OSError as exc:
+                    failure = _Failure(f"cannot write into {target_dir} ({exc.strerror or exc})", retry=False)
+                    break
+            part.unlink(missing_ok=True)  # a failure the caller is told of leaves nothing behind
+    except _Failure as exc:  # waiting for a concurrent download of the same file ran out of time
+        failure = exc
+    except OSError as exc:
+        failure = _Failure(f"cannot write into {target_dir} ({exc.strerror or exc})", retry=False)
     assert failure is not None
     tried = f" after {attempt + 1} attempt{'s' if attempt else ''}"
     raise StmedfmError(

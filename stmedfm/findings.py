@@ -29,9 +29,8 @@ import pandas as pd
 from scipy import stats as st
 
 from stmedfm import claims as C
-from stmedfm import methods, stats, variants
+from stmedfm import methods, seal, stats, variants
 from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_csv
 from stmedfm.store import ResultStore
 from stmedfm.tables import METRIC_TABLES, cell, paper_results
 
@@ -76,8 +75,7 @@ def write_findings(results: str | Path) -> dict[str, pd.DataFrame]:
     cfg, metrics = store.config(), store.table("metrics")
     out = {"claims": C.claims_table(cfg, metrics, root=store.root, save=True),
            "paper_single_run": paper_single_run(metrics)}
-    for name, frame in out.items():
-        atomic_write_csv(store.root / f"{name}.csv", frame)
+    seal.write_csvs(store.root, {f"{name}.csv": frame for name, frame in out.items()})
     return out
 
 
@@ -94,9 +92,9 @@ def reference_block(results: str | Path) -> str:
     mean ± 95 % CI, the paper's single run in brackets), the claims with their tests and verdicts, and how many
     paper cells one run of ours would plausibly produce."""
     root = Path(results)
-    claims = pd.read_csv(root / "claims.csv")
-    single = pd.read_csv(root / "paper_single_run.csv")
-    t7 = pd.read_csv(root / "tables" / "table7_auroc.csv")
+    claims = seal.read_csv(root, "claims.csv")
+    single = seal.read_csv(root, "paper_single_run.csv")
+    t7 = seal.read_csv(root, "tables/table7_auroc.csv")
     n = int(t7["n"].max())
     wide = t7.assign(cell=[cell(m, c, p) for m, c, p in zip(t7["mean"], t7["ci95"], t7["paper"])]).pivot(
         index="task", columns="strategy", values="cell")

@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stmedfm import registry
+from stmedfm import registry, seal
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import single_thread
-from stmedfm.io import atomic_write_bytes
 from stmedfm.model import STMedFM
 from stmedfm.planning import PretrainJob, plan, study_data
 from stmedfm.planning import run_id as make_id
@@ -149,15 +148,20 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
         if not store.checkpoint_path(job).is_file():
             raise StmedfmError(f"The checkpoint of run {rid} ({store.checkpoint_path(job)}) is missing: rerun the "
                                f"study to rebuild it.")
-        pretrained = checkpoint_state(torch.load(store.checkpoint_path(job), map_location="cpu", weights_only=True), job)
+        pretrained = checkpoint_state(_torch_load(store.checkpoint_path(job)), job)
         if pretrained is None:
             raise StmedfmError(f"{store.checkpoint_path(job)} holds another checkpoint than run {rid}'s: rerun the "
                                f"study to rebuild it.")
     info = registry.get(spec.task)
     saved = model_path(store, rid)
     if saved.is_file():
+        _check_saved(store, saved)
         model = downstream_model(cfg, spec, pretrained)
-        model.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(_torch_load(saved))
+        except RuntimeError as exc:  # other keys or shapes
+            raise StmedfmError(f"'{saved}' does not fit run {rid}'s model ({str(exc).splitlines()[0]}); delete it and "
+                               f"load again to re-materialise it.") from None
         return TrainedModel(model.eval(), cfg, spec, rid, info, "saved")
 
     with single_thread():  # as the study's workers: the same floats
@@ -174,8 +178,28 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
     if save:
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-        atomic_write_bytes(saved, buf.getvalue())
+        seal.write_bytes(store.root, f"models/{saved.name}", buf.getvalue())  # its sha256, checked at every load
     return TrainedModel(model.eval(), cfg, spec, rid, info, "re-materialised")
+
+
+def _check_saved(store: ResultStore, saved: Path) -> None:
+    """Saved weights are taken only with the sha256 recorded when they were saved (issue 29): a tampered or foreign
+    file is refused in one line, never loaded."""
+    expected = ((seal.load(store.root) or {}).get("files") or {}).get(f"models/{saved.name}")
+    if expected is None or seal.sha256_file(saved) != expected:
+        why = "no sha256 was recorded for it" if expected is None else "its sha256 is not the one recorded at save"
+        raise StmedfmError(f"'{saved}' is not the model this store saved ({why}); delete it and load again to "
+                           f"re-materialise it from its run.")
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)`` with every failure (damaged file, foreign pickle: UnpicklingError) as one
+    line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise StmedfmError(f"Cannot load '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                           f"delete it and rerun what wrote it.") from None
 
 
 def _same(a: float, b: float) -> bool:

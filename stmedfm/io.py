@@ -2,7 +2,10 @@
 
 Every file the project writes (results, checkpoints, figures, manifests, caches) goes through
 :func:`atomic_path`: a temporary file beside the target, renamed over it only once complete, with the
-permissions an ordinary ``open()`` would give (not ``mkstemp``'s 0600).
+permissions an ordinary ``open()`` would give (not ``mkstemp``'s 0600). A write that fails (``EFBIG`` under
+``ulimit -f``, ``ENOSPC``, ``EACCES``, a read-only folder) leaves the old file in place and raises
+:class:`WriteFailed`, an ``OSError`` naming the target (not the temporary file), which the command line prints as
+one line: the store is intact and the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,20 +23,29 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+class WriteFailed(OSError):
+    """An atomic write that did not happen: ``filename`` is the target, which still holds its previous content."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on any failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
     try:
         yield Path(tmp)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteFailed) and exc.errno is not None:
+            raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

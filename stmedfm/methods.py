@@ -36,9 +36,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stmedfm import paths, registry, stats, strategies
+from stmedfm import paths, registry, seal, stats, strategies
 from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_csv
 from stmedfm.peft import parameter_table
 from stmedfm.plots import fig_fewshot_methods, fig_pareto, write_figure
 from stmedfm.report import claim_roles
@@ -178,12 +177,7 @@ def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[P
     """Write ``methods_<name>.csv`` (and ``methods_roles.csv``) into the store; returns the paths."""
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     tables = analyse(store) if tables is None else tables
-    written = []
-    for name, frame in tables.items():
-        path = store.root / f"methods_{name}.csv"
-        atomic_write_csv(path, frame)
-        written.append(path)
-    return written
+    return seal.write_csvs(store.root, {f"methods_{name}.csv": frame for name, frame in tables.items()})
 
 
 def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -195,7 +189,7 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
         if not path.is_file():
             raise StmedfmError(f"'{path}' does not exist: run notebook 10 (or stmedfm.methods.write_tables) on "
                                f"{root} first.")
-        out[name] = pd.read_csv(path)
+        out[name] = seal.read_csv(root, path.name)
     return out
 
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from stmedfm import paths, registry
+from stmedfm import paths, registry, seal
 from stmedfm.config import StudyConfig, from_namespace, params_path
 from stmedfm.errors import StmedfmError
 
@@ -308,7 +308,7 @@ def study_tables(store) -> dict[str, pd.DataFrame]:
     out = {}
     for path in write_tables(store.root):
         if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"variant": str})
+            frame = seal.read_csv(store.root, f"tables/{path.name}", dtype={"variant": str})
             if "variant" in frame:
                 frame["variant"] = frame["variant"].fillna("")
             out[path.stem] = frame

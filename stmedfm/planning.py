@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,7 +27,9 @@ from stmedfm import data as D
 from stmedfm import download, paths, registry, strategies
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.precision import identity_name
+from stmedfm.model import STMedFM
+from stmedfm.peft import count_parameters, prepare
+from stmedfm.precision import NATIVE_CPU_FLAGS, identity_name, native_cpu_bf16, resolve
 from stmedfm.train import RunSpec
 
 #: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
@@ -206,13 +210,87 @@ def data_kind(data: StudyData) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+#: What emulated bf16 costs, measured on an AVX2 AMD EPYC without avx512_bf16 / amx_bf16 (issue 29; an earlier
+#: measure on the same kind of machine gave 7x, docs/performance.md).
+EMULATED_BF16_SLOWDOWN = "10-26x slower than fp32 (measured on an AVX2 AMD EPYC)"
+
+
+def peft_trainable(cfg: StudyConfig, strategy: str, **sizes) -> int:
+    """Trainable parameters of ``strategy`` on the study's first task at ``sizes`` (e.g. lora_r=4). LoRA's and the
+    adapters' counts are affine in their size, so a huge size is counted from sizes 1 and 2 (never built)."""
+    task = cfg.all_tasks()[0]
+    options = {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "adapter_bottleneck": cfg.adapter_bottleneck,
+               **sizes}
+
+    def count(**opts) -> int:
+        model = STMedFM([task], width=cfg.width, ln_affine=cfg.ln_affine)
+        return count_parameters(prepare(model, strategy, task, **{**options, **opts}))[1]
+
+    if len(sizes) != 1:
+        return count()
+    (name, value), = sizes.items()
+    one, two = count(**{name: 1}), count(**{name: 2})
+    return one + (value - 1) * (two - one)
+
+
+def check_limits(cfg: StudyConfig, flags: frozenset[str] | None = None) -> None:
+    """Sizes and precisions that cannot be meant, refused before any work unless forced (``allow_large_peft``,
+    ``allow_emulated_bf16``): a LoRA rank or adapter bottleneck that trains more parameters than full fine-tuning of
+    the whole model, and an explicit ``precision: bf16`` on a CPU that emulates bf16. Here, not in
+    :meth:`StudyConfig.validate`: counting needs the model, and the config module stays torch-free."""
+    problems = []
+    if not cfg.allow_large_peft:
+        full = peft_trainable(cfg, "full")
+        for name, strategy in (("lora_r", "lora"), ("adapter_bottleneck", "adapter")):
+            n = peft_trainable(cfg, strategy, **{name: getattr(cfg, name)})
+            if n > full:
+                problems.append(f"Parameter '{name}' = {getattr(cfg, name)} makes {strategy} train {n:,} parameters, "
+                                f"more than full fine-tuning of the whole model ({full:,}): a parameter-efficient "
+                                f"size cannot be meant to be larger than the model. Lower it, or set "
+                                f"allow_large_peft: true (-p allow_large_peft=true) to run it anyway.")
+    if cfg.precision == "bf16" and not cfg.allow_emulated_bf16:
+        chosen = resolve("bf16", flags=flags)
+        if chosen.device_type == "cpu" and not native_cpu_bf16(flags):
+            problems.append(f"precision: bf16 on this CPU (none of {', '.join(NATIVE_CPU_FLAGS)}) is emulated, "
+                            f"{EMULATED_BF16_SLOWDOWN}, with no gain in accuracy. Use precision: fp32 (or auto, "
+                            f"which picks fp32 here), or set allow_emulated_bf16: true to run it anyway.")
+    if problems:
+        raise StmedfmError("\n".join(problems))
+
+
+class DegenerateSplitWarning(UserWarning):
+    """A validation or test split holds a single class: AUROC is undefined on it (and temperature scaling is fitted
+    on one class); the tables say so where a cell is empty (:func:`stmedfm.tables.summarise`)."""
+
+
+def warn_degenerate(task: D.TaskData) -> None:
+    """Name every evaluation split of ``task`` with one class (preflight calls it for every file a study reads)."""
+    if task.info.multi_label:
+        return
+    for name in ("val", "test"):
+        present = torch.unique(task[name].labels).tolist() if len(task[name]) else []
+        if len(present) == 1:
+            c, labels = int(present[0]), task.info.labels
+            effect = ("macro AUROC is undefined on it (its table cells stay empty and say why)" if name == "test" else
+                      "validation AUROC is undefined and temperature scaling is fitted on one class")
+            warnings.warn(DegenerateSplitWarning(
+                f"{task.info.flag}: the {name} split of {task.path} holds one class only (class {c}"
+                f"{f', {labels[c]!r}' if 0 <= c < len(labels) else ''}): {effect}."), stacklevel=3)
+
+
 def preflight(cfg: StudyConfig) -> None:
-    """Everything that can fail before training: files present and verified, K not larger than any class."""
+    """Everything that can fail before training: sizes and precisions that cannot be meant (:func:`check_limits`),
+    files present and verified, K not larger than any class."""
+    check_limits(cfg)
     missing, problems = [], []
     for task in cfg.all_tasks():
         try:
             D.locate(task, size=cfg.image_size, data_dir=cfg.data_dir)
         except StmedfmError:
+            folder = paths.data_dirs(cfg.data_dir)[0]
+            name = folder / registry.get(task).filename(cfg.image_size)
+            if cfg.data_dir is not None and (not folder.is_dir() and not cfg.download or os.path.lexists(name)):
+                raise  # the explicit folder is missing or holds something else under the name: its own line
             missing.append(task)
     if missing and cfg.download:
         reason = ""
@@ -227,17 +305,19 @@ def preflight(cfg: StudyConfig) -> None:
         reason = ""
     if missing:
         size = "" if cfg.image_size == 28 else f" --size {cfg.image_size}"
-        dirs = ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir))
+        dirs = (f"the data folder '{cfg.data_dir}' (--data-dir / data_dir), the only place looked"
+                if cfg.data_dir is not None else ", ".join(str(d) for d in paths.data_dirs(cfg.data_dir)))
         fetch = ("" if cfg.download else  # never advise the download that just failed
                  f"Fetch them with `stmedfm download {' '.join(missing)}{size}` (or pass download=True / "
                  f"-p download=true), or, on a machine without internet, ")
         raise StmedfmError(
             f"Study '{cfg.study}' needs {len(missing)} MedMNIST file(s) that are not here: "
             f"{', '.join(registry.get(t).filename(cfg.image_size) for t in missing)} (searched: {dirs}). "
-            f"{fetch}{'c' if fetch else 'C'}opy the official files into one of those directories (or point "
+            f"{fetch}{'c' if fetch else 'C'}opy the official files into "
+            f"{'that folder' if cfg.data_dir is not None else 'one of those directories'} (or point "
             f"${paths.ENV_DATA} at a directory holding them).{_offline_advice(cfg)}{reason}")
     for task in cfg.all_tasks():
-        D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir)  # verifies checksum and layout
+        warn_degenerate(D.load_task(task, size=cfg.image_size, data_dir=cfg.data_dir))  # verifies checksum, layout
     if cfg.fewshot_tasks and cfg.fewshot_k:
         k = max(cfg.fewshot_k)
         for task in cfg.fewshot_tasks:

@@ -30,11 +30,11 @@ import pandas as pd
 import torch
 import yaml
 
-from stmedfm import __version__
+from stmedfm import __version__, seal
 from stmedfm import data as D
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from stmedfm.io import atomic_write_bytes, atomic_write_text
 from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
 from stmedfm.train import RunResult, build_model, eval_subset
 
@@ -285,12 +285,13 @@ class ResultStore:
 
     # config ---------------------------------------------------------------------------------------------------
     def write_config(self, cfg: StudyConfig) -> None:
-        atomic_write_text(self.root / "config.yaml", cfg.to_yaml())
+        seal.write_bytes(self.root, "config.yaml", cfg.to_yaml().encode())
 
     def config(self) -> StudyConfig:
         path = self.root / "config.yaml"
         if not path.is_file():
             raise StmedfmError(f"'{self.root}' holds no study (no config.yaml). Run `stmedfm study PARAMS --out {self.root}` first.")
+        seal.check(self.root, "config.yaml")
         return StudyConfig.load(path)
 
     # tidy tables
@@ -304,7 +305,7 @@ class ResultStore:
         for p in planned:
             rid = run_id(cfg, p.spec, data)
             if rid not in cache:
-                cache[rid] = self.load_run(rid)
+                cache[rid] = self.load_run_on(rid, data)
             rec = cache[rid]
             if rec is None:
                 continue
@@ -331,8 +332,7 @@ class ResultStore:
                 losses.append(frame)
         if losses:
             tables["pretrain_loss"] = pd.concat(losses, ignore_index=True)
-        for name, frame in tables.items():
-            atomic_write_csv(self.root / f"{name}.csv", frame)
+        self.write_tables(tables)
         self.write_bundle(cfg, tables["runs"])
         return tables
 
@@ -355,12 +355,13 @@ class ResultStore:
                     arrays[f"probs/{rid}"] = probs
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(self.root / BUNDLE, buf.getvalue())
+        seal.write_bytes(self.root, BUNDLE, buf.getvalue())  # with its sha256, like the tables
 
     def table(self, name: str) -> pd.DataFrame:
         path = self.root / f"{name}.csv"
         if not path.is_file():
             raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
+        seal.check(self.root, f"{name}.csv")  # the bytes written, or one line naming the damaged file
         try:
             frame = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
@@ -372,6 +373,28 @@ class ResultStore:
             raise StmedfmError(f"'{path}' is damaged ({problem}); the tables are rebuilt from the runs by "
                                f"`stmedfm study PARAMS --out {self.root}`.")
         return frame
+
+    # a run against the study's data (issue 29) -------------------------------------------------------------------
+    def load_run_on(self, rid: str, data: StudyData) -> dict | None:
+        """:meth:`load_run`, and the record's data (its provenance names the files it was computed on) checked against
+        the files this study reads: a record computed on other bytes (a synthetic run under a real run's id, edited
+        or reused from another store) is quarantined and recomputed, never taken by its id alone."""
+        rec = self.load_run(rid)
+        if rec is not None:
+            problem = data_mismatch(rec, data)
+            if problem:
+                self.quarantine(self.run_path(rid), problem)
+                return None
+        return rec
+
+    # digests (stmedfm.seal) -------------------------------------------------------------------------------------
+    def write_tables(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Write the tidy tables and record their digests with those of the run records they were built from (the
+        runs listed in ``runs.csv``), so every later read can prove the tables are the ones written here."""
+        seal.write_csvs(self.root, {f"{name}.csv": frame for name, frame in tables.items()})
+        rids = tables["runs"]["run_id"] if "run_id" in tables["runs"] else ()
+        seal.record(self.root, runs={rid: seal.sha256_file(self.run_path(rid)) for rid in dict.fromkeys(rids)
+                                     if self.run_path(rid).is_file()})
 
     def notices(self) -> list[str]:
         """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from
@@ -447,6 +470,23 @@ def _run_problem(rec, rid: str) -> str | None:
     if not isinstance(extras, dict) or not all(
             isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in extras.values()):
         return "its per-class tables are damaged"
+    return None
+
+
+def data_mismatch(rec: dict, data: StudyData) -> str | None:
+    """Why a run record was not computed on the study's files (None: it was, or the record is older than data
+    provenance and says nothing). The record's ``provenance.data`` is 'flag=kind:digest; …'
+    (:class:`~stmedfm.data.FileIdentity` as text), written by the worker that computed it."""
+    text = (rec.get("provenance") or {}).get("data")
+    if not text:
+        return None
+    found = dict(part.strip().split("=", 1) for part in str(text).split(";") if "=" in part)
+    task = rec.get("task")
+    if task in data and task not in found:
+        return f"it was computed on {text}, not on {task}"
+    for flag, identity in found.items():
+        if flag in data and str(data[flag]) != f"{flag}={identity}":
+            return f"it was computed on {flag}={identity}, and this study reads {data[flag]}"
     return None
 
 

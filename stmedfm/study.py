@@ -138,7 +138,7 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
         if progress:
             print(f"precision: {resolve(cfg.precision).describe()}", flush=True)
 
-    todo = [(rid, p) for rid, p in unique_runs(cfg, planned, data).items() if store.load_run(rid) is None]
+    todo = [(rid, p) for rid, p in unique_runs(cfg, planned, data).items() if store.load_run_on(rid, data) is None]
     jobs = pretrain_jobs(planned)  # every checkpoint is checked: its loss table feeds pretrain_loss.csv
     todo_jobs = {j.id(cfg, data): j for j in jobs if not store.checkpoint_ok(j.id(cfg, data), cfg, j.tasks)}
     if not todo and not todo_jobs:
@@ -242,7 +242,7 @@ def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData) -
         other = next((o for o in others if o.has_run(rid)), None)
         if other is not None:
             _link_or_copy(other.run_path(rid), store.run_path(rid))
-            runs += 1
+            runs += store.load_run_on(rid, data) is not None  # taken by its id *and* its data, else quarantined
     for job in pretrain_jobs(planned):
         jid = job.id(cfg, data)
         if store.has_checkpoint(jid):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stmedfm import registry, strategies
-from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm import registry, seal, strategies
+from stmedfm.io import atomic_write_text
 from stmedfm.peft import parameter_table
 from stmedfm.stats import mean_ci
 from stmedfm.store import ResultStore, not_results
@@ -67,9 +67,9 @@ def benchmark_table(metrics: pd.DataFrame, strategies_shown=("scratch", "full"))
         value = float(hit["auc" if r.metric == "macro_auroc" else "acc"].iloc[0]) if len(hit) else np.nan
         rows.append({"task": r.task, "strategy": r.strategy, "metric": r.metric, "ours": round(r.mean, 3),
                      "ours_ci95": round(r.ci95, 3), "n": r.n, "baseline": model, "baseline_value": value,
-                     "gap": round(r.mean - value, 3)})
-    return pd.DataFrame(rows, columns=["task", "strategy", "metric", "ours", "ours_ci95", "n", "baseline",
-                                       "baseline_value", "gap"])
+                     "gap": round(r.mean - value, 3), "note": getattr(r, "note", "")})
+    columns = ["task", "strategy", "metric", "ours", "ours_ci95", "n", "baseline", "baseline_value", "gap"]
+    return pd.DataFrame(rows, columns=columns + (["note"] if "note" in ours else []))  # why a cell is empty
 
 
 def ci95(values) -> float:
@@ -89,13 +89,29 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def summarise(frame: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
-    """Mean, 95 % CI and count of ``value`` over seeds, per group of ``by``."""
+    """Mean, 95 % CI and count of ``value`` over seeds, per group of ``by``. A group whose every run has no value
+    (n = 0: the metric is undefined, e.g. AUROC on a test split of one class) is not left as a bare blank: a column
+    ``note`` says why (the column exists only when some group needs it, so other tables are unchanged)."""
     if frame.empty:
         return pd.DataFrame(columns=[*by, "mean", "ci95", "n"])
     grouped = frame.groupby(by, sort=False, dropna=False)[value]
-    out = grouped.agg(mean="mean", n="count").reset_index()
+    out = grouped.agg(mean="mean", n="count", runs="size").reset_index()
     out["ci95"] = grouped.apply(ci95).to_numpy()
+    undefined = (out["n"] == 0) & (out["runs"] > 0)
+    if undefined.any():
+        metrics = (out["metric"] if "metric" in out else
+                   pd.Series(frame["metric"].iloc[0] if "metric" in frame and frame["metric"].nunique() == 1 else "",
+                             index=out.index))
+        out["note"] = [undefined_note(m, r) if u else "" for m, r, u in zip(metrics, out["runs"], undefined)]
+        return out[[*by, "mean", "ci95", "n", "note"]]
     return out[[*by, "mean", "ci95", "n"]]
+
+
+def undefined_note(metric: str, runs: int) -> str:
+    """Why a cell is empty: its metric is undefined in every one of its ``runs``."""
+    why = ("AUROC needs two classes in the test split, and it holds one (see the load warning)"
+           if "auroc" in str(metric) else "the metric is undefined on this test split")
+    return f"undefined in all {runs} run{'s' if runs != 1 else ''}: {why}"
 
 
 def with_paper(frame: pd.DataFrame, table: str, metric: str | None = None) -> pd.DataFrame:
@@ -163,7 +179,7 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
 
     per_class_path = store.root / "per_class.csv"
     if per_class_path.is_file() and cfg.calibration_task:
-        pc = pd.read_csv(per_class_path)
+        pc = store.table("per_class")
         pc = pc[(pc["task"] == cfg.calibration_task) & (pc["strategy"] == cfg.calibration_strategy)]
         long = pc.melt(id_vars=["task", "strategy", "seed", "class", "name"], value_vars=["support", "precision", "recall", "f1"],
                        var_name="metric", value_name="value")
@@ -197,12 +213,15 @@ def format_markdown(frame: pd.DataFrame) -> str:
 
     if frame.empty or "mean" not in frame.columns:
         return markdown(frame)
-    cells = frame.apply(lambda r: cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan),
-                                        r.get("metric") in COUNT_METRICS), axis=1)
-    show = frame.assign(ours=cells)
+    cells = frame.apply(lambda r: r["note"] if isinstance(r.get("note"), str) and r["note"] else  # why it is empty
+                        cell(r["mean"], r.get("ci95", np.nan), r.get("paper", np.nan), r.get("metric") in COUNT_METRICS),
+                        axis=1)
+    show = frame.assign(ours=cells).drop(columns=["note"], errors="ignore")
     if "metric" in show.columns and show["metric"].nunique() > 1:
         keys = [c for c in show.columns if c not in ("metric", "mean", "ci95", "n", "paper", "delta", "ours",
                                                      "std_splits", "paper_std_splits")]
+        empty = [k for k in keys if show[k].isna().any()]  # e.g. the gap of an undefined mean: keep its row
+        show[empty] = show[empty].astype(object).where(show[empty].notna(), "")
         wide = show.pivot_table(index=keys, columns="metric", values="ours", aggfunc="first", sort=False)
         order = {m: i for i, m in enumerate((*METRICS, "total_params", "trainable_params", "support", "precision",
                                               "recall", "f1", "ece_ts", "brier_ts", "nll", "nll_ts", "temperature"))}
@@ -245,9 +264,9 @@ def write_tables(results: str | Path) -> list[Path]:
     notices = store.notices()
     banner = "".join(f"> **{n}**\n\n" for n in notices)
     written = []
-    for name, frame in build_tables(store).items():
-        frame = mark(frame, notices, name)
-        atomic_write_csv(out_dir / f"{name}.csv", frame)
+    frames = {name: mark(frame, notices, name) for name, frame in build_tables(store).items()}
+    seal.write_csvs(store.root, {f"tables/{name}.csv": frame for name, frame in frames.items()})  # with digests
+    for name, frame in frames.items():
         atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n{banner}" + format_markdown(frame.drop(
             columns=["notice"], errors="ignore")))
         written += [out_dir / f"{name}.csv", out_dir / f"{name}.md"]

@@ -59,11 +59,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stmedfm import paths, stats
+from stmedfm import paths, seal, stats
 from stmedfm import plots
 from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
 from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_csv, atomic_write_text
+from stmedfm.io import atomic_write_text
 from stmedfm.planning import plan, study_data
 from stmedfm.store import MARKER, ResultStore
 from stmedfm.study import run_study
@@ -214,7 +214,7 @@ def complete(study: VariantStudy) -> bool:
     if not path.is_file():
         return False
     try:
-        m = pd.read_csv(path)
+        m = seal.read_csv(study.root, path.name)
     except pd.errors.EmptyDataError:
         return False
     cols = ["variant", "experiment", "task", "strategy", "seed", "steps", "fewshot_split", "fraction"]
@@ -277,8 +277,7 @@ def aggregate(study: VariantStudy) -> dict[str, pd.DataFrame]:
     }
     out.update(summaries(out["metrics"]))
     out["comparisons"] = comparisons(study, out["metrics"])
-    for name, frame in out.items():
-        atomic_write_csv(study.root / f"{name}.csv", frame)
+    seal.write_csvs(study.root, {f"{name}.csv": frame for name, frame in out.items()})
     write_tables(study, out)
     return out
 
@@ -300,7 +299,7 @@ def read(study: VariantStudy) -> dict[str, pd.DataFrame]:
     for name in ("metrics", "runs", "pretrain_loss", "variants", "budget_auroc", "data_efficiency_auroc"):
         path = study.root / f"{name}.csv"
         try:
-            out[name] = pd.read_csv(path, keep_default_na=True)
+            out[name] = seal.read_csv(study.root, path.name, keep_default_na=True)
         except (FileNotFoundError, pd.errors.EmptyDataError):
             out[name] = pd.DataFrame()
     if not out["metrics"].empty:
@@ -317,7 +316,7 @@ def reanalyse(study: VariantStudy) -> dict[str, pd.DataFrame]:
     tables = read(study)
     if tables["metrics"].empty:
         raise StmedfmError(f"No metrics.csv in {study.root}: run `stmedfm variants` first.")
-    atomic_write_csv(study.root / "comparisons.csv", tables["comparisons"])
+    seal.write_csvs(study.root, {"comparisons.csv": tables["comparisons"]})
     write_tables(study, tables)
     return tables
 

@@ -64,20 +64,22 @@ def test_locate_precedence_explicit_then_env_then_home(no_default_data, tmp_path
     monkeypatch.setenv(paths.ENV_DATA, str(env_dir))
     assert data.locate("bloodmnist") == env_dir / "bloodmnist.npz"
     assert data.locate("bloodmnist", data_dir=explicit) == explicit / "bloodmnist.npz"
-    # a directory that lacks the file is skipped, not an error
-    assert data.locate("BloodMNIST", data_dir=tmp_path / "empty") == env_dir / "bloodmnist.npz"
+    # an explicit folder is the only place looked (issue 29): no fallback to $STMEDFM_DATA
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StmedfmError, match=f"not in the data folder '{tmp_path / 'empty'}'"):
+        data.locate("BloodMNIST", data_dir=tmp_path / "empty")
     # MedMNIST+ sizes use {flag}_{size}.npz
     (env_dir / "bloodmnist_64.npz").write_bytes(b"x")
-    assert data.locate("bloodmnist", size=64, data_dir=explicit) == env_dir / "bloodmnist_64.npz"
+    assert data.locate("bloodmnist", size=64) == env_dir / "bloodmnist_64.npz"
 
 
 def test_missing_file_lists_every_directory_and_how_to_fetch(no_default_data, tmp_path, monkeypatch):
     monkeypatch.setenv(paths.ENV_DATA, str(tmp_path / "env"))
     with pytest.raises(StmedfmError) as err:
-        data.locate("dermamnist", data_dir=tmp_path / "explicit")
+        data.locate("dermamnist")
     msg = str(err.value)
     assert "dermamnist.npz" in msg
-    for d in (tmp_path / "explicit", tmp_path / "env", no_default_data / ".medmnist"):
+    for d in (tmp_path / "env", no_default_data / ".medmnist"):
         assert str(d) in msg
     assert "`stmedfm download dermamnist`" in msg
     assert "without internet" in msg and paths.ENV_DATA in msg

@@ -24,6 +24,7 @@ class Server:
         self.files = files
         self.mode = "ok"
         self.requests: list[str] = []
+        self.ranges: list[str | None] = []  #: the Range header of each request
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,10 +40,34 @@ class Server:
                     return
                 if server.mode == "wrong":
                     body = body[::-1]
-                self.send_response(200)
+                if server.mode == "slow_headers":  # a header line a byte at a time, for ever (issue 29)
+                    try:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                        for _ in range(300):
+                            self.wfile.write(b"X")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:  # the client gave up: expected
+                        pass
+                    return
+                ranged = self.headers.get("Range")
+                server.ranges.append(ranged)
+                start = int(ranged.split("=")[1].split("-")[0]) if ranged and server.mode == "ok" else 0
+                self.send_response(206 if start else 200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(body) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.end_headers()
+                body = body[start:]
+                if server.mode == "hang":  # half the body, then nothing (the client is killed meanwhile)
+                    try:
+                        self.wfile.write(body[: len(body) // 2])
+                        self.wfile.flush()
+                        time.sleep(30)
+                    except OSError:
+                        pass
+                    return
                 if server.mode == "trickle":  # one byte every 0.2 s, for ever (bounded by the test's deadline)
                     try:
                         for i in range(200):
@@ -222,7 +247,7 @@ def test_unresolvable_host_is_not_retried(tmp_path, monkeypatch, no_default_data
         calls.append(1)
         raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
 
-    monkeypatch.setattr(urllib.request, "urlopen", no_dns)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", no_dns)  # what urlopen and the download's opener call
     with pytest.raises(StmedfmError) as err:
         download("bloodmnist", data_dir=tmp_path, retries=3, backoff=0, progress=False)
     assert len(calls) == 1
@@ -276,3 +301,70 @@ def test_a_non_positive_timeout_is_refused(tmp_path, no_default_data, capsys):
 
     assert main(["download", "bloodmnist", "--data-dir", str(tmp_path), "--timeout", "-1"]) == 2
     assert "must be positive numbers of seconds" in capsys.readouterr().err
+
+
+# --- issue 29: one deadline from connect to last byte, resumable parts, the user's umask ------------------------
+def test_a_server_sending_its_headers_slowly_is_cut_at_the_deadline(server, blood_bytes, tmp_path, capsys):
+    """The issue's reproduction: still running at 60 s with `--timeout 8 --retries 0` (each header byte arrives
+    within the read timeout, and the overall deadline was checked only between body reads)."""
+    from stmedfm.cli import main
+
+    server.mode = "slow_headers"
+    t0 = time.monotonic()
+    assert main(["download", "bloodmnist", "--data-dir", str(tmp_path), "--mirror", server.base, "--timeout", "1.5",
+                 "--retries", "0"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    assert "the overall time limit (--timeout) ran out before the server sent any data" in err, err
+    _assert_empty(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_part_left_by_sigkill_is_resumed_with_a_range_and_gets_the_umask(server, blood_bytes, tmp_path):
+    """The issue's reproduction: SIGKILL left `.{flag}.npz….part`, neither resumed nor removed for 60 s; the
+    downloaded file was mode 0600."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    server.mode = "hang"
+    code = (f"from stmedfm.download import download; download('bloodmnist', data_dir={str(tmp_path)!r}, "
+            f"mirror={server.base!r}, md5={md5!r}, progress=False, backoff=0, retries=0)")
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(root)})
+    part = tmp_path / ".bloodmnist.npz.part"
+    t0 = time.monotonic()
+    while not (part.exists() and part.stat().st_size >= len(blood_bytes) // 2):
+        assert time.monotonic() - t0 < 60 and child.poll() is None, "the child never wrote half the file"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert part.stat().st_size == len(blood_bytes) // 2
+    server.mode = "ok"
+    old = os.umask(0o022)
+    try:
+        path = download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5))
+    finally:
+        os.umask(old)
+    assert server.ranges[-1] == f"bytes={len(blood_bytes) // 2}-", "the rest was asked for, not the whole file"
+    assert path.read_bytes() == blood_bytes and not part.exists()
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_part_is_restarted_when_the_server_ignores_ranges_and_bad_bytes_are_never_kept(server, blood_bytes,
+                                                                                       tmp_path):
+    md5 = hashlib.md5(blood_bytes).hexdigest()
+    part = tmp_path / ".bloodmnist.npz.part"
+    part.write_bytes(b"not the start of the file")
+    server.mode = "wrong"  # answers 200 with the whole (wrong) body: the part is rewritten, then refused
+    with pytest.raises(StmedfmError, match="checksum mismatch"):
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5))
+    _assert_empty(tmp_path)
+    part.write_bytes(blood_bytes[:100][::-1])  # wrong bytes resumed: the MD5 over the whole file refuses them
+    server.mode = "ok"
+    with pytest.raises(StmedfmError, match="checksum mismatch"):
+        download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5, retries=0))
+    _assert_empty(tmp_path)
+    assert download("bloodmnist", data_dir=tmp_path, mirror=server.base, **_fast(md5=md5)).read_bytes() == blood_bytes

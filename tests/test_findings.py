@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from stmedfm import findings, stats
+from stmedfm import findings, seal, stats
 from stmedfm.config import StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,7 @@ def test_flips_are_never_compared_across_machines(tmp_path):
         runs = pd.read_csv(tmp_path / name / "runs.csv")
         runs["machine"] = machine
         runs.to_csv(tmp_path / name / "runs.csv", index=False)
+        seal.seal(tmp_path / name)  # edited on purpose: vouch for it
     assert findings.flips_block(tmp_path / "a", tmp_path / "b").startswith("Not compared: `a` and `b` were computed on "
                                                                            "different machines")
     same = findings.flips_block(tmp_path / "a", tmp_path / "a")

@@ -349,6 +349,9 @@ def test_a_damaged_table_is_named_not_a_traceback(tmp_path, capsys):
     shutil.copytree(ROOT / "results" / "offline_label_safe", store)
     (store / "metrics.csv").write_text("garbage,x\n")
     assert main(["tables", str(store)]) == 2
+    assert "metrics.csv' is damaged: its sha256" in capsys.readouterr().err  # its digest (issue 29)
+    (store / "digests.json").unlink()  # an unsealed store: its columns are still checked
+    assert main(["tables", str(store)]) == 2
     assert "metrics.csv' is damaged (no column 'run_id')" in capsys.readouterr().err
     (store / "metrics.csv").write_bytes(b"\xff\xfe\x00")
     assert main(["tables", str(store)]) == 2

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
-from stmedfm import paths, registry, strategies
+from stmedfm import paths, registry, seal, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.plots.architecture import fig1_architecture, study_model
 from stmedfm.plots.style import (
@@ -384,6 +384,7 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = No
         path = store.root / f"{name}.csv"
         if not path.is_file() or path.stat().st_size == 0:
             return None
+        seal.check(store.root, path.name)  # the bytes the study wrote, or one line naming the damaged file
         try:
             frame = pd.read_csv(path)
         except pd.errors.EmptyDataError:
