@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PARAMS ?= params/paper.yaml
 ARGS   ?=
 
-.PHONY: setup study quick variants beyond peft-methods test clean-venv
+.PHONY: setup study quick variants beyond peft-methods export-reference test clean-venv
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,24 @@ peft-methods: setup
 	    printf '\n<!-- stmedfm:methods results/peft_methods -->\n<!-- /stmedfm -->\n' >> docs/peft_methods.md; \
 	  $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md; \
 	fi
+
+# The reference's models to share (docs/models.md): from STORE, a store that still has its runs/ and checkpoints/
+# (the machine that computed the reference; the committed results/offline keeps tables only), the pretrained
+# backbone of EXPORT_SEED and one model per downstream task adapted by EXPORT_STRATEGY, each a folder of models/
+# (model.safetensors, config.json, model card). Then: git add models/.
+STORE ?= results/offline
+EXPORT_SEED ?= 0
+EXPORT_STRATEGY ?= adapter
+
+export-reference: setup
+	@study=$$($(BIN)/stmedfm config $(STORE)/config.yaml --get study) || exit 1; \
+	tasks=$$($(BIN)/stmedfm config $(STORE)/config.yaml --get downstream_tasks | tr -d '[],') || exit 1; \
+	set -ex; \
+	$(BIN)/stmedfm export $(STORE) models/stmedfm-$$study-backbone-seed$(EXPORT_SEED) --pretrained --seed $(EXPORT_SEED); \
+	for task in $$tasks; do \
+	  $(BIN)/stmedfm export $(STORE) models/stmedfm-$$study-$$task-$(EXPORT_STRATEGY)-seed$(EXPORT_SEED) \
+	    --task $$task --strategy $(EXPORT_STRATEGY) --seed $(EXPORT_SEED); \
+	done
 
 # All tests: unit tests (synthetic data; real files when $$STMEDFM_DATA has them), then every notebook with its
 # smoke defaults under nbval (needs the real files in $$STMEDFM_DATA; cells marked NBVAL_CHECK_OUTPUT must
