@@ -17,12 +17,13 @@ LN-tuning below).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from stmedfm import registry
 from stmedfm.errors import StmedfmError
 
-__all__ = ["Strategy", "PeftMethod", "INSERT_KINDS", "TRAIN_GROUPS", "register", "get", "names", "label", "color", "marker", "order", "REGISTRY", "PALETTE"]
+__all__ = ["Strategy", "PeftMethod", "INSERT_KINDS", "TRAIN_GROUPS", "register", "get", "names", "label", "color", "marker", "order", "REGISTRY", "PALETTE", "BUILT_IN", "import_module"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ TRAIN_GROUPS = ("all", "head", "layernorm", "bias", "lora", "adapter", "peft")
 
 
 def register(strategy: Strategy) -> Strategy:
-    """Add ``strategy`` (its name must be new); its position in the registry is its order in tables and figures."""
+    """Add ``strategy``; its position in the registry is its order in tables and figures. Its name, colour and
+    marker must be new (figures tell strategies apart by colour and marker), its pieces known (docs/strategies.md
+    lists every rule)."""
     if strategy.name in REGISTRY:
         raise StmedfmError(f"A strategy named '{strategy.name}' is already registered.")
     unknown = [k for k in strategy.inserts if k not in INSERT_KINDS] + [g for g in strategy.trains
@@ -99,6 +102,14 @@ def register(strategy: Strategy) -> Strategy:
     if (strategy.peft is not None) != ("peft" in strategy.inserts):
         raise StmedfmError(f"Strategy '{strategy.name}': a peft method (peft=PeftMethod.of(...)) goes with "
                            f"inserts=('peft',), and inserts=('peft',) needs one.")
+    for field, taken in (("color", {s.color.lower(): s.name for s in REGISTRY.values()}),
+                         ("marker", {s.marker: s.name for s in REGISTRY.values()})):
+        value = getattr(strategy, field)
+        key = value.lower() if field == "color" else value
+        if key in taken:
+            free = (f" Free markers: {' '.join(m for m in MARKERS if m not in taken)}." if field == "marker" else "")
+            raise StmedfmError(f"Strategy '{strategy.name}': {field} {value!r} is taken by '{taken[key]}'; figures "
+                               f"tell strategies apart by {field}, so give it another.{free}")
     REGISTRY[strategy.name] = strategy
     return strategy
 
@@ -131,6 +142,21 @@ def order(name: str) -> int:
     """Position in tables and figures (unknown names last)."""
     return list(REGISTRY).index(name) if name in REGISTRY else len(REGISTRY)
 
+
+def import_module(name: str) -> None:
+    """Import the module ``name`` whose ``register`` calls add strategies (the ``strategies_module`` parameter:
+    :meth:`stmedfm.config.StudyConfig.from_dict` calls this before checking strategy names, in the client and in
+    every worker, which rebuild the config from its fields). Importing twice is a no-op, so nothing registers twice."""
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # a missing module, or one whose registration fails: one line either way
+        raise StmedfmError(f"Parameter 'strategies_module': importing {name!r} failed ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}); it must be importable where the study runs (the "
+                           f"working folder, or installed), workers included.") from None
+
+
+#: Markers matplotlib draws, for the refusal of a taken one.
+MARKERS = ("o", "s", "^", "v", "<", ">", "D", "d", "P", "X", "p", "h", "H", "8", "*", "+", "x", "1", "2", "3", "4")
 
 # seaborn's "colorblind" palette (Okabe-Ito-like), fixed per strategy so every figure uses the same colour
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"]
@@ -214,3 +240,7 @@ register(Strategy("fourierft", "Pretrain+FourierFT", inserts=("peft",), trains=_
 register(Strategy("ln_tuning", "Pretrain+LN-tuning", inserts=("peft",), trains=("peft", "head"), color="#1b7837",
                   marker="*", peft=PeftMethod.of("LNTuningConfig", targets="layernorms"),
                   description="LN-tuning: a trained copy of every LayerNorm + head (originals frozen)"))
+
+#: The strategies this module registers; a study file or test that means "every method of the package" (e.g.
+#: params/peft_methods.yaml) reads this, so a strategy registered elsewhere (a user module) changes neither.
+BUILT_IN: tuple[str, ...] = tuple(REGISTRY)

@@ -141,13 +141,14 @@ def test_counts_cover_every_registered_strategy():
 
 
 def test_the_study_files_plan_every_registered_strategy():
+    """Every strategy of the package (strategies.BUILT_IN; one registered by a user module is not the package's)."""
     from stmedfm import strategies
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
     offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml")  # the reference it reused (2D pretraining)
     assert cfg.study == "peft_methods" and len(cfg.seeds) == 10 and cfg.temperature_scaling
-    assert set(cfg.strategies) == set(strategies.names())
-    assert set(cfg.fewshot_strategies) == {s for s in strategies.names() if strategies.get(s).pretrained}
+    assert set(cfg.strategies) == set(strategies.BUILT_IN)
+    assert set(cfg.fewshot_strategies) == {s for s in strategies.BUILT_IN if strategies.get(s).pretrained}
     assert cfg.fewshot_tasks == {"retinamnist": 10} and cfg.fewshot_k == [1, 5, 10] and cfg.fewshot_splits == 3
     assert not (cfg.class_weight_ablation_tasks or cfg.leave_out_tasks or cfg.extended_tasks)
     for field in ("pretrain_tasks", "downstream_tasks", "pretrain_steps", "finetune_steps_2d", "scratch_steps_2d",
