@@ -70,9 +70,38 @@ def test_parameters_cell_holds_every_reader_parameter_and_the_colab_cell_overwri
     namespace: dict = {}
     exec(code[0].source, namespace)
     assert namespace["download"] is False
-    assert code[1].source == nb.colab_cell()
+    assert code[1].source == nb.colab_cell(path.stem)
     assert not _bound_names(code[1].source) & (set(StudyConfig.keys()) | {"params"})
     assert "download" not in code[1].source
+
+
+def test_colab_cell_installs_the_extras_its_notebook_imports():
+    """Notebook 10 runs the peft strategies: its Colab cell installs stmedfm[peft]; the others the base package."""
+    assert '%pip install --quiet -e "{_home}[peft]"' in nb.colab_cell("10_peft_methods")
+    assert '%pip install --quiet -e "{_home}"' in nb.colab_cell("01_data")
+    for path in NOTEBOOKS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        needs_peft = "peft_methods" in source or "methods." in source
+        assert ("[peft]" in nb.colab_cell(path.stem)) == needs_peft, path.stem
+
+
+def test_notebook_download_failure_gives_notebook_advice(no_default_data, monkeypatch):
+    """A failed download in a notebook names what to set there (a mirror by %env, data_dir), never --mirror."""
+    import stmedfm.download
+
+    real = stmedfm.download.download
+
+    def failing(task, size=28, data_dir=None, **kwargs):  # the real message of a failed download
+        return real(task, size=size, data_dir=data_dir, retries=0, timeout=5, progress=False)
+
+    monkeypatch.setenv(paths.ENV_MIRROR, "http://127.0.0.1:9/")  # a closed port: refused at once
+    monkeypatch.setattr(stmedfm.download, "download", failing)
+    cfg = StudyConfig.load(ROOT / "params" / "smoke.yaml", {"download": True})
+    with pytest.raises(StmedfmError) as err:
+        nb.ensure_data(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "Could not download organamnist" in message and "--mirror" not in message
+    assert "%env STMEDFM_MIRROR=" in message and "data_dir = " in message and "run this cell again" in message
 
 
 def test_colab_install_keeps_an_installed_torch():
