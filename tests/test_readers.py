@@ -300,10 +300,24 @@ def test_setup_shows_a_progress_bar_and_one_summary_line(make_config, tmp_path, 
     params.write_text(make_config(READER_STUDY).to_yaml())
     nb.setup(str(params), {})
     out, err = capsys.readouterr()
-    assert "study tiny: 100%" in err and "3/3" in err  # the bar (tqdm.auto: a widget in Jupyter)
+    assert "study tiny: 100%" in err and "2/2" in err and "checkpoints 1/1" in err  # tqdm.auto: a widget in Jupyter
+    assert "3/3" not in err  # the bar counts runs, as the summary does (issue 31: it said 32 where the summary said 30)
     lines = [line for line in out.splitlines() if not line.startswith("NOTE: ")]  # notices of the store
     assert len(lines) == 2 and lines[0].startswith("computing 2 of 2 runs") and "0 reused, 2 computed" in lines[1]
     assert "acc " not in out  # no line per run in a notebook
+
+
+@pytest.mark.slow
+def test_quiet_study_prints_no_line_per_run_and_the_bar_counts_runs(make_config, tmp_path, capsys):
+    params = tmp_path / "tiny.yaml"
+    params.write_text(make_config(READER_STUDY).to_yaml())
+    assert cli.main(["study", str(params), "--out", str(tmp_path / "q"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"study 'tiny': results in {tmp_path / 'q'}"] and err == ""
+    assert cli.main(["study", str(params), "--out", str(tmp_path / "v")]) == 0
+    out, err = capsys.readouterr()
+    assert "1 pretraining jobs and 2 runs" in out and out.count("acc ") == 2 and "pretrained seed=0" in out
+    assert "2/2" in err and "3/3" not in err
 
 
 def test_notebook_dependencies_include_ipywidgets():
