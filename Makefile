@@ -37,12 +37,12 @@ NB_RUN    := JUPYTER_PATH=$(CURDIR)/tools/jupyter $(BIN)/papermill
 
 study: setup
 	@study=$$($(BIN)/stmedfm config $(PARAMS) --get study $(ARGS)) || exit 1; \
-	set -ex; \
-	echo "== 1/4 study $$study: every run (a progress bar counts them) =="; \
+	set -e; \
+	echo "== 1/4 study $$study: stmedfm study $(PARAMS) $(ARGS) (a progress bar counts the runs) =="; \
 	$(BIN)/stmedfm study $(PARAMS) -p download=true $(ARGS); \
 	mkdir -p runs/$$study; \
 	n=0; for nb in $(NOTEBOOKS); do n=$$((n + 1)); \
-	  echo "== 2/4 notebook $$n of $(words $(NOTEBOOKS)): $$(basename $$nb) =="; \
+	  echo "== 2/4 notebook $$n of $(words $(NOTEBOOKS)): papermill $$nb runs/$$study/$$(basename $$nb) =="; \
 	  $(NB_RUN) "$$nb" "runs/$$study/$$(basename $$nb)" --cwd notebooks -k stmedfm --no-progress-bar \
 	    -p params $(PARAMS) $(NB_ARGS); \
 	done; \

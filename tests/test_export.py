@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,21 @@ def test_export_refuses_what_it_cannot_write(exported, tmp_path, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert cli.main(["export", str(store), str(tmp_path / "x"), "--seed", "7"]) == 2
     assert "has no seed 7" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+COMMITTED = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "models").glob("*/config.json"))
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no exported model committed under models/ yet (make export-reference)")
+@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_every_committed_model_loads_in_seconds_without_data(folder, no_default_data):
+    """The models a reader finds in models/: loaded (digest checked) in under 5 s with no data file anywhere, and
+    predicting class probabilities for images in MedMNIST's layout."""
+    t0 = time.perf_counter()
+    m = load_model(folder)
+    assert time.perf_counter() - t0 < 5 and m.source == "exported"
+    size = json.loads((folder / "config.json").read_text())["image_size"]
+    shape = (2, size, size, size) if m.info.dim == 3 else (2, size, size) if m.info.n_channels == 1 else (2, size, size, 3)
+    probs = m.predict(np.zeros(shape, dtype=np.uint8))
+    assert probs.shape == (2, m.info.n_classes) and np.allclose(probs.sum(1), 1)
+    assert "Not for clinical use" in (folder / "README.md").read_text()
