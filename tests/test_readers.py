@@ -5,6 +5,7 @@ end is tests/test_colab.py.)"""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -290,6 +291,42 @@ def test_make_study_names_every_directory_by_the_study_key(tmp_path, args, study
     assert f"stmedfm tables results/{study}" in calls and f"stmedfm figures results/{study}" in calls
     assert not any("results/mine" in c or "runs/mine" in c for c in calls)
     assert (project / "runs" / study).is_dir()
+
+
+@pytest.mark.slow
+def test_make_quick_runs_its_own_params_file_and_injects_no_undeclared_parameter(tmp_path):
+    """Issue 31: papermill warned 'Passed unknown parameter: study' for every notebook of make quick, and the
+    notebooks' kernel logged a KeyboardInterrupt at shutdown: make quick now injects only the declared `params`,
+    on the kernelspec that silences the kernel's own log, and says which stage runs."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = tmp_path / "project"
+    (project / "params").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "params/quick.yaml", "notebooks/04_transfer.ipynb",
+                 "tools/jupyter/kernels/stmedfm/kernel.json"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    bin_dir = project / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    for tool in ("stmedfm", "papermill", "jupyter"):
+        (bin_dir / tool).write_text(FAKE_TOOL.format(log=log, python=sys.executable))
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / ".installed").touch()
+    result = subprocess.run(["make", "-s", "quick", "VENV=venv"], cwd=project, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert "stmedfm study params/quick.yaml -p download=true" in calls
+    papermill = [c for c in calls if c.startswith("papermill ")]
+    assert papermill == ["papermill notebooks/04_transfer.ipynb runs/quick/04_transfer.ipynb --cwd notebooks -k "
+                         "stmedfm --no-progress-bar -p params params/quick.yaml"]
+    for stage in ("== 1/4 study quick", "== 2/4 notebook 1 of 1: papermill notebooks/04_transfer.ipynb",
+                  "== 3/4 HTML", "== 4/4 tables and figures of results/quick"):
+        assert stage in result.stdout, stage
+    kernel = json.loads((ROOT / "tools/jupyter/kernels/stmedfm/kernel.json").read_text())
+    assert kernel["argv"][:3] == ["python", "-m", "ipykernel_launcher"] and "--IPKernelApp.log_level=CRITICAL" in kernel["argv"]
 
 
 # --- 6. progress where the work is ------------------------------------------------------------------------------------------
