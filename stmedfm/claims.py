@@ -284,6 +284,7 @@ def claims_table(cfg: StudyConfig, metrics: pd.DataFrame, root: str | Path | Non
                     "a": "+".join(claim.a.strategies), "b": "+".join(claim.b.strategies)}
             rows.append({**base, **_test(claim, task, metric, metrics, reps, replicates)})
     out = pd.DataFrame(rows)
+    out = out.reindex(columns=[*out.columns, *[c for c in COLUMNS if c not in out.columns]])  # one seed: no p at all
     out["p_holm"] = np.nan
     for fam in ("primary", "secondary"):
         m = (out["family"] == fam) & (out["verdict"] != "untestable")

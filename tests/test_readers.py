@@ -329,6 +329,14 @@ def test_make_quick_runs_its_own_params_file_and_injects_no_undeclared_parameter
     assert kernel["argv"][:3] == ["python", "-m", "ipykernel_launcher"] and "--IPKernelApp.log_level=CRITICAL" in kernel["argv"]
 
 
+def test_claims_of_a_one_seed_study_are_untestable_not_an_error(tiny_store):
+    """make quick (one seed) stopped in notebook 08: with no testable claim the table had no p column (KeyError)."""
+    from stmedfm.claims import claims_table
+
+    table = claims_table(tiny_store.config(), tiny_store.table("metrics"))
+    assert len(table) and (table["verdict"] == "untestable").all() and table["p_holm"].isna().all()
+
+
 # --- 6. progress where the work is ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_setup_shows_a_progress_bar_and_one_summary_line(make_config, tmp_path, monkeypatch, capsys):
