@@ -47,7 +47,7 @@ study: setup
 	    -p params $(PARAMS) $(NB_ARGS); \
 	done; \
 	echo "== 3/4 HTML of the executed notebooks in runs/$$study/ =="; \
-	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/*.ipynb; \
+	$(BIN)/jupyter nbconvert --to html --log-level ERROR runs/$$study/*.ipynb; \
 	echo "== 4/4 tables and figures of results/$$study =="; \
 	$(BIN)/stmedfm tables results/$$study; \
 	$(BIN)/stmedfm figures results/$$study
