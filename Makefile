@@ -6,12 +6,14 @@ BIN    := $(VENV)/bin
 PARAMS ?= params/paper.yaml
 ARGS   ?=
 
-.PHONY: setup study quick variants beyond peft-methods test clean-venv
+.PHONY: setup study quick variants beyond peft-methods export-reference test clean-venv
 
+# pip shows its progress bars: the first install downloads torch and friends (minutes), and silence looked stuck.
 $(BIN)/.installed: pyproject.toml constraints.txt
+	@echo "== setup: a virtual environment in $(VENV) with the pinned dependencies (first time: a few minutes) =="
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e ".[dev,notebooks]"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -26,24 +28,36 @@ setup: $(BIN)/.installed
 # 4. every table into results/<study>/tables/ and every figure into figures/<study>/.
 NOTEBOOKS := $(sort $(wildcard notebooks/0[1-8]_*.ipynb))
 NB_ARGS   := $(subst =, ,$(ARGS))
+# The notebooks run on tools/jupyter/kernels/stmedfm: python3 with the kernel's own log silenced, because every
+# kernel shutdown starts with an interrupt that ipykernel may log as "ERROR | KeyboardInterrupt caught in kernel",
+# and it warns about TCP on every start; cell errors still stop papermill with the cell's traceback.
+# papermill calls parameters injected with ARGS "unknown" (they are read from the notebook's namespace,
+# stmedfm.config.notebook_params); without ARGS (make quick) it has none to call so.
+NB_RUN    := JUPYTER_PATH=$(CURDIR)/tools/jupyter $(BIN)/papermill
 
 study: setup
 	@study=$$($(BIN)/stmedfm config $(PARAMS) --get study $(ARGS)) || exit 1; \
-	set -ex; \
+	set -e; \
+	echo "== 1/4 study $$study: stmedfm study $(PARAMS) $(ARGS) (a progress bar counts the runs) =="; \
 	$(BIN)/stmedfm study $(PARAMS) -p download=true $(ARGS); \
 	mkdir -p runs/$$study; \
-	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/papermill "$$nb" "runs/$$study/$$(basename $$nb)" --cwd notebooks -k python3 --no-progress-bar \
+	n=0; for nb in $(NOTEBOOKS); do n=$$((n + 1)); \
+	  echo "== 2/4 notebook $$n of $(words $(NOTEBOOKS)): papermill $$nb runs/$$study/$$(basename $$nb) =="; \
+	  $(NB_RUN) "$$nb" "runs/$$study/$$(basename $$nb)" --cwd notebooks -k stmedfm --no-progress-bar \
 	    -p params $(PARAMS) $(NB_ARGS); \
 	done; \
-	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/*.ipynb; \
+	echo "== 3/4 HTML of the executed notebooks in runs/$$study/ =="; \
+	$(BIN)/jupyter nbconvert --to html --log-level ERROR runs/$$study/*.ipynb; \
+	echo "== 4/4 tables and figures of results/$$study =="; \
 	$(BIN)/stmedfm tables results/$$study; \
 	$(BIN)/stmedfm figures results/$$study
 
-# The first real result without internet: the offline protocol (params/offline.yaml) at one seed, on the official
-# files found in $$STMEDFM_DATA or ~/.medmnist, into results/offline_1seed/ (the 20-seed reference stays untouched).
+# The first real result without internet: params/quick.yaml, the offline protocol's main experiment at one seed, on
+# the official files found in $$STMEDFM_DATA or ~/.medmnist, into results/quick/ (the reference stays untouched).
+# The whole offline protocol at one seed is one command further:
+#   make study PARAMS=params/offline.yaml ARGS="-p study=offline_1seed -p seeds=1"
 quick:
-	$(MAKE) study PARAMS=params/offline.yaml ARGS="-p study=offline_1seed -p seeds=1"
+	$(MAKE) study PARAMS=params/quick.yaml
 
 # Variant studies beyond the paper (notebook 09, stmedfm.variants): the variants of VARIANTS into results/<name>/,
 # their tables, figures into figures/<name>/, and the executed notebook into runs/<name>/ (+ HTML).
@@ -55,7 +69,7 @@ variants: setup
 	set -ex; \
 	$(BIN)/stmedfm variants $(VARIANTS); \
 	mkdir -p runs/$$name; \
-	$(BIN)/papermill notebooks/09_beyond.ipynb runs/$$name/09_beyond.ipynb --cwd notebooks -k python3 \
+	$(NB_RUN) notebooks/09_beyond.ipynb runs/$$name/09_beyond.ipynb --cwd notebooks -k stmedfm \
 	  --no-progress-bar -p params $(VARIANTS); \
 	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$name/09_beyond.ipynb
 
@@ -76,7 +90,7 @@ peft-methods: setup
 	set -ex; \
 	$(BIN)/stmedfm study $(PEFT_METHODS) $(addprefix --reuse ,$(REUSE)) $(ARGS); \
 	mkdir -p runs/$$study; \
-	$(BIN)/papermill notebooks/10_peft_methods.ipynb runs/$$study/10_peft_methods.ipynb --cwd notebooks -k python3 \
+	$(NB_RUN) notebooks/10_peft_methods.ipynb runs/$$study/10_peft_methods.ipynb --cwd notebooks -k stmedfm \
 	  --no-progress-bar -p params $(PEFT_METHODS) $(NB_ARGS); \
 	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/10_peft_methods.ipynb; \
 	$(BIN)/stmedfm tables results/$$study; \
@@ -85,6 +99,24 @@ peft-methods: setup
 	    printf '\n<!-- stmedfm:methods results/peft_methods -->\n<!-- /stmedfm -->\n' >> docs/peft_methods.md; \
 	  $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md; \
 	fi
+
+# The reference's models to share (docs/models.md): from STORE, a store that still has its runs/ and checkpoints/
+# (the machine that computed the reference; the committed results/offline keeps tables only), the pretrained
+# backbone of EXPORT_SEED and one model per downstream task adapted by EXPORT_STRATEGY, each a folder of models/
+# (model.safetensors, config.json, model card). Then: git add models/.
+STORE ?= results/offline
+EXPORT_SEED ?= 0
+EXPORT_STRATEGY ?= adapter
+
+export-reference: setup
+	@study=$$($(BIN)/stmedfm config $(STORE)/config.yaml --get study) || exit 1; \
+	tasks=$$($(BIN)/stmedfm config $(STORE)/config.yaml --get downstream_tasks | tr -d '[],') || exit 1; \
+	set -ex; \
+	$(BIN)/stmedfm export $(STORE) models/stmedfm-$$study-backbone-seed$(EXPORT_SEED) --pretrained --seed $(EXPORT_SEED); \
+	for task in $$tasks; do \
+	  $(BIN)/stmedfm export $(STORE) models/stmedfm-$$study-$$task-$(EXPORT_STRATEGY)-seed$(EXPORT_SEED) \
+	    --task $$task --strategy $(EXPORT_STRATEGY) --seed $(EXPORT_SEED); \
+	done
 
 # All tests: unit tests (synthetic data; real files when $$STMEDFM_DATA has them), then every notebook with its
 # smoke defaults under nbval (needs the real files in $$STMEDFM_DATA; cells marked NBVAL_CHECK_OUTPUT must

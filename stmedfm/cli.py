@@ -4,9 +4,10 @@ Commands: ``data`` (registry and local status), ``download`` (official files, MD
 (Table 4), ``synthetic`` (test files of official shapes), ``config`` (a parameter file as the study reads it; ``--get
 study`` is how the Makefile learns a study's name), ``study`` (run or resume a parameter file, locally or on a Dask
 cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
-``figures`` (paper figures), ``variants`` (variant studies; ``beyond``, its former name, still works), ``report``
-(the paper's claims tested over seeds, and the generated blocks of markdown files), ``seal`` (record or check the
-sha256 of every table of a store, ``digests.json``). ``stmedfm`` alone prints this
+``figures`` (paper figures), ``export`` (a trained model as a folder to share), ``variants`` (variant studies;
+``beyond``, its former name, still works), ``report`` (the paper's claims tested over seeds, and the generated
+blocks of markdown files), ``seal`` (record or check the sha256 of every table of a store, ``digests.json``).
+``stmedfm`` alone prints this
 help, ``--version`` the version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
 
@@ -215,6 +216,14 @@ def cmd_seal(args) -> None:
         raise StmedfmError("some tables do not match their digests (listed above); restore them or rebuild them.")
 
 
+def cmd_export(args) -> None:
+    from stmedfm.export import export
+
+    out = export(args.results, args.out, task=args.task, strategy=args.strategy, seed=args.seed,
+                 pretrained=args.pretrained)
+    print(f"exported to {out}: load it with stmedfm.inference.load_model({str(out)!r})")
+
+
 def cmd_figures(args) -> None:
     from stmedfm.plots import write_figures
 
@@ -295,7 +304,8 @@ def _run_commands(sub) -> None:
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
     p.add_argument("--reuse", action="append", metavar="STORE",
                    help="take runs and checkpoints of the same id from this result store instead of computing them "
-                        "(repeatable), e.g. --reuse results/offline")
+                        "(repeatable), e.g. --reuse results/mystudy (a store with its runs/ and checkpoints/: the "
+                        "committed results/ keep tables only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per run")
     p.set_defaults(func=cmd_study)
 
@@ -356,6 +366,17 @@ def _result_commands(sub) -> None:
     p.add_argument("results", help="result directory, e.g. results/offline")
     p.add_argument("--out", help="figure directory (default: figures/<study>)")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("export", help="write one trained model of a result store as a folder to share "
+                                      "(model.safetensors, config.json, model card README.md; docs/models.md)")
+    p.add_argument("results", help="result directory with its runs and checkpoints, e.g. results/mystudy")
+    p.add_argument("out", help="folder to write, e.g. models/stmedfm-offline-bloodmnist-adapter-seed0")
+    p.add_argument("--task", help="the downstream task (default: the study's first)")
+    p.add_argument("--strategy", help="the adaptation strategy (default: the study's first)")
+    p.add_argument("--seed", type=int, help="the seed (default: the study's first)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="instead: the multi-task pretrained backbone of --seed, with every pretraining head")
+    p.set_defaults(func=cmd_export)
 
 
 def _interrupt(signum, frame) -> None:

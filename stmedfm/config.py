@@ -116,6 +116,9 @@ class StudyConfig:
     # --- downstream transfer (Tables 5-8b) ---------------------------------------------------------------------
     downstream_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
+    #: a module whose ``stmedfm.strategies.register`` calls add strategies named here (docs/strategies.md); imported
+    #: before names are checked, by the client and every worker (each rebuilds the config with from_dict)
+    strategies_module: str | None = None
     scratch_steps_2d: int = 150
     scratch_steps_3d: int = 80
     finetune_steps_2d: int = 120
@@ -166,7 +169,14 @@ class StudyConfig:
         if not isinstance(values, Mapping):
             raise StmedfmError(f"Parameters must be a mapping of name: value, got {type(values).__name__}.")
         known = cls.keys()
-        errors = [f"Unknown parameter '{key}'.{registry.closest(str(key), known)} Parameters are the fields of "
+        module = values.get("strategies_module")
+        errors = []
+        if isinstance(module, str) and module.strip():
+            try:
+                _strategies.import_module(module.strip())
+            except StmedfmError as exc:
+                errors.append(str(exc))
+        errors += [f"Unknown parameter '{key}'.{registry.closest(str(key), known)} Parameters are the fields of "
                   f"stmedfm.config.StudyConfig (see `stmedfm config --help`)." for key in values if key not in known]
         try:
             cfg = cls(**{k: v for k, v in values.items() if k in known}).validate()
@@ -296,7 +306,8 @@ class StudyConfig:
             for s in getattr(self, name):
                 if s not in known:
                     errors.append(f"Unknown strategy '{s}' in '{name}'.{registry.closest(s, known)} "
-                                  f"Strategies: {', '.join(known)}.")
+                                  f"Strategies: {', '.join(known)} (one of your own: register it in a module "
+                                  f"named by strategies_module, docs/strategies.md).")
         used = {s for name in STRATEGY_FIELDS for s in getattr(self, name) if s in _strategies.REGISTRY}
         for s in sorted(used, key=_strategies.order):
             if not hasattr(self, _strategies.get(s).lr_field):

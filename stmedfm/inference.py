@@ -10,10 +10,16 @@ tables report (a mismatch, e.g. another torch, raises instead of handing out a d
 then kept as ``results/<study>/models/<run id>.pt`` (the model's ``state_dict``, read back with
 ``weights_only=True``), so the next load takes milliseconds. Run ids and the store's other files are unchanged.
 
+A model to hand on is a folder written by ``stmedfm export`` (:mod:`stmedfm.export`, :mod:`stmedfm.hub`:
+safetensors weights, config.json, a model card); ``load_model(folder)`` reads it, checks its sha256 and trains
+nothing. The repository commits the reference study's seed-0 backbone and one adapted model per task in
+``models/`` (docs/models.md):
+
 >>> from stmedfm.inference import load_model
->>> m = load_model("results/offline", task="bloodmnist", strategy="full", seed=0)
+>>> m = load_model("models/stmedfm-offline-bloodmnist-adapter-seed0")
 >>> m.predict(images)            # (N, 28, 28, 3) uint8 as in MedMNIST's .npz -> (N, 8) class probabilities
 >>> m.labels[m.predict(images).argmax(1)]
+>>> m = load_model("results/<study>", task="bloodmnist", strategy="full", seed=0)   # a store with its runs
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stmedfm import registry, seal
+from stmedfm import hub, registry, seal
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import single_thread
@@ -53,7 +59,7 @@ class TrainedModel:
     spec: RunSpec  #: task, strategy (its LoRA / adapter modules are in ``model``), seed, steps, ...
     run_id: str
     info: FlagInfo  #: the task's facts (classes, channels, dimensionality)
-    source: str  #: 'saved' (read from models/) or 're-materialised' (trained again, metrics checked)
+    source: str  #: 'saved' (read from models/), 're-materialised' (trained again, metrics checked) or 'exported'
 
     @property
     def labels(self) -> np.ndarray:
@@ -130,7 +136,10 @@ def model_path(store, rid: str) -> Path:
 def load_model(results: str | os.PathLike, task: str | None = None, strategy: str | None = None,
                seed: int | None = None, experiment: str = "transfer", run_id: str | None = None,
                save: bool = True) -> TrainedModel:
-    """The trained model of one finished run of the store ``results`` (e.g. ``results/offline``), for inference.
+    """The trained model of one finished run of the store ``results``, or of the folder ``stmedfm export`` wrote.
+
+    An exported folder (``models/...``): its weights are verified by the sha256 of its config.json and loaded as
+    they are (no data, no training); ``task`` picks a head of an exported backbone (default: its first).
 
     Select it by ``run_id`` or by ``task``, ``strategy``, ``seed`` and ``experiment`` (default: the transfer run of
     the first downstream task, strategy and seed). The model comes with the study's config and the strategy's
@@ -138,6 +147,8 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
     loaded with ``weights_only=True``; otherwise the run is re-materialised from its checkpoint and verified
     against its stored metrics (see the module docstring), and saved when ``save``.
     """
+    if hub.is_export(results):
+        return _load_export(results, task)
     store = ResultStore(results)
     cfg = store.config()
     data = study_data(cfg)  # locates and verifies the study's files: a run's id covers its data
@@ -200,6 +211,26 @@ def _torch_load(path: Path):
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         raise StmedfmError(f"Cannot load '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
                            f"delete it and rerun what wrote it.") from None
+
+
+def _load_export(folder, task: str | None) -> TrainedModel:
+    config = hub.read_config(folder)
+    try:
+        model = hub.STMedFMHub.from_pretrained(folder)
+    except RuntimeError as exc:  # safetensors' strict load: tensors missing, extra or of another shape
+        raise StmedfmError(f"{folder}: the weights do not fit its config.json ({' '.join(str(exc).split())[:200]}); "
+                           f"export it again.") from None
+    task = task or config.get("task") or next(iter(config["heads"]))
+    if task not in model.heads:
+        raise StmedfmError(f"{folder} has no head for '{task}'; its heads: {', '.join(model.heads)}.")
+    cfg = StudyConfig.from_dict(config["study_config"])
+    if config.get("spec"):
+        spec = RunSpec(**{**config["spec"], "pretrain": tuple(config["spec"]["pretrain"])})
+    else:  # a backbone: the spec of its pretraining, read on the head asked for
+        spec = RunSpec(task, "pretrained", config["seed"], cfg.pretrain_steps, cfg.pretrain_lr, cfg.class_weights,
+                       pretrain=tuple(cfg.pretrain_tasks))
+    return TrainedModel(model, cfg, spec, config.get("run_id") or config.get("pretrain_job", ""),
+                        registry.get(task), "exported")
 
 
 def _same(a: float, b: float) -> bool:

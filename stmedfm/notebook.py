@@ -164,12 +164,19 @@ def parameters_cell(notebook: str) -> str:
             "#                   DermaMNIST CC BY-NC 4.0), verified, into $STMEDFM_DATA or ~/.medmnist")
 
 
-def colab_cell() -> str:
-    """Source of every notebook's second code cell: in Colab only, fetch the project and install it.
+#: The extras of pyproject.toml a notebook needs beyond the base package (its Colab cell installs them).
+NOTEBOOK_EXTRAS = {"10_peft_methods": ("peft",)}
+
+
+def colab_cell(notebook: str = FIRST_NOTEBOOK) -> str:
+    """Source of the second code cell of ``notebook``: in Colab only, fetch the project and install it, with the
+    extras the notebook needs (:data:`NOTEBOOK_EXTRAS`).
 
     It sets no parameter (the parameters cell, or papermill, does). ``pip install -e`` keeps an installed torch
     that satisfies the package's minimum (Colab's own) instead of replacing it. ``$STMEDFM_REPO`` and
     ``$STMEDFM_COLAB_DIR`` override where it clones from and to (the test that plays Colab uses a local clone)."""
+    extras = NOTEBOOK_EXTRAS.get(notebook, ())
+    target = f"{{_home}}[{','.join(extras)}]" if extras else "{_home}"
     return f'''import os
 import sys
 
@@ -178,7 +185,7 @@ if "google.colab" in sys.modules:  # Colab only: fetch and install the project (
     _home = os.environ.get("STMEDFM_COLAB_DIR", "{COLAB_DIR}")
     if not os.path.isdir(_home):
         !git clone --quiet --depth 1 {{_repo}} {{_home}}
-    %pip install --quiet -e {{_home}}
+    %pip install --quiet -e "{target}"
     sys.path.insert(0, _home)
     os.chdir(f"{{_home}}/notebooks")'''
 
@@ -250,7 +257,14 @@ def ensure_data(cfg: StudyConfig) -> None:
 
     print(f"downloading {len(missing)} official MedMNIST file(s) into {target}: {names}", flush=True)
     for task in missing:
-        path = download(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        try:
+            path = download(task, size=cfg.image_size, data_dir=cfg.data_dir)
+        except StmedfmError as exc:  # the command line's advice (--mirror) means nothing here: a notebook's
+            what = str(exc).split(" Try again later", 1)[0]
+            raise StmedfmError(
+                f"{what} In this notebook: run `%env {paths.ENV_MIRROR}=https://your.mirror/medmnist` in a cell above "
+                f"to download from a mirror, or copy the official file into {target} (or set data_dir = "
+                f"'/folder/with/the/files' in the parameters cell), then run this cell again.") from None
         print(f"{task}: verified {path}", flush=True)
 
 
@@ -404,7 +418,7 @@ def relink(files) -> None:
         book = nbformat.read(path, as_version=4)
         code = [c for c in book.cells if c.cell_type == "code"]
         code[0].source = parameters_cell(path.stem)
-        code[1].source = colab_cell()
+        code[1].source = colab_cell(path.stem)
         book.cells[0].source = re.sub(r"\[!\[Open in Colab\]\(.*?\n", badges(path.stem) + "\n", book.cells[0].source,
                                       count=1)
         nbformat.write(book, path)

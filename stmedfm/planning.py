@@ -343,6 +343,6 @@ def _offline_advice(cfg: StudyConfig) -> str:
             D.locate(task, size=other.image_size, data_dir=cfg.data_dir)
     except StmedfmError:
         return ""
-    return (" The files of the offline protocol are here: `make quick` runs it at one seed in minutes, "
-            "`make study PARAMS=params/offline.yaml` in full.")
+    return (" The files of the offline protocol are here: `make quick` runs its main experiment at one seed in "
+            "minutes, `make study PARAMS=params/offline.yaml` in full.")
 

@@ -168,12 +168,16 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
             jid = p.pretrain_job.id(cfg, data) if p.pretrain_job else None
             tasks.append(Task(rid, _run_job, run_args(rid, p), estimated_cost(cfg, p.spec),
                               after=(jid,) if jid in todo_jobs else (), payload=p))  # longest first
-        bar = tqdm(total=len(tasks), desc=f"study {cfg.study}", disable=not progress)
+        # the bar counts runs, as every summary does; pretraining jobs are its postfix. progress=False (-q): silent
+        bar = tqdm(total=len(todo), desc=f"study {cfg.study}", unit="run", disable=not progress)
+        pretrained = 0
         if progress:
             bar.write(f"{len(todo_jobs)} pretraining jobs and {len(todo)} runs on {executor.describe()}")
+            if todo_jobs:
+                bar.set_postfix_str(f"checkpoints 0/{len(todo_jobs)}")
 
         def on_result(task: Task, result) -> None:
-            bar.update()
+            nonlocal pretrained
             if isinstance(task.payload, PretrainJob):
                 blob, loss_csv, secs = result
                 atomic_write_bytes(store.checkpoint_path(task.key), blob)
@@ -181,8 +185,12 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
                 if users[task.key]:
                     shared[task.key] = executor.share(blob)
                 job = task.payload
-                bar.write(f"pretrained seed={job.seed} on {'+'.join(job.tasks)} in {secs:.1f} s")
+                pretrained += 1
+                if progress:
+                    bar.set_postfix_str(f"checkpoints {pretrained}/{len(todo_jobs)}")
+                    bar.write(f"pretrained seed={job.seed} on {'+'.join(job.tasks)} in {secs:.1f} s")
                 return
+            bar.update()
             rid, res = result
             store.write_run(rid, res, cfg, made_with)
             p = task.payload
@@ -192,9 +200,10 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
                 if not users[jid] and jid in shared:
                     executor.release(shared.pop(jid))
             s, m = res.spec, res.metrics
-            bar.write(f"{p.experiment:13s} {s.task} {s.strategy} seed={s.seed}"
-                      f"{f' K={s.k} split={s.fewshot_split}' if s.k else ''}: acc {m['accuracy']:.3f} "
-                      f"AUROC {m['macro_auroc']:.3f} ECE {m['ece']:.3f} ({res.seconds:.1f} s)")
+            if progress:
+                bar.write(f"{p.experiment:13s} {s.task} {s.strategy} seed={s.seed}"
+                          f"{f' K={s.k} split={s.fewshot_split}' if s.k else ''}: acc {m['accuracy']:.3f} "
+                          f"AUROC {m['macro_auroc']:.3f} ECE {m['ece']:.3f} ({res.seconds:.1f} s)")
 
         try:
             run_tasks(executor, tasks, on_result)

@@ -141,13 +141,14 @@ def test_counts_cover_every_registered_strategy():
 
 
 def test_the_study_files_plan_every_registered_strategy():
+    """Every strategy of the package (strategies.BUILT_IN; one registered by a user module is not the package's)."""
     from stmedfm import strategies
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
     offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml")  # the reference it reused (2D pretraining)
     assert cfg.study == "peft_methods" and len(cfg.seeds) == 10 and cfg.temperature_scaling
-    assert set(cfg.strategies) == set(strategies.names())
-    assert set(cfg.fewshot_strategies) == {s for s in strategies.names() if strategies.get(s).pretrained}
+    assert set(cfg.strategies) == set(strategies.BUILT_IN)
+    assert set(cfg.fewshot_strategies) == {s for s in strategies.BUILT_IN if strategies.get(s).pretrained}
     assert cfg.fewshot_tasks == {"retinamnist": 10} and cfg.fewshot_k == [1, 5, 10] and cfg.fewshot_splits == 3
     assert not (cfg.class_weight_ablation_tasks or cfg.leave_out_tasks or cfg.extended_tasks)
     for field in ("pretrain_tasks", "downstream_tasks", "pretrain_steps", "finetune_steps_2d", "scratch_steps_2d",
@@ -214,3 +215,33 @@ def test_a_study_reuses_the_runs_and_checkpoints_of_the_same_id(synthetic_dir, t
     # checked before the store is claimed: a bad --reuse leaves no trace of a new study
     assert cli.main(["study", str(second), "--out", str(tmp_path / "c"), "--reuse", str(tmp_path / "none")]) == 2
     assert not (tmp_path / "c").exists()
+
+
+def test_pareto_figure_groups_strategies_by_family_and_labels_the_front_without_overlap():
+    """Issue 31: at 14 strategies the figure reads by family (one hue each, a legend by family) and names the
+    Pareto front's members on the plot, no two labels overlapping (the committed study of every method)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    from stmedfm import strategies
+
+    pareto = pd.read_csv(ROOT / "results" / "peft_methods" / "methods_pareto.csv")
+    fig = methods.fig_pareto(pareto)
+    FigureCanvasAgg(fig).draw()
+    texts = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    headings = [t for t in texts if t in strategies.FAMILIES]
+    assert headings == [f for f in strategies.FAMILIES if f in headings] and len(headings) >= 4
+    assert texts.index("weight update") < texts.index("LoRA") < texts.index("rotation")
+    renderer = fig.canvas.get_renderer()
+    for ax, (task, g) in zip(fig.axes, pareto.groupby("task", sort=False)):
+        labels = [c for c in ax.texts]
+        front = g[g["front"]]
+        assert sorted(t.get_text() for t in labels) == sorted(strategies.label(s).removeprefix("Pretrain+")
+                                                               for s in front["strategy"]), task
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text, without its leader line
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), task
+    for family in ("selective", "weight update"):  # a family shares a hue: its colours are close to each other
+        members = [s for s in strategies.BUILT_IN if strategies.get(s).family == family]
+        assert len(members) >= 3

@@ -135,28 +135,38 @@ def loss_frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_fig2_draws_the_full_pretraining_set_with_rolling_mean_and_seed_band():
+def test_fig2_draws_one_normalised_line_per_task_with_seed_bands():
+    """Issue 31: tasks of different class counts are not averaged into one line; each task's loss / log C (1 =
+    chance) is a rolling mean over its own batches, read at every step after its first."""
     loss = loss_frame()
-    fig = fig2_pretraining_loss(loss, window=3)
+    fig = fig2_pretraining_loss(loss, window=2)
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "pretraining step" and "loss" in ax.get_ylabel()
+    assert ax.get_xlabel() == "pretraining step" and "log C" in ax.get_ylabel()
     assert "bloodmnist + dermamnist" in ax.get_title() and "2 seeds" in ax.get_title()
     full = loss[loss["pretrain"] == "bloodmnist+dermamnist"]
-    points = [c for c in ax.collections if c.get_offsets().shape[0] and c.get_label().endswith("batch")]
-    assert sorted(c.get_label() for c in points) == ["bloodmnist batch", "dermamnist batch"]
+    from matplotlib.collections import PathCollection
+
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert sum(len(c.get_offsets()) for c in points) == len(full)  # the subset checkpoint's rows are left out
-    # rolling mean over 3 steps per seed, then the mean over seeds, by hand
+    assert len([c for c in ax.collections if not isinstance(c, PathCollection)]) == 2  # a seed band per task
+    lines = {ln.get_label().split(" ")[0]: ln for ln in ax.get_lines() if "classes" in ln.get_label()}
+    assert set(lines) == {"bloodmnist", "dermamnist"} and "(7 classes, 40% of batches)" in lines["dermamnist"].get_label()
+    # dermamnist (steps 0, 3, 6, 9): per seed, loss / log 7, rolling mean of 2 batches, held until the next; mean of seeds
     expected = np.zeros(10)
     for seed in (0, 1):
-        v = full[full["seed"] == seed].sort_values("step")["loss"].to_numpy()
-        expected += np.array([v[max(0, t - 2): t + 1].mean() for t in range(10)]) / 2
-    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("rolling mean")]
-    np.testing.assert_allclose(line.get_ydata(), expected)
-    assert any(c.get_label() == "min–max over 2 seeds" for c in ax.collections)
+        g = full[(full["seed"] == seed) & (full["task"] == "dermamnist")].sort_values("step")
+        v = g["loss"].to_numpy() / math.log(7)
+        rolled = [v[max(0, i - 1): i + 1].mean() for i in range(len(v))]
+        expected += np.repeat(rolled, 3)[:10] / 2
+    np.testing.assert_allclose(lines["dermamnist"].get_ydata(), expected)
+    assert any(ln.get_label().startswith("chance") and ln.get_ydata()[0] == 1.0 for ln in ax.get_lines())
     assert ax.get_legend() is not None
 
+    raw = fig2_pretraining_loss(loss, window=2, normalised=True)  # losses already divided by log C: drawn as they are
+    (derma,) = [ln for ln in raw.axes[0].get_lines() if ln.get_label().startswith("dermamnist")]
+    np.testing.assert_allclose(derma.get_ydata(), expected * math.log(7))
     other = fig2_pretraining_loss(loss, pretrain="bloodmnist")
-    assert "dermamnist batch" not in [c.get_label() for c in other.axes[0].collections]
+    assert not any(ln.get_label().startswith("dermamnist") for ln in other.axes[0].get_lines())
     with pytest.raises(StmedfmError, match="not in the table"):
         fig2_pretraining_loss(loss, pretrain="pathmnist")
 

@@ -5,6 +5,7 @@ end is tests/test_colab.py.)"""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -70,9 +71,38 @@ def test_parameters_cell_holds_every_reader_parameter_and_the_colab_cell_overwri
     namespace: dict = {}
     exec(code[0].source, namespace)
     assert namespace["download"] is False
-    assert code[1].source == nb.colab_cell()
+    assert code[1].source == nb.colab_cell(path.stem)
     assert not _bound_names(code[1].source) & (set(StudyConfig.keys()) | {"params"})
     assert "download" not in code[1].source
+
+
+def test_colab_cell_installs_the_extras_its_notebook_imports():
+    """Notebook 10 runs the peft strategies: its Colab cell installs stmedfm[peft]; the others the base package."""
+    assert '%pip install --quiet -e "{_home}[peft]"' in nb.colab_cell("10_peft_methods")
+    assert '%pip install --quiet -e "{_home}"' in nb.colab_cell("01_data")
+    for path in NOTEBOOKS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        needs_peft = "peft_methods" in source or "methods." in source
+        assert ("[peft]" in nb.colab_cell(path.stem)) == needs_peft, path.stem
+
+
+def test_notebook_download_failure_gives_notebook_advice(no_default_data, monkeypatch):
+    """A failed download in a notebook names what to set there (a mirror by %env, data_dir), never --mirror."""
+    import stmedfm.download
+
+    real = stmedfm.download.download
+
+    def failing(task, size=28, data_dir=None, **kwargs):  # the real message of a failed download
+        return real(task, size=size, data_dir=data_dir, retries=0, timeout=5, progress=False)
+
+    monkeypatch.setenv(paths.ENV_MIRROR, "http://127.0.0.1:9/")  # a closed port: refused at once
+    monkeypatch.setattr(stmedfm.download, "download", failing)
+    cfg = StudyConfig.load(ROOT / "params" / "smoke.yaml", {"download": True})
+    with pytest.raises(StmedfmError) as err:
+        nb.ensure_data(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "Could not download organamnist" in message and "--mirror" not in message
+    assert "%env STMEDFM_MIRROR=" in message and "data_dir = " in message and "run this cell again" in message
 
 
 def test_colab_install_keeps_an_installed_torch():
@@ -263,6 +293,50 @@ def test_make_study_names_every_directory_by_the_study_key(tmp_path, args, study
     assert (project / "runs" / study).is_dir()
 
 
+@pytest.mark.slow
+def test_make_quick_runs_its_own_params_file_and_injects_no_undeclared_parameter(tmp_path):
+    """Issue 31: papermill warned 'Passed unknown parameter: study' for every notebook of make quick, and the
+    notebooks' kernel logged a KeyboardInterrupt at shutdown: make quick now injects only the declared `params`,
+    on the kernelspec that silences the kernel's own log, and says which stage runs."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = tmp_path / "project"
+    (project / "params").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "params/quick.yaml", "notebooks/04_transfer.ipynb",
+                 "tools/jupyter/kernels/stmedfm/kernel.json"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    bin_dir = project / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    for tool in ("stmedfm", "papermill", "jupyter"):
+        (bin_dir / tool).write_text(FAKE_TOOL.format(log=log, python=sys.executable))
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / ".installed").touch()
+    result = subprocess.run(["make", "-s", "quick", "VENV=venv"], cwd=project, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert "stmedfm study params/quick.yaml -p download=true" in calls
+    papermill = [c for c in calls if c.startswith("papermill ")]
+    assert papermill == ["papermill notebooks/04_transfer.ipynb runs/quick/04_transfer.ipynb --cwd notebooks -k "
+                         "stmedfm --no-progress-bar -p params params/quick.yaml"]
+    for stage in ("== 1/4 study quick", "== 2/4 notebook 1 of 1: papermill notebooks/04_transfer.ipynb",
+                  "== 3/4 HTML", "== 4/4 tables and figures of results/quick"):
+        assert stage in result.stdout, stage
+    kernel = json.loads((ROOT / "tools/jupyter/kernels/stmedfm/kernel.json").read_text())
+    assert kernel["argv"][:3] == ["python", "-m", "ipykernel_launcher"] and "--IPKernelApp.log_level=CRITICAL" in kernel["argv"]
+
+
+def test_claims_of_a_one_seed_study_are_untestable_not_an_error(tiny_store):
+    """make quick (one seed) stopped in notebook 08: with no testable claim the table had no p column (KeyError)."""
+    from stmedfm.claims import claims_table
+
+    table = claims_table(tiny_store.config(), tiny_store.table("metrics"))
+    assert len(table) and (table["verdict"] == "untestable").all() and table["p_holm"].isna().all()
+
+
 # --- 6. progress where the work is ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_setup_shows_a_progress_bar_and_one_summary_line(make_config, tmp_path, monkeypatch, capsys):
@@ -271,10 +345,24 @@ def test_setup_shows_a_progress_bar_and_one_summary_line(make_config, tmp_path, 
     params.write_text(make_config(READER_STUDY).to_yaml())
     nb.setup(str(params), {})
     out, err = capsys.readouterr()
-    assert "study tiny: 100%" in err and "3/3" in err  # the bar (tqdm.auto: a widget in Jupyter)
+    assert "study tiny: 100%" in err and "2/2" in err and "checkpoints 1/1" in err  # tqdm.auto: a widget in Jupyter
+    assert "3/3" not in err  # the bar counts runs, as the summary does (issue 31: it said 32 where the summary said 30)
     lines = [line for line in out.splitlines() if not line.startswith("NOTE: ")]  # notices of the store
     assert len(lines) == 2 and lines[0].startswith("computing 2 of 2 runs") and "0 reused, 2 computed" in lines[1]
     assert "acc " not in out  # no line per run in a notebook
+
+
+@pytest.mark.slow
+def test_quiet_study_prints_no_line_per_run_and_the_bar_counts_runs(make_config, tmp_path, capsys):
+    params = tmp_path / "tiny.yaml"
+    params.write_text(make_config(READER_STUDY).to_yaml())
+    assert cli.main(["study", str(params), "--out", str(tmp_path / "q"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"study 'tiny': results in {tmp_path / 'q'}"] and err == ""
+    assert cli.main(["study", str(params), "--out", str(tmp_path / "v")]) == 0
+    out, err = capsys.readouterr()
+    assert "1 pretraining jobs and 2 runs" in out and out.count("acc ") == 2 and "pretrained seed=0" in out
+    assert "2/2" in err and "3/3" not in err
 
 
 def test_notebook_dependencies_include_ipywidgets():

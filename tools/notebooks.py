@@ -93,8 +93,8 @@ def _header_problems(book, code, name: str) -> list[str]:
         found.append("the first code cell is not tagged 'parameters'")
     if first.source.strip() != nb.parameters_cell(name).strip():
         found.append("the parameters cell is not stmedfm.notebook.parameters_cell() (params and download, nothing else)")
-    if len(code) < 2 or code[1].source.strip() != nb.colab_cell().strip():
-        found.append("the second code cell is not the Colab install cell (stmedfm.notebook.colab_cell())")
+    if len(code) < 2 or code[1].source.strip() != nb.colab_cell(name).strip():
+        found.append(f"the second code cell is not the Colab install cell (stmedfm.notebook.colab_cell('{name}'))")
     if not book.cells or book.cells[0].cell_type != "markdown" or nb.badges(name) not in book.cells[0].source:
         found.append("the first cell is not a markdown cell with the Colab and Binder badges (stmedfm.notebook.badges)")
     if book.metadata.get("kernelspec", {}).get("name") != "python3":

@@ -22,17 +22,31 @@ from stmedfm.plots.style import no_data, present_strategies, require_columns, st
 __all__ = ["fig_pareto", "fig_fewshot_methods"]
 
 
+#: Larger type than the other figures: 14 strategies in three panels must read at the size of a page.
+_PARETO_RC = {"axes.titlesize": 13, "axes.labelsize": 12, "xtick.labelsize": 11, "ytick.labelsize": 11,
+              "legend.fontsize": 10.5, "legend.title_fontsize": 10.5}
+
+
+def _short(name: str) -> str:
+    return strategies.label(name).removeprefix("Pretrain+")
+
+
 def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure:
-    """AUROC vs trainable parameters (log x), one panel per task: each strategy with its 95 % CI bar (registry
-    colour and marker) and the Pareto front as a step line through its members."""
+    """AUROC vs trainable parameters (log x), one panel per task: each strategy with its 95 % CI bar, the Pareto
+    front as a step line through its members, which are labelled on the plot.
+
+    Legible at 14 strategies (issue 31): colours come from the registry, where a family shares a hue
+    (:data:`stmedfm.strategies.FAMILIES`); the legend beside the panels lists the strategies by family; strategies
+    with the same count sit side by side; type is larger than in the other figures."""
     require_columns(pareto_frame, ("task", "strategy", "trainable_params", "mean", "ci_low", "ci_high", "front"),
                     "fig_pareto (the methods_pareto table)")
     if pareto_frame.empty:
         raise no_data("the Pareto figure", "the methods_pareto table has no rows.")
     tasks = list(dict.fromkeys(pareto_frame["task"]))
-    with rc_context(style()):
-        fig = Figure(figsize=(4.6 * len(tasks) + 2.6, 4.8))
+    with rc_context({**style(), **_PARETO_RC}):
+        fig = Figure(figsize=(5.4 * len(tasks) + 3.4, 6.0))
         axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        fronts = []
         for ax, task in zip(axes, tasks):
             g = pareto_frame[pareto_frame["task"] == task]
             g = g.assign(_o=g["strategy"].map(strategies.order)).sort_values(["trainable_params", "_o"])
@@ -40,13 +54,14 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure
             slot = g.groupby("trainable_params").cumcount().to_numpy()
             size = g.groupby("trainable_params")["strategy"].transform("size").to_numpy()
             for r, i, k in zip(g.itertuples(), slot, size):
-                shift = ax.transData + ScaledTranslation((i - (k - 1) / 2) * 0.08, 0, fig.dpi_scale_trans)
+                shift = ax.transData + ScaledTranslation((i - (k - 1) / 2) * 0.09, 0, fig.dpi_scale_trans)
                 lo, hi = max(r.ci_low, 0.0), min(r.ci_high, 1.0)  # an AUROC lives in [0, 1]
                 err = [[r.mean - lo], [hi - r.mean]] if np.isfinite(r.ci_low) else None
-                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=strategies.marker(r.strategy),
-                            color=strategies.color(r.strategy), ms=8 if r.front else 6, capsize=3, lw=1.2,
-                            mec="black" if r.front else strategies.color(r.strategy), mew=1.0,
-                            label=strategies.label(r.strategy), zorder=3, transform=shift)
+                color = strategies.color(r.strategy)
+                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=strategies.marker(r.strategy), color=color,
+                            ms=11 if r.front else 8.5, capsize=3, lw=1.1, elinewidth=1.1, alpha=1.0 if r.front else 0.9,
+                            mec="black" if r.front else color, mew=1.2,
+                            label=strategies.label(r.strategy), zorder=4 if r.front else 3, transform=shift)
                 # shifted artists do not autoscale: the bar's extent enters the data limits here
                 ax.update_datalim([(r.trainable_params, lo if np.isfinite(lo) else r.mean),
                                    (r.trainable_params, hi if np.isfinite(hi) else r.mean)])
@@ -54,24 +69,82 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure
             if len(front):
                 ax.step(front["trainable_params"], front["mean"], where="post", color="#444444", lw=1.1, ls="--",
                         zorder=2, label="Pareto front")
+                fronts.append((ax, front))
             ax.set_xscale("log")
             ax.autoscale_view()
+            ax.margins(x=0.08, y=0.08)
             ax.set_xlabel("trainable parameters (log scale)")
             n = int(g["n"].max()) if "n" in g and g["n"].notna().any() else 0
             ax.set_title(f"{task} (n = {n} seeds)")
         axes[0].set_ylabel(f"test macro {metric_name} (mean ± 95 % CI)")
-        keep = {}
-        for ax in axes:
-            for h, label in zip(*ax.get_legend_handles_labels()):
-                keep.setdefault(label, h)
-        order = sorted(keep, key=lambda lab: (lab != "Pareto front", [strategies.label(s) for s in
-                                                                      strategies.names()].index(lab)
-                                              if lab in [strategies.label(s) for s in strategies.names()] else 99))
-        axes[-1].legend([keep[k] for k in order], order, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-                        title="strategy (black edge:\non the Pareto front)")
-        fig.suptitle(f"{metric_name} vs trainable parameters per task: the Pareto front", fontsize=12)
+        _family_legend(fig, axes)
+        fig.suptitle(f"{metric_name} vs trainable parameters per task: the Pareto front (labelled, black edge)",
+                     fontsize=14)
         fig.tight_layout()
+        for ax, front in fronts:  # after the layout: labels are placed in display space
+            _label_front(ax, front)
     return fig
+
+
+def _label_front(ax, front: pd.DataFrame, size: float = 10.5) -> None:
+    """Name the front's members on the plot without overlap: each label starts above its point and is pushed up
+    past any label already placed that it would cover (a greedy pass in display space, left to right), with a
+    leader line when it moved. Hand-written because matplotlib has no label placement and one figure does not
+    justify a dependency (adjustText)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    fig = ax.figure
+    px = fig.dpi / 72  # pixels per point
+    font = FontProperties(size=size, weight="bold")
+    placed: list[tuple[float, float, float, float]] = []
+    for r in front.sort_values("trainable_params").itertuples():
+        text = _short(r.strategy)
+        x, y = ax.transData.transform((r.trainable_params, r.mean))
+        width, height, _ = text_to_path.get_text_width_height_descent(text, font, ismath=False)
+        w, h = (width + 2 * 0.12 * size + 4) * px, (height + 2 * 0.12 * size + 4) * px  # text, its box, a gap
+        ty = y + 12 * px
+        moved = True
+        while moved:
+            moved = False
+            for (x0, x1, y0, y1) in placed:
+                if x - w / 2 < x1 and x + w / 2 > x0 and ty < y1 and ty + h > y0:
+                    ty, moved = y1 + 1, True
+        placed.append((x - w / 2, x + w / 2, ty, ty + h))
+        dy = (ty - y) / px
+        ax.annotate(text, (r.trainable_params, r.mean), xytext=(0, dy), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=size, fontweight="bold", color="#222222", zorder=5,
+                    bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none", alpha=0.85),
+                    arrowprops=dict(arrowstyle="-", color="#666666", lw=0.7) if dy > 14 else None)
+
+
+def _family_legend(fig: Figure, axes) -> None:
+    """One legend beside the panels: the Pareto front, then the strategies drawn, under a heading per family."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    drawn = [n for n in strategies.names() if strategies.label(n) in handles]
+    entries, labels, headings = [], [], []
+    if "Pareto front" in handles:
+        entries.append(handles["Pareto front"])
+        labels.append("Pareto front")
+    for family in strategies.FAMILIES:
+        members = [n for n in drawn if strategies.get(n).family == family]
+        if not members:
+            continue
+        headings.append(len(labels))
+        entries.append(Line2D([], [], ls="none"))
+        labels.append(family)
+        for n in members:
+            entries.append(handles[strategies.label(n)])
+            labels.append(_short(n) if n != "scratch" else strategies.label(n))
+    legend = axes[-1].legend(entries, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0,
+                             handletextpad=0.5, labelspacing=0.35, title="strategies by family")
+    for i in headings:
+        text = legend.get_texts()[i]
+        text.set_fontweight("bold")
+        text.set_position((-28, 0))  # headings start where the markers do
 
 
 def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lora", "full")) -> Figure:

@@ -50,13 +50,16 @@ def _n_tasks(pretrain: str) -> int:
 
 
 def fig2_pretraining_loss(loss: pd.DataFrame, pretrain: str | None = None, window: int | None = None,
-                          ylabel: str = "training loss (cross-entropy, nats)") -> Figure:
-    """Figure 2: loss per pretraining step (points coloured by the task of the step), a rolling mean and, with
-    several seeds, the mean over seeds of the per-seed rolling means with a min–max band.
+                          normalised: bool = False, ylabel: str | None = None) -> Figure:
+    """Figure 2: the pretraining loss of each task, divided by log C (C = its classes), one line per task.
 
-    Only the rows of one pretraining set are drawn: ``pretrain`` if given, else the set with the most tasks
-    (the full pretraining set; the leave-one-out checkpoints have fewer). ``window`` defaults to a tenth of the
-    steps.
+    Why normalised and per task: a task's cross-entropy starts near log C (uniform guessing; with class weights
+    too), so tasks of 11, 8 and 5 classes start at different heights, and a mean over steps mixes tasks drawn with
+    different probabilities. Divided by log C, 1 is chance for every task, and each task's line is a rolling mean
+    over its own steps (``window`` of its batches; default a tenth of them), read at every step after its first;
+    with several seeds, the mean of the per-seed lines with a min–max band. Points (one batch each) stay faint
+    behind. ``normalised``: the losses already are (``loss_log_normalise``). Only the rows of one pretraining set
+    are drawn: ``pretrain`` if given, else the set with the most tasks (the leave-one-out checkpoints have fewer).
     """
     require_columns(loss, ("seed", "pretrain", "step", "task", "loss"), "fig2_pretraining_loss")
     frame = loss.dropna(subset=["loss"])
@@ -69,47 +72,60 @@ def fig2_pretraining_loss(loss: pd.DataFrame, pretrain: str | None = None, windo
     elif pretrain not in set(sets):
         raise no_data("Figure 2", f"pretraining set '{pretrain}' is not in the table "
                      f"(sets: {', '.join(sorted(set(sets)))}).")
-    frame = frame[sets == pretrain].sort_values(["seed", "step"])
+    if window is not None and int(window) < 1:
+        raise StmedfmError(f"window must be a positive number of steps, got {window}.")
+    frame = frame[sets == pretrain].sort_values(["seed", "step"]).copy()
+    tasks = list(dict.fromkeys(frame["task"]))
+    classes = {t: _classes(t) for t in tasks}
+    frame["y"] = frame["loss"] if normalised else frame["loss"] / frame["task"].map(
+        {t: math.log(max(c, 2)) for t, c in classes.items()})
     seeds = sorted(frame["seed"].unique())
     steps = np.sort(frame["step"].unique())
-    window = max(1, int(round(len(steps) / 10))) if window is None else int(window)
-    if window < 1:
-        raise StmedfmError(f"window must be a positive number of steps, got {window}.")
 
-    curves = {}
-    for seed, g in frame.groupby("seed"):
-        per_step = g.groupby("step")["loss"].mean().sort_index()
-        curves[seed] = per_step.rolling(window, min_periods=1).mean()
-    table = pd.DataFrame(curves).sort_index()
-
-    tasks = list(dict.fromkeys(frame["task"]))
     with rc_context(style()):
         fig = Figure(figsize=(11, 5))
         ax = fig.add_subplot()
-        alpha = 0.8 if len(seeds) == 1 else 0.6
         for i, task in enumerate(tasks):
+            color = TASK_COLORS[i % len(TASK_COLORS)]
             g = frame[frame["task"] == task]
-            ax.scatter(g["step"], g["loss"], s=18, alpha=alpha, color=TASK_COLORS[i % len(TASK_COLORS)],
-                       edgecolors="none", label=f"{task} batch", zorder=2)
-        mean = table.mean(axis=1)
-        if len(seeds) > 1:
-            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color="#222222", alpha=0.18,
-                            lw=0, label=f"min–max over {len(seeds)} seeds", zorder=3)
-            line_label = f"rolling mean ({window} steps), mean of {len(seeds)} seeds"
-        else:
-            line_label = f"rolling mean ({window} steps)"
-        ax.plot(mean.index, mean.to_numpy(), color="#111111", lw=2.0, label=line_label, zorder=4)
+            ax.scatter(g["step"], g["y"], s=7 if len(g) > 50 else 16, alpha=0.18 if len(g) > 200 else 0.45, color=color,
+                       edgecolors="none", zorder=2, label="_nolegend_")
+            curves = {}
+            for seed, gs in g.groupby("seed"):
+                per_step = gs.groupby("step")["y"].mean().sort_index()
+                w = max(1, int(round(len(per_step) / 10))) if window is None else int(window)
+                curves[seed] = per_step.rolling(w, min_periods=1).mean().reindex(steps).ffill()
+            table = pd.DataFrame(curves)
+            mean = table.mean(axis=1).where(table.notna().sum(axis=1) >= (len(table.columns) + 1) // 2)
+            share = len(g) / len(frame)
+            ax.plot(steps, mean.to_numpy(), color=color, lw=2.2, zorder=4, drawstyle="steps-post",
+                    label=f"{task} ({classes[task]} classes, {share:.0%} of batches)")
+            if len(seeds) > 1:
+                ax.fill_between(steps, table.min(axis=1).where(mean.notna()), table.max(axis=1).where(mean.notna()),
+                                color=color, alpha=0.15, lw=0, zorder=3)
+        ax.axhline(1.0, color="#555555", lw=1, ls="--", zorder=1, label="chance: uniform prediction (log C)")
+        ax.scatter([], [], s=7, color="#888888", label="one batch")
         ax.set_xlabel("pretraining step")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel or "training loss / log C (1 = chance)")
         per_step = frame.groupby(["seed", "step"]).size().max()
         sampling = "one sampled task per step" if per_step == 1 else "every task at every step"
-        ax.set_title(f"Multi-task pretraining loss · pretrain on {pretrain.replace('+', ' + ')}\n"
-                     f"({len(tasks)} tasks, {seeds_text(len(seeds))}, {sampling}; points: loss of one batch)")
+        band = f", band: min–max over seeds" if len(seeds) > 1 else ""
+        ax.set_title(f"Pretraining loss per task · pretrain on {pretrain.replace('+', ' + ')}\n"
+                     f"{seeds_text(len(seeds))}, {sampling}; line: rolling mean of the task's batches{band}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(steps.min() - 0.5, steps.max() + 0.5)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=1.5, borderaxespad=0)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
     return fig
+
+
+def _classes(task: str) -> int:
+    try:
+        return registry.get(task).n_classes
+    except StmedfmError:
+        raise no_data("Figure 2", f"task '{task}' is not a MedMNIST flag, so its class count (log C) is unknown."
+                      ) from None
 
 
 # =============================================================================================================
@@ -400,9 +416,8 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = No
     if loss is not None:
         full = "+".join(cfg.pretrain_tasks)
         chosen = full if full in set(loss["pretrain"].astype(str)) else None
-        ylabel = ("training loss (cross-entropy / log C)" if cfg.loss_log_normalise
-                  else "training loss (cross-entropy, nats)")
-        written += _write(fig2_pretraining_loss(loss, pretrain=chosen, ylabel=ylabel), out_dir, "fig2_pretraining_loss")
+        written += _write(fig2_pretraining_loss(loss, pretrain=chosen, normalised=cfg.loss_log_normalise), out_dir,
+                          "fig2_pretraining_loss")
 
     metrics = table("metrics")
     if metrics is not None:
