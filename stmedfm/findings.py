@@ -104,7 +104,7 @@ def reference_block(results: str | Path) -> str:
               for task, row in wide.iterrows()]
     lines = [f"Test macro AUROC, mean ± 95 % CI over {n} seeds (`results/{root.name}/tables/table7_auroc.csv`; "
              f"the paper's single run in brackets where the flag is the paper's):", "", *auroc, "",
-             *claims_lines(claims, f"results/{root.name}/claims.csv")]
+             *_primary_lines(claims, f"results/{root.name}/claims.csv")]
     if not single.empty:
         inside = int(single["inside"].sum())
         tasks = ", ".join(sorted(set(single["task"])))
@@ -112,6 +112,30 @@ def reference_block(results: str | Path) -> str:
                       f"{len(single)} paper cells lie inside the 95 % prediction interval of a single run of ours "
                       f"(the yardstick for the paper's one run per cell; the CI of our mean is the wrong one)."]
     return "\n".join(lines) + "\n"
+
+
+def _primary_lines(claims: pd.DataFrame, where: str) -> list[str]:
+    """The README's short form of the claims: the primary family only, one line of inference; the full table
+    (:func:`claims_lines`) is in docs/study.md."""
+    rows = claims[(claims["family"] == "primary") & (claims["verdict"] != "untestable")]
+    source = "; ".join(sorted(set(rows["p_source"].dropna()) - {""})) or "—"
+    counts = claims["verdict"].value_counts()
+    lines = [f"The paper's AUROC claims, the primary family (`{where}`; estimate = mean per-seed difference, positive "
+             f"favours the claim; interval and p from the {source}; Holm over the {len(rows)} rows; α = 0.05). All "
+             f"{len(claims)} claim x metric rows, the secondary family and the inference: "
+             f"[docs/study.md](docs/study.md#the-inference-fixed-before-the-tables) ("
+             + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive",
+                                                           "untestable")) + ").", "",
+             "| claim | task | estimate [95 % CI] | Holm p | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r.text} | {r.task} | {_f(r.estimate, True)} [{_f(r.ci_low, True)}, {_f(r.ci_high, True)}] | "
+              f"{_p(r.p_holm)} | **{r.verdict}** |" for r in rows.itertuples()]
+    return lines
+
+
+def claims_block(results: str | Path) -> str:
+    """Every claim x metric of a committed store, by family (:func:`claims_lines`): the docs' full claims table."""
+    root = Path(results)
+    return "\n".join(claims_lines(seal.read_csv(root, "claims.csv"), f"results/{root.name}/claims.csv")).lstrip() + "\n"
 
 
 def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
@@ -153,7 +177,8 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
 #: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
 #: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`) or ``<!-- stmedfm:methods results/peft_methods -->`` (the
 #: findings of the study of every strategy, :func:`methods_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|inference|verdicts) (?P<arg>[^>]+?) -->\n)"
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|inference|verdicts|claims) "
+                   r"(?P<arg>[^>]+?) -->\n)"
                    r"(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
 
@@ -235,7 +260,7 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
         blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
                   "flips": flips_block, "methods": methods_block, "inference": lambda _: C.inference_markdown(),
-                  "verdicts": verdicts_block}
+                  "verdicts": verdicts_block, "claims": claims_block}
         return blocks[m.group("kind")](*args)
 
     return BLOCK.sub(lambda m: m.group(1) + body(m) + m.group(5), text)
