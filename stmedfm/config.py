@@ -393,6 +393,12 @@ class StudyConfig:
             return self.scratch_steps_3d if three_d else self.scratch_steps_2d
         return self.finetune_steps_3d if three_d else self.finetune_steps_2d
 
+    def count_options(self) -> dict[str, Any]:
+        """Everything that shapes a model's parameter count, as :func:`stmedfm.peft.parameter_table` takes it (so
+        every count shown is the count of the model this study trains)."""
+        return {"width": self.width, "ln_affine": self.ln_affine, "lora_r": self.lora_r,
+                "lora_alpha": self.lora_alpha, "adapter_bottleneck": self.adapter_bottleneck}
+
     def lr(self, strategy: str) -> float:
         """The learning rate of ``strategy``: the field its registry entry names (``Strategy.lr_field``)."""
         return getattr(self, _strategies.get(strategy).lr_field)

@@ -363,14 +363,18 @@ def parameter_table(
     tasks: Iterable[str] = registry.PAPER_TASKS,
     strategies: Iterable[str] = ("scratch", "full", "lora", "adapter"),
     width: int = 64,
+    ln_affine: bool = True,
+    **options,
 ) -> pd.DataFrame:
     """Table 4 recomputed: one fresh single-head model per (task, strategy); columns task, strategy, total,
-    trainable. Needs no data or training, since counts depend only on the architecture.
+    trainable. Needs no data or training, since counts depend only on the architecture: pass every option that
+    shapes it (``StudyConfig.count_options()``: width, LayerNorm affine, LoRA rank, adapter bottleneck), or the
+    counts are those of another model than the study trained.
     """
     rows = []
     for task in tasks:
         for strategy in strategies:
-            model = prepare(STMedFM([task], width=width), strategy, task)
+            model = prepare(STMedFM([task], width=width, ln_affine=ln_affine), strategy, task, **options)
             total, trainable = count_parameters(model)
             rows.append({"task": task, "strategy": strategy, "total": total, "trainable": trainable})
     return pd.DataFrame(rows, columns=["task", "strategy", "total", "trainable"])

@@ -514,7 +514,7 @@ def claims_report(cfg: StudyConfig, metrics: pd.DataFrame, params: pd.DataFrame 
     ``supported``. The per-task calibration rows are ours only (the paper's are summarised in ``all tasks``).
     """
     if params is None:
-        params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, width=cfg.width)
+        params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, **cfg.count_options())
     roles = claim_roles(cfg)
     ours = check_claims(metrics, params, roles["dominant"], roles["small"], tasks=cfg.downstream_tasks)
     paper_roles = claim_roles(StudyConfig())

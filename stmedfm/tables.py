@@ -146,7 +146,7 @@ def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
     metrics["variant"] = metrics["variant"].astype(object).fillna("")  # all-empty columns are read as float
     tables: dict[str, pd.DataFrame] = {}
 
-    params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, width=cfg.width)
+    params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, **cfg.count_options())
     long = params.melt(id_vars=["task", "strategy"], value_vars=["total", "trainable"], var_name="metric", value_name="mean")
     long["metric"] = long["metric"] + "_params"
     tables["table4_params"] = _order(with_paper(long, "table4_params"))

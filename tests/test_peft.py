@@ -230,3 +230,20 @@ def test_a_study_runs_a_registered_strategy_end_to_end(make_config, tmp_path):
     runs = run_study(cfg, out=tmp_path / "s", progress=False).table("runs").set_index("strategy")
     assert runs.loc["bitfit", "trainable_params"] == 1_040 + 65 * 8
     assert runs.loc["bitfit", "lr"] == cfg.lr_peft and runs.loc["bitfit", "pretrain"] == "bloodmnist"
+
+
+def test_table4_counts_the_model_the_study_trains_ln_affine_and_sizes_included():
+    """Issue 32: parameter_table ignored ln_affine (params/beyond.yaml's variant with ln_affine: false showed the
+    counts of another model); every count now comes from the options that shape the trained model."""
+    from stmedfm import train
+    from stmedfm.config import StudyConfig
+
+    cfg = StudyConfig.from_dict({"ln_affine": False, "lora_r": 8, "adapter_bottleneck": 8})
+    table = parameter_table(["bloodmnist"], ["scratch", "lora", "adapter"], **cfg.count_options())
+    for strategy in ("scratch", "lora", "adapter"):
+        model = prepare(train.build_model(cfg, ["bloodmnist"], 0), strategy, "bloodmnist", lora_r=cfg.lora_r,
+                        lora_alpha=cfg.lora_alpha, adapter_bottleneck=cfg.adapter_bottleneck)
+        row = table[table["strategy"] == strategy].iloc[0]
+        assert (row["total"], row["trainable"]) == count_parameters(model), strategy
+    default = parameter_table(["bloodmnist"], ["scratch"]).iloc[0]["total"]
+    assert table[table["strategy"] == "scratch"].iloc[0]["total"] == default - 3 * 2 * 64  # 3 LayerNorms (2 blocks + final), no affine
