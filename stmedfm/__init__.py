@@ -7,14 +7,14 @@ checks both the imports and that this list and that one agree)::
 
     cli                                   the command line (also ``python -m stmedfm``)
     bench | findings | notebook           benchmark; conclusions for the README; notebook helpers
-    export | variants | methods | claims  a model to share; variant studies; every strategy compared; claims tested
+    export | variants | methods | claims | scaling  a model to share; variant studies; strategies compared; claims; workers
     bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report
     tables                                the paper's tables from a result store
     study | studyname                     execute a study; one name and parameter file per store
     store                                 the result store: runs, checkpoints, tidy tables
     planning                              what a study runs, each run's identity, preflight
     executors | hub | train               where tasks run; an exported model's class; training and evaluation
-    bootstrap | calibration | config | download | metrics | peft | precision | stats | synthetic
+    bootstrap | calibration | config | download | metrics | peft | precision | scheduler | stats | synthetic
     data | model                          verified data as tensors; the architecture
     errors : io : paths : provenance : registry : seal : strategies    the foundation (``:`` may import each other)
 

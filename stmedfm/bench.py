@@ -59,7 +59,7 @@ import torch
 
 from stmedfm import bench_baseline as baseline
 from stmedfm import data as D
-from stmedfm import paths, registry
+from stmedfm import paths, registry, scaling
 from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import prepare_worker, restore_allocator
@@ -600,6 +600,50 @@ def run_size_bench(sizes=SIZES, scale: float = 1.0, out: str | os.PathLike | Non
     frame = pd.DataFrame(rows, columns=COLUMNS)
     merge_rows(out, frame)
     log(format_table(frame))
+    log(f"merged into: {out}")
+    return frame
+
+
+def run_scaling_bench(vstudy, params: str | None = None, seeds: int = 2, data_dir: str | os.PathLike | None = None,
+                      rounds: int = 2, out: str | os.PathLike | None = None, log=print) -> pd.DataFrame:
+    """``stmedfm bench --scaling``: a study (default params/smoke.yaml, ``seeds`` seeds) on a Dask LocalCluster of 1
+    and 2 workers, interleaved, the fastest of ``rounds`` kept; then the model of :mod:`stmedfm.scaling`, its
+    serial seconds fitted at 1 worker, checked against the 2-worker measure and projected to many workers; and
+    the variants of ``vstudy`` (the command line: params/beyond_smoke.yaml, 2 workers; loaded there, so the
+    benchmark's measure processes never import the plotting of :mod:`stmedfm.variants`) on one warm local pool
+    vs a pool per variant."""
+    _, mach, out, load = _begin(" --scaling", False, 2, out, log)
+    params = params or str(paths.params_dir() / "smoke.yaml")
+    cfg = StudyConfig.load(params, {"seeds": seeds, **({"data_dir": str(data_dir)} if data_dir else {})})
+    preflight(cfg)
+    name = f"{Path(params).name}, {seeds} seeds"
+    with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
+        got = scaling.measure(cfg, (1, 2), rounds, tmp, log)
+        (one, store), (two, _) = min(got[1], key=lambda x: x[0]), min(got[2], key=lambda x: x[0])
+        serial = scaling.serial_seconds(store, one)
+        table = scaling.projection(store, serial)
+        knee = scaling.saturation(store, serial)
+    two_model = float(table.loc[table["workers"] == 2, "projected_s"].iloc[0])
+    rows = [_row(f"wall time, {name}, Dask 2 workers vs 1", two, one, "s", mach),
+            _row(f"wall time, {name}, Dask 2 workers: model vs measured", two_model, two, "s", mach)]
+    rows += [_row(f"wall time, {name}, projected at {r.workers} workers vs 1", r.projected_s,
+                  table["projected_s"].iloc[0], "s", mach) for r in table.itertuples() if r.workers > 2]
+    rows.append(_row(f"workers past which {name} stops scaling (within 5 % of its critical path)", knee, None,
+                     "workers", mach))
+    try:
+        preflight(next(iter(vstudy.configs.values())))
+    except StmedfmError:
+        log(f"{vstudy.name}: its real files are not here ($STMEDFM_DATA); warm pool not measured")
+    else:
+        got = scaling.warm_vs_cold(vstudy, 2, rounds, log)
+        rows.append(_row(f"wall time, {vstudy.name} ({len(vstudy.configs)} variants), 2 workers: one warm pool "
+                         f"vs a pool per variant", min(got["warm"]), min(got["cold"]), "s", mach))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    merge_rows(out, frame)
+    if load is not None:
+        log(f"load average at start / end: {load:.2f} / {_load():.2f}")
+    log(format_table(frame))
+    log(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     log(f"merged into: {out}")
     return frame
 

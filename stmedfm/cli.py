@@ -87,6 +87,8 @@ def _config(args):
         overrides["seeds"] = args.seeds
     if args.workers is not None:
         overrides["workers"] = args.workers
+    if getattr(args, "scheduler", None) is not None:
+        overrides["scheduler"] = args.scheduler
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     return StudyConfig.load(args.params, overrides)
@@ -124,19 +126,41 @@ def yaml_dump(value) -> str:
 
 
 def cmd_study(args) -> None:
+    from stmedfm.scheduler import check_scheduler, resolve_scheduler
+
+    cfg = _config(args)
+    if isinstance(resolve_scheduler(cfg.scheduler), str):  # a bad address: one line, before torch is even loaded
+        check_scheduler(resolve_scheduler(cfg.scheduler))
+
+    from stmedfm.executors import connect
     from stmedfm.study import reuse_sources, run_study
     from stmedfm.studyname import claim
 
-    cfg = _config(args)
     reuse_sources(args.reuse or (), args.out or "")
-    out = claim(cfg, args.params, out=args.out)
-    store = run_study(cfg, out=out, progress=not args.quiet, scheduler=args.scheduler, reuse=args.reuse or ())
+    with connect(cfg.scheduler) as executor:  # connected before a folder is claimed
+        out = claim(cfg, args.params, out=args.out)
+        store = run_study(cfg, out=out, progress=not args.quiet, scheduler=executor, reuse=args.reuse or ())
     print(f"study '{cfg.study}': results in {store.root}")
 
 
 def cmd_bench(args) -> None:
-    from stmedfm.bench import SIZES, run_bench, run_precision_bench, run_profile, run_size_bench
+    from stmedfm.bench import SIZES, run_bench, run_precision_bench, run_profile, run_scaling_bench, run_size_bench
 
+    if args.project:
+        from stmedfm import scaling
+
+        table = scaling.projection(args.project, pretrain_seconds=args.pretrain_seconds)
+        print(_frame_out(table.round(3), "markdown"), end="")
+        print(f"stops scaling past {scaling.saturation(args.project, pretrain_seconds=args.pretrain_seconds)} workers "
+              f"(within 5 % of its critical path, {table['critical_path_s'].iloc[0]:.1f} s)")
+        return
+    if args.scaling:
+        from stmedfm import paths, variants
+
+        over = {"workers": 2, **({"data_dir": args.data_dir} if args.data_dir else {})}
+        vstudy = variants.load(str(paths.params_dir() / "beyond_smoke.yaml"), over)
+        run_scaling_bench(vstudy, args.scaling_params, data_dir=args.data_dir, rounds=args.rounds, out=args.out)
+        return
     if args.precision or args.sizes:
         if args.precision:
             run_precision_bench(quick=args.quick, out=args.out, workers=args.workers, synthetic_dir=args.synthetic_dir,
@@ -298,8 +322,9 @@ def _run_commands(sub) -> None:
     p.add_argument("--seeds", help="a count (5) or a list (0,1,2)")
     p.add_argument("--workers", type=int, help="worker processes, one torch thread each (default: CPU cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (default: $DASK_SCHEDULER_ADDRESS, else a "
-                        "local process pool; 'local' forces the pool); needs stmedfm[dask]")
+                   help="run on a Dask cluster, e.g. tcp://10.0.0.5:8786 (default: the file's scheduler: key, else "
+                        "$DASK_SCHEDULER_ADDRESS, else a local process pool; 'local' forces the pool); needs "
+                        "stmedfm[dask]; docs/cluster.md")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
     p.add_argument("--reuse", action="append", metavar="STORE",
@@ -320,11 +345,20 @@ def _run_commands(sub) -> None:
     p.add_argument("--data-dir", help="the real files for params/offline.yaml (default: $STMEDFM_DATA, ...)")
     p.add_argument("--precision", action="store_true",
                    help="instead: fp32 vs bf16 side by side (throughput, paper.yaml 1 seed), merged into the CSV")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved fp32/bf16 rounds of --precision (default 2)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="interleaved rounds of --precision (fp32/bf16) and --scaling (1/2 workers) (default 2)")
     p.add_argument("--parity", nargs=2, metavar=("FP32_DIR", "BF16_DIR"),
                    help="with --precision: summarise the paired parity of two study stores (fp32, bf16)")
     p.add_argument("--sizes", nargs="?", const="all", metavar="28,64,128,224",
                    help="instead: peak RSS and seconds per run of a reduced study at each image size, merged in")
+    p.add_argument("--scaling", action="store_true",
+                   help="instead: wall time of a study (params/smoke.yaml, 2 seeds) on 1 and 2 Dask workers, "
+                        "interleaved (--rounds), and its projection to more workers (stmedfm.scaling)")
+    p.add_argument("--scaling-params", metavar="PARAMS", help="--scaling: the study to time (default params/smoke.yaml)")
+    p.add_argument("--project", metavar="STORE",
+                   help="instead: the projected wall time of a finished study vs workers, from its runs' seconds")
+    p.add_argument("--pretrain-seconds", type=float, metavar="S",
+                   help="--project: seconds per pretraining job whose checkpoint does not record them")
     p.add_argument("--scale", type=float, default=1.0,
                    help="--sizes: fraction of the official split sizes (1.0: full files, ~16 GB at 224 px)")
     p.set_defaults(func=cmd_bench)

@@ -74,6 +74,10 @@ class StudyConfig:
     image_size: int = 28  #: 28, or a MedMNIST+ size (64, 128, 224; 3D flags: 64)
     seeds: list[int] = field(default_factory=lambda: [0])  #: every experiment runs once per seed
     workers: int | None = None  #: worker processes (one torch thread each); None = CPU cores
+    #: a Dask scheduler to run on (tcp://HOST:8786, docs/cluster.md); None = $DASK_SCHEDULER_ADDRESS, else the
+    #: local pool of ``workers`` processes; 'local' = that pool even when the variable is set. Not part of any run's
+    #: identity: where a run computes never changes its numbers
+    scheduler: str | None = None
     download: bool = False  #: fetch missing official files before the study (explicit consent)
 
     # --- multi-task pretraining (Table 3, Section III.D) ------------------------------------------------------

@@ -19,8 +19,12 @@ Executors (pick one with :func:`make_executor`):
 Every task is a pure function of its arguments (see :mod:`stmedfm.train`), so the executor changes the wall
 time and never a number: the same seed gives bit-identical metrics inline, on a pool of any size or on a cluster.
 Workers never touch the result store. Large values shared by many tasks (a pretrained checkpoint, as bytes) go
-through :meth:`Executor.share`, which a cluster turns into one scattered object per worker instead of one copy per
-task.
+through :meth:`Executor.share`, which a cluster turns into one scattered object instead of one copy per task (and
+scatters again from the client when a worker that held it is lost).
+
+:func:`connect` opens a cluster before the command line claims a result folder (a bad address is one line and
+leaves nothing); :func:`reusable` keeps one executor (a warm local pool, or a cluster connection) for several
+studies run from one process; a study given an :class:`Executor` as its scheduler uses it and leaves it open.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -43,13 +48,14 @@ import torch
 
 from stmedfm import __version__
 from stmedfm.errors import StmedfmError
+from stmedfm.scheduler import (CLIENT_TIMEOUT, CONNECT_TIMEOUT, ENV_SCHEDULER, LOCAL, check_scheduler,
+                               import_distributed, resolve_scheduler)
 
-ENV_SCHEDULER = "DASK_SCHEDULER_ADDRESS"
-LOCAL = "local"  #: scheduler value that forces the local pool even when $DASK_SCHEDULER_ADDRESS is set
 
 __all__ = ["Task", "Executor", "InlineExecutor", "PoolExecutor", "DaskExecutor", "make_executor",
            "resolve_scheduler", "run_tasks", "executor_for", "prepare_worker", "tune_allocator",
-           "restore_allocator", "trim_allocator", "single_thread", "ENV_SCHEDULER", "LOCAL"]
+           "restore_allocator", "trim_allocator", "single_thread", "check_scheduler", "connect", "reusable",
+           "ClusterWarning", "ENV_SCHEDULER", "LOCAL"]
 
 
 # --- worker processes -------------------------------------------------------------------------------------------
@@ -269,19 +275,35 @@ class PoolExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _import_distributed():
-    try:
-        import distributed
-    except ImportError as exc:
-        raise StmedfmError(
-            "Running a study on a Dask cluster needs dask.distributed, which is not installed: "
-            "`pip install 'stmedfm[dask]'` (or `pip install 'dask[distributed]'`), or drop --scheduler / "
-            f"unset ${ENV_SCHEDULER} to use the local process pool.") from exc
-    return distributed
-
-
 def _worker_versions() -> dict:
     return {"stmedfm": __version__, "torch": torch.__version__}
+
+
+#: Further attempts of a task that raised on a worker (a worker that dies while running a task is not counted
+#: here: the scheduler moves that task to another worker by itself).
+RETRIES = 2
+#: Times a task is resubmitted after it was cancelled by a lost input (a checkpoint on a worker that died).
+RESUBMITS = 5
+
+
+class ClusterWarning(UserWarning):
+    """The cluster lost a worker and with it an input; the study goes on (the numbers do not change)."""
+
+
+class _DaskTask:
+    """What :func:`run_tasks` holds for a task on a cluster: the call, and its current Dask future, which
+    :class:`DaskExecutor` replaces when the task was cancelled because an input it needed was lost."""
+
+    __slots__ = ("fn", "args", "priority", "future", "resubmits")
+
+    def __init__(self, fn: Callable, args: tuple, priority: float) -> None:
+        self.fn, self.args, self.priority, self.future, self.resubmits = fn, args, priority, None, 0
+
+    def result(self):
+        return self.future.result()
+
+    def cancel(self) -> None:
+        self.future.cancel()
 
 
 class DaskExecutor(Executor):
@@ -291,24 +313,31 @@ class DaskExecutor(Executor):
     could give other floats) and the data files, found on each worker as on the client (``data_dir``, else
     ``$STMEDFM_DATA``, else ``~/.medmnist``). Nothing is written on the workers' disks except the verification
     cache.
+
+    A lost worker costs only its tasks: the scheduler reruns the task that was running there on another worker,
+    a task that raised is retried (:data:`RETRIES`), and a checkpoint scattered to a worker that died is scattered
+    again from the client, which keeps every shared value until it is released, and the tasks cancelled with it
+    are resubmitted (:data:`RESUBMITS`). Since every task is a pure function of its arguments, a rerun task gives
+    the same numbers.
     """
 
-    def __init__(self, scheduler: Any, timeout: float = 30.0) -> None:
-        distributed = _import_distributed()
+    def __init__(self, scheduler: Any, timeout: float = CONNECT_TIMEOUT) -> None:
+        distributed = import_distributed()
         self._distributed = distributed
         if isinstance(scheduler, distributed.Client):
             self.client, self._own = scheduler, False
         else:
+            check_scheduler(scheduler, timeout)
             try:
-                self.client = distributed.Client(str(scheduler), timeout=timeout, set_as_default=False)
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise StmedfmError(
-                    f"Cannot reach the Dask scheduler at '{scheduler}' ({exc}). Start one (`dask scheduler`, then "
-                    f"`dask worker {scheduler}` on each machine) or check the address; without --scheduler and "
-                    f"${ENV_SCHEDULER} the study runs on a local process pool.") from exc
+                self.client = distributed.Client(str(scheduler).strip(), timeout=CLIENT_TIMEOUT, set_as_default=False)
+            except Exception as exc:  # it answered a moment ago: a failure now is the network or the scheduler
+                raise StmedfmError(f"Cannot connect to the Dask scheduler at '{scheduler}' "
+                                   f"({type(exc).__name__}: {exc}).") from None
             self._own = True
         self.name = f"Dask cluster at {self.client.scheduler.address}"
         self._slots, self._slots_at = 2, -1e9
+        self._shared: dict[str, Any] = {}  # key of a scattered future -> the value, kept to scatter it again
+        self._current: dict[str, Any] = {}  # key of a scattered future -> its live replacement (itself at first)
         self._check_workers()
 
     def _check_workers(self) -> None:
@@ -333,18 +362,64 @@ class DaskExecutor(Executor):
             self._slots_at = now
         return self._slots
 
-    def submit(self, fn: Callable, *args, priority: float = 0.0):
-        return self.client.submit(_dask_call, fn, *args, pure=False, priority=int(priority))
+    def _fresh(self, arg: Any) -> Any:
+        """A shared handle as it is now: scattered again from the client if the workers lost it."""
+        key = getattr(arg, "key", None)
+        if not isinstance(arg, self._distributed.Future) or key not in self._current:
+            return arg
+        live = self._current[key]
+        if live.status in ("lost", "cancelled", "error"):
+            warnings.warn(f"The Dask workers lost a shared input ({live.status}, with a worker that left); it was "
+                          f"scattered again from the client and its tasks resubmitted.", ClusterWarning, stacklevel=2)
+            live = self.client.scatter(self._shared[key], hash=False)
+            self._current[key] = live
+        return live
+
+    def _send(self, task: _DaskTask) -> None:
+        args = tuple(self._fresh(a) for a in task.args)
+        task.future = self.client.submit(_dask_call, task.fn, *args, pure=False, priority=int(task.priority),
+                                         retries=RETRIES)
+
+    def submit(self, fn: Callable, *args, priority: float = 0.0) -> _DaskTask:
+        task = _DaskTask(fn, args, priority)
+        self._send(task)
+        return task
 
     def wait_any(self, futures: Iterable) -> set:
-        done, _ = self._distributed.wait(list(futures), return_when="FIRST_COMPLETED")
-        return set(done)
+        tasks = {t.future: t for t in futures}
+        while True:
+            with self.client.as_current():  # distributed.wait finds its client here, not as the process default
+                try:
+                    done, _ = self._distributed.wait(list(tasks), return_when="FIRST_COMPLETED")
+                except self._distributed.client.FuturesCancelledError:
+                    done = {f for f in tasks if f.status != "pending"}
+            lost = [tasks[f] for f in done if f.status == "cancelled"]
+            if len(lost) < len(done):
+                return {tasks[f] for f in done if f.status != "cancelled"}
+            for task in lost:  # an input it needed was lost with a worker: send it again
+                if task.resubmits >= RESUBMITS:
+                    raise StmedfmError(f"A task was cancelled {RESUBMITS + 1} times because the Dask workers lost "
+                                       f"its inputs; is the cluster losing workers? Rerun to resume.")
+                task.resubmits += 1
+                del tasks[task.future]
+                self._send(task)
+                tasks[task.future] = task
 
     def share(self, obj: Any) -> Any:
-        return self.client.scatter(obj, hash=False)
+        handle = self.client.scatter(obj, hash=False)
+        self._shared[handle.key], self._current[handle.key] = obj, handle
+        return handle
 
     def release(self, handle: Any) -> None:
+        live = self._current.pop(handle.key, None)
+        self._shared.pop(handle.key, None)
         handle.release()
+        if live is not None and live is not handle:
+            live.release()
+
+    def cancel(self, futures: Iterable) -> None:
+        for task in futures:
+            task.cancel()
 
     def describe(self) -> str:
         n = len(self.client.nthreads())
@@ -355,19 +430,12 @@ class DaskExecutor(Executor):
             self.client.close()
 
 
-def resolve_scheduler(scheduler: Any = None) -> Any:
-    """The scheduler to use: the argument, else ``$DASK_SCHEDULER_ADDRESS``, else None (local). 'local' = None."""
-    if scheduler is None:
-        scheduler = os.environ.get(ENV_SCHEDULER) or None
-    if isinstance(scheduler, str) and scheduler.strip().lower() in ("", LOCAL):
-        return None
-    return scheduler
-
-
 def make_executor(workers: int, scheduler: Any = None, n_tasks: int | None = None) -> Executor:
     """A Dask executor when a scheduler is given (address, Client, or $DASK_SCHEDULER_ADDRESS), else a local
     pool of ``workers`` processes, else (one worker or one task) this process."""
     scheduler = resolve_scheduler(scheduler)
+    if isinstance(scheduler, Executor):
+        return scheduler
     if scheduler is not None:
         return DaskExecutor(scheduler)
     workers = max(1, int(workers))
@@ -439,8 +507,48 @@ def run_tasks(executor: Executor, tasks: list[Task], on_result: Callable[[Task, 
 
 @contextlib.contextmanager
 def executor_for(workers: int, scheduler: Any = None, n_tasks: int | None = None):
-    """``with executor_for(...) as ex:`` -- :func:`make_executor` that is closed afterwards."""
+    """``with executor_for(...) as ex:`` -- :func:`make_executor` that is closed afterwards (an :class:`Executor`
+    passed as ``scheduler`` is the caller's: used, and left open)."""
+    if isinstance(scheduler, Executor):
+        yield scheduler
+        return
     ex = make_executor(workers, scheduler, n_tasks)
+    try:
+        yield ex
+    except BaseException:
+        ex.abort()
+        raise
+    ex.close()
+
+
+@contextlib.contextmanager
+def connect(scheduler: Any = None):
+    """``with connect(address) as ex:`` -- the :class:`DaskExecutor` of a scheduler address (the argument, else
+    ``$DASK_SCHEDULER_ADDRESS``), connected and checked now, or None when the study runs locally. The command line
+    connects before it claims a result folder, so a bad address costs one line and leaves nothing behind."""
+    scheduler = resolve_scheduler(scheduler)
+    if scheduler is None or isinstance(scheduler, Executor):
+        yield scheduler
+        return
+    with DaskExecutor(scheduler) as ex:
+        yield ex
+
+
+@contextlib.contextmanager
+def reusable(workers: int, scheduler: Any = None):
+    """``with reusable(workers, scheduler) as ex:`` -- one executor for several studies run from one process (the
+    variants of a variant study), passed to each as its ``scheduler``: a cluster connected once, or one local pool
+    whose workers stay warm (torch imported, data files loaded) from one study to the next instead of a pool
+    spawned per study. None (each study decides) for one worker, which runs in-process anyway."""
+    scheduler = resolve_scheduler(scheduler)
+    if scheduler is not None:
+        with connect(scheduler) as ex:
+            yield ex
+        return
+    if int(workers) <= 1:
+        yield None
+        return
+    ex = PoolExecutor(int(workers))
     try:
         yield ex
     except BaseException:

@@ -51,14 +51,15 @@ def _worker_data(cfg: StudyConfig, tasks, expected: Mapping[str, str]) -> str:
 
 def _pretrain_job(cfg_dict: dict, job: PretrainJob, jid: str, expected: dict[str, str]) -> tuple[bytes, str, float]:
     """Pretrain; return (checkpoint as torch.save bytes, loss table as CSV text, seconds). The checkpoint names its
-    job and where it was made: {'job_id', 'state_dict', 'provenance'}."""
+    job and where and how fast it was made: {'job_id', 'state_dict', 'provenance'}."""
     t0 = time.perf_counter()
     cfg = StudyConfig.from_dict(cfg_dict)
     files = _worker_data(cfg, job.tasks, expected)
     state, losses = pretrain(cfg, list(job.tasks), job.seed)
     buf = io.BytesIO()
     made = {"machine": provenance.machine(next(iter(state.values())).device), "torch": str(torch.__version__),
-            "data": files}
+            "data": files, "seed": job.seed, "pretrain": "+".join(job.tasks),
+            "seconds": round(time.perf_counter() - t0, 3)}  # what stmedfm.scaling projects wall times from
     torch.save({"job_id": jid, "state_dict": state, "provenance": made}, buf)
     return buf.getvalue(), losses.to_csv(index=False), time.perf_counter() - t0
 
@@ -81,6 +82,14 @@ def _run_job(cfg_dict: dict, rid: str, spec: RunSpec, ckpt: bytes | None,
     result.provenance = {"machine": provenance.machine(next(iter(state.values())).device if state else None),
                          "pretrain_machine": made.get("machine", ""), "torch": str(torch.__version__), "data": files}
     return rid, result
+
+
+def _shipped_data_dir(cfg: StudyConfig) -> str | None:
+    """The data folder the workers search first: the client's (``data_dir``, else ``$STMEDFM_DATA``) as an absolute
+    path, so a Dask worker started elsewhere, on a shared filesystem, reads the very files; a worker without that
+    folder falls back to its own ``$STMEDFM_DATA`` and ``~/.medmnist``, and every worker checks the files' digests."""
+    folder = cfg.data_dir or os.environ.get(paths.ENV_DATA)
+    return str(Path(folder).expanduser().resolve()) if folder else None
 
 
 def estimated_cost(cfg: StudyConfig, spec: RunSpec) -> float:
@@ -107,10 +116,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
 
     Runs execute on a local process pool of ``workers`` processes (default: ``cfg.workers``, else CPU cores;
     one worker = in this process), or on a Dask cluster when ``scheduler`` (an address such as
-    ``tcp://host:8786`` or a ``distributed.Client``) or ``$DASK_SCHEDULER_ADDRESS`` is given; ``'local'`` forces
-    the pool. Scratch runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is
-    written. The numbers do not depend on any of this. ``reuse``: stores whose runs and checkpoints of the same id
-    are taken instead of computed (:func:`reuse_runs`).
+    ``tcp://host:8786``, a ``distributed.Client`` or an open :class:`~stmedfm.executors.Executor`, which is used and
+    left open), ``cfg.scheduler`` or ``$DASK_SCHEDULER_ADDRESS`` is given; ``'local'`` forces the pool. Scratch
+    runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is written. The numbers
+    do not depend on any of this. ``reuse``: stores whose runs and checkpoints of the same id are taken instead of
+    computed (:func:`reuse_runs`).
     """
     store = ResultStore(out or paths.results_dir(cfg.study))
     sources = reuse_sources(reuse, store.root)  # before the store is opened: a bad --reuse writes nothing
@@ -121,7 +131,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
             runs, jobs = reuse_runs(cfg, store, sources, data)
             if progress:
                 print(f"reused {runs} runs and {jobs} checkpoints of {', '.join(map(str, reuse))}", flush=True)
-        _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(), scheduler)
+        _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(),
+                 cfg.scheduler if scheduler is None else scheduler)
         store.consolidate(cfg, data)
         store.write_config(cfg)  # last: config.yaml always describes the tables beside it
     return store
@@ -130,7 +141,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
 def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bool, workers: int, scheduler) -> None:
     """Compute every run and checkpoint of the plan that the store lacks (damaged ones are quarantined first)."""
     planned = plan(cfg)
-    cfg_dict = cfg.to_dict()
+    cfg_dict = cfg.to_dict()  # what the workers get: where they run is not theirs to know
+    cfg_dict.update(data_dir=_shipped_data_dir(cfg), scheduler=None)
     expected = {t: i.digest for t, i in data.items()}
     made_with = provenance.software()
     if cfg.precision != "fp32":  # workers compute what the run ids say: 'auto' as resolved here

@@ -63,10 +63,11 @@ from stmedfm import paths, seal, stats
 from stmedfm import plots
 from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
 from stmedfm.errors import StmedfmError
+from stmedfm.executors import reusable
 from stmedfm.io import atomic_write_text
 from stmedfm.planning import plan, study_data
 from stmedfm.store import MARKER, ResultStore
-from stmedfm.study import run_study
+from stmedfm.study import default_workers, run_study
 from stmedfm.tables import cell, markdown, summarise
 from stmedfm.train import sampling_probabilities
 
@@ -202,9 +203,12 @@ def run(study: VariantStudy, workers: int | None = None, progress: bool = True) 
     """Run (or resume) every variant, then aggregate; returns the aggregated tables. Each variant takes the runs and
     checkpoints of the same id that a sibling variant already has (``run_study``'s ``reuse``: an id covers
     parameters and data, so Scratch, which does not depend on the sampler, is computed once)."""
-    for variant, cfg in study.configs.items():
-        siblings = [study.root / v for v in study.configs if v != variant and (study.root / v / MARKER).is_file()]
-        run_study(cfg, out=study.root / variant, progress=progress, workers=workers, reuse=siblings)
+    first = next(iter(study.configs.values()))
+    with reusable(workers or first.workers or default_workers(), first.scheduler) as executor:  # warm across variants
+        for variant, cfg in study.configs.items():
+            siblings = [study.root / v for v in study.configs if v != variant and (study.root / v / MARKER).is_file()]
+            run_study(cfg, out=study.root / variant, progress=progress, workers=workers, scheduler=executor,
+                      reuse=siblings)
     return aggregate(study)
 
 

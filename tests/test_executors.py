@@ -118,3 +118,47 @@ def test_resumed_runs_take_checkpoints_from_the_store(make_config, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # reused, not rewritten
     assert set(store.table("runs")["strategy"]) == {"full", "lora"}
     assert isinstance(store, ResultStore)
+
+
+# --- issue 30: addresses checked before connecting; one executor for several studies --------------------------
+@pytest.mark.parametrize("address, message", [
+    ("notaurl", "'notaurl' is not a Dask scheduler address (missing port number"),
+    ("http://127.0.0.1:8786", "'http://127.0.0.1:8786' is not a Dask scheduler address"),
+    ("tcp://127.0.0.1:0", "is not a Dask scheduler address"),
+    ("tcp://127.0.0.1:1", "Cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' (Connection refused)"),
+])
+def test_a_bad_address_is_refused_at_once(address, message):
+    pytest.importorskip("distributed")
+    with pytest.raises(StmedfmError) as err:
+        E.check_scheduler(address)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reusable_is_a_pool_only_when_one_is_wanted(monkeypatch):
+    monkeypatch.delenv(E.ENV_SCHEDULER, raising=False)
+    with E.reusable(1) as none:
+        assert none is None  # one worker: each study runs in-process anyway
+    with E.reusable(2, "local") as pool:
+        assert isinstance(pool, E.PoolExecutor) and pool.workers == 2
+        assert E.make_executor(8, pool) is pool  # a study given an executor uses it
+
+
+@pytest.mark.slow
+def test_one_warm_pool_serves_several_studies_and_stays_open(make_config, tmp_path, monkeypatch):
+    started = []
+    original = E.PoolExecutor.__init__
+
+    def counted(self, workers):
+        started.append(workers)
+        original(self, workers)
+
+    monkeypatch.setattr(E.PoolExecutor, "__init__", counted)
+    cfg = make_config(workers=2)
+    with E.reusable(2) as pool:
+        first = run_study(cfg, out=tmp_path / "a", progress=False, scheduler=pool)
+        second = run_study(cfg.replace(strategies=["scratch"]), out=tmp_path / "b", progress=False, scheduler=pool)
+        assert pool.submit(_echo, 3).result() == 3  # still open after both studies
+    assert started == [2]
+    alone = run_study(cfg, out=tmp_path / "c", progress=False, workers=1)
+    pd.testing.assert_frame_equal(sorted_metrics(first), sorted_metrics(alone), check_exact=True)
+    assert set(second.table("runs")["strategy"]) == {"scratch"}
