@@ -89,7 +89,7 @@ def test_same_seed_same_numbers_whatever_the_worker_count(make_config, tmp_path)
 EXPECTED_TABLES = {
     "table4_params", "table5_accuracy", "table6_macro_f1", "table7_auroc", "table8_ece", "table8b_brier",
     "table9_fewshot", "table10_fewshot", "table10b_fewshot_splits", "table11_class_weights",
-    "table12_pretrain_subset", "table12b_extended", "table13_per_class", "temperature_scaling",
+    "table12_pretrain_subset", "table12b_extended", "table13_per_class", "temperature_scaling", "medmnist_benchmark",
 }
 
 
