@@ -47,6 +47,9 @@ DIGESTS = "digests.json"
 FORMAT = 1
 #: What :func:`seal` covers, as globs relative to the folder.
 COVERED = ("*.csv", "*.npz", "config.yaml", "tables/*.csv", "models/*.pt")
+#: Covered files that are local caches, never committed (saved inference weights, re-materialised from their run
+#: when absent): checked when present, but a clone without them is not missing anything.
+LOCAL = ("models/",)
 
 
 class UnsealedWarning(UserWarning):
@@ -185,7 +188,8 @@ def problems(root: str | os.PathLike) -> list[str]:
             out.append(f"'{root / name}' is not sealed")
         elif sha256_file(root / name) != expected:
             out.append(f"'{root / name}' does not match its digest")
-    out += [f"'{root / name}' is sealed but missing" for name in doc["files"] if not (root / name).is_file()]
+    out += [f"'{root / name}' is sealed but missing" for name in doc["files"]
+            if not (root / name).is_file() and not name.startswith(LOCAL)]
     for rid, expected in (doc.get("runs") or {}).items():
         path = root / "runs" / f"{rid}.json"
         if path.is_file() and sha256_file(path) != expected:

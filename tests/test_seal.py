@@ -100,3 +100,18 @@ def test_committed_tables_match_their_digests(folder):
     command that writes it, or, for tables you vouch for, `stmedfm seal` and commit digests.json)."""
     assert seal.problems(folder) == []
     assert "metrics.csv" in seal.load(folder)["files"]
+
+
+def test_a_local_cache_listed_in_the_digests_is_not_missing_from_a_clone(tmp_path):
+    """A store sealed where notebook 04 had saved inference weights (models/*.pt, gitignored) is whole in a clean
+    clone without them (CI failed on results/offline); a changed or missing table still is not."""
+    from stmedfm import seal
+
+    (tmp_path / "metrics.csv").write_text("a\n1\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "run-x.pt").write_bytes(b"weights")
+    seal.seal(tmp_path)
+    (tmp_path / "models" / "run-x.pt").unlink()
+    assert seal.problems(tmp_path) == []
+    (tmp_path / "metrics.csv").unlink()
+    assert seal.problems(tmp_path) == [f"'{tmp_path / 'metrics.csv'}' is sealed but missing"]
