@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from stmedfm import options as _options
 from stmedfm import paths, registry
 from stmedfm import strategies as _strategies
 from stmedfm.errors import StmedfmError
@@ -131,6 +132,9 @@ class StudyConfig:
     lr_full: float = 1.5e-3
     lr_peft: float = 2e-3  #: LoRA and adapters
     lr_linear_probe: float = 2e-3
+    #: per-strategy hyperparameters, e.g. {vera: {lr: 2e-2}, lora: {r: 8}} (stmedfm.options: each strategy's own
+    #: options, validated against its registry entry; unset ones keep the shared fields above)
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     temperature_scaling: bool = True  #: fit T on validation logits; report ECE/Brier/NLL before and after
 
     # --- few-shot (Tables 9, 10, 10b) ------------------------------------------------------------------------
@@ -155,6 +159,13 @@ class StudyConfig:
     data_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
     data_fraction_strategies: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "full"])
     data_fraction_repeats: int = 3  #: stratified subsets per (seed, task, fraction), seeded by all four
+
+    # --- fair comparisons (issue 28; off by default) ---------------------------------------------------------
+    #: strategy -> learning rates tried on validation (a list, or 'default': stmedfm.options.default_grid; the whole
+    #: field 'default' = every strategy of 'strategies'); the transfer runs then train at the selected one
+    lr_grid: dict[str, list[float]] = field(default_factory=dict)
+    lr_selection_seeds: list[int] = field(default_factory=list)  #: seeds of the selection runs, disjoint from 'seeds'
+    equivalence_margin: float = 0.01  #: TOST margin of "equivalent" (AUROC units; stmedfm.stats.tost)
 
     # --- outputs ---------------------------------------------------------------------------------------------
     calibration_task: str | None = "pathmnist"  #: per-class report, reliability diagram, confusion matrix
@@ -335,6 +346,7 @@ class StudyConfig:
                     f"(pretrain_tasks: {', '.join(self.pretrain_tasks)}); only a pretrained task can be left out.")
             elif len(self.pretrain_tasks) < 2:
                 errors.append("'leave_out_tasks' needs at least two pretraining tasks (one must remain).")
+        self._check_fair(errors)
         if self.calibration_task is not None:
             _collect(errors, self._check_flag, "calibration_task", self.calibration_task)
             if self.calibration_task not in self.downstream_tasks:
@@ -343,6 +355,33 @@ class StudyConfig:
             if self.calibration_strategy not in self.strategies:
                 errors.append(f"'calibration_strategy' is '{self.calibration_strategy}', which is not in "
                               f"'strategies' ({', '.join(self.strategies)}).")
+
+    def _check_fair(self, errors: list[str]) -> None:
+        """Per-strategy options and the learning-rate grids (stmedfm.options); a grid 'default' is expanded here."""
+        errors += _options.check(self.strategy_options, self)
+        if self.lr_grid == "default":
+            self.lr_grid = {s: "default" for s in self.strategies}
+        grid_errors = _options.check_lr_grid(self.lr_grid)
+        errors += grid_errors
+        if not grid_errors:
+            self.lr_grid = {s: (_options.default_grid(self, s) if v == "default" else [float(x) for x in v])
+                            for s, v in self.lr_grid.items()}
+        for s in self.lr_grid:
+            if s in _strategies.REGISTRY and s not in self.strategies:
+                errors.append(f"'lr_grid' names '{s}', which is not in 'strategies' ({', '.join(self.strategies)}): "
+                              f"learning rates are selected for the transfer runs.")
+        if any(v < 0 for v in self.lr_selection_seeds):
+            errors.append(f"Parameter 'lr_selection_seeds' holds non-negative seeds, got {self.lr_selection_seeds}.")
+        if self.lr_grid and not self.lr_selection_seeds:
+            errors.append("'lr_grid' needs 'lr_selection_seeds' (e.g. [1000, 1001, 1002]): the seeds of the selection "
+                          "runs, disjoint from 'seeds', so that no run that is tested took part in the selection.")
+        shared = sorted(set(self.lr_selection_seeds) & set(self.seeds))
+        if shared:
+            errors.append(f"'lr_selection_seeds' and 'seeds' share {', '.join(map(str, shared))}: selection seeds must "
+                          f"be disjoint from the study's seeds (a tested run must not have taken part in the selection).")
+        if not 0 < self.equivalence_margin < 1:
+            errors.append(f"Parameter 'equivalence_margin' is a difference of AUROC in (0, 1), got "
+                          f"{self.equivalence_margin!r}.")
 
     def uses_pretraining(self) -> bool:
         def pretrained(names) -> bool:
@@ -404,8 +443,9 @@ class StudyConfig:
                 "lora_alpha": self.lora_alpha, "adapter_bottleneck": self.adapter_bottleneck}
 
     def lr(self, strategy: str) -> float:
-        """The learning rate of ``strategy``: the field its registry entry names (``Strategy.lr_field``)."""
-        return getattr(self, _strategies.get(strategy).lr_field)
+        """The learning rate of ``strategy``: its ``strategy_options`` ``lr``, else the field its registry entry
+        names (``Strategy.lr_field``)."""
+        return _options.resolve(self, strategy)["lr"]
 
     def batch_size(self, task: str) -> int:
         return self.batch_size_3d if registry.get(task).dim == 3 else self.batch_size_2d
@@ -534,8 +574,42 @@ def _repeats(values) -> list:
 REPEATABLE = {"class_weight_clip"}
 
 
+#: Fields keyed by strategy (stmedfm.options checks names and values, so every problem gets its own line there).
+_NESTED = {"strategy_options": "a mapping of strategy to its options (e.g. {vera: {lr: 0.02}})",
+           "lr_grid": "'default' or a mapping of strategy to learning rates (e.g. {lora: [0.001, 0.01, 0.1]})"}
+
+
+def _scalar(value: Any) -> Any:
+    """A number written as text ('2e-2': YAML 1.1 reads it so) as the number; anything else unchanged."""
+    if isinstance(value, str):
+        if _INT.match(value.strip()):
+            return int(value)
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+def _nested(key: str, value: Any) -> Any:
+    if value is None:
+        return {}
+    if key == "lr_grid" and value == "default":
+        return "default"  # expanded by StudyConfig._check_grid, which knows the study's strategies
+    if not isinstance(value, Mapping):
+        raise _Invalid(_NESTED[key])
+    out = {}
+    for strategy, inner in value.items():
+        if isinstance(inner, Mapping):
+            inner = {k: _scalar(v) for k, v in inner.items()}
+        elif isinstance(inner, (list, tuple)):
+            inner = [_scalar(v) for v in inner]
+        out[str(strategy)] = inner
+    return out
+
+
 def _typed(key: str, value: Any) -> Any:
     """The value of field ``key`` in its declared type, no list holding a value twice; :class:`_Invalid` else."""
+    if key in _NESTED:
+        return _nested(key, value)
     if key == "seeds":
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SEEDS:
             return list(range(value))

@@ -240,9 +240,10 @@ def _peft_parameters(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def _check_peft(model: nn.Module, strategy: str) -> None:
-    """The model's peft layers are the strategy's method (say, not DoRA layers prepared for VeRA)."""
-    method = strategies.get(strategy).peft
+def _check_peft(model: nn.Module, strategy: str, method: strategies.PeftMethod | None = None) -> None:
+    """The model's peft layers are the strategy's method (say, not DoRA layers prepared for VeRA); ``method``: the
+    method with a study's own option values, None = as registered."""
+    method = method or strategies.get(strategy).peft
     injected = getattr(model, "peft_config", {}).get("default")
     if method is None or injected is None:
         return
@@ -306,7 +307,7 @@ def _check_task(model: STMedFM, task: str) -> None:
         )
 
 
-def set_trainable(model: STMedFM, strategy: str, task: str) -> None:
+def set_trainable(model: STMedFM, strategy: str, task: str, method: strategies.PeftMethod | None = None) -> None:
     """Set ``requires_grad`` for ``strategy`` as its registry entry says (``trains``); everything else is frozen.
 
     scratch/full: all parameters. lora: LoRA A/B + every LayerNorm + ``heads[task]``. adapter: adapter parameters
@@ -322,7 +323,7 @@ def set_trainable(model: STMedFM, strategy: str, task: str) -> None:
             raise StmedfmError(f"Strategy '{strategy}' needs {_INSERT_NAMES.get(kind, kind)}: call "
                                f"stmedfm.peft.prepare(model, '{strategy}', task).")
         if kind == "peft":
-            _check_peft(model, strategy)
+            _check_peft(model, strategy, method)
     for p in model.parameters():
         p.requires_grad_(False)
     for group in spec.trains:
@@ -337,19 +338,23 @@ def prepare(
     lora_r: int = 4,
     lora_alpha: float = 4.0,
     adapter_bottleneck: int = 16,
+    method: strategies.PeftMethod | None = None,
 ) -> STMedFM:
     """Make ``model`` ready to train ``task`` with ``strategy``: add its head if missing, insert the modules the
-    strategy declares (unless already there), then :func:`set_trainable`. Returns ``model``.
+    strategy declares (unless already there), then :func:`set_trainable`. Returns ``model``. ``method``: the
+    strategy's peft method with a study's own option values (:func:`stmedfm.options.peft_method`); None = as
+    registered.
     """
     spec = strategies.get(strategy)
     if task not in model.heads:
         model.add_head(task)
-    options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "adapter_bottleneck": adapter_bottleneck, "peft": spec.peft}
+    method = method or spec.peft
+    options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "adapter_bottleneck": adapter_bottleneck, "peft": method}
     for kind in spec.inserts:
         present, insert = INSERTS[kind]
         if not present(model):
             insert(model, options)
-    set_trainable(model, strategy, task)
+    set_trainable(model, strategy, task, method)
     return model
 
 

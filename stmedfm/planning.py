@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from stmedfm import data as D
-from stmedfm import download, paths, registry, strategies
+from stmedfm import download, options, paths, registry, strategies
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
@@ -130,6 +130,9 @@ def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
     method = strategies.get(spec.strategy).peft
     if method is not None:  # a peft method's config is part of what the run computes (only these ids hold it)
         fields["peft"] = method.describe()
+    own = options.overrides(cfg, spec.strategy)  # its own non-default options only: other strategies' never enter
+    if own:
+        fields["options"] = own
     return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from stmedfm import data as D
-from stmedfm import registry, strategies
+from stmedfm import options, registry, strategies
 from stmedfm.calibration import apply_temperature, fit_temperature, softmax
 from stmedfm.config import StudyConfig
 from stmedfm.metrics import brier, classification_metrics, confusion, ece, nll, per_class_report, reliability_bins
@@ -378,8 +378,11 @@ def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -
             torch.manual_seed(init_seed)
             model.add_head(spec.task)
         model.keep_heads([spec.task])
-    return prepare(model, spec.strategy, spec.task, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                   adapter_bottleneck=cfg.adapter_bottleneck)
+    own = options.resolve(cfg, spec.strategy)  # its own options (stmedfm.options), the shared fields by default
+    return prepare(model, spec.strategy, spec.task, lora_r=own.get("r", cfg.lora_r),
+                   lora_alpha=own.get("alpha", cfg.lora_alpha),
+                   adapter_bottleneck=own.get("bottleneck", cfg.adapter_bottleneck),
+                   method=options.peft_method(cfg, spec.strategy))
 
 
 def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> RunResult:

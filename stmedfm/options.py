@@ -1,0 +1,176 @@
+"""Each strategy's own hyperparameters, in one place: which options it takes, their defaults, a study's overrides.
+
+A parameter file sets them per strategy (issue 28)::
+
+    strategy_options: {vera: {lr: 2e-2}, lora: {r: 8, alpha: 8}, adapter: {bottleneck: 32}}
+
+The options of a strategy are declared by its registry entry (:mod:`stmedfm.strategies`), not by a list here:
+
+* every strategy: ``lr``, its learning rate (default: the config field its entry names, ``Strategy.lr_field``);
+* what inserts LoRA: ``r`` and ``alpha`` (defaults: the study's ``lora_r``, ``lora_alpha``);
+* what inserts adapters: ``bottleneck`` (default: ``adapter_bottleneck``);
+* a Hugging Face peft method: ``r``/``alpha`` when its config class has a rank / a scaling (:data:`PEFT_RANKED`,
+  kept equal to peft's own fields by ``tests/test_options.py``), and every numeric option of its
+  :class:`~stmedfm.strategies.PeftMethod` (VeRA's ``r``, OFT's ``oft_block_size``, FourierFT's ``n_frequency``),
+  its registered value being the default.
+
+The shared fields (``lr_peft``, ``lora_r``, ``lora_alpha``, ``adapter_bottleneck``) keep working: they are the
+defaults of every strategy that takes the option. A run's identity (:func:`stmedfm.planning.run_id`) holds only
+its *own* strategy's options that differ from those defaults (:func:`overrides`; ``lr`` is in the run's spec
+already), so every run id of a parameter file without ``strategy_options`` is what it was before they existed, and
+tuning VeRA's rank never renames a LoRA run.
+
+Torch-free (the foundation layer), so validating parameters stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from stmedfm import registry, strategies
+from stmedfm.errors import StmedfmError
+
+__all__ = ["PEFT_RANKED", "declared", "default", "resolve", "overrides", "check", "peft_method", "default_grid",
+           "check_lr_grid", "owners"]
+
+#: peft config classes with a rank field ``r`` and a scaling field (``lora_alpha`` or ``alpha``): those get the
+#: study's ``lora_r`` / ``lora_alpha`` unless the method sets them (:func:`stmedfm.peft.peft_config`).
+PEFT_RANKED = {"LoraConfig": ("r", "alpha"), "VeraConfig": ("r",), "LoHaConfig": ("r", "alpha"),
+               "LoKrConfig": ("r", "alpha"), "OFTConfig": ("r",), "HRAConfig": ("r",)}
+
+
+def declared(strategy: str) -> dict[str, type]:
+    """Option name -> type (int or float) of ``strategy``, from its registry entry (unknown name: StmedfmError)."""
+    s = strategies.get(strategy)
+    out: dict[str, type] = {"lr": float}
+    if "lora" in s.inserts:
+        out.update(r=int, alpha=float)
+    if "adapter" in s.inserts:
+        out["bottleneck"] = int
+    if s.peft is not None:
+        out.update({k: (int if k == "r" else float) for k in PEFT_RANKED.get(s.peft.config, ())})
+        for k, v in s.peft.options:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = type(v)
+    return out
+
+
+def default(cfg, strategy: str, name: str):
+    """The value ``strategy`` gets for option ``name`` when the study does not set it: the shared config field, or
+    the value its peft method registers."""
+    s = strategies.get(strategy)
+    method = dict(s.peft.options) if s.peft is not None else {}
+    if name == "lr":
+        return getattr(cfg, s.lr_field)
+    if name in method:
+        return method[name]
+    return {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "bottleneck": cfg.adapter_bottleneck}[name]
+
+
+def resolve(cfg, strategy: str) -> dict[str, Any]:
+    """Every option of ``strategy`` as the study trains it: the defaults, overridden by ``cfg.strategy_options``."""
+    given = (getattr(cfg, "strategy_options", None) or {}).get(strategy, {})
+    return {name: given.get(name, default(cfg, strategy, name)) for name in declared(strategy)}
+
+
+def overrides(cfg, strategy: str) -> dict[str, Any]:
+    """The options of ``strategy`` that the study sets to something else than their default, ``lr`` excepted (a
+    run's spec holds its learning rate): what a run's identity adds. Empty for every study without them."""
+    given = (getattr(cfg, "strategy_options", None) or {}).get(strategy, {})
+    return {k: v for k, v in sorted(given.items()) if k != "lr" and v != default(cfg, strategy, k)}
+
+
+def peft_method(cfg, strategy: str) -> strategies.PeftMethod | None:
+    """The strategy's peft method with the study's values of its own options (VeRA's ``r``...), None if none."""
+    method = strategies.get(strategy).peft
+    if method is None:
+        return None
+    values = resolve(cfg, strategy)
+    return strategies.PeftMethod(method.config, method.targets,
+                                 tuple((k, values.get(k, v)) for k, v in method.options))
+
+
+def owners(name: str) -> list[str]:
+    """The registered strategies that take option ``name``."""
+    return [s for s in strategies.names() if name in declared(s)]
+
+
+def _number(kind: type, value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, int) if kind is int else math.isfinite(value))
+
+
+def check(options: Mapping[str, Mapping[str, Any]], defaults=None) -> list[str]:
+    """Problems of a ``strategy_options`` mapping, one line each: an unknown strategy, an option the strategy does
+    not take (saying which strategies do), a value of the wrong type or not positive (an option whose registered
+    value is 0, OFT's ``r``, may be 0). ``defaults``: a config, for the registered values."""
+    errors = []
+    known = strategies.names()
+    for strategy, given in options.items():
+        if strategy not in known:
+            errors.append(f"Unknown strategy '{strategy}' in 'strategy_options'.{registry.closest(str(strategy), known)} "
+                          f"Strategies: {', '.join(known)}.")
+            continue
+        if not isinstance(given, Mapping):
+            errors.append(f"'strategy_options.{strategy}' must be a mapping of option: value (e.g. {{lr: 0.02}}), "
+                          f"got {given!r}.")
+            continue
+        own = declared(strategy)
+        for name, value in given.items():
+            if name not in own:
+                others = owners(name)
+                where = (f" '{name}' is an option of {', '.join(others)}." if others else
+                         registry.closest(str(name), list(own)))
+                errors.append(f"Strategy '{strategy}' has no option '{name}'.{where} Its options: "
+                              f"{', '.join(own)}.")
+                continue
+            floor = 0 if defaults is not None and default(defaults, strategy, name) == 0 else None
+            if not _number(own[name], value) or (value < 0 if floor == 0 else value <= 0):
+                kind = "an integer" if own[name] is int else "a number"
+                errors.append(f"'strategy_options.{strategy}.{name}' must be {kind} "
+                              f"{'>= 0' if floor == 0 else '> 0'}, got {value!r}.")
+    return errors
+
+
+# --- learning-rate grids ----------------------------------------------------------------------------------------
+#: The default grid of a strategy that trains a part of a pretrained model (PEFT, linear probe): 5 log-spaced
+#: values from 1e-3 to 1e-1, the range where peft's method comparison found each method's best (issue 28).
+PEFT_GRID = tuple(float(f"{10 ** (-3 + i / 2):.3g}") for i in range(5))  # 0.001, 0.00316, 0.01, 0.0316, 0.1
+#: Scratch and Full (every parameter trains): 3 values around the paper's, a factor 3 apart.
+FULL_GRID_FACTORS = (1 / 3, 1.0, 3.0)
+
+
+def default_grid(cfg, strategy: str) -> list[float]:
+    """The grid ``lr_grid: default`` means for ``strategy``: :data:`PEFT_GRID` for a strategy that does not train
+    every parameter, else the paper's learning rate x :data:`FULL_GRID_FACTORS` (3 significant digits)."""
+    if strategies.get(strategy).trains != ("all",):
+        return list(PEFT_GRID)
+    lr = default(cfg, strategy, "lr")
+    return [float(f"{lr * f:.3g}") for f in FULL_GRID_FACTORS]
+
+
+def check_lr_grid(grid: Mapping[str, Any]) -> list[str]:
+    """Problems of an ``lr_grid`` mapping (strategy -> list of learning rates or 'default'), one line each."""
+    errors = []
+    known = strategies.names()
+    for strategy, values in grid.items():
+        if strategy not in known:
+            errors.append(f"Unknown strategy '{strategy}' in 'lr_grid'.{registry.closest(str(strategy), known)} "
+                          f"Strategies: {', '.join(known)}.")
+        elif values == "default":
+            continue
+        elif not isinstance(values, (list, tuple)) or len(values) < 2:
+            errors.append(f"'lr_grid.{strategy}' must be a list of at least two learning rates or 'default', "
+                          f"got {values!r}.")
+        else:
+            bad = [v for v in values if not _number(float, v) or v <= 0]
+            if bad:
+                errors.append(f"'lr_grid.{strategy}' holds learning rates, which must be positive numbers; "
+                              f"got {', '.join(map(repr, bad))}.")
+            elif len(set(values)) != len(values):
+                errors.append(f"'lr_grid.{strategy}' names a learning rate twice: {values!r}.")
+    return errors
+
