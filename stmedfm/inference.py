@@ -38,7 +38,7 @@ from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import single_thread
 from stmedfm.model import STMedFM
-from stmedfm.planning import PretrainJob, plan, study_data
+from stmedfm.planning import PretrainJob, study_data
 from stmedfm.planning import run_id as make_id
 from stmedfm.registry import FlagInfo
 from stmedfm.store import ResultStore, checkpoint_state
@@ -111,7 +111,7 @@ def find_run(store, task: str | None = None, strategy: str | None = None, seed: 
     identities of the study's files (:func:`stmedfm.planning.study_data`, read when None)."""
     cfg = store.config()
     data = study_data(cfg) if data is None else data
-    runs = [(make_id(cfg, p.spec, data), p) for p in plan(cfg)]
+    runs = [(make_id(cfg, p.spec, data), p) for p in store.planned(cfg, data)]
     if run_id is not None:
         hits = [(rid, p) for rid, p in runs if rid == run_id]
     else:

@@ -42,7 +42,8 @@ PRETRAIN_FIELDS = (
     "class_weight_clip", "augment", "pretrain_steps", "pretrain_lr", "task_sampling", "sampling_alpha",
     "loss_log_normalise",
 )
-EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency")
+EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency",
+               "lr_selection")
 
 
 #: Fields added after the first reference results: part of an identity only when not at their default, so
@@ -136,12 +137,29 @@ def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
     return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
 
 
-def plan(cfg: StudyConfig) -> list[PlannedRun]:
-    """Every (experiment, run) the parameters ask for, in a stable order; the same spec may appear twice."""
+#: Experiments whose runs train at the learning rate selected on validation (``lr_grid``): those on the whole
+#: train split at the standard data. Few-shot and data-efficiency runs train on subsets, where the best rate of
+#: the full split says little, so they keep the configured one.
+SELECTED_LR_EXPERIMENTS = ("transfer", "class_weights", "leave_out", "extended", "budget")
+
+
+def plan(cfg: StudyConfig, selected: Mapping[tuple[str, str], float] | None = None) -> list[PlannedRun]:
+    """Every (experiment, run) the parameters ask for, in a stable order; the same spec may appear twice.
+
+    With ``lr_grid``, the plan holds the ``lr_selection`` runs (each grid point x ``lr_selection_seeds``) and, for
+    each (strategy, task) that ``selected`` decides (:func:`stmedfm.selection.chosen` of the store's selection runs),
+    the runs of :data:`SELECTED_LR_EXPERIMENTS` at the selected rate; runs still waiting for their selection are
+    left out (the study plans again once the selection runs are in, :func:`stmedfm.study.run_study`)."""
     full_pretrain = tuple(cfg.pretrain_tasks)
     out: list[PlannedRun] = []
+    selected = selected or {}
 
-    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0):
+    def waiting(experiment, task, strategy) -> bool:
+        return (experiment in SELECTED_LR_EXPERIMENTS and strategy in cfg.lr_grid and task in cfg.downstream_tasks
+                and (strategy, task) not in selected)
+
+    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0,
+             lr=None):
         steps = cfg.steps(task, strategy) if steps is None else steps
         class_weights = cfg.class_weights if class_weights is None else class_weights
         fresh = not strategies.get(strategy).pretrained
@@ -151,10 +169,17 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
                   and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
                   and pretrain == (() if fresh else full_pretrain)
                   and split == -1 and fraction == 1.0)
-        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy),
+        if lr is None:
+            lr = selected.get((strategy, task), cfg.lr(strategy)) if strategy in cfg.lr_grid else cfg.lr(strategy)
+        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=lr,
                        class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail,
                        fraction=float(fraction))
 
+    for seed in cfg.lr_selection_seeds if cfg.lr_grid else ():
+        for task in cfg.downstream_tasks:
+            for strategy, lrs in cfg.lr_grid.items():
+                for lr in lrs:
+                    out.append(PlannedRun("lr_selection", f"lr={lr:g}", spec(task, strategy, seed, lr=lr)))
     for seed in cfg.seeds:
         for task in cfg.downstream_tasks:
             for strategy in cfg.strategies:
@@ -190,7 +215,7 @@ def plan(cfg: StudyConfig) -> list[PlannedRun]:
                     for strategy in cfg.data_fraction_strategies:
                         out.append(PlannedRun("data_efficiency", f"{100 * fraction:g} %",
                                               spec(task, strategy, seed, split=repeat, fraction=fraction)))
-    return out
+    return [p for p in out if not waiting(p.experiment, p.spec.task, p.spec.strategy)]
 
 
 def unique_runs(cfg: StudyConfig, planned: list[PlannedRun], data: StudyData) -> dict[str, PlannedRun]:

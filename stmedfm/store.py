@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import yaml
 
-from stmedfm import __version__, seal
+from stmedfm import __version__, seal, selection
 from stmedfm import data as D
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
@@ -298,7 +298,8 @@ class ResultStore:
     def consolidate(self, cfg: StudyConfig, data: StudyData) -> dict[str, pd.DataFrame]:
         """Rebuild the tidy CSV tables from the finished runs of the current plan on the current data; returns
         them. Runs of other parameters or other data stay in runs/ but never enter the tables."""
-        planned = plan(cfg)
+        chosen = self.lr_selection(cfg, data) if cfg.lr_grid else None
+        planned = self.planned(cfg, data, chosen)
         run_rows, metric_rows = [], []
         extras: dict[str, list[pd.DataFrame]] = defaultdict(list)
         cache: dict[str, dict | None] = {}
@@ -321,6 +322,8 @@ class ResultStore:
                         frame.insert(0, col, val)
                     extras[name].append(frame)
         tables = {"runs": pd.DataFrame(run_rows), "metrics": pd.DataFrame(metric_rows)}
+        if chosen is not None:
+            tables["lr_selection"] = chosen
         tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
         losses = []
         for job in pretrain_jobs(planned):
@@ -356,6 +359,28 @@ class ResultStore:
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         seal.write_bytes(self.root, BUNDLE, buf.getvalue())  # with its sha256, like the tables
+
+    def planned(self, cfg: StudyConfig, data: StudyData, lr_selection: pd.DataFrame | None = None) -> list:
+        """The plan of ``cfg`` as far as this store decides it: with ``lr_grid``, the runs at the learning rates its
+        selection runs chose (:func:`stmedfm.planning.plan`)."""
+        if not cfg.lr_grid:
+            return plan(cfg)
+        table = self.lr_selection(cfg, data) if lr_selection is None else lr_selection
+        return plan(cfg, selection.chosen(table))
+
+    def lr_selection(self, cfg: StudyConfig, data: StudyData) -> pd.DataFrame:
+        """The ``lr_selection`` table (:func:`stmedfm.selection.table`) of the selection runs this store holds:
+        only their validation AUROC is read. ``selection.chosen`` of it is what the study plans with."""
+        rows = []
+        for p in plan(cfg):
+            if p.experiment != selection.EXPERIMENT:
+                continue
+            rec = self.load_run(run_id(cfg, p.spec, data))
+            if rec is not None and selection.METRIC in rec["metrics"]:
+                rows.append({"task": p.spec.task, "strategy": p.spec.strategy, "lr": p.spec.lr, "seed": p.spec.seed,
+                             "metric": selection.METRIC, "value": rec["metrics"][selection.METRIC]})
+        frame = pd.DataFrame(rows, columns=["task", "strategy", "lr", "seed", "metric", "value"])
+        return selection.table(frame, cfg.lr_grid, cfg.downstream_tasks, cfg.lr_selection_seeds)
 
     def table(self, name: str) -> pd.DataFrame:
         path = self.root / f"{name}.csv"

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stmedfm import data as D
-from stmedfm import paths, provenance, registry
+from stmedfm import paths, provenance, registry, selection
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
@@ -127,20 +127,26 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     data = store.open(cfg)
     with store.locked():
         store.remove_partial_writes()
-        if reuse:
-            runs, jobs = reuse_runs(cfg, store, sources, data)
-            if progress:
-                print(f"reused {runs} runs and {jobs} checkpoints of {', '.join(map(str, reuse))}", flush=True)
-        _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(),
-                 cfg.scheduler if scheduler is None else scheduler)
+        # with lr_grid: the selection runs (and every run that waits for no selection) first, then the runs at the
+        # learning rates their validation AUROC selected (stmedfm.selection); without it there is one pass
+        for _ in range(2 if cfg.lr_grid else 1):
+            chosen = selection.chosen(store.lr_selection(cfg, data)) if cfg.lr_grid else None
+            if reuse:
+                runs, jobs = reuse_runs(cfg, store, sources, data, chosen)
+                if progress:
+                    print(f"reused {runs} runs and {jobs} checkpoints of {', '.join(map(str, reuse))}", flush=True)
+            _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(),
+                     cfg.scheduler if scheduler is None else scheduler, chosen)
         store.consolidate(cfg, data)
         store.write_config(cfg)  # last: config.yaml always describes the tables beside it
     return store
 
 
-def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bool, workers: int, scheduler) -> None:
-    """Compute every run and checkpoint of the plan that the store lacks (damaged ones are quarantined first)."""
-    planned = plan(cfg)
+def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bool, workers: int, scheduler,
+             chosen=None) -> None:
+    """Compute every run and checkpoint of the plan that the store lacks (damaged ones are quarantined first);
+    ``chosen``: the learning rates selected so far ((strategy, task) -> lr; :func:`stmedfm.planning.plan`)."""
+    planned = plan(cfg, chosen)
     cfg_dict = cfg.to_dict()  # what the workers get: where they run is not theirs to know
     cfg_dict.update(data_dir=_shipped_data_dir(cfg), scheduler=None)
     expected = {t: i.digest for t, i in data.items()}
@@ -247,7 +253,7 @@ def reuse_sources(sources, root: str | os.PathLike) -> list[Path]:
     return out
 
 
-def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData) -> tuple[int, int]:
+def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData, chosen=None) -> tuple[int, int]:
     """Link into ``store`` every run and pretraining checkpoint of ``cfg``'s plan that it lacks and a store of
     ``sources`` holds; returns (runs, checkpoints) taken. Why this is sound: an id covers everything that defines
     what is computed (spec, training fields, data identities, checkpoint), so a run of another study with the same
@@ -255,7 +261,7 @@ def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData) -
     params/offline.yaml). Only the planned ids are taken, so the store holds nothing else; a damaged source file is
     quarantined and recomputed like any other; where each run was computed stays in its provenance."""
     others = [ResultStore(src) for src in reuse_sources(sources, store.root)]
-    planned = plan(cfg)
+    planned = plan(cfg, chosen)
     runs = jobs = 0
     for rid in unique_runs(cfg, planned, data):
         if store.has_run(rid):

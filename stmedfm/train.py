@@ -174,6 +174,17 @@ def sampling_probabilities(cfg: StudyConfig, tasks: list[str]) -> dict[str, floa
     return registry.train_proportions(tasks)
 
 
+def in_task_pretraining_steps(cfg: StudyConfig) -> dict[str, float]:
+    """Pretraining task -> the expected number of pretraining steps that drew it (``pretrain_steps`` x its
+    sampling probability; every step for ``all_tasks``): the in-task steps a pretrained model has seen before its
+    own, for contrasts of Scratch and Full at equal in-task steps (issue 28)."""
+    if not cfg.pretrain_tasks:
+        return {}
+    if cfg.task_sampling == "all_tasks":
+        return {t: float(cfg.pretrain_steps) for t in cfg.pretrain_tasks}
+    return {t: cfg.pretrain_steps * p for t, p in sampling_probabilities(cfg, list(cfg.pretrain_tasks)).items()}
+
+
 def task_schedule(cfg: StudyConfig, tasks: list[str], steps: int, g: torch.Generator) -> list[list[str]]:
     """The tasks of every pretraining step: one drawn task per step, or every task (``all_tasks``)."""
     if cfg.task_sampling == "all_tasks":

@@ -16,6 +16,7 @@ import X`` does not depend on where X lives:
 * :mod:`~stmedfm.plots.paper` — Figures 2-7 and :func:`write_figures`;
 * :mod:`~stmedfm.plots.variants` — the variant studies' figures (:mod:`stmedfm.variants`);
 * :mod:`~stmedfm.plots.methods` — the figures of the study of every strategy (:mod:`stmedfm.methods`);
+* :mod:`~stmedfm.plots.fair` — the learning-rate selection on validation and AUROC vs budget (issue 28);
 * :mod:`~stmedfm.plots.dataset` — sample images and class distributions (notebook 01).
 
 =======  ====================================  ================================================================
@@ -41,6 +42,7 @@ from stmedfm.plots.architecture import (
     study_model,
 )
 from stmedfm.plots.dataset import fig_class_distribution, fig_samples
+from stmedfm.plots.fair import fig_budget_curves, fig_lr_selection
 from stmedfm.plots.methods import fig_fewshot_methods, fig_pareto
 from stmedfm.plots.paper import (
     fig2_pretraining_loss,
@@ -65,6 +67,8 @@ from stmedfm.plots.style import (
 from stmedfm.plots.variants import DATA_EFFICIENCY_LABELS, fig_budget_auroc, fig_contrasts, fig_data_efficiency
 
 __all__ = [
+    "fig_lr_selection",
+    "fig_budget_curves",
     "fig_pareto",
     "fig_fewshot_methods",
     "STRATEGY_COLORS",

@@ -22,6 +22,7 @@ from matplotlib.transforms import ScaledTranslation
 from stmedfm import paths, registry, seal, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.plots.architecture import fig1_architecture, study_model
+from stmedfm.plots.fair import fig_budget_curves, fig_lr_selection
 from stmedfm.plots.style import (
     STRATEGY_MARKERS,
     TASK_COLORS,
@@ -37,6 +38,7 @@ from stmedfm.plots.style import (
 )
 from stmedfm.store import ResultStore
 from stmedfm.tables import summarise
+from stmedfm.train import in_task_pretraining_steps
 
 __all__ = ["fig2_pretraining_loss", "fig3_train_size_auroc", "fig_fewshot", "fig6_reliability", "fig7_confusion",
            "pool_reliability", "write_figures"]
@@ -428,6 +430,13 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = No
         for number, task in zip((4, 5), list(cfg.fewshot_tasks)[:2]):
             if (fewshot["task"] == task).any():
                 written += _write(fig_fewshot(metrics, task), out_dir, f"fig{number}_fewshot_{task}")
+
+    selection = table("lr_selection")
+    if selection is not None and (selection["n"] > 0).any():
+        written += _write(fig_lr_selection(selection), out_dir, "lr_selection")
+    if metrics is not None and (metrics["experiment"] == "budget").any():
+        written += _write(fig_budget_curves(metrics, pretrain_steps=in_task_pretraining_steps(cfg)), out_dir,
+                          "budget_curves")
 
     task, strategy = cfg.calibration_task, cfg.calibration_strategy
     if task:
