@@ -18,13 +18,16 @@ Decisions, written down once:
 * **Metrics**: macro AUROC (the primary one), macro-F1, ECE and Brier score of the test split; with temperature
   scaling on, ECE and Brier after scaling too (``ece_ts``, ``brier_ts``). For ECE and Brier lower is better, so a
   negative ``mean_diff`` favours the method.
+* **Equivalence is shown, not assumed** (issue 28): on AUROC every comparison also carries the paired TOST of
+  equivalence within the study's ``equivalence_margin`` (default 0.01 AUROC; :func:`stmedfm.stats.tost`), Holm
+  within its family (``p_tost_holm``, ``equivalent``). A non-significant Wilcoxon p alone never decides anything.
 * **Pareto front** (per task, on the means): a strategy is on it when no other strategy has at most as many
   trainable parameters and at least its AUROC, one of the two strictly. The *Pareto-best* method of a task is the
-  cheapest front member whose AUROC is not significantly below the task's best (paired Wilcoxon, Holm over the
-  task's methods compared with the best): the cheapest way to the top, within what the seeds can resolve.
+  cheapest front member that is the task's best or *equivalent* to it (TOST, Holm over the task's methods
+  compared with the best): the cheapest way to the top, shown to be within the margin.
 * **Negative transfer on the small task** (the smallest pretraining task, :func:`stmedfm.report.claim_roles`): a
-  pretrained method *removes* it when its AUROC is not significantly below Scratch's (Holm p >= 0.05 in the
-  vs-Scratch family) and its mean paired difference is >= 0; it *beats* Scratch when significantly above.
+  pretrained method *removes* it when its AUROC is equivalent to Scratch's (TOST, Holm in the vs-Scratch family)
+  or significantly above it; it *beats* Scratch when significantly above.
 """
 
 from __future__ import annotations
@@ -95,12 +98,13 @@ def summary(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return _order(out, "metric_order").drop(columns="metric_order")
 
 
-def comparisons(metrics: pd.DataFrame, references=REFERENCES) -> pd.DataFrame:
+def comparisons(metrics: pd.DataFrame, references=REFERENCES, margin: float = stats.DEFAULT_MARGIN) -> pd.DataFrame:
     """Each strategy vs each reference (default: the paper's LoRA and Scratch) on every task and metric, and on
     AUROC also vs the task's best strategy (highest mean AUROC), paired over seeds with
     :func:`stmedfm.stats.compare` (``mean_diff`` = strategy - reference); Holm within each family (task, metric,
     reference), i.e. over the methods compared with that reference. ``against`` names the family's kind ('lora',
-    'scratch' or 'best') and ``reference`` the strategy compared with.
+    'scratch' or 'best') and ``reference`` the strategy compared with. On AUROC, also the TOST of equivalence within
+    ``margin`` (``p_tost``, ``p_tost_holm``, ``equivalent``; :func:`stmedfm.stats.compare`).
 
     The 'best' family picks its reference on the same data, which biases the best's mean upwards; it is used only to
     ask which cheaper methods are *not* shown to be worse (:func:`pareto_best`), where that bias makes the answer
@@ -119,7 +123,8 @@ def comparisons(metrics: pd.DataFrame, references=REFERENCES) -> pd.DataFrame:
             if not others:
                 continue
             out = stats.compare(g, [({"strategy": s}, {"strategy": ref}) for s in others], pair_on=["seed"],
-                                labels=others, family=f"{task}:{metric}:vs {kind}")
+                                labels=others, family=f"{task}:{metric}:vs {kind}",
+                                margin=margin if metric == "macro_auroc" else None)
             for i, (col, val) in enumerate((("task", task), ("metric", metric), ("against", kind),
                                             ("reference", ref))):
                 out.insert(i, col, val)
@@ -169,8 +174,9 @@ def analyse(store) -> dict[str, pd.DataFrame]:
     metrics, runs = store.table("metrics"), store.table("runs")
     summ = summary(metrics, runs)
     roles = claim_roles(store.config())
-    return {"summary": summ, "comparisons": comparisons(metrics), "pareto": pareto(summ), "fewshot": fewshot(metrics),
-            "roles": pd.DataFrame([roles])}
+    margin = store.config().equivalence_margin
+    return {"summary": summ, "comparisons": comparisons(metrics, margin=margin), "pareto": pareto(summ),
+            "fewshot": fewshot(metrics), "roles": pd.DataFrame([roles])}
 
 
 def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
@@ -250,6 +256,8 @@ def comparison_view(tables: dict[str, pd.DataFrame], task: str, metric: str = "m
                                                         if np.isfinite(r.ci_low) else f"{r.mean_diff:+.3f}")
         row[f"higher / n ({r.reference})"] = f"{r.n_pos}/{r.n}"
         row[f"Holm p ({r.reference})"] = _p(r.p_holm)
+        if "p_tost_holm" in c.columns:
+            row[f"TOST Holm p ({r.reference})"] = _p(r.p_tost_holm)
     order = sorted(rows, key=strategies.order)
     return pd.DataFrame([rows[s] for s in order])
 
@@ -266,17 +274,29 @@ def _significant(row, sign: int) -> bool:
             and np.sign(row["mean_diff"]) == sign)
 
 
+def _equivalent(row) -> bool:
+    """TOST-equivalent to its reference within the margin (Holm p < ALPHA in its family)."""
+    if row is None or "p_tost_holm" not in row:
+        return False
+    return bool(np.isfinite(row["p_tost_holm"]) and row["p_tost_holm"] < ALPHA)
+
+
 def pareto_best(tables: dict[str, pd.DataFrame], task: str) -> str | None:
     """The Pareto-best strategy of ``task``: walking the Pareto front from the fewest trainable parameters up, the
-    first member whose AUROC is not significantly below the task's best (the 'best' family of
-    :func:`comparisons`); the best itself when every cheaper member is."""
+    first member that is the task's best or TOST-equivalent to it (the 'best' family of :func:`comparisons`)."""
     p = tables["pareto"]
     front = p[(p["task"] == task) & p["front"].astype(bool)].sort_values("trainable_params")
     for r in front.itertuples():
         row = _comparison(tables, task, r.strategy, "best")
-        if row is None or not _significant(row, -1):  # None: r is the best itself
+        if row is None or _equivalent(row):  # None: r is the best itself
             return r.strategy
     return None
+
+
+def _margin(tables: dict[str, pd.DataFrame]) -> str:
+    c = tables["comparisons"]
+    m = c["margin"].dropna() if "margin" in c.columns else pd.Series(dtype=float)
+    return f"±{m.iloc[0]:g}" if len(m) else "±?"
 
 
 def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
@@ -297,8 +317,9 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         pb = pareto_best(tables, task)
         if pb is not None:
             pr = g[g["strategy"] == pb].iloc[0]
-            line += (f"; Pareto-best (the cheapest front member not significantly below it, Holm over the task's "
-                     f"methods): {strategies.label(pb)} with {int(pr['trainable_params']):,} trainable parameters, "
+            line += (f"; Pareto-best (the cheapest front member equivalent to it within {_margin(tables)} AUROC, "
+                     f"TOST, Holm over the task's methods): {strategies.label(pb)} with "
+                     f"{int(pr['trainable_params']):,} trainable parameters, "
                      f"AUROC {_cell(pr['mean'], pr['ci_low'], pr['ci_high'])}")
             vs = _comparison(tables, task, pb, "lora")
             if vs is not None:
@@ -315,7 +336,7 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             rows = list(c.itertuples())
             below = [r for r in rows if _significant(r._asdict(), -1)]
             above = [r for r in rows if _significant(r._asdict(), +1)]
-            removed = [r for r in rows if not (np.isfinite(r.p_holm) and r.p_holm < ALPHA) and r.mean_diff >= 0]
+            removed = [r for r in rows if _equivalent(r._asdict()) or _significant(r._asdict(), +1)]
 
             def names(rs) -> str:
                 return ", ".join(f"{strategies.label(r.strategy)} ({r.mean_diff:+.3f} [{r.ci_low:+.3f}, "
@@ -325,8 +346,9 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             text = (f"Negative transfer on the small task {small} (Scratch AUROC "
                     f"{_cell(s0['mean'], s0['ci_low'], s0['ci_high'])}; method - Scratch, paired over seeds): ")
             if any(_significant(r._asdict(), -1) for r in paper):
-                text += (f"present for the paper's methods ({names(paper)}). Removed (not significantly below "
-                         f"Scratch, mean difference >= 0) by: {names(removed)}; significantly above Scratch: "
+                text += (f"present for the paper's methods ({names(paper)}). Removed (equivalent to Scratch within "
+                         f"{_margin(tables)} AUROC by TOST, Holm, or significantly above it) by: {names(removed)}; "
+                         f"significantly above Scratch: "
                          f"{names(above)}; still significantly below: "
                          f"{', '.join(strategies.label(r.strategy) for r in below) or 'none'}.")
             else:

@@ -12,6 +12,12 @@ same budget), so the unit of analysis is the *pair*: ``d_i = a_i - b_i``. For ea
 * ``rank_biserial``: the matched-pairs rank-biserial correlation ``(R+ - R-) / (R+ + R-)`` of the ranks of
   ``|d|`` (+1: every pair favours a; -1: every pair favours b).
 
+With an equivalence ``margin`` (:func:`compare`, issue 28), absence of evidence is no longer read as evidence of
+absence: ``p_tost`` is the two one-sided t-tests (TOST, statsmodels ``ttost_paired``) of H0: |mean d| >= margin,
+``p_tost_holm`` its Holm adjustment within the family and ``equivalent`` whether it is below :data:`ALPHA`, i.e.
+the 90 % t-interval of the mean difference lies inside (-margin, margin). "Equivalent to", "Pareto-best" and
+"removes negative transfer" are decided by it (:mod:`stmedfm.methods`), never by a non-significant Wilcoxon p.
+
 Be plain about power: with n pairs and no ties the smallest possible exact two-sided Wilcoxon p is
 ``2 / 2**n`` — 0.0625 for 5 pairs, so 5 seeds can *never* reach p < 0.05 two-sided, whatever the effect;
 one-sided the floor is 0.03125. :func:`min_two_sided_p` gives the floor; read the sign count, the effect size
@@ -26,34 +32,46 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as st
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
 
 from stmedfm.errors import StmedfmError
 
 __all__ = ["ALPHA", "holm", "rank_biserial", "mean_ci", "prediction_interval", "paired_test", "min_two_sided_p",
-           "compare", "verdict", "format_p"]
+           "compare", "verdict", "format_p", "tost", "DEFAULT_MARGIN"]
 
 ALPHA = 0.05  #: the level of every verdict (:func:`verdict`)
+DEFAULT_MARGIN = 0.01  #: the equivalence margin of AUROC differences (``StudyConfig.equivalence_margin``)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni step-down adjusted p-values, in the input order (NaN stays NaN and is not counted).
 
     Sort the m valid p-values ascending, p_(1) <= ... <= p_(m); the adjusted value of p_(i) is
-    ``max_{j <= i} min(1, (m - j + 1) * p_(j))``. Rejecting where the adjusted p <= alpha controls the
-    family-wise error rate at alpha.
+    ``max_{j <= i} min(1, (m - j + 1) * p_(j))`` (statsmodels ``multipletests(method="holm")``). Rejecting where
+    the adjusted p <= alpha controls the family-wise error rate at alpha.
     """
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    m = len(valid)
-    if m == 0:
-        return out
-    order = valid[np.argsort(p[valid], kind="stable")]
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[idx]))
-        out[idx] = running
+    valid = ~np.isnan(p)
+    if valid.any():
+        out[valid] = multipletests(p[valid], method="holm")[1]
     return out
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float) -> float:
+    """p of the paired TOST of equivalence, H0: |mean(a - b)| >= ``margin`` (statsmodels ``ttost_paired``: the
+    larger of the two one-sided t-test p-values). NaN for fewer than two pairs; when every difference is the same,
+    0 if it lies inside the margin and 1 otherwise (the t statistics are infinite)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    if len(a) < 2:
+        return float("nan")
+    d = a - b
+    if np.ptp(d) == 0:
+        return 0.0 if abs(d[0]) < margin else 1.0
+    return float(ttost_paired(a, b, -margin, margin)[0])
 
 
 def rank_biserial(diffs: Sequence[float]) -> float:
@@ -113,8 +131,9 @@ def min_two_sided_p(n: int) -> float:
     return min(1.0, 2.0 / 2**n) if n > 0 else float("nan")
 
 
-def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Everything :func:`compare` reports for one pair of equally long, aligned samples (a[i] pairs b[i])."""
+def paired_test(a: Sequence[float], b: Sequence[float], margin: float | None = None) -> dict:
+    """Everything :func:`compare` reports for one pair of equally long, aligned samples (a[i] pairs b[i]); with a
+    ``margin``, also ``p_tost`` (:func:`tost`)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise StmedfmError(f"Paired samples must have equal lengths, got {len(a)} and {len(b)}.")
@@ -125,6 +144,8 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
            "mean_b": float(np.nanmean(b)) if len(b) else float("nan"), "mean_diff": mean, "ci_low": lo,
            "ci_high": hi, "n_pos": int((d > 0).sum()), "n_neg": int((d < 0).sum()), "n_zero": int((d == 0).sum()),
            "p_two_sided": float("nan"), "p_greater": float("nan"), "rank_biserial": rank_biserial(d)}
+    if margin is not None:
+        out["p_tost"] = tost(a, b, margin)
     nonzero = d[d != 0]
     if len(nonzero) == 0:
         if len(d):
@@ -136,13 +157,16 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
 
 
 def compare(frame: pd.DataFrame, pairs: Sequence[tuple[dict, dict]], pair_on: Sequence[str],
-            value: str = "value", labels: Sequence[str] | None = None, family: str = "") -> pd.DataFrame:
+            value: str = "value", labels: Sequence[str] | None = None, family: str = "",
+            margin: float | None = None) -> pd.DataFrame:
     """Paired comparisons of ``value`` between selections of a tidy ``frame``; Holm across all of them.
 
     ``pairs`` holds (a, b) selections, each a mapping column -> value (e.g. ``{"strategy": "full"}`` vs
     ``{"strategy": "scratch"}``); rows of a and b are matched on ``pair_on`` (e.g. ``["seed"]``), and only
     matched keys count. Each selection must leave one row per key. Returns one row per comparison with the
-    columns of :func:`paired_test`, ``p_holm`` and ``label`` (default: 'a vs b' from the selections).
+    columns of :func:`paired_test`, ``p_holm`` and ``label`` (default: 'a vs b' from the selections). With an
+    equivalence ``margin`` also ``margin``, ``p_tost``, ``p_tost_holm`` (Holm over the family) and ``equivalent``
+    (``p_tost_holm`` < :data:`ALPHA`).
     """
     rows = []
     for i, (sel_a, sel_b) in enumerate(pairs):
@@ -157,12 +181,16 @@ def compare(frame: pd.DataFrame, pairs: Sequence[tuple[dict, dict]], pair_on: Se
             sides.append(sub.set_index(list(pair_on))[value])
         joined = pd.concat(sides, axis=1, keys=["a", "b"], join="inner").sort_index()
         label = labels[i] if labels is not None else f"{_describe(sel_a)} vs {_describe(sel_b)}"
-        rows.append({"family": family, "label": label, **paired_test(joined["a"], joined["b"])})
+        rows.append({"family": family, "label": label, **paired_test(joined["a"], joined["b"], margin)})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["p_holm"] = holm(out["p_two_sided"])
     out["p_floor"] = out["n"].map(min_two_sided_p)
+    if margin is not None:
+        out["margin"] = margin
+        out["p_tost_holm"] = holm(out["p_tost"])
+        out["equivalent"] = out["p_tost_holm"] < ALPHA
     return out
 
 

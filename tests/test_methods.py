@@ -245,3 +245,26 @@ def test_pareto_figure_groups_strategies_by_family_and_labels_the_front_without_
     for family in ("selective", "weight update"):  # a family shares a hue: its colours are close to each other
         members = [s for s in strategies.BUILT_IN if strategies.get(s).family == family]
         assert len(members) >= 3
+
+
+def _two(diffs, n=(160_000, 4_000)):
+    """Tables of one task where 'lora' (cheaper) differs from 'full' by ``diffs`` on each seed."""
+    metrics = [{"experiment": "transfer", "task": "retinamnist", "strategy": s, "seed": i, "metric": "macro_auroc",
+                "value": 0.8 + (d if s == "lora" else 0), "k": 0, "fewshot_split": -1}
+               for i, d in enumerate(diffs) for s in ("full", "lora")]
+    runs = [{"experiment": "transfer", "task": "retinamnist", "strategy": s, "trainable_params": k,
+             "total_params": 160_000} for s, k in zip(("full", "lora"), n)]
+    metrics = pd.DataFrame(metrics)
+    summ = methods.summary(metrics, pd.DataFrame(runs))
+    return {"summary": summ, "comparisons": methods.comparisons(metrics, margin=0.01), "pareto": methods.pareto(summ)}
+
+
+def test_pareto_best_needs_equivalence_not_a_non_significant_difference():
+    # noisy: mean -0.005, sd 0.03 over 8 seeds -> Wilcoxon not significant, and no equivalence within 0.01 either
+    noisy = _two([-0.04, 0.03, -0.035, 0.025, -0.03, 0.02, -0.01, 0.0])
+    row = noisy["comparisons"].iloc[0]
+    assert row["p_holm"] > 0.05 and row["p_tost_holm"] > 0.05 and not row["equivalent"]
+    assert methods.pareto_best(noisy, "retinamnist") == "full"  # the old rule (not significantly below) said lora
+    tight = _two([-0.003, -0.001, -0.002, -0.004, -0.002, -0.003, -0.001, -0.002])  # within 0.01 on every seed
+    assert tight["comparisons"].iloc[0]["equivalent"]
+    assert methods.pareto_best(tight, "retinamnist") == "lora"

@@ -65,3 +65,43 @@ def test_compare_pairs_on_keys_and_holm_adjusts_the_family():
     np.testing.assert_allclose(out["p_holm"], stats.holm(out["p_two_sided"]))
     assert full["p_holm"] == pytest.approx(0.125)  # 2 tests: 2 * 0.0625
     assert (out["p_floor"] == 0.0625).all() and (out["family"] == "demo").all()
+
+
+# TOST (issue 28): paired differences d = a - b = [0.005, 0, -0.01, 0.01, 0.005]: mean 0.002, squared deviations
+# 9 + 4 + 144 + 64 + 9 = 230 (x 1e-6), sd = sqrt(230e-6 / 4) = 0.0075829, se = sd / sqrt(5) = 0.0033912.
+# Margin 0.01: t_low = (0.002 + 0.01) / se = 3.5386, t_up = (0.002 - 0.01) / se = -2.3591, 4 df;
+# p = max(P(T > 3.5386), P(T < -2.3591)) = the upper test's.
+TOST_A = [0.710, 0.720, 0.700, 0.730, 0.715]
+TOST_B = [0.705, 0.720, 0.710, 0.720, 0.710]
+
+
+def test_tost_by_hand():
+    from scipy import stats as st
+
+    se = math.sqrt(230e-6 / 4) / math.sqrt(5)
+    p_low, p_up = st.t.sf((0.002 + 0.01) / se, 4), st.t.cdf((0.002 - 0.01) / se, 4)
+    assert p_up > p_low
+    assert stats.tost(TOST_A, TOST_B, 0.01) == pytest.approx(p_up, rel=1e-9)
+    assert stats.tost(TOST_A, TOST_B, 0.01) == pytest.approx(0.038871, abs=1e-6)
+    # a wider margin makes equivalence easier to show; the 90 % CI [mean ± t(0.95, 4) se] decides it
+    half = st.t.ppf(0.95, 4) * se
+    assert (stats.tost(TOST_A, TOST_B, 0.002 + half + 1e-6) < 0.05) and (stats.tost(TOST_A, TOST_B, 0.002 + half - 1e-6) > 0.05)
+    # constant differences: inside the margin or not; fewer than two pairs: undefined
+    assert stats.tost([0.5, 0.6], [0.495, 0.595], 0.01) == 0.0
+    assert stats.tost([0.5, 0.6], [0.48, 0.58], 0.01) == 1.0
+    assert math.isnan(stats.tost([0.5], [0.5], 0.01))
+
+
+def test_compare_adds_tost_with_holm_within_the_family():
+    rows = [{"strategy": s, "seed": i, "value": v} for s, values in
+            (("a", TOST_A), ("b", TOST_B), ("c", [v + 0.05 for v in TOST_B])) for i, v in enumerate(values)]
+    out = stats.compare(pd.DataFrame(rows), [({"strategy": "a"}, {"strategy": "b"}),
+                                             ({"strategy": "c"}, {"strategy": "b"})], pair_on=["seed"], margin=0.01)
+    p_ab = stats.tost(TOST_A, TOST_B, 0.01)
+    assert out["p_tost"].tolist() == [pytest.approx(p_ab), 1.0]  # c - b = +0.05 on every seed: outside the margin
+    # Holm over m = 2: the smaller p doubled, the larger kept (and never below the smaller's adjusted value)
+    assert out["p_tost_holm"].tolist() == [pytest.approx(2 * p_ab), 1.0]
+    assert out["equivalent"].tolist() == [False, False] and (out["margin"] == 0.01).all()
+    alone = stats.compare(pd.DataFrame(rows), [({"strategy": "a"}, {"strategy": "b"})], pair_on=["seed"], margin=0.01)
+    assert alone["equivalent"].tolist() == [True]  # one comparison: p 0.039 < 0.05
+    assert "p_tost" not in stats.compare(pd.DataFrame(rows), [({"strategy": "a"}, {"strategy": "b"})], ["seed"])
