@@ -6,7 +6,8 @@ study`` is how the Makefile learns a study's name), ``study`` (run or resume a p
 cluster), ``bench`` (our pipeline vs a MedMNIST-style one), ``tables`` (paper tables from a result store),
 ``figures`` (paper figures), ``export`` (a trained model as a folder to share), ``variants`` (variant studies;
 ``beyond``, its former name, still works), ``report`` (the paper's claims tested over seeds, and the generated
-blocks of markdown files), ``seal`` (record or check the sha256 of every table of a store, ``digests.json``).
+blocks of markdown files), ``seal`` (record or check the sha256 of every table of a store, ``digests.json``), ``fair``
+(the claims per budget, at equal in-task steps and on held-out tasks, with TOST; issue 28).
 ``stmedfm`` alone prints this
 help, ``--version`` the version; ``python -m stmedfm`` is the same program. Errors a user can act on are printed as one paragraph without a
 traceback, with exit status 2.
@@ -255,6 +256,13 @@ def cmd_figures(args) -> None:
         print(path)
 
 
+def cmd_fair(args) -> None:
+    from stmedfm import fair
+
+    for path in [*fair.write_tables(args.results), *fair.write_figures(args.results, args.out)]:
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stmedfm", description="stmedfm: the command line of the STMedFM study "
                                      "(`stmedfm COMMAND --help` for each command).")
@@ -411,6 +419,12 @@ def _result_commands(sub) -> None:
     p.add_argument("--pretrained", action="store_true",
                    help="instead: the multi-task pretrained backbone of --seed, with every pretraining head")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("fair", help="the claims at every step budget, at equal in-task steps and on held-out tasks, "
+                                    "with TOST (fair_budget.csv, fair_contrasts.csv) and their figures")
+    p.add_argument("results", help="result directory, e.g. results/fair")
+    p.add_argument("--out", help="figure directory (default: figures/<study>)")
+    p.set_defaults(func=cmd_fair)
 
 
 def _interrupt(signum, frame) -> None:

@@ -166,6 +166,9 @@ class StudyConfig:
     lr_grid: dict[str, list[float]] = field(default_factory=dict)
     lr_selection_seeds: list[int] = field(default_factory=list)  #: seeds of the selection runs, disjoint from 'seeds'
     equivalence_margin: float = 0.01  #: TOST margin of "equivalent" (AUROC units; stmedfm.stats.tost)
+    #: the claims' tasks by name, e.g. {small: adrenalmnist3d} (keys dominant, small; default: by pretraining size,
+    #: stmedfm.report.claim_roles), so a flag that is no pretraining task (held out) can take a role
+    claim_roles: dict[str, str] = field(default_factory=dict)
 
     # --- outputs ---------------------------------------------------------------------------------------------
     calibration_task: str | None = "pathmnist"  #: per-class report, reliability diagram, confusion matrix
@@ -357,31 +360,8 @@ class StudyConfig:
                               f"'strategies' ({', '.join(self.strategies)}).")
 
     def _check_fair(self, errors: list[str]) -> None:
-        """Per-strategy options and the learning-rate grids (stmedfm.options); a grid 'default' is expanded here."""
-        errors += _options.check(self.strategy_options, self)
-        if self.lr_grid == "default":
-            self.lr_grid = {s: "default" for s in self.strategies}
-        grid_errors = _options.check_lr_grid(self.lr_grid)
-        errors += grid_errors
-        if not grid_errors:
-            self.lr_grid = {s: (_options.default_grid(self, s) if v == "default" else [float(x) for x in v])
-                            for s, v in self.lr_grid.items()}
-        for s in self.lr_grid:
-            if s in _strategies.REGISTRY and s not in self.strategies:
-                errors.append(f"'lr_grid' names '{s}', which is not in 'strategies' ({', '.join(self.strategies)}): "
-                              f"learning rates are selected for the transfer runs.")
-        if any(v < 0 for v in self.lr_selection_seeds):
-            errors.append(f"Parameter 'lr_selection_seeds' holds non-negative seeds, got {self.lr_selection_seeds}.")
-        if self.lr_grid and not self.lr_selection_seeds:
-            errors.append("'lr_grid' needs 'lr_selection_seeds' (e.g. [1000, 1001, 1002]): the seeds of the selection "
-                          "runs, disjoint from 'seeds', so that no run that is tested took part in the selection.")
-        shared = sorted(set(self.lr_selection_seeds) & set(self.seeds))
-        if shared:
-            errors.append(f"'lr_selection_seeds' and 'seeds' share {', '.join(map(str, shared))}: selection seeds must "
-                          f"be disjoint from the study's seeds (a tested run must not have taken part in the selection).")
-        if not 0 < self.equivalence_margin < 1:
-            errors.append(f"Parameter 'equivalence_margin' is a difference of AUROC in (0, 1), got "
-                          f"{self.equivalence_margin!r}.")
+        """Per-strategy options, learning-rate grids (expanded here) and claim roles (:func:`stmedfm.options.check_study`)."""
+        errors += _options.check_study(self)
 
     def uses_pretraining(self) -> bool:
         def pretrained(names) -> bool:

@@ -33,7 +33,7 @@ from stmedfm import registry, strategies
 from stmedfm.errors import StmedfmError
 
 __all__ = ["PEFT_RANKED", "declared", "default", "resolve", "overrides", "check", "peft_method", "default_grid",
-           "check_lr_grid", "owners"]
+           "check_lr_grid", "owners", "check_study", "CLAIM_ROLES"]
 
 #: peft config classes with a rank field ``r`` and a scaling field (``lora_alpha`` or ``alpha``): those get the
 #: study's ``lora_r`` / ``lora_alpha`` unless the method sets them (:func:`stmedfm.peft.peft_config`).
@@ -174,3 +174,45 @@ def check_lr_grid(grid: Mapping[str, Any]) -> list[str]:
                 errors.append(f"'lr_grid.{strategy}' names a learning rate twice: {values!r}.")
     return errors
 
+
+
+#: The roles of the paper's claims a study may set by name (``claim_roles``).
+CLAIM_ROLES = ("dominant", "small")
+
+
+def check_study(cfg) -> list[str]:
+    """Problems of a config's issue-28 fields, one line each: ``strategy_options`` (:func:`check`), ``lr_grid``
+    (expanded in place: 'default' -> :func:`default_grid` of each strategy), ``lr_selection_seeds`` (needed by a grid,
+    disjoint from ``seeds``), ``equivalence_margin`` and ``claim_roles``."""
+    errors = check(cfg.strategy_options, cfg)
+    if cfg.lr_grid == "default":
+        cfg.lr_grid = {s: "default" for s in cfg.strategies}
+    grid_errors = check_lr_grid(cfg.lr_grid)
+    errors += grid_errors
+    if not grid_errors:
+        cfg.lr_grid = {s: (default_grid(cfg, s) if v == "default" else [float(x) for x in v])
+                       for s, v in cfg.lr_grid.items()}
+    for s in cfg.lr_grid:
+        if s in strategies.REGISTRY and s not in cfg.strategies:
+            errors.append(f"'lr_grid' names '{s}', which is not in 'strategies' ({', '.join(cfg.strategies)}): "
+                          f"learning rates are selected for the transfer runs.")
+    if any(v < 0 for v in cfg.lr_selection_seeds):
+        errors.append(f"Parameter 'lr_selection_seeds' holds non-negative seeds, got {cfg.lr_selection_seeds}.")
+    if cfg.lr_grid and not cfg.lr_selection_seeds:
+        errors.append("'lr_grid' needs 'lr_selection_seeds' (e.g. [1000, 1001, 1002]): the seeds of the selection "
+                      "runs, disjoint from 'seeds', so that no run that is tested took part in the selection.")
+    shared = sorted(set(cfg.lr_selection_seeds) & set(cfg.seeds))
+    if shared:
+        errors.append(f"'lr_selection_seeds' and 'seeds' share {', '.join(map(str, shared))}: selection seeds must "
+                      f"be disjoint from the study's seeds (a tested run must not have taken part in the selection).")
+    if not 0 < cfg.equivalence_margin < 1:
+        errors.append(f"Parameter 'equivalence_margin' is a difference of AUROC in (0, 1), got "
+                      f"{cfg.equivalence_margin!r}.")
+    for role, flag in cfg.claim_roles.items():
+        if role not in CLAIM_ROLES:
+            errors.append(f"Unknown claim role '{role}' in 'claim_roles'.{registry.closest(str(role), CLAIM_ROLES)} "
+                          f"Roles: {', '.join(CLAIM_ROLES)}.")
+        elif flag not in cfg.downstream_tasks:
+            errors.append(f"'claim_roles.{role}' is '{flag}', which is not a downstream task "
+                          f"(downstream_tasks: {', '.join(cfg.downstream_tasks)}).")
+    return errors
