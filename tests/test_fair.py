@@ -86,5 +86,5 @@ def test_budget_curves_figure_shifts_full_by_its_in_task_steps():
                                     ("full", 1000): 0.85}))
     fig = fig_budget_curves(metrics, pretrain_steps={"retinamnist": 90.0})
     lines = {ln.get_label(): ln.get_xdata() for ln in fig.axes[0].get_lines()}
-    assert np.allclose(lines["Pretrain+Full, + 90 in-task pretraining steps"], [100, 1090])
+    assert np.allclose(lines["Pretrain+Full at its in-task steps (+ pretraining's)"], [100, 1090])
     assert np.allclose(lines["Scratch"], [10, 1000])

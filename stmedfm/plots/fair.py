@@ -82,9 +82,14 @@ def fig_budget_curves(metrics: pd.DataFrame, metric: str = "macro_auroc", pretra
                 shift = (pretrain_steps or {}).get(task)
                 if strategy == "full" and shift:
                     ax.plot(x + shift, mean, ls=":", lw=1.4, color=color,
-                            label=f"{strategies.label(strategy)}, + {shift:.0f} in-task pretraining steps")
+                            label=f"{strategies.label(strategy)} at its in-task steps (+ pretraining's)")
+            shift = (pretrain_steps or {}).get(task)
+            steps = sorted({float(v) for v in s["steps"]})
             ax.set_xscale("log")
-            ax.set_title(task)
+            ax.set_xticks(steps)
+            ax.set_xticklabels([f"{v:g}" for v in steps])
+            ax.minorticks_off()
+            ax.set_title(f"{task}" + (f" (pretraining: ≈{shift:.0f} in-task steps)" if shift else ""), fontsize=10)
             ax.set_xlabel("downstream training steps (log scale)")
             ax.set_ylabel(f"test {metric.replace('_', ' ').replace('auroc', 'AUROC')}")
         handles, labels = [], []
