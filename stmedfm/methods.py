@@ -82,7 +82,9 @@ def _transfer(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def summary(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % t-CI over seeds of every metric of :data:`METRICS` per task x strategy (transfer experiment),
-    with the strategy's trainable and total parameters on that task (from ``runs.csv``)."""
+    with the strategy's trainable and total parameters on that task, the median seconds of its runs (training and
+    evaluation, one torch thread) and its learning rate (the selected one when the study has ``lr_grid``), from
+    ``runs.csv``. Peak memory per run is not recorded by the store, so it is not reported."""
     m = _transfer(metrics)
     m = m[m["metric"].isin(METRICS)]
     rows = []
@@ -91,8 +93,10 @@ def summary(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"task": task, "strategy": strategy, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
                      "n": int(g["seed"].nunique())})
     out = pd.DataFrame(rows, columns=["task", "strategy", "metric", "mean", "ci_low", "ci_high", "n"])
-    counts = runs[runs["experiment"] == "transfer"].groupby(["task", "strategy"])[
-        ["trainable_params", "total_params"]].first().reset_index()
+    transfer = runs[runs["experiment"] == "transfer"]
+    agg = {"trainable_params": "first", "total_params": "first"}
+    agg.update({c: f for c, f in (("seconds", "median"), ("lr", "first")) if c in transfer.columns})
+    counts = transfer.groupby(["task", "strategy"]).agg(agg).reset_index()
     out = out.merge(counts, on=["task", "strategy"], how="left")
     out["metric_order"] = out["metric"].map({m: i for i, m in enumerate(METRICS)})
     return _order(out, "metric_order").drop(columns="metric_order")
@@ -236,6 +240,10 @@ def task_table(tables: dict[str, pd.DataFrame], task: str) -> pd.DataFrame:
     for strategy, g in s.groupby("strategy", sort=False):
         row = {"strategy": strategies.label(strategy), "trainable": int(g["trainable_params"].iloc[0]),
                "n": int(g["n"].max())}
+        if "lr" in g.columns:
+            row["lr"] = f"{g['lr'].iloc[0]:g}"
+        if "seconds" in g.columns:
+            row["s / run"] = f"{g['seconds'].iloc[0]:.1f}"
         for r in g.itertuples():
             row[METRIC_NAMES.get(r.metric, r.metric)] = _cell(r.mean, r.ci_low, r.ci_high)
         rows.append(row)
