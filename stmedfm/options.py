@@ -176,8 +176,9 @@ def check_lr_grid(grid: Mapping[str, Any]) -> list[str]:
 
 
 
-#: The roles of the paper's claims a study may set by name (``claim_roles``).
-CLAIM_ROLES = ("dominant", "small")
+#: The roles of the paper's claims a study may set by name (``claim_roles``): the keys of
+#: :func:`stmedfm.report.claim_roles` (tests/test_fair.py keeps them equal).
+CLAIM_ROLES = ("dominant", "small", "small2d", "blood", "fewshot2d", "fewshot3d")
 
 
 def check_study(cfg) -> list[str]:

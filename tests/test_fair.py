@@ -72,7 +72,8 @@ def test_roles_by_parameters():
                                  "leave_out_tasks": ["organamnist"], "calibration_task": None,
                                  "fewshot_tasks": {}, "class_weight_ablation_tasks": [], "extended_tasks": [],
                                  "claim_roles": {"small": "retinamnist"}})
-    assert fair.roles(cfg) == {"dominant": "organamnist", "small": "retinamnist"}  # not a pretraining task
+    role = fair.roles(cfg)
+    assert (role["dominant"], role["small"]) == ("organamnist", "retinamnist")  # small: not a pretraining task
     with pytest.raises(StmedfmError, match="'claim_roles.small' is 'pathmnist', which is not a downstream task"):
         cfg.replace(claim_roles={"small": "pathmnist"})
     with pytest.raises(StmedfmError, match="Unknown claim role 'smal' in 'claim_roles'. Did you mean 'small'?"):
@@ -88,3 +89,10 @@ def test_budget_curves_figure_shifts_full_by_its_in_task_steps():
     lines = {ln.get_label(): ln.get_xdata() for ln in fig.axes[0].get_lines()}
     assert np.allclose(lines["Pretrain+Full at its in-task steps (+ pretraining's)"], [100, 1090])
     assert np.allclose(lines["Scratch"], [10, 1000])
+
+
+def test_the_roles_a_study_may_name_are_the_reports():
+    from stmedfm import options
+    from stmedfm.report import claim_roles
+
+    assert set(options.CLAIM_ROLES) == set(claim_roles(StudyConfig()))
