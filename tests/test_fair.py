@@ -96,3 +96,24 @@ def test_the_roles_a_study_may_name_are_the_reports():
     from stmedfm.report import claim_roles
 
     assert set(options.CLAIM_ROLES) == set(claim_roles(StudyConfig()))
+
+
+@pytest.mark.slow
+def test_a_fair_study_end_to_end(make_config, tmp_path, capsys):
+    """Budgets and leave-one-task-out on the synthetic files, then `stmedfm fair`: its tables and figure."""
+    from stmedfm.cli import main
+    from stmedfm.study import run_study
+
+    cfg = make_config(seeds=[0, 1], pretrain_tasks=["bloodmnist", "dermamnist"], pretrain_steps=4,
+                      downstream_tasks=["bloodmnist", "dermamnist"], strategies=["scratch", "full"],
+                      budget_tasks={"dermamnist": [2, 4]}, budget_strategies=["scratch", "full"],
+                      leave_out_tasks=["bloodmnist", "dermamnist"], leave_out_strategies=["full"],
+                      claim_roles={"dominant": "bloodmnist", "small": "dermamnist"})
+    store = run_study(cfg, out=tmp_path / "fair", progress=False)
+    assert main(["fair", str(store.root), "--out", str(tmp_path / "figs")]) == 0
+    contrasts = pd.read_csv(store.root / "fair_contrasts.csv")
+    families = set(contrasts["family"])
+    assert {"budget:dermamnist:2", "budget:dermamnist:4", "held-out:bloodmnist", "held-out:dermamnist"} <= families
+    assert (contrasts["n"] == 2).all() and {"p_tost", "p_tost_holm", "equivalent", "verdict"} <= set(contrasts.columns)
+    assert set(pd.read_csv(store.root / "fair_budget.csv")["steps"]) == {2, 4}
+    assert (tmp_path / "figs" / "budget_curves.png").is_file()
