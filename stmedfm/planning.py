@@ -14,6 +14,7 @@ identity must not depend on where a run is kept or how it is executed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -154,10 +155,6 @@ def plan(cfg: StudyConfig, selected: Mapping[tuple[str, str], float] | None = No
     out: list[PlannedRun] = []
     selected = selected or {}
 
-    def waiting(experiment, task, strategy) -> bool:
-        return (experiment in SELECTED_LR_EXPERIMENTS and strategy in cfg.lr_grid and task in cfg.downstream_tasks
-                and (strategy, task) not in selected)
-
     def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0,
              lr=None):
         steps = cfg.steps(task, strategy) if steps is None else steps
@@ -169,9 +166,7 @@ def plan(cfg: StudyConfig, selected: Mapping[tuple[str, str], float] | None = No
                   and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
                   and pretrain == (() if fresh else full_pretrain)
                   and split == -1 and fraction == 1.0)
-        if lr is None:
-            lr = selected.get((strategy, task), cfg.lr(strategy)) if strategy in cfg.lr_grid else cfg.lr(strategy)
-        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=lr,
+        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy) if lr is None else lr,
                        class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail,
                        fraction=float(fraction))
 
@@ -215,7 +210,23 @@ def plan(cfg: StudyConfig, selected: Mapping[tuple[str, str], float] | None = No
                     for strategy in cfg.data_fraction_strategies:
                         out.append(PlannedRun("data_efficiency", f"{100 * fraction:g} %",
                                               spec(task, strategy, seed, split=repeat, fraction=fraction)))
-    return [p for p in out if not waiting(p.experiment, p.spec.task, p.spec.strategy)]
+    return [_at_selected_lr(cfg, p, selected) for p in out if not _waiting(cfg, p, selected)]
+
+
+def _selects(cfg: StudyConfig, p: PlannedRun) -> bool:
+    """Whether ``p`` trains at a learning rate selected on validation (:data:`SELECTED_LR_EXPERIMENTS`)."""
+    return (p.experiment in SELECTED_LR_EXPERIMENTS and p.spec.strategy in cfg.lr_grid
+            and p.spec.task in cfg.downstream_tasks)
+
+
+def _waiting(cfg: StudyConfig, p: PlannedRun, selected: Mapping) -> bool:
+    return _selects(cfg, p) and (p.spec.strategy, p.spec.task) not in selected
+
+
+def _at_selected_lr(cfg: StudyConfig, p: PlannedRun, selected: Mapping) -> PlannedRun:
+    if not _selects(cfg, p):
+        return p
+    return dataclasses.replace(p, spec=dataclasses.replace(p.spec, lr=selected[(p.spec.strategy, p.spec.task)]))
 
 
 def unique_runs(cfg: StudyConfig, planned: list[PlannedRun], data: StudyData) -> dict[str, PlannedRun]:

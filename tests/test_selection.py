@@ -61,12 +61,17 @@ def test_ties_go_to_the_smaller_rate_and_a_partial_grid_decides_nothing():
 
 def test_plan_waits_for_the_selection_and_then_uses_it(make_config):
     cfg = make_config(strategies=["scratch", "lora"], seeds=[0, 1], lr_grid={"lora": [0.001, 0.1]},
-                      lr_selection_seeds=[7])
+                      lr_selection_seeds=[7], fewshot_tasks={"bloodmnist": 2}, fewshot_k=[1], fewshot_splits=1,
+                      fewshot_strategies=["lora"])
     first = plan(cfg)
     assert sorted((p.experiment, p.spec.strategy, p.spec.lr, p.spec.seed) for p in first
-                  if p.spec.strategy == "lora") == [("lr_selection", "lora", 0.001, 7), ("lr_selection", "lora", 0.1, 7)]
+                  if p.spec.strategy == "lora" and p.experiment != "fewshot") == [("lr_selection", "lora", 0.001, 7),
+                                                                                  ("lr_selection", "lora", 0.1, 7)]
     assert {p.spec.seed for p in first if p.experiment == "transfer"} == {0, 1}  # scratch needs no selection
+    fewshot = [p.spec for p in first if p.experiment == "fewshot"]
+    assert fewshot and {s.lr for s in fewshot} == {cfg.lr_peft}  # subsets keep the configured rate ...
     second = plan(cfg, {("lora", "bloodmnist"): 0.1})
+    assert [p.spec for p in second if p.experiment == "fewshot"] == fewshot  # ... before and after the selection
     assert {(p.spec.seed, p.spec.lr) for p in second if p.experiment == "transfer" and p.spec.strategy == "lora"} \
         == {(0, 0.1), (1, 0.1)}
     data = official_data(cfg)
