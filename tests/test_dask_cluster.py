@@ -151,22 +151,25 @@ def test_a_killed_worker_costs_only_its_tasks(local, data, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "stmedfm", "study", str(SMOKE), "--seeds", "2", "--data-dir",
                                  str(data), "--out", str(out), "--scheduler", c.address, "-q"], env=env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        total = pd.read_csv(local / "runs.csv")["run_id"].nunique()
         with distributed.Client(c.address, set_as_default=False) as client:
             pids = client.run(os.getpid)
             deadline = time.monotonic() + 300
             victim = None
-            while victim is None:  # a worker holding a checkpoint (scattered bytes) while runs need it
+            while victim is None:  # early in the study, a worker holding a checkpoint (scattered bytes) runs need
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
                 holders = [w for w, keys in client.has_what().items() if any(k.startswith("bytes-") for k in keys)]
-                victim = holders[0] if holders and list((out / "runs").glob("*.json")) else None
+                done = len(list((out / "runs").glob("*.json")))
+                victim = holders[0] if holders and 0 < done < total // 2 else None
                 time.sleep(0.02)
         os.kill(pids[victim], signal.SIGKILL)
         err = proc.communicate(timeout=600)[1]
-        assert proc.returncode == 0, err
+        assert proc.returncode == 0, err  # before the fix: FuturesCancelledError, the study aborted
     finally:
         c.stop()
-    assert "scattered again from the client" in err
-    assert len(list((out / "runs").glob("*.json"))) == pd.read_csv(local / "runs.csv")["run_id"].nunique()
+    # Whether the client must scatter the checkpoint again depends on what the killed worker was doing at that
+    # instant (a CI rehearsal caught the race), so the warning is not asserted; completion and the numbers are.
+    assert len(list((out / "runs").glob("*.json"))) == total
     pd.testing.assert_frame_equal(metrics(out), metrics(local), check_exact=True)
 
 
