@@ -18,7 +18,6 @@ The layer: below :mod:`stmedfm.inference` (whose ``load_model`` reads such a fol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,20 +28,13 @@ from stmedfm import peft as P
 from stmedfm import strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
+from stmedfm.seal import sha256_file  # one streaming digest for stores and exports
 
 __all__ = ["STMedFMHub", "WEIGHTS", "CONFIG", "FORMAT", "sha256_file", "is_export", "read_config"]
 
 WEIGHTS = constants.SAFETENSORS_SINGLE_FILE  #: "model.safetensors"
 CONFIG = constants.CONFIG_NAME  #: "config.json"
 FORMAT = "stmedfm-export/1"  #: ``config.json``'s ``format``: what a reader checks before anything else
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_export(path: str | os.PathLike) -> bool:
