@@ -6,6 +6,7 @@ top to bottom (``pyproject.toml`` ``[tool.importlinter]`` holds the same list, a
 checks both the imports and that this list and that one agree)::
 
     cli                                   the command line (also ``python -m stmedfm``)
+    bench_methods                         seconds and peak memory of one run per adaptation method
     bench | findings | notebook           benchmark; conclusions for the README; notebook helpers
     export | variants | methods | claims | scaling | fair  a model to share; variants; strategies; claims; workers; fair
     bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report

@@ -147,6 +147,11 @@ def cmd_study(args) -> None:
 def cmd_bench(args) -> None:
     from stmedfm.bench import SIZES, run_bench, run_precision_bench, run_profile, run_scaling_bench, run_size_bench
 
+    if args.methods:
+        from stmedfm.bench_methods import run_methods_bench
+
+        run_methods_bench(args.methods, task=args.task, rounds=args.rounds, out=args.out, data_dir=args.data_dir)
+        return
     if args.project:
         from stmedfm import scaling
 
@@ -369,6 +374,10 @@ def _run_commands(sub) -> None:
                    help="--project: seconds per pretraining job whose checkpoint does not record them")
     p.add_argument("--scale", type=float, default=1.0,
                    help="--sizes: fraction of the official split sizes (1.0: full files, ~16 GB at 224 px)")
+    p.add_argument("--methods", metavar="PARAMS",
+                   help="instead: seconds and peak memory of one training run of each strategy of PARAMS, each in "
+                        "its own process (stmedfm.bench_methods; default --out results/<study>/bench_methods.csv)")
+    p.add_argument("--task", help="--methods: the task trained (default: the file's first few-shot task)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("variants", aliases=["beyond"],

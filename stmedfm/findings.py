@@ -176,8 +176,10 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
 #: :func:`reference_block`), ``<!-- stmedfm:variants params/beyond.yaml -->`` (the findings of a variant study's
 #: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
 #: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`) or ``<!-- stmedfm:methods results/peft_methods -->`` (the
-#: findings of the study of every strategy, :func:`methods_block`), each closed by ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|inference|verdicts|claims) "
+#: findings of the study of every strategy, :func:`methods_block`) or ``<!-- stmedfm:changes BEFORE AFTER -->`` (which
+#: of its conclusions differ between two such studies, :func:`stmedfm.methods.changes_markdown`), each closed by
+#: ``<!-- /stmedfm -->``.
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|changes|inference|verdicts|claims) "
                    r"(?P<arg>[^>]+?) -->\n)"
                    r"(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
@@ -259,7 +261,7 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
         blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
-                  "flips": flips_block, "methods": methods_block, "inference": lambda _: C.inference_markdown(),
+                  "flips": flips_block, "methods": methods_block, "changes": methods.changes_markdown, "inference": lambda _: C.inference_markdown(),
                   "verdicts": verdicts_block, "claims": claims_block}
         return blocks[m.group("kind")](*args)
 

@@ -60,6 +60,7 @@ ALPHA = 0.05
 #: The paper's PEFT methods and Full: whether *they* are below Scratch on the small task is what "negative transfer"
 #: means in the paper (Tables 7, 10 and 12 on OrganMNIST3D).
 PAPER_PEFT = ("full", "lora", "adapter")
+BENCH_CSV = "bench_methods.csv"  #: written by ``stmedfm bench --methods`` (stmedfm.bench_methods) into the store
 TABLES = ("summary", "comparisons", "pareto", "fewshot")
 
 
@@ -80,11 +81,13 @@ def _transfer(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics["experiment"] == "transfer"]
 
 
-def summary(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+def summary(metrics: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean and 95 % t-CI over seeds of every metric of :data:`METRICS` per task x strategy (transfer experiment),
     with the strategy's trainable and total parameters on that task, the median seconds of its runs (training and
     evaluation, one torch thread) and its learning rate (the selected one when the study has ``lr_grid``), from
-    ``runs.csv``. Peak memory per run is not recorded by the store, so it is not reported."""
+    ``runs.csv``; with ``bench`` (the store's ``bench_methods.csv``, :mod:`stmedfm.bench_methods`), each
+    strategy's measured training seconds and peak training memory (``peak_train_mib``) of one run on the bench's
+    task, the same for every task row (memory is a property of the method on this backbone, measured once)."""
     m = _transfer(metrics)
     m = m[m["metric"].isin(METRICS)]
     rows = []
@@ -98,6 +101,9 @@ def summary(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     agg.update({c: f for c, f in (("seconds", "median"), ("lr", "first")) if c in transfer.columns})
     counts = transfer.groupby(["task", "strategy"]).agg(agg).reset_index()
     out = out.merge(counts, on=["task", "strategy"], how="left")
+    if bench is not None:
+        cost = bench[["strategy", "train_seconds", "peak_train_mib"]].rename(columns={"train_seconds": "train_s_bench"})
+        out = out.merge(cost, on="strategy", how="left")
     out["metric_order"] = out["metric"].map({m: i for i, m in enumerate(METRICS)})
     return _order(out, "metric_order").drop(columns="metric_order")
 
@@ -176,7 +182,8 @@ def analyse(store) -> dict[str, pd.DataFrame]:
     path), plus ``small_task`` / ``dominant_task`` as one-row frames of the roles."""
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     metrics, runs = store.table("metrics"), store.table("runs")
-    summ = summary(metrics, runs)
+    bench_csv = store.root / BENCH_CSV
+    summ = summary(metrics, runs, pd.read_csv(bench_csv) if bench_csv.is_file() else None)
     roles = claim_roles(store.config())
     margin = store.config().equivalence_margin
     return {"summary": summ, "comparisons": comparisons(metrics, margin=margin), "pareto": pareto(summ),
@@ -244,6 +251,8 @@ def task_table(tables: dict[str, pd.DataFrame], task: str) -> pd.DataFrame:
             row["lr"] = f"{g['lr'].iloc[0]:g}"
         if "seconds" in g.columns:
             row["s / run"] = f"{g['seconds'].iloc[0]:.1f}"
+        if "peak_train_mib" in g.columns and np.isfinite(g["peak_train_mib"].iloc[0]):
+            row["train MiB"] = f"{g['peak_train_mib'].iloc[0]:.1f}"
         for r in g.itertuples():
             row[METRIC_NAMES.get(r.metric, r.metric)] = _cell(r.mean, r.ci_low, r.ci_high)
         rows.append(row)
@@ -375,6 +384,62 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             out.append(f"Few-shot {task}, highest mean AUROC per K (splits averaged per seed, CI over "
                        f"{int(g['n'].max())} seeds): " + "; ".join(leaders) + ".")
     return out
+
+
+def conclusions(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The study's conclusions as a tidy frame (task, conclusion, value), each a pure function of the tables: per
+    task the highest mean AUROC, the Pareto-best method and the front; the methods significantly above and below
+    the paper's LoRA (Holm); on the small task, the methods that remove negative transfer and the number still
+    significantly below Scratch. What :func:`changes` compares between two studies."""
+    rows = []
+    p, c = tables["pareto"], tables["comparisons"]
+    roles = tables["roles"].iloc[0].to_dict() if "roles" in tables and not tables["roles"].empty else {}
+    auroc = c[c["metric"] == "macro_auroc"]
+
+    def listed(names) -> str:
+        return ", ".join(strategies.label(n) for n in sorted(names, key=strategies.order)) or "none"
+
+    for task in dict.fromkeys(p["task"]):
+        g = p[p["task"] == task]
+        front = g[g["front"].astype(bool)].sort_values("trainable_params")
+        pb = pareto_best(tables, task)
+        vs_lora = [r._asdict() for r in auroc[(auroc["task"] == task) & (auroc["against"] == "lora")].itertuples()]
+        rows += [(task, "highest mean AUROC", strategies.label(g.loc[g["mean"].idxmax(), "strategy"])),
+                 (task, "Pareto-best", strategies.label(pb) if pb else "none"),
+                 (task, "Pareto front", listed(front["strategy"])),
+                 (task, "significantly above LoRA", listed(r["strategy"] for r in vs_lora if _significant(r, +1))),
+                 (task, "significantly below LoRA", listed(r["strategy"] for r in vs_lora if _significant(r, -1)))]
+    small = roles.get("small")
+    if small in set(p["task"]):
+        vs = [r._asdict() for r in auroc[(auroc["task"] == small) & (auroc["against"] == "scratch")].itertuples()]
+        rows += [(small, "removes negative transfer (TOST or above Scratch)",
+                  listed(r["strategy"] for r in vs if _equivalent(r) or _significant(r, +1))),
+                 (small, "methods significantly below Scratch", str(sum(_significant(r, -1) for r in vs)))]
+    return pd.DataFrame(rows, columns=["task", "conclusion", "value"])
+
+
+def changes(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """:func:`conclusions` of two studies side by side (e.g. one learning rate for every method vs rates selected
+    on validation), with ``changed`` where they differ."""
+    both = conclusions(before).merge(conclusions(after), on=["task", "conclusion"], how="outer",
+                                     suffixes=("_before", "_after"), sort=False)
+    both = both.fillna("—")
+    order = {key: i for i, key in enumerate(zip(conclusions(after)["task"], conclusions(after)["conclusion"]))}
+    both = both.iloc[sorted(range(len(both)), key=lambda i: order.get(tuple(both.iloc[i][["task", "conclusion"]]), i))]
+    return both.reset_index(drop=True).assign(changed=both["value_before"].to_numpy() != both["value_after"].to_numpy())
+
+
+def changes_markdown(before_results: str | os.PathLike, after_results: str | os.PathLike) -> str:
+    """:func:`changes` of two committed stores as a markdown table (the generated block of docs/peft_methods.md)."""
+    before, after = read_tables(before_results), read_tables(after_results)
+    frame = changes(before, after)
+    b, a = Path(before_results).name, Path(after_results).name
+    lines = [f"{int(frame['changed'].sum())} of {len(frame)} conclusions differ between `{b}` and `{a}`.", "",
+             f"| task | conclusion | `{b}` | `{a}` |", "|---|---|---|---|"]
+    for r in frame.itertuples():
+        mark = "**" if r.changed else ""
+        lines.append(f"| {r.task} | {r.conclusion} | {r.value_before} | {mark}{r.value_after}{mark} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------

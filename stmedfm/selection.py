@@ -10,6 +10,9 @@ seeds. Decisions:
   enter the choice (``tests/test_selection.py`` perturbs the test metrics and the validation ones to show it).
 * A strategy x task is decided only when every point of its grid has every selection seed (``complete``): a
   partial store selects nothing, so a resumed study never trains at a choice that more runs could change.
+* A choice at the smallest or largest rate of a grid of 3 or more is marked ``at_edge``: the best rate may lie
+  beyond the grid, so that arm may be under-tuned (the comparison is then conservative for it). It is flagged in
+  the table and the figure, not extended silently: widening a grid is a decision written in the parameter file.
 * A run that diverged (NaN AUROC) counts as the worst value; ties go to the smaller learning rate (the more
   conservative step), so the choice is a pure function of the validation numbers.
 
@@ -27,7 +30,7 @@ __all__ = ["METRIC", "EXPERIMENT", "COLUMNS", "table", "chosen"]
 
 METRIC = "val_macro_auroc"  #: the only number selection reads
 EXPERIMENT = "lr_selection"  #: the store's experiment of the selection runs
-COLUMNS = ("task", "strategy", "lr", "n", "val_auroc_mean", "val_auroc_sd", "complete", "selected")
+COLUMNS = ("task", "strategy", "lr", "n", "val_auroc_mean", "val_auroc_sd", "complete", "selected", "at_edge")
 
 
 def table(metrics: pd.DataFrame, grid: Mapping[str, Iterable[float]], tasks: Iterable[str],
@@ -58,7 +61,9 @@ def table(metrics: pd.DataFrame, grid: Mapping[str, Iterable[float]], tasks: Ite
                 scores = [(-np.inf if np.isnan(g["val_auroc_mean"]) else g["val_auroc_mean"], -g["lr"])
                           for g in group]
                 best = max(range(len(group)), key=lambda i: scores[i])
-            out += [{**g, "complete": complete, "selected": i == best} for i, g in enumerate(group)]
+            edge = best is not None and len(group) >= 3 and group[best]["lr"] in (min(lrs), max(lrs))
+            out += [{**g, "complete": complete, "selected": i == best, "at_edge": edge and i == best}
+                    for i, g in enumerate(group)]
     return pd.DataFrame(out, columns=list(COLUMNS))
 
 

@@ -268,3 +268,28 @@ def test_pareto_best_needs_equivalence_not_a_non_significant_difference():
     tight = _two([-0.003, -0.001, -0.002, -0.004, -0.002, -0.003, -0.001, -0.002])  # within 0.01 on every seed
     assert tight["comparisons"].iloc[0]["equivalent"]
     assert methods.pareto_best(tight, "retinamnist") == "lora"
+
+
+def test_costs_measured_by_the_bench_are_joined_per_strategy(tables):
+    metrics, runs = _tables()
+    bench = pd.DataFrame({"strategy": ["lora", "ia3"], "train_seconds": [1.5, 1.25], "peak_train_mib": [6.5, 8.25]})
+    summ = methods.summary(metrics, runs, bench)
+    got = summ[summ["metric"] == "macro_auroc"].set_index(["task", "strategy"])["peak_train_mib"]
+    assert got[("retinamnist", "ia3")] == 8.25 and got[("organamnist", "lora")] == 6.5
+    assert np.isnan(got[("organamnist", "scratch")])  # not measured: left empty, never guessed
+    view = methods.task_table({**tables, "summary": summ}, "retinamnist").set_index("strategy")
+    assert view.loc["Pretrain+IA3", "train MiB"] == "8.2" and "train MiB" not in methods.task_table(tables, "retinamnist")
+
+
+def test_changes_name_exactly_the_conclusions_that_moved(tables):
+    same = methods.changes(tables, tables)
+    assert not same["changed"].any() and len(same) == len(methods.conclusions(tables))
+    moved = {name: frame.copy() for name, frame in tables.items()}
+    p = moved["pareto"]
+    p.loc[(p["task"] == "organamnist") & (p["strategy"] == "loha"), "mean"] = 0.99  # LoHa now the best
+    diff = methods.changes(tables, moved)
+    changed = diff[diff["changed"]]
+    assert set(changed["conclusion"]) >= {"highest mean AUROC"}
+    row = changed[(changed["task"] == "organamnist") & (changed["conclusion"] == "highest mean AUROC")].iloc[0]
+    assert (row["value_before"], row["value_after"]) == ("Pretrain+Full", "Pretrain+LoHa")
+    assert set(changed["task"]) == {"organamnist"}

@@ -108,3 +108,13 @@ def test_selection_figure_rings_the_choice():
     ax = fig.axes[0]
     ring = ax.collections[-1].get_offsets()  # the scatter of the selected point
     assert ring.tolist() == [[0.01, pytest.approx(0.78)]] and ax.get_xscale() == "log"
+
+
+def test_a_choice_at_the_edge_of_the_grid_is_flagged():
+    table = selection.table(_metrics(VAL, TEST), GRID, ["bloodmnist"], [100, 101])
+    assert not table["at_edge"].any()  # 0.01 is inside [0.001, 0.1]
+    low = selection.table(_metrics({**VAL, 0.001: [0.9, 0.9]}, TEST), GRID, ["bloodmnist"], [100, 101])
+    assert low["at_edge"].tolist() == [True, False, False]
+    two = selection.table(_metrics({0.001: [0.9, 0.9], 0.01: [0.5, 0.5]}, TEST), {"lora": [0.001, 0.01]},
+                          ["bloodmnist"], [100, 101])
+    assert not two["at_edge"].any()  # a 2-point grid has no inside: nothing to flag

@@ -19,7 +19,8 @@ __all__ = ["fig_lr_selection", "fig_budget_curves"]
 
 def fig_lr_selection(table: pd.DataFrame) -> Figure:
     """Validation macro AUROC vs learning rate (log scale), one panel per task, one line per strategy (mean ± sd
-    over the selection seeds), the selected rate of each strategy ringed. ``table``: ``lr_selection.csv``
+    over the selection seeds), the selected rate of each strategy ringed (dashed when it is at the grid's edge:
+    the best rate may lie beyond the grid). ``table``: ``lr_selection.csv``
     (:func:`stmedfm.selection.table`)."""
     require_columns(table, ("task", "strategy", "lr", "n", "val_auroc_mean", "val_auroc_sd", "selected"),
                     "fig_lr_selection (the lr_selection table)")
@@ -38,14 +39,16 @@ def fig_lr_selection(table: pd.DataFrame) -> Figure:
                             marker=strategies.marker(strategy), ms=4.5, lw=1.4, capsize=2,
                             label=strategies.label(strategy))
                 best = g[g["selected"].astype(bool)]
+                edge = best["at_edge"].astype(bool).to_numpy() if "at_edge" in best else [False] * len(best)
                 ax.scatter(best["lr"], best["val_auroc_mean"], s=140, facecolors="none", edgecolors=color, lw=1.8,
-                           zorder=4)
+                           zorder=4, linestyles=["--" if e else "-" for e in edge])
             ax.set_xscale("log")
             ax.set_title(task)
             ax.set_xlabel("learning rate (log scale)")
         axes[0].set_ylabel("validation macro AUROC")
         handles, labels = axes[0].get_legend_handles_labels()
-        axes[-1].legend(handles, labels, title=f"mean ± sd ({n_range(table['n'])} seeds)\nring: selected",
+        axes[-1].legend(handles, labels, title=f"mean ± sd ({n_range(table['n'])} seeds)\nring: selected"
+                        + ("\ndashed ring: at the grid's edge" if "at_edge" in table and table["at_edge"].any() else ""),
                         loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
         fig.suptitle("Learning rates selected on validation (test split never read)", fontsize=12)
         fig.tight_layout()
