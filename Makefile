@@ -76,13 +76,15 @@ variants: setup
 beyond: variants
 
 # Every PEFT method (issue 22; notebook 10, stmedfm.methods): every registered strategy of PEFT_METHODS (default
-# params/peft_methods.yaml, 10 seeds) into results/<study>/, then notebook 10 executed on it into runs/<study>/
+# params/peft_methods_lr.yaml, rates selected on validation, 10 seeds; params/peft_methods.yaml: one rate for all)
+# into results/<study>/, then notebook 10 executed on it into runs/<study>/
 # (+ HTML; it writes results/<study>/methods_*.csv and figures/<study>/), then the paper tables and the generated
-# findings block of docs/peft_methods.md. Smoke: make peft-methods PEFT_METHODS=params/peft_methods_smoke.yaml
+# blocks of docs/peft_methods.md. `stmedfm bench --methods PEFT_METHODS` adds each method's seconds and peak
+# memory per run (results/<study>/bench_methods.csv), which notebook 10 shows beside the accuracy. Smoke: make peft-methods PEFT_METHODS=params/peft_methods_smoke.yaml
 # REUSE: stores whose runs of the same id are taken instead of computed (results/offline, once its run store
 # exists on this machine, holds the paper strategies' runs and the checkpoints of seeds 0-9: 420 of 1,710 runs;
 # the committed results/offline has no run files); REUSE= computes everything.
-PEFT_METHODS ?= params/peft_methods.yaml
+PEFT_METHODS ?= params/peft_methods_lr.yaml
 REUSE ?= $(wildcard results/offline)
 
 peft-methods: setup
@@ -94,11 +96,9 @@ peft-methods: setup
 	  --no-progress-bar -p params $(PEFT_METHODS) $(NB_ARGS); \
 	$(BIN)/jupyter nbconvert --to html --log-level WARN runs/$$study/10_peft_methods.ipynb; \
 	$(BIN)/stmedfm tables results/$$study; \
-	if [ "$$study" = peft_methods ]; then \
-	  grep -q '^<!-- stmedfm:methods ' docs/peft_methods.md || \
-	    printf '\n<!-- stmedfm:methods results/peft_methods -->\n<!-- /stmedfm -->\n' >> docs/peft_methods.md; \
-	  $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md; \
-	fi
+	case "$$study" in peft_methods|peft_methods_lr) \
+	  $(BIN)/stmedfm report results/$$study --markdown docs/peft_methods.md;; \
+	esac
 
 # The reference's models to share (docs/models.md): from STORE, a store that still has its runs/ and checkpoints/
 # (the machine that computed the reference; the committed results/offline keeps tables only), the pretrained

@@ -81,7 +81,7 @@ DEFAULT_PARAMS = "params/smoke.yaml"
 #: `make peft-methods` 10.
 NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml", "10_peft_methods": "params/peft_methods_smoke.yaml"}
 #: The parameter files that give a notebook its results (named in its parameters cell).
-RESULT_PARAMS = {"09_beyond": "params/beyond.yaml", "10_peft_methods": "params/peft_methods.yaml"}
+RESULT_PARAMS = {"09_beyond": "params/beyond.yaml", "10_peft_methods": "params/peft_methods_lr.yaml"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
