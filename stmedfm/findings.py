@@ -203,6 +203,9 @@ def verdicts_block(previous: str | Path, current: str | Path) -> str:
             why.append(f"the role is now played by {r.task or 'no flag'} (was {r.task_old or 'no flag'})")
         if sorted(old_cfg.pretrain_tasks) != sorted(new_cfg.pretrain_tasks):
             why.append("pretraining now on " + "+".join(new_cfg.pretrain_tasks))
+        if bool(old_cfg.lr_grid) != bool(new_cfg.lr_grid):
+            why.append("learning rates " + ("selected on validation (lr_selection.csv)" if new_cfg.lr_grid
+                                            else "fixed (no selection)"))
         if r.p_source != r.p_source_old:
             why.append(f"p from the {r.p_source.split(' (')[0] or '—'} (was {r.p_source_old.split(' (')[0] or 'Wilcoxon over seeds'})")
         lines.append(f"| {r.text} | {r.metric} | {before} | {r.verdict} ({r.task}) | {'; '.join(why)} |")
