@@ -59,7 +59,7 @@ import torch
 
 from stmedfm import bench_baseline as baseline
 from stmedfm import data as D
-from stmedfm import paths, registry, scaling
+from stmedfm import measures, paths, registry, scaling
 from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import prepare_worker, restore_allocator
@@ -440,7 +440,7 @@ def run_bench(quick: bool = False, out: str | os.PathLike | None = None, workers
 # ---------------------------------------------------------------------------------------------------------------
 # fp32 vs bf16 (stmedfm bench --precision), and how cost grows with image size (stmedfm bench --sizes)
 PRECISION_LABELS = {m: THROUGHPUT_LABELS[m] for m in ("train_2d", "eval_2d", "train_3d", "eval_3d")}  # rows' order
-PARITY_METRICS = {"macro_auroc": "AUROC", "accuracy": "accuracy", "ece": "ECE"}
+PARITY_METRICS = {m: measures.label(m) for m in ("macro_auroc", "accuracy", "ece")}
 SIZES = (28, 64, 128, 224)
 #: --sizes: pathmnist (the largest 2D flag) at every size, full official split sizes, reduced budgets, 2 workers;
 #: evaluation covers the whole val and test splits (17,184 images), streamed batch by batch

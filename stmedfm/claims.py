@@ -3,8 +3,10 @@
 **The inference, written before any table** (``docs/study.md`` and notebook 08 state the same, from here):
 
 * **Unit.** A claim compares two arms that share each seed's data order, initialisation and pretraining
-  checkpoint, so the unit is the per-seed difference ``d = a - b``; every claim is written so that ``d > 0`` is
-  what the paper says (for ECE, where lower is better, ``a`` is the arm the paper says is worse).
+  checkpoint, so the unit is the per-seed difference of :mod:`stmedfm.stats`, oriented so that ``d > 0`` favours
+  ``a`` (``a - b``, or ``b - a`` for a metric where lower is better, :data:`stmedfm.measures.METRICS`); every claim
+  is written as "a is better than b", so ``d > 0`` is what the paper says (for ECE, ``a`` is the arm the paper says
+  is better calibrated).
 * **Families.** AUROC rows form the *primary* family (the paper's claims are AUROC claims); accuracy, macro-F1 and
   ECE rows form the *secondary* family. Each family is Holm-adjusted on its own (:func:`stmedfm.stats.holm`),
   and the tables show the two apart.
@@ -12,8 +14,9 @@
   :data:`~stmedfm.bootstrap.REPLICATES` replicates): its 95 % percentile interval and its two-sided p-value. A
   store without per-image predictions (older stores) falls back to the Wilcoxon signed-rank p over seeds; the
   ``p_source`` column says which was used. The seed-only t-interval, Wilcoxon and t-test p-values stay beside.
-* **Verdict** at alpha = 0.05 (:func:`stmedfm.stats.verdict`): *supported* when the Holm-adjusted p < 0.05 and the
-  estimate is positive, *contradicted* when it is < 0.05 and negative, *inconclusive* otherwise. A claim whose
+* **Verdict** at :data:`stmedfm.stats.ALPHA` (:func:`stmedfm.stats.verdict`, the one decision rule): *supported*
+  when the Holm-adjusted p < alpha and the estimate is positive, *contradicted* when it is < alpha and negative,
+  *inconclusive* otherwise. A claim whose
   role has no flag in the parameter file, or whose runs are missing, is listed as *untestable*, never dropped.
 * **Retention** ("PEFT keeps most of Full's gain"): tested as ``d = peft - (scratch + full) / 2`` (positive exactly
   when PEFT keeps more than half of the gain on that seed); the retained fraction
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from stmedfm import bootstrap, seal, stats
+from stmedfm import bootstrap, measures, seal, stats
 from stmedfm.config import StudyConfig
 from stmedfm.report import claim_roles
 
@@ -52,10 +55,12 @@ def inference_markdown() -> str:
     n_secondary = sum(len(c.metrics) for c in CLAIMS) - n_primary
     return "\n".join([
         f"- **Claims**: {len(CLAIMS)} claims of the paper, {n_primary + n_secondary} claim x metric rows, each a "
-        f"paired contrast a − b over seeds written so that a positive difference is what the paper says "
-        f"(`stmedfm.claims.CLAIMS`, with the paper section or table of each).",
-        f"- **Primary metric**: macro AUROC; its {n_primary} rows form the primary family. Accuracy, macro-F1 and "
-        f"ECE rows ({n_secondary}) form the secondary family, tested and shown apart.",
+        f"paired contrast of a and b over seeds, oriented so that a positive difference favours a (a − b; b − a "
+        f"where lower is better: {_and(lower_is_better_labels())}) and written so that a favoured a is what the "
+        f"paper says (`stmedfm.claims.CLAIMS`, with the paper section or table of each).",
+        f"- **Primary metric**: {measures.axis_label(PRIMARY)}; its {n_primary} rows form the primary family. "
+        f"{_upper_first(_and(secondary_labels()))} rows ({n_secondary}) form the secondary family, tested and shown "
+        f"apart.",
         f"- **Interval and p-value**: hierarchical bootstrap over seeds x test images, {bootstrap.REPLICATES} "
         f"replicates (the test images resampled once per replicate for all runs of a task, the seeds with "
         f"replacement), 95 % percentile interval, two-sided bootstrap p (floor {2 / (bootstrap.REPLICATES + 1):.3f}). "
@@ -74,6 +79,26 @@ def family_of(metric: str) -> str:
     return "primary" if metric == PRIMARY else "secondary"
 
 
+def secondary_labels() -> list[str]:
+    """The labels of the secondary family's metrics (:mod:`stmedfm.measures`), in the order the claims name them."""
+    names = dict.fromkeys(m for c in CLAIMS for m in c.metrics if m != PRIMARY)
+    return [measures.label(m) for m in names]
+
+
+def lower_is_better_labels() -> list[str]:
+    """The labels of the claims' metrics where lower is better (their difference is b - a), in claim order."""
+    names = dict.fromkeys(m for c in CLAIMS for m in c.metrics if not measures.higher_is_better(m))
+    return [measures.label(m) for m in names]
+
+
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _and(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
+
+
 @dataclass(frozen=True)
 class Side:
     """One arm of a claim: the runs of ``strategies`` in ``experiment`` (filtered by ``where``: column -> value,
@@ -88,8 +113,8 @@ class Side:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the paper as ``a - b > 0`` on the task of ``role`` (:func:`stmedfm.report.claim_roles`);
-    ``location`` is where the paper says it."""
+    """A claim of the paper as "a is better than b" on the task of ``role`` (:func:`stmedfm.report.claim_roles`):
+    the oriented difference of :mod:`stmedfm.stats` is positive; ``location`` is where the paper says it."""
 
     key: str
     text: str
@@ -158,13 +183,13 @@ CLAIMS: tuple[Claim, ...] = (
           "§IV.D; Table 10b (OrganMNIST3D)", "fewshot3d", _t("full", experiment="fewshot", agg="split_sd"),
           _t("lora", "adapter", experiment="fewshot", agg="split_sd")),
     Claim("ece_dominant", "Pretraining (Full) worsens ECE on the dominant task", "§IV.C; Table 8 (PathMNIST)",
-          "dominant", _t("full"), _t("scratch"), ("ece",)),
-    Claim("ece_blood", "Pretraining (Full) worsens ECE on BloodMNIST", "§IV.C; Table 8", "blood", _t("full"),
-          _t("scratch"), ("ece",)),
+          "dominant", _t("scratch"), _t("full"), ("ece",)),
+    Claim("ece_blood", "Pretraining (Full) worsens ECE on BloodMNIST", "§IV.C; Table 8", "blood", _t("scratch"),
+          _t("full"), ("ece",)),
     Claim("ece_small2d", "Pretraining (Full) reduces ECE on the small 2D task", "§IV.C; Table 8 (DermaMNIST)",
-          "small2d", _t("scratch"), _t("full"), ("ece",)),
+          "small2d", _t("full"), _t("scratch"), ("ece",)),
     Claim("ece_small", "Pretraining (Full) reduces ECE on the small 3D task", "§IV.C; Table 8 (OrganMNIST3D)",
-          "small", _t("scratch"), _t("full"), ("ece",)),
+          "small", _t("full"), _t("scratch"), ("ece",)),
 )
 
 
@@ -318,13 +343,14 @@ def _test(claim: Claim, task: str | None, metric: str, metrics: pd.DataFrame, re
     sels = [_select(runs, side, task) for side in (claim.a, claim.b)]
     if any(s.empty for s in sels):
         return _untestable(f"no {claim.a.experiment} runs of {task} for this contrast")
-    per_seed = [_reduce(s, side, s[["value"]].to_numpy(float))[0] for s, side in zip(sels, (claim.a, claim.b))]
-    seeds = per_seed[0].dropna().index.intersection(per_seed[1].dropna().index)
+    joined = stats.pair(*(_reduce(s, side, s[["value"]].to_numpy(float))[0] for s, side in zip(sels, (claim.a,
+                                                                                                   claim.b))))
+    seeds = joined.index
     if len(seeds) < 2:
         return _untestable(f"fewer than two seeds with both arms on {task}")
-    a, b = per_seed[0].loc[seeds].to_numpy(), per_seed[1].loc[seeds].to_numpy()
-    test = stats.paired_test(a, b)
-    d = a - b
+    a, b = joined["a"].to_numpy(), joined["b"].to_numpy()
+    test = stats.paired_test(a, b, metric=metric)
+    d = measures.better(metric) * (a - b)
     sd = float(d.std(ddof=1))
     out = {"n": test["n"], "estimate": test["mean_diff"], "seed_ci_low": test["ci_low"],
            "seed_ci_high": test["ci_high"], "p_wilcoxon": test["p_two_sided"],
@@ -353,7 +379,7 @@ def _hierarchical(claim: Claim, task: str, metric: str, sels: list[pd.DataFrame]
         if any(v is None for v in vals):
             return None
         arms.append(_reduce(sel, side, np.stack(vals)).loc[seeds].to_numpy())  # seeds x replicates
-    d = arms[0] - arms[1]
+    d = measures.better(metric) * (arms[0] - arms[1])  # oriented: positive favours a (stmedfm.stats)
     idx = bootstrap.resample_seeds(len(seeds), reps.n, _stable_seed("seeds", claim.key, metric))
     est = d[idx, np.arange(reps.n)[:, None]].mean(axis=1)
     return {"ci": bootstrap.percentile_interval(est), "p": bootstrap.two_sided_p(est), "idx": idx}

@@ -10,7 +10,8 @@ Decisions (written down once, here):
 
 * **The claims and their inference** (primary metric, families, interval, verdict rule) are defined once, in
   :mod:`stmedfm.claims`; this module writes and shows them.
-* **Power**: the seeds a paired t-test needs to detect a difference of 0.01 at 80 % power, two-sided alpha 0.05,
+* **Power**: the seeds a paired t-test needs to detect a difference of 0.01 at 80 % power, two-sided
+  :data:`stmedfm.stats.ALPHA`,
   given the observed SD of the paired differences (noncentral t; :func:`stmedfm.claims.seeds_for_power`).
 * **The paper beside us.** The paper reports one run per cell. The right yardstick for one run is the 95 %
   *prediction* interval of a single run of ours, ``mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n)``, not the
@@ -29,7 +30,7 @@ import pandas as pd
 from scipy import stats as st
 
 from stmedfm import claims as C
-from stmedfm import methods, seal, stats, variants
+from stmedfm import measures, methods, seal, stats, variants
 from stmedfm.errors import StmedfmError
 from stmedfm.store import ResultStore
 from stmedfm.tables import METRIC_TABLES, cell, paper_results
@@ -37,16 +38,6 @@ from stmedfm.tables import METRIC_TABLES, cell, paper_results
 __all__ = ["claims_table", "seeds_for_power", "paper_single_run", "reference_block", "write_findings"]
 
 claims_table, seeds_for_power = C.claims_table, C.seeds_for_power
-
-
-def _per_seed(metrics: pd.DataFrame, task: str, strategies: tuple[str, ...], metric: str,
-              experiment: str) -> pd.Series:
-    sub = metrics[(metrics["experiment"] == experiment) & (metrics["task"] == task)
-                  & metrics["strategy"].isin(strategies) & (metrics["metric"] == metric)]
-    wide = sub.pivot_table(index="seed", columns="strategy", values="value", aggfunc="mean")
-    if any(s not in wide.columns for s in strategies):
-        return pd.Series(dtype=float)
-    return wide[list(strategies)].mean(axis=1).dropna()
 
 
 def paper_single_run(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -121,7 +112,7 @@ def _primary_lines(claims: pd.DataFrame, where: str) -> list[str]:
     source = "; ".join(sorted(set(rows["p_source"].dropna()) - {""})) or "—"
     counts = claims["verdict"].value_counts()
     lines = [f"The paper's AUROC claims, the primary family (`{where}`; estimate = mean per-seed difference, positive "
-             f"favours the claim; interval and p from the {source}; Holm over the {len(rows)} rows; α = 0.05). All "
+             f"favours a, the claim; interval and p from the {source}; Holm over the {len(rows)} rows; α = {stats.ALPHA:g}). All "
              f"{len(claims)} claim x metric rows, the secondary family and the inference: "
              f"[docs/study.md](docs/study.md#the-inference-fixed-before-the-tables) ("
              + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "inconclusive",
@@ -143,9 +134,11 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
     family (AUROC) and the secondary family apart; untestable claims last, with why."""
     source = "; ".join(sorted(set(claims["p_source"].dropna()) - {""}))
     lines = ["", f"The paper's claims (`{where}`). Inference, fixed before the tables: estimate = mean per-seed "
-             f"difference a − b, positive favours the claim; 95 % interval and two-sided p from the {source}; Holm "
+             f"difference, oriented so that positive favours a, the claim (a − b; b − a for "
+             f"{', '.join(C.lower_is_better_labels())}); 95 % interval and two-sided p from the {source}; Holm "
              f"within each family — primary: AUROC ({int((claims['family'] == 'primary').sum())} rows), secondary: "
-             f"accuracy, macro-F1, ECE ({int((claims['family'] == 'secondary').sum())} rows); verdict at α = 0.05."]
+             f"{', '.join(C.secondary_labels())} ({int((claims['family'] == 'secondary').sum())} rows); verdict at "
+             f"α = {stats.ALPHA:g}."]
     tested = claims[claims["verdict"] != "untestable"]
     for fam in ("primary", "secondary"):
         rows = tested[tested["family"] == fam]
@@ -244,14 +237,14 @@ def flips_block(label_safe: str | Path, reference: str | Path, task: str = "orga
     for strategy in ("scratch", "full"):
         parts = []
         for metric in ("accuracy", "macro_auroc"):
-            a, b = (_per_seed(x, task, (strategy,), metric, "transfer") for x in m)
-            seeds = a.index.intersection(b.index)
-            if len(seeds) < 2:
+            sel = {"experiment": "transfer", "task": task, "strategy": strategy, "metric": metric}
+            joined = stats.pair(*(stats.per_seed(x, sel) for x in m))
+            if len(joined) < 2:
                 continue
-            (ma, _, ha), (mb, _, hb) = stats.mean_ci(a.loc[seeds]), stats.mean_ci(b.loc[seeds])
-            better = int((a.loc[seeds] > b.loc[seeds]).sum())
-            parts.append(f"{metric.replace('macro_', '').replace('auroc', 'AUROC')} {mb:.3f} ± {hb - mb:.3f} → "
-                         f"{ma:.3f} ± {ha - ma:.3f} (label-safe better in {better} of {len(seeds)} seeds)")
+            (ma, _, ha), (mb, _, hb) = stats.mean_ci(joined["a"]), stats.mean_ci(joined["b"])
+            better = stats.paired_test(joined["a"], joined["b"], metric=metric)["n_pos"]
+            parts.append(f"{measures.label(metric)} {mb:.3f} ± {hb - mb:.3f} → "
+                         f"{ma:.3f} ± {ha - ma:.3f} (label-safe better in {better} of {len(joined)} seeds)")
         if parts:
             lines.append(f"- {task} {strategy}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ The study itself is an ordinary one (``stmedfm study``): this module only reads 
 ========================  ==========================================================================================
 ``methods_summary``       per task x strategy x metric: mean, 95 % t-CI over seeds, n, trainable parameters
 ``methods_comparisons``   each method vs the paper's LoRA and vs Scratch, paired over seeds (:mod:`stmedfm.stats`,
-                          ``mean_diff`` = method - reference), Holm within each (task, metric, reference) family
+                          ``mean_diff`` > 0 favours the method), Holm within each (task, metric, reference) family
 ``methods_pareto``        per task: AUROC and trainable parameters of each strategy, ``front`` = on the Pareto front
 ``methods_fewshot``       few-shot AUROC per task x strategy x K: splits averaged per seed, then mean and 95 % CI
                           over seeds (seeds are the independent unit; a seed's splits share its checkpoint)
@@ -16,8 +16,8 @@ The study itself is an ordinary one (``stmedfm study``): this module only reads 
 Decisions, written down once:
 
 * **Metrics**: macro AUROC (the primary one), macro-F1, ECE and Brier score of the test split; with temperature
-  scaling on, ECE and Brier after scaling too (``ece_ts``, ``brier_ts``). For ECE and Brier lower is better, so a
-  negative ``mean_diff`` favours the method.
+  scaling on, ECE and Brier after scaling too (``ece_ts``, ``brier_ts``). Every difference is oriented by
+  :mod:`stmedfm.stats` (positive favours the method: for ECE and Brier, the method's is lower).
 * **Equivalence is shown, not assumed** (issue 28): on AUROC every comparison also carries the paired TOST of
   equivalence within the study's ``equivalence_margin`` (default 0.01 AUROC; :func:`stmedfm.stats.tost`), Holm
   within its family (``p_tost_holm``, ``equivalent``). A non-significant Wilcoxon p alone never decides anything.
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stmedfm import paths, registry, seal, stats, strategies
+from stmedfm import measures, paths, registry, seal, stats, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.peft import parameter_table
 from stmedfm.plots import fig_fewshot_methods, fig_pareto, write_figure
@@ -51,12 +51,8 @@ __all__ = ["METRICS", "REFERENCES", "counts", "analyse", "write_tables", "read_t
 
 #: The metrics of the tables, the primary one first; ``*_ts`` only when the study scaled temperatures.
 METRICS = ("macro_auroc", "macro_f1", "ece", "brier", "ece_ts", "brier_ts")
-METRIC_NAMES = {"macro_auroc": "AUROC", "macro_f1": "macro-F1", "ece": "ECE", "brier": "Brier",
-                "ece_ts": "ECE (TS)", "brier_ts": "Brier (TS)"}
-LOWER_IS_BETTER = {"ece", "brier", "ece_ts", "brier_ts"}
 #: The references every method is tested against: the paper's LoRA and training from scratch.
 REFERENCES = ("lora", "scratch")
-ALPHA = 0.05
 #: The paper's PEFT methods and Full: whether *they* are below Scratch on the small task is what "negative transfer"
 #: means in the paper (Tables 7, 10 and 12 on OrganMNIST3D).
 PAPER_PEFT = ("full", "lora", "adapter")
@@ -111,7 +107,7 @@ def summary(metrics: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame | Non
 def comparisons(metrics: pd.DataFrame, references=REFERENCES, margin: float = stats.DEFAULT_MARGIN) -> pd.DataFrame:
     """Each strategy vs each reference (default: the paper's LoRA and Scratch) on every task and metric, and on
     AUROC also vs the task's best strategy (highest mean AUROC), paired over seeds with
-    :func:`stmedfm.stats.compare` (``mean_diff`` = strategy - reference); Holm within each family (task, metric,
+    :func:`stmedfm.stats.compare` (``mean_diff`` > 0 favours the strategy); Holm within each family (task, metric,
     reference), i.e. over the methods compared with that reference. ``against`` names the family's kind ('lora',
     'scratch' or 'best') and ``reference`` the strategy compared with. On AUROC, also the TOST of equivalence within
     ``margin`` (``p_tost``, ``p_tost_holm``, ``equivalent``; :func:`stmedfm.stats.compare`).
@@ -134,7 +130,7 @@ def comparisons(metrics: pd.DataFrame, references=REFERENCES, margin: float = st
                 continue
             out = stats.compare(g, [({"strategy": s}, {"strategy": ref}) for s in others], pair_on=["seed"],
                                 labels=others, family=f"{task}:{metric}:vs {kind}",
-                                margin=margin if metric == "macro_auroc" else None)
+                                margin=margin if metric == "macro_auroc" else None, metric=metric)
             for i, (col, val) in enumerate((("task", task), ("metric", metric), ("against", kind),
                                             ("reference", ref))):
                 out.insert(i, col, val)
@@ -254,14 +250,14 @@ def task_table(tables: dict[str, pd.DataFrame], task: str) -> pd.DataFrame:
         if "peak_train_mib" in g.columns and np.isfinite(g["peak_train_mib"].iloc[0]):
             row["train MiB"] = f"{g['peak_train_mib'].iloc[0]:.1f}"
         for r in g.itertuples():
-            row[METRIC_NAMES.get(r.metric, r.metric)] = _cell(r.mean, r.ci_low, r.ci_high)
+            row[measures.label(r.metric)] = _cell(r.mean, r.ci_low, r.ci_high)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def comparison_view(tables: dict[str, pd.DataFrame], task: str, metric: str = "macro_auroc") -> pd.DataFrame:
-    """One task and metric: per strategy, the paired difference vs LoRA and vs Scratch (mean [95 % CI], seeds
-    where the method is higher / pairs) and the Holm-adjusted Wilcoxon p of each."""
+    """One task and metric: per strategy, the paired difference vs LoRA and vs Scratch (mean [95 % CI], positive
+    favours the method; seeds where the method is better / pairs) and the Holm-adjusted Wilcoxon p of each."""
     c = tables["comparisons"]
     c = c[(c["task"] == task) & (c["metric"] == metric)]
     rows = {}
@@ -271,7 +267,7 @@ def comparison_view(tables: dict[str, pd.DataFrame], task: str, metric: str = "m
         row = rows.setdefault(r.strategy, {"strategy": strategies.label(r.strategy)})
         row[f"Δ vs {strategies.label(r.reference)}"] = (f"{r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
                                                         if np.isfinite(r.ci_low) else f"{r.mean_diff:+.3f}")
-        row[f"higher / n ({r.reference})"] = f"{r.n_pos}/{r.n}"
+        row[f"better / n ({r.reference})"] = f"{r.n_pos}/{r.n}"
         row[f"Holm p ({r.reference})"] = _p(r.p_holm)
         if "p_tost_holm" in c.columns:
             row[f"TOST Holm p ({r.reference})"] = _p(r.p_tost_holm)
@@ -286,16 +282,16 @@ def _comparison(tables, task: str, strategy: str, against: str, metric: str = "m
 
 
 def _significant(row, sign: int) -> bool:
-    """Holm p < ALPHA with the mean difference of sign ``sign`` (+1: the strategy above its reference)."""
-    return (row is not None and np.isfinite(row["p_holm"]) and row["p_holm"] < ALPHA
-            and np.sign(row["mean_diff"]) == sign)
+    """Whether ``row`` favours its strategy (``sign`` +1) or its reference (-1) by the one decision rule
+    (:func:`stmedfm.stats.decide`, Holm p)."""
+    return row is not None and stats.decide(row["mean_diff"], row["p_holm"]) == sign
 
 
 def _equivalent(row) -> bool:
-    """TOST-equivalent to its reference within the margin (Holm p < ALPHA in its family)."""
+    """TOST-equivalent to its reference within the margin (Holm p < :data:`stmedfm.stats.ALPHA` in its family)."""
     if row is None or "p_tost_holm" not in row:
         return False
-    return bool(np.isfinite(row["p_tost_holm"]) and row["p_tost_holm"] < ALPHA)
+    return bool(np.isfinite(row["p_tost_holm"]) and row["p_tost_holm"] < stats.ALPHA)
 
 
 def pareto_best(tables: dict[str, pd.DataFrame], task: str) -> str | None:

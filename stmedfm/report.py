@@ -12,8 +12,9 @@ The claim checks (:func:`check_claims`) run the *same code* on the paper's publi
 (:func:`paper_metrics`, :func:`paper_params`) and on ours, so the report shows the paper's evidence and ours side
 by side. Verdicts are descriptive and follow one rule (:func:`verdict`):
 
-* a comparison *favours* the claim when its difference points the claim's way: with one seed (the paper) by its
-  sign, with several seeds only when the 95 % t-interval of the per-seed (paired) differences excludes 0;
+* a comparison *favours* the claim when the one decision rule (:func:`stmedfm.stats.decide`) says its oriented
+  difference favours the claim's side: with several seeds on the paired t-test of the per-seed differences (p below
+  :data:`stmedfm.stats.ALPHA`, i.e. the 95 % t-interval excludes 0), with one seed (the paper) by its sign;
 * ``yes`` when every comparison favours the claim, ``no`` when none does, ``mixed`` otherwise, ``not tested``
   when the study has no runs for it (e.g. the role's task is not a downstream task of the parameter file).
 """
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stmedfm import registry
+from stmedfm import measures, registry, stats
 from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.data import class_weights, load_task, status_table
 from stmedfm.peft import parameter_table
@@ -76,8 +77,6 @@ CLAIMS = {
     "negative_transfer": "Negative transfer on the small task from another modality",
     "calibration": "Calibration is not monotonic in AUROC",
 }
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "macro_auroc": "AUROC", "ece": "ECE",
-                "brier": "Brier"}
 #: Fields that say where and how a study runs, not what it computes; never reported as protocol differences.
 IDENTITY_FIELDS = ("study", "data_dir", "workers", "download")
 #: Retained share of the full fine-tuning gain that counts as "most of the gain".
@@ -291,9 +290,9 @@ def paper_params() -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
-    """``a - b`` for one metric (the sign convention of :func:`stmedfm.stats.paired_test`): means over seeds, the
-    mean paired difference, its 95 % half-width, and the direction: ``up`` (a above b) / ``down`` (sign with one
-    seed; interval excluding 0 with several), ``unclear`` or ``equal``."""
+    """a vs b for one metric, oriented as :func:`stmedfm.stats.paired_test` orients it (``delta`` > 0 favours a):
+    means over seeds, the mean paired difference, its 95 % half-width, and the direction by
+    :func:`stmedfm.stats.decide`: ``up`` (favours a) / ``down`` (favours b), ``unclear`` or ``equal``."""
 
     metric: str
     a: float
@@ -307,29 +306,24 @@ class Comparison:
         """'AUROC full 0.914 vs scratch 0.886 (+0.028, 1 seed)': a, then b, then a - b."""
         ci = f" ± {self.ci:.3f}" if self.n >= 2 and not math.isnan(self.ci) else ""
         seeds = f", {self.n} seeds" if self.n >= 2 else ", 1 seed" if self.n == 1 else ""
-        return (f"{METRIC_NAMES.get(self.metric, self.metric)} {a_name} {self.a:.3f} vs {b_name} {self.b:.3f} "
+        return (f"{measures.label(self.metric)} {a_name} {self.a:.3f} vs {b_name} {self.b:.3f} "
                 f"({self.delta:+.3f}{ci}{seeds})")
 
 
 def compare(a: pd.Series, b: pd.Series, metric: str = "") -> Comparison | None:
-    """``a - b`` of per-seed values ``a`` and ``b`` (Series indexed by seed), paired on the seeds both have; None
-    when they share no seed."""
-    a, b = a.dropna(), b.dropna()
-    seeds = a.index.intersection(b.index)
-    if len(seeds) == 0:
+    """a vs b of per-seed values ``a`` and ``b`` (Series indexed by seed), paired on the seeds both have
+    (:func:`stmedfm.stats.pair`) and oriented by ``metric`` (positive favours a); None when they share no seed."""
+    joined = stats.pair(a, b)
+    if joined.empty:
         return None
-    d = (a.loc[seeds] - b.loc[seeds]).to_numpy(dtype=float)
+    d = measures.better(metric or None) * (joined["a"] - joined["b"]).to_numpy(dtype=float)
     delta, n = float(d.mean()), len(d)
     half = ci95(d)
-    if n == 1:
-        direction = "up" if delta > 0 else "down" if delta < 0 else "equal"
-    elif math.isnan(half):
-        direction = "unclear"
-    else:
-        direction = "up" if delta - half > 0 else "down" if delta + half < 0 else "unclear"
-        if delta == 0 and half == 0:
-            direction = "equal"
-    return Comparison(metric, float(a.loc[seeds].mean()), float(b.loc[seeds].mean()), delta, half, n, direction)
+    p = 0.0 if n == 1 else stats.t_test_p(d)  # one run has no test: its sign is the evidence (the paper's cells)
+    direction = {1: "up", -1: "down", 0: "unclear"}[stats.decide(delta, p)]
+    if delta == 0 and (n == 1 or half == 0):
+        direction = "equal"
+    return Comparison(metric, float(joined["a"].mean()), float(joined["b"].mean()), delta, half, n, direction)
 
 
 def verdict(favourable: list[bool]) -> str:
@@ -421,7 +415,7 @@ def claim_peft_keeps_gain(metrics: pd.DataFrame, params: pd.DataFrame, task: str
     for s in peft:
         value = _values(metrics, task, s, metric).mean()
         kept = (value - scratch.mean()) / gain if gain != 0 else float("nan")
-        text = f"{s}: {METRIC_NAMES.get(metric, metric)} {value:.3f}, keeps {kept:.0%} of the gain"
+        text = f"{s}: {measures.label(metric)} {value:.3f}, keeps {kept:.0%} of the gain"
         share = float("nan")
         if s in p.index and total:
             share = float(p.loc[s, "trainable"]) / total

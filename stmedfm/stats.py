@@ -1,13 +1,26 @@
 """Paired comparisons over seeds: Wilcoxon signed-rank, Holm correction, effect sizes.
 
-A comparison pairs two settings that share everything random that can be shared (same seed, same repeat,
-same budget), so the unit of analysis is the *pair*: ``d_i = a_i - b_i``. For each family of comparisons
-:func:`compare` reports, per comparison:
+The inference rules of every reader of results are defined here, once:
+
+* **Pairing**: :func:`per_seed` reduces a selection of a tidy table to one value per seed (or per any key) and
+  :func:`pair` aligns two such series on the keys both have, dropping missing values; :func:`compare`, the
+  variant studies, the report, the claims and the findings pair results only through these two.
+* **Orientation: positive favours a.** A comparison pairs two settings that share everything random that can be
+  shared (same seed, same repeat, same budget), so the unit of analysis is the *pair*. Its difference is
+  ``d_i = s · (a_i - b_i)`` with ``s = +1`` when a higher value of the metric is better and ``-1`` when a lower one
+  is (:func:`stmedfm.measures.better`): ``d > 0`` favours a for every metric (a has the higher AUROC, the lower
+  ECE). Every table, sentence and verdict reads this sign.
+* **One level** :data:`ALPHA` and **one decision rule**, :func:`decide`: a difference favours a (+1) or b (-1) when
+  its p-value is below :data:`ALPHA`, else neither (0). :func:`verdict` names the three outcomes for a claim
+  (supported / contradicted / inconclusive); the report's descriptive checks, the methods study's "significantly
+  above / below" and the variant studies use :func:`decide` too.
+
+For each family of comparisons :func:`compare` reports, per comparison:
 
 * ``n`` pairs, ``mean_diff`` and its two-sided 95 % t-interval (``ci_low``, ``ci_high``);
-* the sign count (``n_pos`` / ``n_neg`` / ``n_zero``: pairs where a > b, a < b, a == b);
+* the sign count (``n_pos`` / ``n_neg`` / ``n_zero``: pairs that favour a, favour b, tie);
 * the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``; zero differences dropped, exact null
-  distribution for small n): ``p_two_sided`` and ``p_greater`` (one-sided, H1: a > b);
+  distribution for small n): ``p_two_sided`` and ``p_greater`` (one-sided, H1: a is better);
 * ``p_holm``: the two-sided p Holm-adjusted across the family (:func:`holm`);
 * ``rank_biserial``: the matched-pairs rank-biserial correlation ``(R+ - R-) / (R+ + R-)`` of the ranks of
   ``|d|`` (+1: every pair favours a; -1: every pair favours b).
@@ -35,12 +48,13 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
+from stmedfm import measures
 from stmedfm.errors import StmedfmError
 
-__all__ = ["ALPHA", "holm", "rank_biserial", "mean_ci", "prediction_interval", "paired_test", "min_two_sided_p",
+__all__ = ["ALPHA", "decide", "per_seed", "pair", "t_test_p", "holm", "rank_biserial", "mean_ci", "prediction_interval", "paired_test", "min_two_sided_p",
            "compare", "verdict", "format_p", "tost", "DEFAULT_MARGIN"]
 
-ALPHA = 0.05  #: the level of every verdict (:func:`verdict`)
+ALPHA = 0.05  #: the level of every decision (:func:`decide`), verdict and equivalence test of the package
 DEFAULT_MARGIN = 0.01  #: the equivalence margin of AUROC differences (``StudyConfig.equivalence_margin``)
 
 
@@ -99,14 +113,58 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return mean, mean - half, mean + half
 
 
+def decide(estimate: float, p: float, alpha: float = ALPHA) -> int:
+    """The decision rule of every paired comparison, written once: +1 (favours a) when ``p`` < ``alpha`` and the
+    oriented difference ``estimate`` is positive, -1 (favours b) when p < alpha and it is negative, 0 otherwise
+    (including a p or an estimate that could not be computed). ``p`` is the test's: Holm-adjusted for a family of
+    claims, the t-test's for the report's descriptive checks (where a single run, which has no test, passes
+    p = 0 and its sign decides)."""
+    if not (isinstance(p, (int, float, np.floating)) and p < alpha) or not estimate or math.isnan(estimate):
+        return 0
+    return 1 if estimate > 0 else -1
+
+
 def verdict(estimate: float, p_holm: float, alpha: float = ALPHA) -> str:
-    """The verdict rule of every paired claim, written once: *supported* when the Holm-adjusted two-sided p is
-    below ``alpha`` and the mean difference a - b is positive (each claim is written so that it predicts a > b),
-    *contradicted* when p < alpha and the difference is negative, *inconclusive* otherwise (including a p that
-    could not be computed)."""
-    if not (isinstance(p_holm, (int, float)) and p_holm < alpha) or estimate == 0 or math.isnan(estimate):
-        return "inconclusive"
-    return "supported" if estimate > 0 else "contradicted"
+    """:func:`decide` named for a claim (each claim is written as "a is better than b"): *supported* (+1),
+    *contradicted* (-1) or *inconclusive* (0)."""
+    return {1: "supported", -1: "contradicted", 0: "inconclusive"}[decide(estimate, p_holm, alpha)]
+
+
+def per_seed(frame: pd.DataFrame, selection: dict, on: Sequence[str] = ("seed",), value: str = "value",
+             reduce: str | None = "mean") -> pd.Series:
+    """One value per ``on`` key (default: per seed) of the rows of tidy ``frame`` matching ``selection`` (column ->
+    value): the mean of the matching rows (``reduce="mean"``), or, with ``reduce=None``, the single row, refusing a
+    selection that leaves several rows per key (one line naming it)."""
+    mask = np.ones(len(frame), dtype=bool)
+    for col, val in selection.items():
+        mask &= (frame[col] == val).to_numpy()
+    sub = frame.loc[mask, [*on, value]]
+    if reduce is None:
+        if sub.duplicated(list(on)).any():
+            raise StmedfmError(f"Selection {selection} has several rows per {list(on)}; narrow it down.")
+        return sub.set_index(list(on))[value]
+    return sub.groupby(list(on))[value].agg(reduce)
+
+
+def pair(a: pd.Series, b: pd.Series) -> pd.DataFrame:
+    """The pairs of two keyed series (e.g. per seed): columns ``a`` and ``b`` on the keys both have a value for,
+    sorted by key. The one pairing of results over seeds."""
+    return pd.concat([a, b], axis=1, keys=["a", "b"], join="inner").dropna().sort_index()
+
+
+def t_test_p(diffs: Sequence[float]) -> float:
+    """Two-sided p of the one-sample t-test of paired differences against 0 (the paired t-test): below
+    :data:`ALPHA` exactly when the 95 % t-interval of :func:`mean_ci` excludes 0. NaN for fewer than two
+    differences; with no spread, 0 for a non-zero mean and 1 for a zero one."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
+        return float("nan")
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return 0.0 if d.mean() != 0 else 1.0
+    t = float(d.mean()) / (sd / math.sqrt(len(d)))
+    return float(2 * st.t.sf(abs(t), len(d) - 1))
 
 
 def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -131,13 +189,15 @@ def min_two_sided_p(n: int) -> float:
     return min(1.0, 2.0 / 2**n) if n > 0 else float("nan")
 
 
-def paired_test(a: Sequence[float], b: Sequence[float], margin: float | None = None) -> dict:
-    """Everything :func:`compare` reports for one pair of equally long, aligned samples (a[i] pairs b[i]); with a
-    ``margin``, also ``p_tost`` (:func:`tost`)."""
+def paired_test(a: Sequence[float], b: Sequence[float], margin: float | None = None,
+                metric: str | None = None) -> dict:
+    """Everything :func:`compare` reports for one pair of equally long, aligned samples (a[i] pairs b[i]), with
+    the difference oriented by ``metric`` (module docstring: ``mean_diff`` > 0 favours a; ``mean_a`` and
+    ``mean_b`` stay the raw means); with a ``margin``, also ``p_tost`` (:func:`tost`, symmetric in the sign)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise StmedfmError(f"Paired samples must have equal lengths, got {len(a)} and {len(b)}.")
-    d = a - b
+    d = measures.better(metric) * (a - b)
     d = d[~np.isnan(d)]
     mean, lo, hi = mean_ci(d)
     out = {"n": int(len(d)), "mean_a": float(np.nanmean(a)) if len(a) else float("nan"),
@@ -158,30 +218,23 @@ def paired_test(a: Sequence[float], b: Sequence[float], margin: float | None = N
 
 def compare(frame: pd.DataFrame, pairs: Sequence[tuple[dict, dict]], pair_on: Sequence[str],
             value: str = "value", labels: Sequence[str] | None = None, family: str = "",
-            margin: float | None = None) -> pd.DataFrame:
+            margin: float | None = None, metric: str | None = None) -> pd.DataFrame:
     """Paired comparisons of ``value`` between selections of a tidy ``frame``; Holm across all of them.
 
     ``pairs`` holds (a, b) selections, each a mapping column -> value (e.g. ``{"strategy": "full"}`` vs
-    ``{"strategy": "scratch"}``); rows of a and b are matched on ``pair_on`` (e.g. ``["seed"]``), and only
-    matched keys count. Each selection must leave one row per key. Returns one row per comparison with the
-    columns of :func:`paired_test`, ``p_holm`` and ``label`` (default: 'a vs b' from the selections). With an
+    ``{"strategy": "scratch"}``); rows of a and b are matched on ``pair_on`` (e.g. ``["seed"]``) by
+    :func:`per_seed` and :func:`pair`, and only matched keys count. Each selection must leave one row per key.
+    ``metric`` orients the differences (positive favours a; module docstring). Returns one row per comparison with
+    the columns of :func:`paired_test`, ``p_holm`` and ``label`` (default: 'a vs b' from the selections). With an
     equivalence ``margin`` also ``margin``, ``p_tost``, ``p_tost_holm`` (Holm over the family) and ``equivalent``
     (``p_tost_holm`` < :data:`ALPHA`).
     """
     rows = []
     for i, (sel_a, sel_b) in enumerate(pairs):
-        sides = []
-        for sel in (sel_a, sel_b):
-            mask = np.ones(len(frame), dtype=bool)
-            for col, val in sel.items():
-                mask &= (frame[col] == val).to_numpy()
-            sub = frame.loc[mask, [*pair_on, value]]
-            if sub.duplicated(list(pair_on)).any():
-                raise StmedfmError(f"Selection {sel} has several rows per {list(pair_on)}; narrow it down.")
-            sides.append(sub.set_index(list(pair_on))[value])
-        joined = pd.concat(sides, axis=1, keys=["a", "b"], join="inner").sort_index()
+        joined = pair(*(per_seed(frame, sel, pair_on, value, reduce=None) for sel in (sel_a, sel_b)))
         label = labels[i] if labels is not None else f"{_describe(sel_a)} vs {_describe(sel_b)}"
-        rows.append({"family": family, "label": label, **paired_test(joined["a"], joined["b"], margin)})
+        rows.append({"family": family, "label": label,
+                     **paired_test(joined["a"], joined["b"], margin, metric)})
     out = pd.DataFrame(rows)
     if out.empty:
         return out

@@ -40,8 +40,9 @@ normalised area under the AUROC-vs-budget curve), so each (contrast, strategy) i
 
 Verdicts (decision, as for the reference claims in :mod:`stmedfm.findings`): one hypothesis is one family — its
 contrasts x strategies are Holm-adjusted together, not with the other hypotheses' tests — and each test gets the
-verdict of :func:`stmedfm.stats.verdict` (Holm p < 0.05 and the sign its hypothesis predicts: supported; the
-other sign: contradicted; else inconclusive). A hypothesis is *supported* when at least one of its tests is and
+verdict of :func:`stmedfm.stats.verdict` (the one decision rule of :func:`stmedfm.stats.decide` on the Holm p, every
+contrast written so that its hypothesis predicts a positive difference: supported; the other sign: contradicted;
+else inconclusive). A hypothesis is *supported* when at least one of its tests is and
 none contradicts it, *contradicted* in the mirror case, *mixed* when both occur, else *inconclusive*. Every
 sentence names its number of seeds, so a contrast kept at fewer seeds says so.
 
@@ -372,8 +373,9 @@ def _family(rows: list[dict], family: str, holm_by: str | None = None) -> pd.Dat
 
 
 def _pair(a: pd.Series, b: pd.Series) -> dict:
-    joined = pd.concat([a, b], axis=1, keys=["a", "b"], join="inner").dropna()
-    return stats.paired_test(joined["a"], joined["b"])
+    """The paired test of two keyed AUROC series (or transfer gaps), paired by :func:`stmedfm.stats.pair`."""
+    joined = stats.pair(a, b)
+    return stats.paired_test(joined["a"], joined["b"], metric=METRIC)
 
 
 def comparisons(study: VariantStudy, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -591,7 +593,7 @@ def findings(study: VariantStudy, tables: dict[str, pd.DataFrame]) -> list[str]:
         sub = sub.sort_values("fraction")
         diffs = ", ".join(f"{100 * r.fraction:g} %: {r.mean_diff:+.3f}" for r in sub.itertuples())
         lines.append(f"Data efficiency on {task}, {strategy} vs Scratch (AUROC difference by fraction of the train "
-                     f"split; {int(sub['n'].min())} (seed, repeat) pairs each): {diffs}; Holm p < 0.05 at "
+                     f"split; {int(sub['n'].min())} (seed, repeat) pairs each): {diffs}; Holm p < {stats.ALPHA:g} at "
                      f"{n_up} fraction(s) in favour of {strategy} and {n_down} in favour of Scratch.")
     return lines
 

@@ -11,7 +11,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from stmedfm import strategies
-from stmedfm.plots.style import n_range, no_data, present_strategies, require_columns, style
+from stmedfm.plots.style import metric_label, n_range, no_data, present_strategies, require_columns, style
 from stmedfm.tables import summarise
 
 __all__ = ["fig_lr_selection", "fig_budget_curves"]
@@ -45,7 +45,7 @@ def fig_lr_selection(table: pd.DataFrame) -> Figure:
             ax.set_xscale("log")
             ax.set_title(task)
             ax.set_xlabel("learning rate (log scale)")
-        axes[0].set_ylabel("validation macro AUROC")
+        axes[0].set_ylabel(f"validation {metric_label('macro_auroc')}")
         handles, labels = axes[0].get_legend_handles_labels()
         axes[-1].legend(handles, labels, title=f"mean ± sd ({n_range(table['n'])} seeds)\nring: selected"
                         + ("\ndashed ring: at the grid's edge" if "at_edge" in table and table["at_edge"].any() else ""),

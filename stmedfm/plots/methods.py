@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import ScaledTranslation
 
-from stmedfm import strategies
-from stmedfm.plots.style import no_data, present_strategies, require_columns, style
+from stmedfm import measures, strategies
+from stmedfm.plots.style import metric_label, no_data, present_strategies, require_columns, style
 
 __all__ = ["fig_pareto", "fig_fewshot_methods"]
 
@@ -31,7 +31,7 @@ def _short(name: str) -> str:
     return strategies.label(name).removeprefix("Pretrain+")
 
 
-def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure:
+def fig_pareto(pareto_frame: pd.DataFrame, metric: str = "macro_auroc") -> Figure:
     """AUROC vs trainable parameters (log x), one panel per task: each strategy with its 95 % CI bar, the Pareto
     front as a step line through its members, which are labelled on the plot.
 
@@ -76,9 +76,9 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric_name: str = "AUROC") -> Figure
             ax.set_xlabel("trainable parameters (log scale)")
             n = int(g["n"].max()) if "n" in g and g["n"].notna().any() else 0
             ax.set_title(f"{task} (n = {n} seeds)")
-        axes[0].set_ylabel(f"test macro {metric_name} (mean ± 95 % CI)")
+        axes[0].set_ylabel(f"test {metric_label(metric)} (mean ± 95 % CI)")
         _family_legend(fig, axes)
-        fig.suptitle(f"{metric_name} vs trainable parameters per task: the Pareto front (labelled, black edge)",
+        fig.suptitle(f"{measures.label(metric)} vs trainable parameters per task: the Pareto front (labelled, black edge)",
                      fontsize=14)
         fig.tight_layout()
         for ax, front in fronts:  # after the layout: labels are placed in display space
@@ -182,7 +182,7 @@ def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lor
             ax.set_title(strategies.label(strategy), fontsize=10)
             ax.set_xticks(ks)
             if i % cols == 0:
-                ax.set_ylabel("test macro AUROC")
+                ax.set_ylabel(f"test {metric_label('macro_auroc')}")
             if i // cols == rows - 1:
                 ax.set_xlabel("K per class")
         present = [(ref, ls) for ref, ls in zip(references, ("--", ":")) if ref in set(g0["strategy"])]

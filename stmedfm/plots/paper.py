@@ -198,7 +198,7 @@ def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None
         lo, hi = xs.min() / 1.8, xs.max() * 1.8
         ax.set_xlim(lo, hi)
         ax.set_xlabel("official training-set size of the downstream task (samples, log scale)")
-        ax.set_ylabel("test macro AUROC")
+        ax.set_ylabel(f"test {metric_label('macro_auroc')}")
         for x in xs:
             ax.axvline(x, color="#999999", lw=0.8, ls=":", zorder=1)
         # flag names above the axes, spread apart when sizes are close, with leader lines to their x
@@ -249,7 +249,7 @@ def fig_fewshot(metrics: pd.DataFrame, task: str, metric: str = "macro_auroc") -
         pad = max(0.5, 0.08 * (ks[-1] - ks[0]))
         ax.set_xlim(ks[0] - pad, ks[-1] + pad)
         ax.set_xlabel("K (labelled training samples per class)")
-        ax.set_ylabel("test macro AUROC (mean ± std)")
+        ax.set_ylabel(f"test {metric_label('macro_auroc')} (mean ± std)")
         ax.axhline(0.5, color="#999999", lw=0.9, ls="--", zorder=1)
         ax.text(ks[-1] + pad * 0.95, 0.5, "chance", ha="right", va="bottom", fontsize=8.4, color="#777777")
         ax.legend(title=f"mean ± std over\n{n_splits} split{'s' if n_splits != 1 else ''} × "

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from stmedfm import strategies
+from stmedfm import measures, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_path
 
@@ -120,8 +120,9 @@ def n_range(values) -> str:
 
 
 def metric_label(metric: str) -> str:
-    """'macro_auroc' -> 'macro AUROC', for axis labels and titles."""
-    return metric.replace("_", " ").replace("auroc", "AUROC")
+    """'macro_auroc' -> 'macro AUROC', for axis labels and titles: the metric table's axis label
+    (:func:`stmedfm.measures.axis_label`)."""
+    return measures.axis_label(metric)
 
 
 def short_label(name: str, width: int = 22) -> str:

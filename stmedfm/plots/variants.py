@@ -175,7 +175,7 @@ def fig_contrasts(comparisons: pd.DataFrame, task: str) -> Figure:
         ax.axvline(0, color="#777777", lw=1, ls="--")
         ax.set_yticks(y)
         ax.set_yticklabels([f"{r.a} − {r.b} · {r.strategy}" for r in sub.itertuples()], fontsize=8.2)
-        ax.set_xlabel("change of the transfer gap (Δ macro AUROC, mean ± 95 % CI over seeds)")
+        ax.set_xlabel(f"change of the transfer gap (Δ {metric_label('macro_auroc')}, mean ± 95 % CI over seeds)")
         handles = [Patch(color=hcolor[h], label=h) for h in hyps]
         ax.legend(handles=handles, title="hypothesis (predicts > 0)", loc="upper left", bbox_to_anchor=(1.08, 1.0),
                   borderaxespad=0)
