@@ -291,7 +291,7 @@ def _equivalent(row) -> bool:
     """TOST-equivalent to its reference within the margin (Holm p < :data:`stmedfm.stats.ALPHA` in its family)."""
     if row is None or "p_tost_holm" not in row:
         return False
-    return bool(np.isfinite(row["p_tost_holm"]) and row["p_tost_holm"] < stats.ALPHA)
+    return stats.significant(row["p_tost_holm"])
 
 
 def pareto_best(tables: dict[str, pd.DataFrame], task: str) -> str | None:

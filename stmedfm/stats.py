@@ -51,8 +51,9 @@ from statsmodels.stats.weightstats import ttost_paired
 from stmedfm import measures
 from stmedfm.errors import StmedfmError
 
-__all__ = ["ALPHA", "decide", "per_seed", "pair", "t_test_p", "holm", "rank_biserial", "mean_ci", "prediction_interval", "paired_test", "min_two_sided_p",
-           "compare", "verdict", "format_p", "tost", "DEFAULT_MARGIN"]
+__all__ = ["ALPHA", "significant", "decide", "verdict", "per_seed", "pair", "paired_test", "compare", "t_test_p",
+           "holm", "rank_biserial", "mean_ci", "prediction_interval", "min_two_sided_p", "format_p", "tost",
+           "DEFAULT_MARGIN"]
 
 ALPHA = 0.05  #: the level of every decision (:func:`decide`), verdict and equivalence test of the package
 DEFAULT_MARGIN = 0.01  #: the equivalence margin of AUROC differences (``StudyConfig.equivalence_margin``)
@@ -113,13 +114,19 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return mean, mean - half, mean + half
 
 
+def significant(p: float, alpha: float = ALPHA) -> bool:
+    """Whether a p-value is below ``alpha`` (False for a p that could not be computed): the one threshold of
+    :func:`decide` and of the equivalence tests (``equivalent``)."""
+    return bool(isinstance(p, (int, float, np.floating)) and p < alpha)
+
+
 def decide(estimate: float, p: float, alpha: float = ALPHA) -> int:
     """The decision rule of every paired comparison, written once: +1 (favours a) when ``p`` < ``alpha`` and the
     oriented difference ``estimate`` is positive, -1 (favours b) when p < alpha and it is negative, 0 otherwise
     (including a p or an estimate that could not be computed). ``p`` is the test's: Holm-adjusted for a family of
     claims, the t-test's for the report's descriptive checks (where a single run, which has no test, passes
     p = 0 and its sign decides)."""
-    if not (isinstance(p, (int, float, np.floating)) and p < alpha) or not estimate or math.isnan(estimate):
+    if not significant(p, alpha) or not estimate or math.isnan(estimate):
         return 0
     return 1 if estimate > 0 else -1
 
@@ -243,7 +250,7 @@ def compare(frame: pd.DataFrame, pairs: Sequence[tuple[dict, dict]], pair_on: Se
     if margin is not None:
         out["margin"] = margin
         out["p_tost_holm"] = holm(out["p_tost"])
-        out["equivalent"] = out["p_tost_holm"] < ALPHA
+        out["equivalent"] = out["p_tost_holm"].map(significant)
     return out
 
 
