@@ -15,6 +15,7 @@ checks both the imports and that this list and that one agree)::
     store                                 the result store: runs, checkpoints, tidy tables
     planning                              what a study runs, each run's identity, preflight
     executors | hub | train               where tasks run; an exported model's class; training and evaluation
+    records | results                     what a run is (spec, result, pretraining mix); a store read (no torch)
     bootstrap | calibration | config | download | metrics | peft | precision | scheduler | selection | stats | synthetic
     data | model                          verified data as tensors; the architecture
     errors : io : measures : options : paths : provenance : registry : seal : strategies    the foundation (``:`` may import each other)

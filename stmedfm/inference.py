@@ -42,7 +42,8 @@ from stmedfm.planning import PretrainJob, study_data
 from stmedfm.planning import run_id as make_id
 from stmedfm.registry import FlagInfo
 from stmedfm.store import ResultStore, checkpoint_state
-from stmedfm.train import RunSpec, adapt, downstream_model, evaluate, predict_logits
+from stmedfm.records import RunSpec
+from stmedfm.train import adapt, downstream_model, evaluate, predict_logits
 
 __all__ = ["TrainedModel", "load_model", "find_run"]
 

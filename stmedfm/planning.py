@@ -31,7 +31,7 @@ from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
 from stmedfm.precision import NATIVE_CPU_FLAGS, identity_name, native_cpu_bf16, resolve
-from stmedfm.train import RunSpec
+from stmedfm.records import RunSpec
 
 #: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
 TRAINING_FIELDS = (

@@ -38,7 +38,7 @@ from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.data import class_weights, load_task, status_table
 from stmedfm.peft import parameter_table
 from stmedfm.tables import ci95, paper_results
-from stmedfm.train import sampling_probabilities
+from stmedfm.records import sampling_probabilities
 
 __all__ = [
     "CLAIMS",

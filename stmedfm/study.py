@@ -28,8 +28,10 @@ from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
 from stmedfm.io import atomic_write_bytes, atomic_write_text
 from stmedfm.planning import PlannedRun, PretrainJob, StudyData, plan, pretrain_jobs, unique_runs
 from stmedfm.precision import identity_name, resolve
-from stmedfm.store import MARKER, ResultStore
-from stmedfm.train import RunResult, RunSpec, pretrain, run_downstream
+from stmedfm.results import MARKER
+from stmedfm.store import ResultStore
+from stmedfm.records import RunResult, RunSpec
+from stmedfm.train import pretrain, run_downstream
 
 
 # --- worker side --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from stmedfm import registry, seal, strategies
 from stmedfm.io import atomic_write_text
 from stmedfm.peft import parameter_table
 from stmedfm.stats import mean_ci
-from stmedfm.store import ResultStore, not_results
+from stmedfm.results import StoredResults, not_results
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
 METRIC_TABLES = {
@@ -139,7 +139,7 @@ def _order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
+def build_tables(store: StoredResults) -> dict[str, pd.DataFrame]:
     """Every paper table (and the temperature-scaling table) from one result store."""
     cfg = store.config()
     metrics = store.table("metrics")
@@ -259,7 +259,7 @@ def mark(frame: pd.DataFrame, notices: list[str], name: str = "") -> pd.DataFram
 def write_tables(results: str | Path) -> list[Path]:
     """Write every table as CSV and markdown into ``<results>/tables/``; returns the written paths. Each markdown
     table starts with the store's notices (synthetic data, smoke budgets, several machines)."""
-    store = ResultStore(results)
+    store = StoredResults(results)
     out_dir = store.root / "tables"
     notices = store.notices()
     banner = "".join(f"> **{n}**\n\n" for n in notices)

@@ -70,7 +70,7 @@ from stmedfm.planning import plan, study_data
 from stmedfm.store import MARKER, ResultStore
 from stmedfm.study import default_workers, run_study
 from stmedfm.tables import cell, markdown, summarise
-from stmedfm.train import sampling_probabilities
+from stmedfm.records import sampling_probabilities
 
 __all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "run", "results", "complete", "aggregate", "read",
            "comparisons",

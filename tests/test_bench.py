@@ -12,7 +12,8 @@ from stmedfm import bench, bench_baseline
 from stmedfm import data as D
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
-from stmedfm.train import RunSpec, downstream_model, predict_logits, pretrain
+from stmedfm.records import RunSpec
+from stmedfm.train import downstream_model, predict_logits, pretrain
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from stmedfm import paths, provenance, synthetic
 from stmedfm.cli import main
 from stmedfm.errors import StmedfmError
 from stmedfm.planning import official_data, plan, run_id, study_data
-from stmedfm.store import PROVENANCE, ResultStore, StoreWarning
+from stmedfm.results import StoreWarning
+from stmedfm.store import PROVENANCE, ResultStore
 from stmedfm.study import run_study
 from stmedfm.tables import write_tables
 

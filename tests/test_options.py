@@ -115,7 +115,8 @@ def test_grids_read_as_users_write_them():
 @pytest.mark.slow
 def test_options_change_the_trained_model():
     from stmedfm.peft import count_parameters
-    from stmedfm.train import RunSpec, build_model, downstream_model
+    from stmedfm.records import RunSpec
+    from stmedfm.train import build_model, downstream_model
 
     base = StudyConfig.load(ROOT / "params" / "smoke.yaml")
     state = build_model(base, ["bloodmnist"], 0).state_dict()

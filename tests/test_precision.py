@@ -14,7 +14,8 @@ from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.planning import official_data, plan, run_id
 from stmedfm.study import run_study
-from stmedfm.train import RunSpec, run_downstream
+from stmedfm.records import RunSpec
+from stmedfm.train import run_downstream
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})

@@ -147,7 +147,7 @@ def test_cli_prints_errors_without_traceback(capsys):
 def test_run_identity_is_stable():
     """Stored results are found by these ids: a change here orphans every finished run (add fields via LATER_FIELDS)."""
     from stmedfm.planning import PretrainJob
-    from stmedfm.train import RunSpec
+    from stmedfm.records import RunSpec
 
     cfg = StudyConfig()
     spec = RunSpec(task="pathmnist", strategy="lora", seed=0, steps=120, lr=2e-3, class_weights=True,

@@ -15,7 +15,8 @@ from stmedfm import paths, variants
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.planning import official_data, plan, run_id
-from stmedfm.train import RunSpec, run_downstream
+from stmedfm.records import RunSpec
+from stmedfm.train import run_downstream
 
 PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 

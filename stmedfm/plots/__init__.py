@@ -1,6 +1,6 @@
 """The paper's Figures 1-7, the variant studies' figures and the data views, drawn from tidy results or a model.
 
-Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.store.ResultStore`) or a model
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.results.StoredResults`) or a model
 and returns a :class:`matplotlib.figure.Figure`; none of them reads a result file. The figures are built with
 ``Figure()`` rather than ``pyplot``, so they are never registered with a GUI backend (no double display in a
 notebook, nothing to close). :func:`write_figures` reads one result store and writes each figure as PNG

@@ -1,6 +1,6 @@
 """The paper's Figures 2-7, drawn from a study's tidy results, and :func:`write_figures` (Figures 1-7 of a store).
 
-Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.store.ResultStore`) and returns a
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.results.StoredResults`) and returns a
 :class:`matplotlib.figure.Figure`; none of them reads a file, so notebooks and tests can feed them any frame.
 """
 
@@ -36,9 +36,9 @@ from stmedfm.plots.style import (
     style,
     write_figure,
 )
-from stmedfm.store import ResultStore
+from stmedfm.results import StoredResults
 from stmedfm.tables import summarise
-from stmedfm.train import in_task_pretraining_steps
+from stmedfm.records import in_task_pretraining_steps
 
 __all__ = ["fig2_pretraining_loss", "fig3_train_size_auroc", "fig_fewshot", "fig6_reliability", "fig7_confusion",
            "pool_reliability", "write_figures"]
@@ -390,7 +390,7 @@ def fig7_confusion(confusion: pd.DataFrame, task: str, strategy: str = "full", l
 def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
     """Write Figures 1-7 of the result store ``results`` as PNG (150 dpi) and SVG into ``out``
     (default ``figures/<study>/``); a figure whose data the store lacks is skipped. Returns the written paths."""
-    store = ResultStore(results)
+    store = StoredResults(results)
     cfg = store.config()
     out_dir = Path(out) if out is not None else paths.figures_dir(cfg.study)
     if out_dir.exists() and not out_dir.is_dir():
