@@ -255,9 +255,18 @@ def cmd_export(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from stmedfm.plots import write_figures
+    from stmedfm.plots import write_result_figures
 
-    for path in write_figures(args.results, args.out):
+    try:  # Figure 1 is drawn from the model, so it needs torch; every other figure reads the store only
+        from stmedfm.plots.architecture import write_figure1
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        print("Figure 1 (drawn from the model) needs torch, which is not installed: skipped.", file=sys.stderr)
+        written = []
+    else:
+        written = write_figure1(args.results, args.out)
+    for path in [*written, *write_result_figures(args.results, args.out)]:
         print(path)
 
 

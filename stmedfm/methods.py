@@ -39,14 +39,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stmedfm import measures, paths, registry, seal, stats, strategies
+from stmedfm import measures, paths, seal, stats, strategies
 from stmedfm.errors import StmedfmError
-from stmedfm.peft import parameter_table
 from stmedfm.plots import fig_fewshot_methods, fig_pareto, write_figure
 from stmedfm.report import claim_roles
 from stmedfm.results import StoredResults
 
-__all__ = ["METRICS", "REFERENCES", "counts", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
+__all__ = ["METRICS", "REFERENCES", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
            "fewshot", "task_table", "comparison_view", "pareto_best", "findings", "figures", "write_figures"]
 
 #: The metrics of the tables, the primary one first; ``*_ts`` only when the study scaled temperatures.
@@ -203,21 +202,6 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
             raise StmedfmError(f"'{path}' does not exist: run notebook 10 (or stmedfm.methods.write_tables) on "
                                f"{root} first.")
         out[name] = seal.read_csv(root, path.name)
-    return out
-
-
-def counts(names=None, tasks=registry.PAPER_TASKS, width: int = 64) -> pd.DataFrame:
-    """Table 4 for strategies ``names`` (default: every registered one): per strategy what it trains, its trainable
-    parameters on each of ``tasks`` (the paper's four by default) and its total on the first task."""
-    names = list(strategies.names() if names is None else names)
-    t = parameter_table(tasks=tasks, strategies=names, width=width)
-    wide = t.pivot(index="strategy", columns="task", values="trainable").reindex(index=names, columns=list(tasks))
-    out = pd.DataFrame({"strategy": [strategies.label(s) for s in names],
-                        "trains": [strategies.get(s).description for s in names]})
-    for task in tasks:
-        out[f"trainable ({task})"] = wide[task].to_numpy()
-    first = t[t["task"] == tasks[0]].set_index("strategy")["total"]
-    out[f"total ({tasks[0]})"] = [int(first[s]) for s in names]
     return out
 
 

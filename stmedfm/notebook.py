@@ -277,7 +277,8 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     exists; while runs compute, a progress bar (tqdm.auto: a widget in Jupyter) counts them, and one summary line
     says how many runs were reused and computed.
     """
-    from stmedfm.planning import plan, run_id
+    from stmedfm.planning import run_id
+    from stmedfm.records import plan
     from stmedfm.store import ResultStore
     from stmedfm.study import run_study
     from stmedfm.studyname import check, claim

@@ -147,6 +147,16 @@ class StoredResults:
                                f"`stmedfm study PARAMS --out {self.root}`.")
         return frame
 
+    def parameter_counts(self) -> pd.DataFrame:
+        """``task, strategy, total, trainable``: the parameter counts the store's runs recorded (``runs.csv``; every
+        run of a task and strategy adapts the same model), in the order the runs appear. Read, not recomputed from
+        a model: the counts of the model each run trained, and no torch to read them."""
+        runs = self.table("runs")
+        first = runs.drop_duplicates(["task", "strategy"])
+        return pd.DataFrame({"task": first["task"], "strategy": first["strategy"],
+                             "total": first["total_params"].astype(int),
+                             "trainable": first["trainable_params"].astype(int)}).reset_index(drop=True)
+
     def notices(self) -> list[str]:
         """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from
         several machines. Tables, figures and the report print these."""

@@ -33,8 +33,8 @@ from stmedfm import data as D
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_bytes, atomic_write_text
-from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
-from stmedfm.records import RunResult
+from stmedfm.planning import StudyData, data_kind, job_id, run_id, study_data
+from stmedfm.records import RunResult, plan, pretrain_jobs
 from stmedfm.results import MARKER, StoredResults
 from stmedfm.train import build_model, eval_subset
 
@@ -103,10 +103,10 @@ class ResultStore(StoredResults):
 
     def open(self, cfg: StudyConfig) -> StudyData:
         """The one way into a store before computing: refuse a folder that is not this study's (before anything is
-        downloaded or written), :func:`preflight` (files present, downloaded when ``cfg.download``), then claim it
-        for the kind of data the study reads. Returns the study's data identities."""
+        written), then claim it for the kind of data the study reads. Returns the study's data identities. Opening
+        never downloads: fetching missing files is :func:`stmedfm.planning.preflight`'s, which running a study
+        (:func:`stmedfm.study.run_study`) calls first; here a missing file is one line (:func:`study_data`)."""
         self.check_claim(cfg, None)
-        preflight(cfg)
         data = study_data(cfg)
         self.claim(cfg, data_kind(data))
         return data
@@ -228,7 +228,7 @@ class ResultStore(StoredResults):
         tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
         losses = []
         for job in pretrain_jobs(planned):
-            jid = job.id(cfg, data)
+            jid = job_id(cfg, job, data)
             if self.has_checkpoint(jid):
                 frame = pd.read_csv(self.loss_path(jid))
                 frame.insert(0, "pretrain", "+".join(job.tasks))

@@ -18,7 +18,6 @@ import pandas as pd
 
 from stmedfm import registry, seal, strategies
 from stmedfm.io import atomic_write_text
-from stmedfm.peft import parameter_table
 from stmedfm.stats import mean_ci
 from stmedfm.results import StoredResults, not_results
 
@@ -146,7 +145,8 @@ def build_tables(store: StoredResults) -> dict[str, pd.DataFrame]:
     metrics["variant"] = metrics["variant"].astype(object).fillna("")  # all-empty columns are read as float
     tables: dict[str, pd.DataFrame] = {}
 
-    params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, **cfg.count_options())
+    params = store.parameter_counts()  # what the runs counted (runs.csv), for the study's tasks and strategies
+    params = params[params["task"].isin(cfg.downstream_tasks) & params["strategy"].isin(cfg.strategies)]
     long = params.melt(id_vars=["task", "strategy"], value_vars=["total", "trainable"], var_name="metric", value_name="mean")
     long["metric"] = long["metric"] + "_params"
     tables["table4_params"] = _order(with_paper(long, "table4_params"))

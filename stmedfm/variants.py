@@ -66,11 +66,11 @@ from stmedfm.config import StudyConfig, notebook_params, params_path, read_param
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import reusable
 from stmedfm.io import atomic_write_text
-from stmedfm.planning import plan, study_data
+from stmedfm.planning import study_data
+from stmedfm.records import plan, sampling_probabilities
 from stmedfm.store import MARKER, ResultStore
 from stmedfm.study import default_workers, run_study
 from stmedfm.tables import cell, markdown, summarise
-from stmedfm.records import sampling_probabilities
 
 __all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "run", "results", "complete", "aggregate", "read",
            "comparisons",

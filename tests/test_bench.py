@@ -107,7 +107,8 @@ def test_trainable_stems_are_never_recorded(make_config, synthetic_dir, strategy
 def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
     """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
     from stmedfm import paths
-    from stmedfm.planning import official_data, plan, pretrain_jobs, unique_runs
+    from stmedfm.planning import official_data, unique_runs
+    from stmedfm.records import plan, pretrain_jobs
 
     out = tmp_path / "profile.csv"
     assert main(["bench", "--profile", "--quick", "--top", "5", "--out", str(out)]) == 0

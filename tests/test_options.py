@@ -10,7 +10,8 @@ from stmedfm import options, paths, strategies
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig, parse_overrides
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import plan
 
 ROOT = paths.project_root()
 

@@ -12,9 +12,9 @@ from stmedfm import precision as P
 from stmedfm import paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import RunSpec, plan
 from stmedfm.study import run_study
-from stmedfm.records import RunSpec
 from stmedfm.train import run_downstream
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})

@@ -8,7 +8,8 @@ from stmedfm import paths
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import job_id, official_data, run_id
+from stmedfm.records import plan
 from stmedfm.store import ResultStore
 from stmedfm.study import run_study
 from stmedfm.tables import write_tables
@@ -146,12 +147,11 @@ def test_cli_prints_errors_without_traceback(capsys):
 
 def test_run_identity_is_stable():
     """Stored results are found by these ids: a change here orphans every finished run (add fields via LATER_FIELDS)."""
-    from stmedfm.planning import PretrainJob
-    from stmedfm.records import RunSpec
+    from stmedfm.records import PretrainJob, RunSpec
 
     cfg = StudyConfig()
     spec = RunSpec(task="pathmnist", strategy="lora", seed=0, steps=120, lr=2e-3, class_weights=True,
                    pretrain=tuple(cfg.pretrain_tasks))
     assert run_id(cfg, spec, official_data(cfg)) == "run-43f61d1aed33087f"
-    assert PretrainJob(0, tuple(cfg.pretrain_tasks)).id(cfg, official_data(cfg)) == "pretrain-179d0ffcf32bcfe4"
+    assert job_id(cfg, PretrainJob(0, tuple(cfg.pretrain_tasks)), official_data(cfg)) == "pretrain-179d0ffcf32bcfe4"
     assert run_id(cfg.replace(flip_policy="label_safe"), spec, official_data(cfg)) != "run-43f61d1aed33087f"

@@ -14,8 +14,8 @@ import stmedfm.train as train_mod
 from stmedfm import paths, variants
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
-from stmedfm.records import RunSpec
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import RunSpec, plan
 from stmedfm.train import run_downstream
 
 PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
