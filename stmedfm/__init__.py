@@ -7,7 +7,7 @@ checks both the imports and that this list and that one agree)::
 
     cli                                   the command line (also ``python -m stmedfm``)
     bench_methods                         seconds and peak memory of one run per adaptation method
-    bench | findings | notebook           benchmark; conclusions for the README; notebook helpers
+    bench | findings | notebook | runvariants  benchmark; conclusions for the README; notebook helpers; running variants
     export | variants | methods | claims | scaling | fair | inputs  a model to share; variants; strategies; claims; workers; fair; data and model tables
     bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report
     tables                                the paper's tables from a result store

@@ -194,7 +194,9 @@ def cmd_variants(args) -> None:
     if args.reanalyse:
         tables = variants.reanalyse(study)
     else:
-        tables = variants.run(study, workers=args.workers, progress=not args.quiet)
+        from stmedfm import runvariants  # the running half imports torch; --reanalyse reads only
+
+        tables = runvariants.run(study, workers=args.workers, progress=not args.quiet)
     variants.write_figures(study, tables)
     for line in variants.findings(study, tables):
         print(f"- {line}")

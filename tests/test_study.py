@@ -155,3 +155,22 @@ def test_run_identity_is_stable():
     assert run_id(cfg, spec, official_data(cfg)) == "run-43f61d1aed33087f"
     assert job_id(cfg, PretrainJob(0, tuple(cfg.pretrain_tasks)), official_data(cfg)) == "pretrain-179d0ffcf32bcfe4"
     assert run_id(cfg.replace(flip_policy="label_safe"), spec, official_data(cfg)) != "run-43f61d1aed33087f"
+
+
+def test_opening_a_store_never_downloads(tmp_path, monkeypatch):
+    """Issue 32: ``ResultStore.open`` called preflight, so opening a store could download. Opening a committed
+    store whose config says ``download: true``, with its files absent, is one line and no download attempt;
+    fetching files is running a study's (run_study's preflight)."""
+    import shutil
+
+    from stmedfm import download
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("opening a store tried to download")
+
+    monkeypatch.setattr(download, "download", no_download)
+    store = ResultStore(shutil.copytree(paths.project_root() / "results" / "offline_label_safe", tmp_path / "s"))
+    (tmp_path / "empty").mkdir()
+    cfg = store.config().replace(download=True, data_dir=str(tmp_path / "empty"))
+    with pytest.raises(StmedfmError, match="empty"):
+        store.open(cfg)
