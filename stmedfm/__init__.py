@@ -11,6 +11,7 @@ checks both the imports and that this list and that one agree)::
     export | variants | methods | claims | scaling | fair | inputs  a model to share; variants; strategies; claims; workers; fair; data and model tables
     bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report
     tables                                the paper's tables from a result store
+    launch                                assemble and run one study (the CLI and the notebooks)
     study | studyname                     execute a study; one name and parameter file per store
     store                                 the result store: runs, checkpoints, tidy tables
     planning                              what a study runs, each run's identity, preflight

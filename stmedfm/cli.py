@@ -133,14 +133,9 @@ def cmd_study(args) -> None:
     if isinstance(resolve_scheduler(cfg.scheduler), str):  # a bad address: one line, before torch is even loaded
         check_scheduler(resolve_scheduler(cfg.scheduler))
 
-    from stmedfm.executors import connect
-    from stmedfm.study import reuse_sources, run_study
-    from stmedfm.studyname import claim
+    from stmedfm import launch
 
-    reuse_sources(args.reuse or (), args.out or "")
-    with connect(cfg.scheduler) as executor:  # connected before a folder is claimed
-        out = claim(cfg, args.params, out=args.out)
-        store = run_study(cfg, out=out, progress=not args.quiet, scheduler=executor, reuse=args.reuse or ())
+    store = launch.run(cfg, args.params, out=args.out, reuse=args.reuse or (), progress=not args.quiet)
     print(f"study '{cfg.study}': results in {store.root}")
 
 

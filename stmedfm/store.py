@@ -263,7 +263,7 @@ class ResultStore(StoredResults):
 
     def planned(self, cfg: StudyConfig, data: StudyData, lr_selection: pd.DataFrame | None = None) -> list:
         """The plan of ``cfg`` as far as this store decides it: with ``lr_grid``, the runs at the learning rates its
-        selection runs chose (:func:`stmedfm.planning.plan`)."""
+        selection runs chose (:func:`stmedfm.records.plan`)."""
         if not cfg.lr_grid:
             return plan(cfg)
         table = self.lr_selection(cfg, data) if lr_selection is None else lr_selection
