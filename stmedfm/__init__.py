@@ -7,14 +7,16 @@ checks both the imports and that this list and that one agree)::
 
     cli                                   the command line (also ``python -m stmedfm``)
     bench_methods                         seconds and peak memory of one run per adaptation method
-    bench | findings | notebook           benchmark; conclusions for the README; notebook helpers
-    export | variants | methods | claims | scaling | fair  a model to share; variants; strategies; claims; workers; fair
+    bench | findings | notebook | runvariants  benchmark; conclusions for the README; notebook helpers; running variants
+    export | variants | methods | claims | scaling | fair | inputs  a model to share; variants; strategies; claims; workers; fair; data and model tables
     bench_baseline | inference | plots | report   slow reference pipeline; trained models; figures; report
     tables                                the paper's tables from a result store
+    launch                                assemble and run one study (the CLI and the notebooks)
     study | studyname                     execute a study; one name and parameter file per store
     store                                 the result store: runs, checkpoints, tidy tables
     planning                              what a study runs, each run's identity, preflight
     executors | hub | train               where tasks run; an exported model's class; training and evaluation
+    records | results                     what a run is (spec, result, pretraining mix); a store read (no torch)
     bootstrap | calibration | config | download | metrics | peft | precision | scheduler | selection | stats | synthetic
     data | model                          verified data as tensors; the architecture
     errors : io : measures : options : paths : provenance : registry : seal : strategies    the foundation (``:`` may import each other)

@@ -65,7 +65,8 @@ from stmedfm.errors import StmedfmError
 from stmedfm.executors import prepare_worker, restore_allocator
 from stmedfm.io import atomic_write_text
 from stmedfm.peft import prepare
-from stmedfm.planning import plan, preflight, pretrain_jobs, study_data, unique_runs
+from stmedfm.planning import preflight, study_data, unique_runs
+from stmedfm.records import plan, pretrain_jobs
 from stmedfm import precision as P  # P.cpu_flags looked up at call time: tests stand in another CPU
 from stmedfm.precision import NATIVE_CPU_FLAGS, native_cpu_bf16, resolve
 from stmedfm.provenance import cpu_model, isa_summary

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from stmedfm import data as D
 from stmedfm import registry
 from stmedfm.config import StudyConfig
-from stmedfm.planning import plan, preflight, pretrain_jobs, study_data, unique_runs
+from stmedfm.planning import preflight, study_data, unique_runs
+from stmedfm.records import plan, pretrain_jobs
 from stmedfm.train import (build_model, derive_seed, downstream_model, eval_subset, generator, make_pool, optimizer,
                            run_metrics, task_schedule)
 

@@ -70,7 +70,8 @@ def measure_one(params: str | None, overrides: dict, strategy: str, task: str) -
     from stmedfm import data as D
     from stmedfm import strategies
     from stmedfm.config import StudyConfig
-    from stmedfm.train import RunSpec, adapt, build_model
+    from stmedfm.records import RunSpec
+    from stmedfm.train import adapt, build_model
 
     torch.set_num_threads(1)  # as in a pool worker (stmedfm.executors)
     cfg = StudyConfig.load(params, overrides)

@@ -133,14 +133,9 @@ def cmd_study(args) -> None:
     if isinstance(resolve_scheduler(cfg.scheduler), str):  # a bad address: one line, before torch is even loaded
         check_scheduler(resolve_scheduler(cfg.scheduler))
 
-    from stmedfm.executors import connect
-    from stmedfm.study import reuse_sources, run_study
-    from stmedfm.studyname import claim
+    from stmedfm import launch
 
-    reuse_sources(args.reuse or (), args.out or "")
-    with connect(cfg.scheduler) as executor:  # connected before a folder is claimed
-        out = claim(cfg, args.params, out=args.out)
-        store = run_study(cfg, out=out, progress=not args.quiet, scheduler=executor, reuse=args.reuse or ())
+    store = launch.run(cfg, args.params, out=args.out, reuse=args.reuse or (), progress=not args.quiet)
     print(f"study '{cfg.study}': results in {store.root}")
 
 
@@ -194,7 +189,9 @@ def cmd_variants(args) -> None:
     if args.reanalyse:
         tables = variants.reanalyse(study)
     else:
-        tables = variants.run(study, workers=args.workers, progress=not args.quiet)
+        from stmedfm import runvariants  # the running half imports torch; --reanalyse reads only
+
+        tables = runvariants.run(study, workers=args.workers, progress=not args.quiet)
     variants.write_figures(study, tables)
     for line in variants.findings(study, tables):
         print(f"- {line}")
@@ -255,9 +252,18 @@ def cmd_export(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from stmedfm.plots import write_figures
+    from stmedfm.plots import write_result_figures
 
-    for path in write_figures(args.results, args.out):
+    try:  # Figure 1 is drawn from the model, so it needs torch; every other figure reads the store only
+        from stmedfm.plots.architecture import write_figure1
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        print("Figure 1 (drawn from the model) needs torch, which is not installed: skipped.", file=sys.stderr)
+        written = []
+    else:
+        written = write_figure1(args.results, args.out)
+    for path in [*written, *write_result_figures(args.results, args.out)]:
         print(path)
 
 

@@ -30,7 +30,8 @@ from stmedfm import hub, registry, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.inference import load_model
 from stmedfm.model import STMedFM
-from stmedfm.planning import PretrainJob, study_data
+from stmedfm.planning import job_id, study_data
+from stmedfm.records import PretrainJob
 from stmedfm.provenance import software
 from stmedfm.store import ResultStore, checkpoint_state
 from stmedfm.tables import METRIC_TABLES, summarise
@@ -100,7 +101,7 @@ def _backbone(store: ResultStore, cfg, seed: int):
     tasks = tuple(cfg.pretrain_tasks)
     if not tasks:
         raise StmedfmError(f"{store.root} pretrains nothing (pretrain_tasks is empty): there is no backbone to export.")
-    job = PretrainJob(seed, tasks).id(cfg, study_data(cfg))
+    job = job_id(cfg, PretrainJob(seed, tasks), study_data(cfg))
     path = store.checkpoint_path(job)
     if not path.is_file():
         raise StmedfmError(f"{store.root} has no pretrained checkpoint of seed {seed} ({path.name}): run the study "

@@ -19,7 +19,7 @@ Contrasts (families: Holm runs within each ``family``):
   paper's claims at every budget instead of one.
 * ``in-task:<task>``: Full at ``s`` steps against Scratch at ``s + p`` steps, where ``p`` is the expected number of
   pretraining steps that drew the task (``pretrain_steps`` x its sampling probability,
-  :func:`stmedfm.train.in_task_pretraining_steps`): equal *in-task* steps. Decision: Scratch's AUROC at ``s + p`` is
+  :func:`stmedfm.records.in_task_pretraining_steps`): equal *in-task* steps. Decision: Scratch's AUROC at ``s + p`` is
   interpolated per seed, linearly in log(steps) between the two nearest budgets of the grid (no extrapolation: a
   budget whose ``s + p`` lies beyond the grid is left out), so no extra run is needed; Scratch at equal *total*
   steps is the ``budget`` family's Full - Scratch.
@@ -45,9 +45,9 @@ from stmedfm.config import StudyConfig
 from stmedfm.io import atomic_write_csv
 from stmedfm.plots import fig_budget_curves, fig_lr_selection, write_figure
 from stmedfm.report import claim_roles
-from stmedfm.store import ResultStore
+from stmedfm.results import StoredResults
 from stmedfm.tables import summarise
-from stmedfm.train import in_task_pretraining_steps
+from stmedfm.records import in_task_pretraining_steps
 
 __all__ = ["METRIC", "BUDGET_CONTRASTS", "roles", "budget_summary", "budget_contrasts", "in_task_contrasts",
            "held_out_contrasts", "analyse", "write_tables", "write_figures"]
@@ -197,7 +197,7 @@ def held_out_contrasts(metrics: pd.DataFrame, margin: float, metric: str = METRI
 
 def analyse(store) -> dict[str, pd.DataFrame]:
     """``budget`` (:func:`budget_summary`) and ``contrasts`` (every family above, one table) of a store."""
-    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    store = store if isinstance(store, StoredResults) else StoredResults(store)
     cfg = store.config()
     metrics = store.table("metrics")
     role, margin = roles(cfg), cfg.equivalence_margin
@@ -211,7 +211,7 @@ def analyse(store) -> dict[str, pd.DataFrame]:
 
 def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Write ``fair_<name>.csv`` into the store; returns the paths."""
-    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    store = store if isinstance(store, StoredResults) else StoredResults(store)
     tables = analyse(store) if tables is None else tables
     written = []
     for name, frame in tables.items():
@@ -224,7 +224,7 @@ def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[P
 def write_figures(store, out: str | os.PathLike | None = None) -> list[Path]:
     """``budget_curves`` (with Full shifted by its in-task pretraining steps) and ``lr_selection`` of a store, as
     far as it has them, into ``out`` (default ``figures/<study>/``)."""
-    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    store = store if isinstance(store, StoredResults) else StoredResults(store)
     cfg = store.config()
     out_dir = Path(out) if out is not None else paths.figures_dir(cfg.study)
     notices = store.notices()

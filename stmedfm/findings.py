@@ -32,7 +32,7 @@ from scipy import stats as st
 from stmedfm import claims as C
 from stmedfm import measures, methods, seal, stats, variants
 from stmedfm.errors import StmedfmError
-from stmedfm.store import ResultStore
+from stmedfm.results import StoredResults
 from stmedfm.tables import METRIC_TABLES, cell, paper_results
 
 __all__ = ["claims_table", "seeds_for_power", "paper_single_run", "reference_block", "write_findings"]
@@ -62,7 +62,7 @@ def paper_single_run(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def write_findings(results: str | Path) -> dict[str, pd.DataFrame]:
     """Compute ``claims.csv`` and ``paper_single_run.csv`` from the store's committed tables; returns them."""
-    store = ResultStore(results)
+    store = StoredResults(results)
     cfg, metrics = store.config(), store.table("metrics")
     out = {"claims": C.claims_table(cfg, metrics, root=store.root, save=True),
            "paper_single_run": paper_single_run(metrics)}
@@ -182,7 +182,7 @@ def verdicts_block(previous: str | Path, current: str | Path) -> str:
     """Which claim verdicts changed between two committed stores (the previous reference and the current one), and
     why, as far as the stores tell: the flag in the claim's role, the pretraining mix, the inference."""
     old, new = (pd.read_csv(Path(r) / "claims.csv", keep_default_na=False) for r in (previous, current))
-    old_cfg, new_cfg = (ResultStore(r).config() for r in (previous, current))
+    old_cfg, new_cfg = (StoredResults(r).config() for r in (previous, current))
     both = new.merge(old, on=["claim", "metric"], how="left", suffixes=("", "_old"))
     lines = [f"| claim | metric | `{Path(previous).name}` | `{Path(current).name}` | what differs |", "|---|---|---|---|---|"]
     changed = 0
@@ -226,7 +226,7 @@ def flips_block(label_safe: str | Path, reference: str | Path, task: str = "orga
     """Label-safe flips against the paper's flips on ``task``: accuracy and AUROC per strategy (Scratch, Full),
     mean ± 95 % CI over the seeds both stores have, and the seeds where label-safe is better. Both stores must come
     from the same machine (a cross-CPU difference would pass for an effect); otherwise the block says so."""
-    stores = [ResultStore(label_safe), ResultStore(reference)]
+    stores = [StoredResults(label_safe), StoredResults(reference)]
     runs = [s.table("runs") for s in stores]
     machines = [set(r["machine"].fillna("unrecorded")) if "machine" in r else {"unrecorded"} for r in runs]
     if machines[0] != machines[1] or len(machines[0]) != 1:

@@ -38,11 +38,12 @@ from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import single_thread
 from stmedfm.model import STMedFM
-from stmedfm.planning import PretrainJob, study_data
+from stmedfm.planning import job_id, study_data
+from stmedfm.records import PretrainJob, RunSpec
 from stmedfm.planning import run_id as make_id
 from stmedfm.registry import FlagInfo
 from stmedfm.store import ResultStore, checkpoint_state
-from stmedfm.train import RunSpec, adapt, downstream_model, evaluate, predict_logits
+from stmedfm.train import adapt, downstream_model, evaluate, predict_logits
 
 __all__ = ["TrainedModel", "load_model", "find_run"]
 
@@ -155,7 +156,7 @@ def load_model(results: str | os.PathLike, task: str | None = None, strategy: st
     rid, spec = find_run(store, task, strategy, seed, experiment, run_id, data)
     pretrained = None
     if spec.pretrain:
-        job = PretrainJob(spec.seed, spec.pretrain).id(cfg, data)
+        job = job_id(cfg, PretrainJob(spec.seed, spec.pretrain), data)
         if not store.checkpoint_path(job).is_file():
             raise StmedfmError(f"The checkpoint of run {rid} ({store.checkpoint_path(job)}) is missing: rerun the "
                                f"study to rebuild it.")

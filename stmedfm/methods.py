@@ -39,14 +39,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stmedfm import measures, paths, registry, seal, stats, strategies
+from stmedfm import measures, paths, seal, stats, strategies
 from stmedfm.errors import StmedfmError
-from stmedfm.peft import parameter_table
 from stmedfm.plots import fig_fewshot_methods, fig_pareto, write_figure
 from stmedfm.report import claim_roles
-from stmedfm.store import ResultStore
+from stmedfm.results import StoredResults
 
-__all__ = ["METRICS", "REFERENCES", "counts", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
+__all__ = ["METRICS", "REFERENCES", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
            "fewshot", "task_table", "comparison_view", "pareto_best", "findings", "figures", "write_figures"]
 
 #: The metrics of the tables, the primary one first; ``*_ts`` only when the study scaled temperatures.
@@ -174,9 +173,9 @@ def fewshot(metrics: pd.DataFrame, metric: str = "macro_auroc") -> pd.DataFrame:
 
 
 def analyse(store) -> dict[str, pd.DataFrame]:
-    """The tables of :data:`TABLES` computed from a study's store (a :class:`~stmedfm.study.ResultStore` or its
+    """The tables of :data:`TABLES` computed from a study's store (a :class:`~stmedfm.results.StoredResults` or its
     path), plus ``small_task`` / ``dominant_task`` as one-row frames of the roles."""
-    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    store = store if isinstance(store, StoredResults) else StoredResults(store)
     metrics, runs = store.table("metrics"), store.table("runs")
     bench_csv = store.root / BENCH_CSV
     summ = summary(metrics, runs, pd.read_csv(bench_csv) if bench_csv.is_file() else None)
@@ -188,7 +187,7 @@ def analyse(store) -> dict[str, pd.DataFrame]:
 
 def write_tables(store, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Write ``methods_<name>.csv`` (and ``methods_roles.csv``) into the store; returns the paths."""
-    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    store = store if isinstance(store, StoredResults) else StoredResults(store)
     tables = analyse(store) if tables is None else tables
     return seal.write_csvs(store.root, {f"methods_{name}.csv": frame for name, frame in tables.items()})
 
@@ -203,21 +202,6 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
             raise StmedfmError(f"'{path}' does not exist: run notebook 10 (or stmedfm.methods.write_tables) on "
                                f"{root} first.")
         out[name] = seal.read_csv(root, path.name)
-    return out
-
-
-def counts(names=None, tasks=registry.PAPER_TASKS, width: int = 64) -> pd.DataFrame:
-    """Table 4 for strategies ``names`` (default: every registered one): per strategy what it trains, its trainable
-    parameters on each of ``tasks`` (the paper's four by default) and its total on the first task."""
-    names = list(strategies.names() if names is None else names)
-    t = parameter_table(tasks=tasks, strategies=names, width=width)
-    wide = t.pivot(index="strategy", columns="task", values="trainable").reindex(index=names, columns=list(tasks))
-    out = pd.DataFrame({"strategy": [strategies.label(s) for s in names],
-                        "trains": [strategies.get(s).description for s in names]})
-    for task in tasks:
-        out[f"trainable ({task})"] = wide[task].to_numpy()
-    first = t[t["task"] == tasks[0]].set_index("strategy")["total"]
-    out[f"total ({tasks[0]})"] = [int(first[s]) for s in names]
     return out
 
 
@@ -455,7 +439,7 @@ def figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
 def write_figures(store, tables: dict[str, pd.DataFrame], out: str | os.PathLike | None = None) -> list[Path]:
     """Write :func:`figures` as PNG + SVG into ``out`` (default ``figures/<study>/``) with the store's notices
     (smoke budgets, synthetic data) across each figure; returns the paths."""
-    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    store = store if isinstance(store, StoredResults) else StoredResults(store)
     out_dir = Path(out) if out is not None else paths.figures_dir(store.config().study)
     notices = store.notices()
     written = []

@@ -277,27 +277,26 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     exists; while runs compute, a progress bar (tqdm.auto: a widget in Jupyter) counts them, and one summary line
     says how many runs were reused and computed.
     """
-    from stmedfm.planning import plan, run_id
+    from stmedfm import launch
+    from stmedfm.planning import run_id, study_data
+    from stmedfm.records import plan
     from stmedfm.store import ResultStore
-    from stmedfm.study import run_study
-    from stmedfm.studyname import check, claim
+    from stmedfm.studyname import check
 
     cfg = config(params, namespace)
     if not run:
         return cfg, ResultStore(paths.results_dir(cfg.study))
     source = params_path(params)
-    check(cfg, source)  # before anything is downloaded or written: a folder of this study, of this parameter file
-    ensure_data(cfg)
-    store = ResultStore(claim(cfg, source))
-    data = store.open(cfg)
-    ids = {run_id(cfg, p.spec, data) for p in plan(cfg)}
-    before = sum(store.has_run(r) for r in ids)
+    root = check(cfg, source)  # before anything is downloaded or written: a folder of this study and this file
+    ensure_data(cfg)  # missing files: a line about the parameters cell (launch.run would name the command line)
+    ids = {run_id(cfg, p.spec, study_data(cfg)) for p in plan(cfg)}
+    before = sum(ResultStore(root).has_run(r) for r in ids)
     if before < len(ids):
         print(f"computing {len(ids) - before} of {len(ids)} runs of study '{cfg.study}' into "
-              f"{_relative(store.root)} ...", flush=True)
+              f"{_relative(root)} ...", flush=True)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the bar stays; its line per finished run is summarised below
-        store = run_study(cfg, out=store.root, progress=True)
+        store = launch.run(cfg, source, progress=True)  # the command line's path: claim, then run_study
     seeds = f"{len(cfg.seeds)} seed{'s' if len(cfg.seeds) != 1 else ''}"
     seconds = time.perf_counter() - t0
     print(f"study '{cfg.study}' ({Path(str(params)).name}, {seeds}): {len(ids)} runs in {_relative(store.root)} "

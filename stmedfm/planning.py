@@ -1,7 +1,7 @@
 """What a study computes, and under which identity: the runs its parameters plan, and whether their files are here.
 
-* :func:`plan` turns a :class:`~stmedfm.config.StudyConfig` into pretraining jobs (one per seed and set of
-  pretraining tasks) and downstream runs, each tagged with the experiment(s) it belongs to. A run is identified
+* :func:`stmedfm.records.plan` turns a :class:`~stmedfm.config.StudyConfig` into pretraining jobs and downstream
+  runs (no torch); here, each gets its identity (:func:`run_id`, :func:`job_id`). A run is identified
   by what defines it (task, strategy, steps, lr, class weights, starting checkpoint, K, split, seed, the training
   fields of the config, and the bytes of its data when they are not the official file), not by the experiment
   that asked for it: Table 11's "weights on" rows *are* Table 5's runs, and run once.
@@ -14,13 +14,11 @@ identity must not depend on where a run is kept or how it is executed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +29,7 @@ from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
 from stmedfm.precision import NATIVE_CPU_FLAGS, identity_name, native_cpu_bf16, resolve
-from stmedfm.train import RunSpec
+from stmedfm.records import PlannedRun, PretrainJob, RunSpec
 
 #: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
 TRAINING_FIELDS = (
@@ -43,8 +41,7 @@ PRETRAIN_FIELDS = (
     "class_weight_clip", "augment", "pretrain_steps", "pretrain_lr", "task_sampling", "sampling_alpha",
     "loss_log_normalise",
 )
-EXPERIMENTS = ("transfer", "fewshot", "class_weights", "leave_out", "extended", "budget", "data_efficiency",
-               "lr_selection")
+
 
 
 #: Fields added after the first reference results: part of an identity only when not at their default, so
@@ -96,30 +93,15 @@ def _data_fields(data: StudyData, tasks) -> dict[str, str]:
     return {t: data[t].digest for t in tasks if not data[t].official}
 
 
-@dataclass(frozen=True)
-class PretrainJob:
-    seed: int
-    tasks: tuple[str, ...]
-
-    def id(self, cfg: StudyConfig, data: StudyData) -> str:
-        fields = _fields(cfg, PRETRAIN_FIELDS)
-        if cfg.task_sampling != "temperature":
-            fields.pop("sampling_alpha")
-        files = _data_fields(data, self.tasks)
-        if files:
-            fields["data"] = files
-        return "pretrain-" + _digest({"seed": self.seed, "tasks": self.tasks, **fields})
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    experiment: str
-    variant: str  #: the ablation setting this run stands for (e.g. 'weights off', '2D-only', 'extended')
-    spec: RunSpec
-
-    @property
-    def pretrain_job(self) -> PretrainJob | None:
-        return PretrainJob(self.spec.seed, self.spec.pretrain) if self.spec.pretrain else None
+def job_id(cfg: StudyConfig, job: PretrainJob, data: StudyData) -> str:
+    """Identity of a pretraining job (its checkpoint): seed, tasks, the pretraining fields of the config, its data."""
+    fields = _fields(cfg, PRETRAIN_FIELDS)
+    if cfg.task_sampling != "temperature":
+        fields.pop("sampling_alpha")
+    files = _data_fields(data, job.tasks)
+    if files:
+        fields["data"] = files
+    return "pretrain-" + _digest({"seed": job.seed, "tasks": job.tasks, **fields})
 
 
 def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
@@ -128,7 +110,7 @@ def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
     files = _data_fields(data, [spec.task])
     if files:
         fields["data"] = files
-    ckpt = PretrainJob(spec.seed, spec.pretrain).id(cfg, data) if spec.pretrain else None
+    ckpt = job_id(cfg, PretrainJob(spec.seed, spec.pretrain), data) if spec.pretrain else None
     method = strategies.get(spec.strategy).peft
     if method is not None:  # a peft method's config is part of what the run computes (only these ids hold it)
         fields["peft"] = method.describe()
@@ -138,108 +120,12 @@ def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
     return "run-" + _digest({**spec.key(), "detail": spec.detail, "cfg": fields, "ckpt": ckpt})
 
 
-#: Experiments whose runs train at the learning rate selected on validation (``lr_grid``): those on the whole
-#: train split at the standard data. Few-shot and data-efficiency runs train on subsets, where the best rate of
-#: the full split says little, so they keep the configured one.
-SELECTED_LR_EXPERIMENTS = ("transfer", "class_weights", "leave_out", "extended", "budget")
-
-
-def plan(cfg: StudyConfig, selected: Mapping[tuple[str, str], float] | None = None) -> list[PlannedRun]:
-    """Every (experiment, run) the parameters ask for, in a stable order; the same spec may appear twice.
-
-    With ``lr_grid``, the plan holds the ``lr_selection`` runs (each grid point x ``lr_selection_seeds``) and, for
-    each (strategy, task) that ``selected`` decides (:func:`stmedfm.selection.chosen` of the store's selection runs),
-    the runs of :data:`SELECTED_LR_EXPERIMENTS` at the selected rate; runs still waiting for their selection are
-    left out (the study plans again once the selection runs are in, :func:`stmedfm.study.run_study`)."""
-    full_pretrain = tuple(cfg.pretrain_tasks)
-    out: list[PlannedRun] = []
-    selected = selected or {}
-
-    def spec(task, strategy, seed, steps=None, class_weights=None, pretrain=None, k=0, split=-1, fraction=1.0,
-             lr=None):
-        steps = cfg.steps(task, strategy) if steps is None else steps
-        class_weights = cfg.class_weights if class_weights is None else class_weights
-        fresh = not strategies.get(strategy).pretrained
-        pretrain = () if fresh else (full_pretrain if pretrain is None else pretrain)
-        # the per-class / reliability / confusion outputs belong to the calibration task's standard run
-        detail = (task == cfg.calibration_task and strategy == cfg.calibration_strategy and k == 0
-                  and steps == cfg.steps(task, strategy) and class_weights == cfg.class_weights
-                  and pretrain == (() if fresh else full_pretrain)
-                  and split == -1 and fraction == 1.0)
-        return RunSpec(task=task, strategy=strategy, seed=seed, steps=steps, lr=cfg.lr(strategy) if lr is None else lr,
-                       class_weights=class_weights, pretrain=pretrain, k=k, fewshot_split=split, detail=detail,
-                       fraction=float(fraction))
-
-    for seed in cfg.lr_selection_seeds if cfg.lr_grid else ():
-        for task in cfg.downstream_tasks:
-            for strategy, lrs in cfg.lr_grid.items():
-                for lr in lrs:
-                    out.append(PlannedRun("lr_selection", f"lr={lr:g}", spec(task, strategy, seed, lr=lr)))
-    for seed in cfg.seeds:
-        for task in cfg.downstream_tasks:
-            for strategy in cfg.strategies:
-                out.append(PlannedRun("transfer", "", spec(task, strategy, seed)))
-        for task, steps in cfg.fewshot_tasks.items():
-            for k in cfg.fewshot_k:
-                for split in range(cfg.fewshot_splits):
-                    for strategy in cfg.fewshot_strategies:
-                        out.append(PlannedRun("fewshot", f"K={k}", spec(task, strategy, seed, steps=steps, k=k, split=split)))
-        for task in cfg.class_weight_ablation_tasks:
-            for strategy in cfg.class_weight_ablation_strategies:
-                for on in (True, False):
-                    out.append(PlannedRun("class_weights", "weights on" if on else "weights off",
-                                          spec(task, strategy, seed, class_weights=on)))
-        for task in cfg.leave_out_tasks:
-            without = tuple(t for t in full_pretrain if t != task)
-            for strategy in cfg.leave_out_strategies:
-                out.append(PlannedRun("leave_out", "all tasks", spec(task, strategy, seed)))
-                out.append(PlannedRun("leave_out", f"without {task}", spec(task, strategy, seed, pretrain=without)))
-        for task in cfg.extended_tasks:
-            out.append(PlannedRun("extended", "extended", spec(task, "scratch", seed, steps=cfg.extended_scratch_steps)))
-            out.append(PlannedRun("extended", "extended", spec(task, "full", seed, steps=cfg.extended_full_steps)))
-        # beyond the paper: the same strategies at several step budgets (a budget equal to the standard one *is*
-        # the transfer run), and stratified fractions of the train split with repeats (the repeat index is the
-        # run's fewshot_split, which also seeds its head and batches)
-        for task, budgets in cfg.budget_tasks.items():
-            for steps in budgets:
-                for strategy in cfg.budget_strategies:
-                    out.append(PlannedRun("budget", f"{steps} steps", spec(task, strategy, seed, steps=steps)))
-        for task in cfg.data_fraction_tasks:
-            for fraction in cfg.data_fractions:
-                for repeat in range(cfg.data_fraction_repeats):
-                    for strategy in cfg.data_fraction_strategies:
-                        out.append(PlannedRun("data_efficiency", f"{100 * fraction:g} %",
-                                              spec(task, strategy, seed, split=repeat, fraction=fraction)))
-    return [_at_selected_lr(cfg, p, selected) for p in out if not _waiting(cfg, p, selected)]
-
-
-def _selects(cfg: StudyConfig, p: PlannedRun) -> bool:
-    """Whether ``p`` trains at a learning rate selected on validation (:data:`SELECTED_LR_EXPERIMENTS`)."""
-    return (p.experiment in SELECTED_LR_EXPERIMENTS and p.spec.strategy in cfg.lr_grid
-            and p.spec.task in cfg.downstream_tasks)
-
-
-def _waiting(cfg: StudyConfig, p: PlannedRun, selected: Mapping) -> bool:
-    return _selects(cfg, p) and (p.spec.strategy, p.spec.task) not in selected
-
-
-def _at_selected_lr(cfg: StudyConfig, p: PlannedRun, selected: Mapping) -> PlannedRun:
-    if not _selects(cfg, p):
-        return p
-    return dataclasses.replace(p, spec=dataclasses.replace(p.spec, lr=selected[(p.spec.strategy, p.spec.task)]))
-
-
 def unique_runs(cfg: StudyConfig, planned: list[PlannedRun], data: StudyData) -> dict[str, PlannedRun]:
     """Run id -> the first planned run with that id: what actually executes (a run shared by experiments, once)."""
     unique: dict[str, PlannedRun] = {}
     for p in planned:
         unique.setdefault(run_id(cfg, p.spec, data), p)
     return unique
-
-
-def pretrain_jobs(planned: list[PlannedRun]) -> list[PretrainJob]:
-    """The pretraining jobs the planned runs start from, each once, by seed then tasks."""
-    return sorted({p.pretrain_job for p in planned if p.pretrain_job}, key=lambda j: (j.seed, j.tasks))
 
 
 def data_kind(data: StudyData) -> str:

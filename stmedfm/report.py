@@ -1,8 +1,8 @@
 """The study report (notebook ``08_report``): which flag plays which paper role, how the protocol differs from the
-paper's, the realised pretraining mix, temperature scaling before/after, the package versions, and whether our
-results support each claim of the paper's discussion. Also the tables of the data (Table 1, split sizes, class
-distributions; notebook 01) and Table 4 beside the paper's counts (notebook 02), which read the same roles and
-paper values.
+paper's, the realised pretraining mix, temperature scaling before/after, and whether our results support each
+claim of the paper's discussion. It reads results only (no torch); the tables that load the data files or build
+the model (Table 1, class distributions, Table 4 beside the paper's, the package versions) are
+:mod:`stmedfm.inputs`.
 
 Every function returns a tidy :class:`pandas.DataFrame` computed from a :class:`~stmedfm.config.StudyConfig` and
 the tidy tables of a result store (``metrics.csv``, ``pretrain_loss.csv``) or the tables of :mod:`stmedfm.tables`,
@@ -23,22 +23,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import platform
-import sys
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 import pandas as pd
-import torch
 
 from stmedfm import measures, registry, stats
-from stmedfm.config import PAPER_TASKS, StudyConfig
-from stmedfm.data import class_weights, load_task, status_table
-from stmedfm.peft import parameter_table
+from stmedfm.config import StudyConfig
 from stmedfm.tables import ci95, paper_results
-from stmedfm.train import sampling_probabilities
+from stmedfm.records import sampling_probabilities
 
 __all__ = [
     "CLAIMS",
@@ -62,12 +55,6 @@ __all__ = [
     "claims_report",
     "claims_markdown",
     "paper_comparison_summary",
-    "package_versions",
-    "table1",
-    "split_sizes",
-    "class_distribution",
-    "imbalance_summary",
-    "table4_against_paper",
 ]
 
 #: The claims of the paper's discussion that the report checks, in order.
@@ -501,14 +488,13 @@ def check_claims(metrics: pd.DataFrame, params: pd.DataFrame, dominant: str | No
     return pd.concat(frames, ignore_index=True)
 
 
-def claims_report(cfg: StudyConfig, metrics: pd.DataFrame, params: pd.DataFrame | None = None) -> pd.DataFrame:
+def claims_report(cfg: StudyConfig, metrics: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
     """Our verdict on each claim beside the paper's own numbers run through the same checks.
 
     Columns: ``claim``, ``setting``, ``paper_task``, ``paper_evidence``, ``paper_supported``, ``task``, ``evidence``,
     ``supported``. The per-task calibration rows are ours only (the paper's are summarised in ``all tasks``).
+    ``params``: the study's parameter counts (:meth:`stmedfm.results.StoredResults.parameter_counts`).
     """
-    if params is None:
-        params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, **cfg.count_options())
     roles = claim_roles(cfg)
     ours = check_claims(metrics, params, roles["dominant"], roles["small"], tasks=cfg.downstream_tasks)
     paper_roles = claim_roles(StudyConfig())
@@ -560,84 +546,3 @@ def paper_comparison_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                      "paper_inside_ci": f"{inside} of {with_ci}" if with_ci else ""})
     return pd.DataFrame(rows, columns=["table", "rows", "with_paper_value", "mean_abs_delta", "max_abs_delta",
                                        "paper_inside_ci"])
-
-
-def package_versions(packages=("stmedfm", "torch", "numpy", "pandas", "scikit-learn", "scipy", "matplotlib",
-                               "seaborn", "papermill", "nbval")) -> pd.DataFrame:
-    """Python, platform, CPU and the version of every package that computed or drew the results."""
-    rows = [{"component": "python", "version": sys.version.split()[0]},
-            {"component": "platform", "version": platform.platform()},
-            {"component": "cpu cores", "version": str(os.cpu_count())},
-            {"component": "torch device", "version": "cuda" if torch.cuda.is_available() else "cpu"}]
-    for name in packages:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            version = "not installed"
-        rows.append({"component": name, "version": version})
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the data (notebook 01) and the parameter counts beside the paper's (notebook 02)
-# ---------------------------------------------------------------------------------------------------------------
-def table1(cfg: StudyConfig) -> pd.DataFrame:
-    """Table 1 for the study's flags: their roles in this parameter file, modality, input shape, channels, classes,
-    official split sizes, licence and the local status of the file (missing / verified / bad checksum)."""
-    roles = role_assignments(cfg).groupby("flag", sort=False)["role"].agg(", ".join)
-    frame = status_table(data_dir=cfg.data_dir, size=cfg.image_size, flags=cfg.all_tasks())
-    frame.insert(1, "roles", frame["flag"].map(roles).fillna(""))
-    frame.insert(3, "input shape", [str(registry.get(f).image_shape(cfg.image_size)) for f in frame["flag"]])
-    return frame.drop(columns=["path"])
-
-
-def split_sizes(cfg: StudyConfig) -> pd.DataFrame:
-    """The split sizes read from the study's files, the tensor shape of one sample as loaded (2D grayscale repeated
-    to 3 channels) and whether the sizes are the official ones; loads (and verifies) every file."""
-    rows = []
-    for flag in cfg.all_tasks():
-        data = load_task(flag, size=cfg.image_size, data_dir=cfg.data_dir)
-        sizes = {s: len(data[s]) for s in registry.SPLITS}
-        rows.append({"flag": flag, "dim": data.info.modality, "loaded as": str(tuple(data["train"].images.shape[1:])),
-                     "classes": data.info.n_classes, **sizes,
-                     "official sizes": "yes" if sizes == data.info.n_samples else "no"})
-    return pd.DataFrame(rows)
-
-
-def class_distribution(cfg: StudyConfig) -> pd.DataFrame:
-    """Per task and class: counts in each split, share of the training split, and the class weight that share
-    implies under the study's rule (:func:`stmedfm.data.class_weights`, clipped to ``class_weight_clip``; 1 when
-    ``class_weights`` is off)."""
-    rows = []
-    for flag in cfg.all_tasks():
-        data = load_task(flag, size=cfg.image_size, data_dir=cfg.data_dir)
-        n = data.info.n_classes
-        counts = {s: torch.bincount(data[s].labels, minlength=n).tolist() for s in registry.SPLITS}
-        weights = (class_weights(data["train"].labels, n, clip=tuple(cfg.class_weight_clip)).tolist()
-                   if cfg.class_weights else [1.0] * n)
-        total = sum(counts["train"])
-        for c in range(n):
-            rows.append({"task": flag, "class": c, "name": data.info.labels[c],
-                         **{s: counts[s][c] for s in registry.SPLITS},
-                         "train share": counts["train"][c] / total, "weight": weights[c]})
-    return pd.DataFrame(rows)
-
-
-def imbalance_summary(dist: pd.DataFrame) -> pd.DataFrame:
-    """Per task of :func:`class_distribution`: classes, largest / smallest class of the training split, their
-    ratio, and the weight range."""
-    g = dist.groupby("task", sort=False)
-    return pd.DataFrame({
-        "classes": g.size(), "largest class": g["train"].max(), "smallest class": g["train"].min(),
-        "ratio": g["train"].max() / g["train"].min(), "min weight": g["weight"].min(), "max weight": g["weight"].max(),
-    }).reset_index()
-
-
-def table4_against_paper(width: int = 64) -> pd.DataFrame:
-    """Table 4 recomputed from the model at the paper's four flags and strategies, beside the paper's counts."""
-    ours = parameter_table(tasks=PAPER_TASKS, strategies=("scratch", "full", "lora", "adapter"), width=width)
-    paper = paper_params().rename(columns={"total": "paper total", "trainable": "paper trainable"})
-    out = ours.merge(paper, on=["task", "strategy"], how="left")
-    out["same as paper"] = np.where((out["total"] == out["paper total"]) & (out["trainable"] == out["paper trainable"]),
-                                    "yes", "no")
-    return out

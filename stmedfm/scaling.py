@@ -158,7 +158,7 @@ def measure(cfg, workers=(1, 2), rounds: int = 1, folder: str | os.PathLike = ".
 
 def warm_vs_cold(study, workers: int = 2, rounds: int = 2, log=print) -> dict[str, list[float]]:
     """Wall seconds of computing every variant of a variant study (:mod:`stmedfm.variants`), each time into a new
-    folder, on ``workers`` local processes: ``warm``, one pool kept across the variants (what ``variants.run``
+    folder, on ``workers`` local processes: ``warm``, one pool kept across the variants (what ``runvariants.run``
     does), or ``cold``, a pool spawned per variant (each worker starting Python, importing torch and loading its
     files again); interleaved (warm, cold, then cold, warm, ...) so drifting load hits both alike."""
 

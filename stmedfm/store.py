@@ -9,8 +9,9 @@
 * ``store.json`` marks a folder as the store of one study and one kind of data (real or synthetic), so results
   of two studies, or of synthetic and real files, can never mix.
 
-Kept apart from :mod:`stmedfm.study` (which executes runs) because everything that *reads* results — tables,
-figures, the report, inference — needs the store and none of the execution machinery.
+Kept apart from :mod:`stmedfm.study` (which executes runs) so that inference and export open a store without the
+execution machinery; what only *reads* a store (tables, figures, the report) uses its torch-free base
+:class:`stmedfm.results.StoredResults`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,8 +33,10 @@ from stmedfm import data as D
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_bytes, atomic_write_text
-from stmedfm.planning import StudyData, data_kind, plan, preflight, pretrain_jobs, run_id, study_data
-from stmedfm.train import RunResult, build_model, eval_subset
+from stmedfm.planning import StudyData, data_kind, job_id, run_id, study_data
+from stmedfm.records import RunResult, plan, pretrain_jobs
+from stmedfm.results import MARKER, StoredResults
+from stmedfm.train import build_model, eval_subset
 
 #: The per-image predictions of runs whose test split has at most this many images go into the store's one
 #: committed file ``predictions.npz`` (retinamnist's 400 and adrenalmnist3d's 298 test images: about 3 MB for the
@@ -46,22 +46,11 @@ from stmedfm.train import RunResult, build_model, eval_subset
 BUNDLE_MAX_IMAGES = 1000
 BUNDLE = "predictions.npz"
 
-#: The marker of a result store: which study it holds and whether its data is real or synthetic.
-MARKER = "store.json"
 #: Columns of runs.csv that say where and with what a run was computed (see stmedfm.provenance).
 PROVENANCE = ("data", "machine", "pretrain_machine", "stmedfm", "git_commit", "torch")
 
 
-#: Columns a tidy table of the store must have to be read at all.
-TABLE_COLUMNS = {"metrics": ("run_id", "experiment", "variant", "task", "strategy", "seed", "metric", "value"),
-                 "runs": ("run_id", "experiment", "variant", "task", "strategy", "seed")}
-
-
-class StoreWarning(UserWarning):
-    """A damaged file of a result store was set aside (moved to quarantine/) and will be recomputed."""
-
-
-class ResultStore:
+class ResultStore(StoredResults):
     """The files of one study under ``results/<study>/`` (see the module docstring).
 
     A store is marked by ``store.json`` (its study name and data kind). Files that fail to load or whose content
@@ -69,36 +58,7 @@ class ResultStore:
     recomputed. ``config.yaml`` is written only after the tidy tables, so the two always describe the same study.
     """
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    # locations
-    def run_path(self, rid: str) -> Path:
-        return self.root / "runs" / f"{rid}.json"
-
-    def predictions_path(self, rid: str) -> Path:
-        return self.root / "predictions" / f"{rid}.npy"
-
-    def checkpoint_path(self, job_id: str) -> Path:
-        return self.root / "checkpoints" / f"{job_id}.pt"
-
-    def loss_path(self, job_id: str) -> Path:
-        return self.root / "checkpoints" / f"{job_id}.loss.csv"
-
     # claiming a folder ----------------------------------------------------------------------------------------
-    def marker(self) -> dict | None:
-        path = self.root / MARKER
-        if not path.is_file():
-            return None
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StmedfmError(f"'{path}' is damaged ({type(exc).__name__}); it marks a result store. Restore it, "
-                               f"or pass a new folder as --out.") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("study"), str):
-            raise StmedfmError(f"'{path}' is not a result-store marker; pass a new folder as --out.")
-        return doc
-
     def check_claim(self, cfg: StudyConfig, kind: str | None) -> None:
         """Refuse, before anything is written, any folder that is not new, empty, or a store of this study with
         data of the same kind ('real' or 'synthetic'; None: not known yet, not checked)."""
@@ -143,10 +103,10 @@ class ResultStore:
 
     def open(self, cfg: StudyConfig) -> StudyData:
         """The one way into a store before computing: refuse a folder that is not this study's (before anything is
-        downloaded or written), :func:`preflight` (files present, downloaded when ``cfg.download``), then claim it
-        for the kind of data the study reads. Returns the study's data identities."""
+        written), then claim it for the kind of data the study reads. Returns the study's data identities. Opening
+        never downloads: fetching missing files is :func:`stmedfm.planning.preflight`'s, which running a study
+        (:func:`stmedfm.study.run_study`) calls first; here a missing file is one line (:func:`study_data`)."""
         self.check_claim(cfg, None)
-        preflight(cfg)
         data = study_data(cfg)
         self.claim(cfg, data_kind(data))
         return data
@@ -179,23 +139,7 @@ class ResultStore:
             p.unlink(missing_ok=True)
         return stale
 
-    # damaged files ---------------------------------------------------------------------------------------------
-    def quarantine(self, path: Path, reason: str) -> Path:
-        """Move a damaged file to ``quarantine/`` (never delete it), name it in a warning, return where it went."""
-        dest = self.root / "quarantine" / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.parent.name}-{path.name}"
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
-        except OSError as exc:
-            raise StmedfmError(f"{path} is damaged ({reason}) and cannot be moved to {dest.parent} "
-                               f"({exc.strerror or exc}); move or delete it, then rerun.") from None
-        warnings.warn(StoreWarning(f"{path} is damaged ({reason}); moved to {dest} and recomputed."), stacklevel=2)
-        return dest
-
     # runs -----------------------------------------------------------------------------------------------------
-    def has_run(self, rid: str) -> bool:
-        return self.run_path(rid).is_file()
-
     def write_run(self, rid: str, result: RunResult, cfg: StudyConfig | None = None,
                   provenance: dict | None = None) -> None:
         record = {
@@ -215,43 +159,7 @@ class ResultStore:
                                      "sha256": hashlib.sha256(blob).hexdigest()}
         atomic_write_text(self.run_path(rid), json.dumps(record, default=float))
 
-    def load_predictions(self, rid: str, record: dict | None = None) -> np.ndarray | None:
-        """The run's per-image test probabilities (float16, n_test x C), or None when the run stored none or the
-        file does not match the digest its record holds (then the file is quarantined)."""
-        rec = record if record is not None else self.load_run(rid)
-        meta = (rec or {}).get("predictions")
-        path = self.predictions_path(rid)
-        if not meta or not path.is_file():
-            return None
-        blob = path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-            self.quarantine(path, "its digest differs from the run record's")
-            return None
-        return np.load(io.BytesIO(blob), allow_pickle=False)
-
-    def read_run(self, rid: str) -> dict:
-        return json.loads(self.run_path(rid).read_text())
-
-    def load_run(self, rid: str) -> dict | None:
-        """The run's record, or None (and the file quarantined) when it is unreadable or belongs to another run."""
-        path = self.run_path(rid)
-        try:
-            rec = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:  # truncated, garbage, not UTF-8
-            self.quarantine(path, f"unreadable: {type(exc).__name__}")
-            return None
-        problem = _run_problem(rec, rid)
-        if problem:
-            self.quarantine(path, problem)
-            return None
-        return rec
-
     # checkpoints ------------------------------------------------------------------------------------------------
-    def has_checkpoint(self, job_id: str) -> bool:
-        return self.checkpoint_path(job_id).is_file() and self.loss_path(job_id).is_file()
-
     def checkpoint_ok(self, job_id: str, cfg: StudyConfig | None = None, tasks=()) -> bool:
         """Whether the checkpoint and its loss table load and belong to ``job_id`` (and, given ``cfg`` and the job's
         ``tasks``, load into its model); damaged ones are quarantined. A checkpoint without its loss table, or the
@@ -287,13 +195,6 @@ class ResultStore:
     def write_config(self, cfg: StudyConfig) -> None:
         seal.write_bytes(self.root, "config.yaml", cfg.to_yaml().encode())
 
-    def config(self) -> StudyConfig:
-        path = self.root / "config.yaml"
-        if not path.is_file():
-            raise StmedfmError(f"'{self.root}' holds no study (no config.yaml). Run `stmedfm study PARAMS --out {self.root}` first.")
-        seal.check(self.root, "config.yaml")
-        return StudyConfig.load(path)
-
     # tidy tables
     def consolidate(self, cfg: StudyConfig, data: StudyData) -> dict[str, pd.DataFrame]:
         """Rebuild the tidy CSV tables from the finished runs of the current plan on the current data; returns
@@ -327,7 +228,7 @@ class ResultStore:
         tables.update({name: pd.concat(frames, ignore_index=True) for name, frames in extras.items()})
         losses = []
         for job in pretrain_jobs(planned):
-            jid = job.id(cfg, data)
+            jid = job_id(cfg, job, data)
             if self.has_checkpoint(jid):
                 frame = pd.read_csv(self.loss_path(jid))
                 frame.insert(0, "pretrain", "+".join(job.tasks))
@@ -362,7 +263,7 @@ class ResultStore:
 
     def planned(self, cfg: StudyConfig, data: StudyData, lr_selection: pd.DataFrame | None = None) -> list:
         """The plan of ``cfg`` as far as this store decides it: with ``lr_grid``, the runs at the learning rates its
-        selection runs chose (:func:`stmedfm.planning.plan`)."""
+        selection runs chose (:func:`stmedfm.records.plan`)."""
         if not cfg.lr_grid:
             return plan(cfg)
         table = self.lr_selection(cfg, data) if lr_selection is None else lr_selection
@@ -381,23 +282,6 @@ class ResultStore:
                              "metric": selection.METRIC, "value": rec["metrics"][selection.METRIC]})
         frame = pd.DataFrame(rows, columns=["task", "strategy", "lr", "seed", "metric", "value"])
         return selection.table(frame, cfg.lr_grid, cfg.downstream_tasks, cfg.lr_selection_seeds)
-
-    def table(self, name: str) -> pd.DataFrame:
-        path = self.root / f"{name}.csv"
-        if not path.is_file():
-            raise StmedfmError(f"'{path}' does not exist: run the study first (`stmedfm study ... --out {self.root}`).")
-        seal.check(self.root, f"{name}.csv")  # the bytes written, or one line naming the damaged file
-        try:
-            frame = pd.read_csv(path)
-        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
-            frame, problem = None, type(exc).__name__
-        else:
-            missing = [c for c in TABLE_COLUMNS.get(name, ()) if c not in frame.columns]
-            problem = f"no column {missing[0]!r}" if missing else None
-        if problem:
-            raise StmedfmError(f"'{path}' is damaged ({problem}); the tables are rebuilt from the runs by "
-                               f"`stmedfm study PARAMS --out {self.root}`.")
-        return frame
 
     # a run against the study's data (issue 29) -------------------------------------------------------------------
     def load_run_on(self, rid: str, data: StudyData) -> dict | None:
@@ -421,38 +305,6 @@ class ResultStore:
         seal.record(self.root, runs={rid: seal.sha256_file(self.run_path(rid)) for rid in dict.fromkeys(rids)
                                      if self.run_path(rid).is_file()})
 
-    def notices(self) -> list[str]:
-        """What a reader must know before reading this store's numbers: synthetic data, smoke budgets, runs from
-        several machines. Tables, figures and the report print these."""
-        out = []
-        doc = self.marker() or {}
-        if doc.get("data") == "synthetic":
-            out.append(SYNTHETIC_NOTICE)
-        try:
-            if self.config().is_smoke():
-                out.append(SMOKE_NOTICE)
-        except StmedfmError:
-            pass
-        runs_csv = self.root / "runs.csv"
-        if runs_csv.is_file():
-            try:
-                runs = pd.read_csv(runs_csv, dtype=str, keep_default_na=False)
-            except (ValueError, UnicodeDecodeError):  # damaged: table() names it where it is needed
-                return out
-            machines = sorted({m for col in ("machine", "pretrain_machine") if col in runs for m in runs[col] if m})
-            if len(machines) > 1:
-                out.append(f"runs computed on {len(machines)} machines ({' | '.join(machines)}): the same seed gives "
-                           f"bit-identical numbers only on the same hardware; see README, Reproducibility")
-        return out
-
-
-SYNTHETIC_NOTICE = "synthetic data — not results"
-SMOKE_NOTICE = "smoke budgets — not results"
-
-
-def not_results(notices: list[str]) -> bool:
-    """Whether the notices mark a store whose numbers are not results (no paper deltas are shown for it)."""
-    return SYNTHETIC_NOTICE in notices or SMOKE_NOTICE in notices
 
 
 
@@ -466,36 +318,6 @@ def _study_in(config_yaml: Path) -> str | None:
     except (OSError, yaml.YAMLError):
         return None
     return doc.get("study") if isinstance(doc, dict) and isinstance(doc.get("study"), str) else None
-
-
-_RUN_KEYS = ("run_id", "metrics", "total_params", "trainable_params", "seconds", "extras")
-
-
-#: Metrics every run reports; a record without them (or with a non-number among its metrics) is damaged.
-_CORE_METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _run_problem(rec, rid: str) -> str | None:
-    if not isinstance(rec, dict) or any(k not in rec for k in _RUN_KEYS):
-        return "not a run record"
-    if rec["run_id"] != rid:
-        return f"it holds run {rec['run_id']}"
-    metrics, extras = rec["metrics"], rec["extras"]
-    if isinstance(metrics, dict) and "macro_auroc" in metrics and not any(m.startswith("val_") for m in metrics):
-        return "written before runs recorded validation metrics and per-image predictions"
-    if (not isinstance(metrics, dict) or any(m not in metrics for m in _CORE_METRICS)
-            or not all(_number(v) for v in metrics.values())):
-        return "its metrics are missing or not numbers"
-    if not all(_number(rec[k]) for k in ("total_params", "trainable_params", "seconds")):
-        return "its counts are not numbers"
-    if not isinstance(extras, dict) or not all(
-            isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in extras.values()):
-        return "its per-class tables are damaged"
-    return None
 
 
 def data_mismatch(rec: dict, data: StudyData) -> str | None:

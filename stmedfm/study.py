@@ -26,10 +26,12 @@ from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
 from stmedfm.io import atomic_write_bytes, atomic_write_text
-from stmedfm.planning import PlannedRun, PretrainJob, StudyData, plan, pretrain_jobs, unique_runs
+from stmedfm.planning import StudyData, job_id, preflight, unique_runs
+from stmedfm.records import PlannedRun, PretrainJob, RunResult, RunSpec, plan, pretrain_jobs
 from stmedfm.precision import identity_name, resolve
-from stmedfm.store import MARKER, ResultStore
-from stmedfm.train import RunResult, RunSpec, pretrain, run_downstream
+from stmedfm.results import MARKER
+from stmedfm.store import ResultStore
+from stmedfm.train import pretrain, run_downstream
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
@@ -124,6 +126,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     """
     store = ResultStore(out or paths.results_dir(cfg.study))
     sources = reuse_sources(reuse, store.root)  # before the store is opened: a bad --reuse writes nothing
+    store.check_claim(cfg, None)  # a folder that is not this study's is refused before anything is downloaded
+    preflight(cfg)  # files present (downloaded when cfg.download), K within every class: running needs them
     data = store.open(cfg)
     with store.locked():
         store.remove_partial_writes()
@@ -131,22 +135,22 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
         # learning rates their validation AUROC selected (stmedfm.selection); without it there is one pass
         for _ in range(2 if cfg.lr_grid else 1):
             chosen = selection.chosen(store.lr_selection(cfg, data)) if cfg.lr_grid else None
+            planned = plan(cfg, chosen)  # once per pass: what is reused and what is computed are the same plan
             if reuse:
-                runs, jobs = reuse_runs(cfg, store, sources, data, chosen)
+                runs, jobs = reuse_runs(cfg, store, sources, data, planned)
                 if progress:
                     print(f"reused {runs} runs and {jobs} checkpoints of {', '.join(map(str, reuse))}", flush=True)
             _execute(cfg, store, data, progress, workers or cfg.workers or default_workers(),
-                     cfg.scheduler if scheduler is None else scheduler, chosen)
+                     cfg.scheduler if scheduler is None else scheduler, planned)
         store.consolidate(cfg, data)
         store.write_config(cfg)  # last: config.yaml always describes the tables beside it
     return store
 
 
 def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bool, workers: int, scheduler,
-             chosen=None) -> None:
-    """Compute every run and checkpoint of the plan that the store lacks (damaged ones are quarantined first);
-    ``chosen``: the learning rates selected so far ((strategy, task) -> lr; :func:`stmedfm.planning.plan`)."""
-    planned = plan(cfg, chosen)
+             planned: list[PlannedRun]) -> None:
+    """Compute every run and checkpoint of ``planned`` (:func:`stmedfm.records.plan` at the learning rates selected
+    so far) that the store lacks (damaged ones are quarantined first)."""
     cfg_dict = cfg.to_dict()  # what the workers get: where they run is not theirs to know
     cfg_dict.update(data_dir=_shipped_data_dir(cfg), scheduler=None)
     expected = {t: i.digest for t, i in data.items()}
@@ -157,15 +161,16 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
             print(f"precision: {resolve(cfg.precision).describe()}", flush=True)
 
     todo = [(rid, p) for rid, p in unique_runs(cfg, planned, data).items() if store.load_run_on(rid, data) is None]
-    jobs = pretrain_jobs(planned)  # every checkpoint is checked: its loss table feeds pretrain_loss.csv
-    todo_jobs = {j.id(cfg, data): j for j in jobs if not store.checkpoint_ok(j.id(cfg, data), cfg, j.tasks)}
+    # every checkpoint is checked (its loss table feeds pretrain_loss.csv); each job's id is computed once, here
+    job_ids = {j: job_id(cfg, j, data) for j in pretrain_jobs(planned)}
+    todo_jobs = {jid: j for j, jid in job_ids.items() if not store.checkpoint_ok(jid, cfg, j.tasks)}
     if not todo and not todo_jobs:
         return
 
     users: dict[str, int] = defaultdict(int)  # job id -> runs still to start from its checkpoint
     for _, p in todo:
         if p.pretrain_job:
-            users[p.pretrain_job.id(cfg, data)] += 1
+            users[job_ids[p.pretrain_job]] += 1
     tasks = [Task(jid, _pretrain_job, (cfg_dict, job, jid, expected), PRETRAIN_PRIORITY - i, payload=job)
              for i, (jid, job) in enumerate(todo_jobs.items())]
     with executor_for(workers, scheduler, n_tasks=len(todo) + len(todo_jobs)) as executor:
@@ -178,13 +183,12 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
                 shared[jid] = executor.share(store.checkpoint_path(jid).read_bytes())
             return shared[jid]
 
-        def run_args(rid: str, p: PlannedRun):
-            jid = p.pretrain_job.id(cfg, data) if p.pretrain_job else None
+        def run_args(rid: str, jid: str | None, p: PlannedRun):
             return lambda: (cfg_dict, rid, p.spec, checkpoint(jid) if jid else None, expected)
 
         for rid, p in todo:
-            jid = p.pretrain_job.id(cfg, data) if p.pretrain_job else None
-            tasks.append(Task(rid, _run_job, run_args(rid, p), estimated_cost(cfg, p.spec),
+            jid = job_ids[p.pretrain_job] if p.pretrain_job else None
+            tasks.append(Task(rid, _run_job, run_args(rid, jid, p), estimated_cost(cfg, p.spec),
                               after=(jid,) if jid in todo_jobs else (), payload=p))  # longest first
         # the bar counts runs, as every summary does; pretraining jobs are its postfix. progress=False (-q): silent
         bar = tqdm(total=len(todo), desc=f"study {cfg.study}", unit="run", disable=not progress)
@@ -213,7 +217,7 @@ def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bo
             store.write_run(rid, res, cfg, made_with)
             p = task.payload
             if p.pretrain_job:
-                jid = p.pretrain_job.id(cfg, data)
+                jid = job_ids[p.pretrain_job]
                 users[jid] -= 1
                 if not users[jid] and jid in shared:
                     executor.release(shared.pop(jid))
@@ -253,15 +257,15 @@ def reuse_sources(sources, root: str | os.PathLike) -> list[Path]:
     return out
 
 
-def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData, chosen=None) -> tuple[int, int]:
-    """Link into ``store`` every run and pretraining checkpoint of ``cfg``'s plan that it lacks and a store of
+def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData,
+               planned: list[PlannedRun]) -> tuple[int, int]:
+    """Link into ``store`` every run and pretraining checkpoint of ``planned`` (``cfg``'s plan) that it lacks and a store of
     ``sources`` holds; returns (runs, checkpoints) taken. Why this is sound: an id covers everything that defines
     what is computed (spec, training fields, data identities, checkpoint), so a run of another study with the same
     id is the same computation (e.g. params/peft_methods.yaml shares 420 runs and its checkpoints with
     params/offline.yaml). Only the planned ids are taken, so the store holds nothing else; a damaged source file is
     quarantined and recomputed like any other; where each run was computed stays in its provenance."""
     others = [ResultStore(src) for src in reuse_sources(sources, store.root)]
-    planned = plan(cfg, chosen)
     runs = jobs = 0
     for rid in unique_runs(cfg, planned, data):
         if store.has_run(rid):
@@ -271,7 +275,7 @@ def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData, c
             _link_or_copy(other.run_path(rid), store.run_path(rid))
             runs += store.load_run_on(rid, data) is not None  # taken by its id *and* its data, else quarantined
     for job in pretrain_jobs(planned):
-        jid = job.id(cfg, data)
+        jid = job_id(cfg, job, data)
         if store.has_checkpoint(jid):
             continue
         other = next((o for o in others if o.has_checkpoint(jid)), None)

@@ -23,6 +23,7 @@ from stmedfm import paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_write_text
+from stmedfm.planning import preflight
 from stmedfm.store import ResultStore
 
 SOURCE_FILE = "source.yaml"
@@ -75,6 +76,7 @@ def claim(cfg: StudyConfig, params: str | os.PathLike | None, out: str | os.Path
     record (the committed reference results, older stores) is adopted by the first file that runs into it."""
     root = check(cfg, params, out)
     if owner(root) is None:
+        preflight(cfg)  # claiming is for running: the files are fetched first, so the store records their kind
         ResultStore(root).open(cfg)
         atomic_write_text(root / SOURCE_FILE, yaml.safe_dump({"study": cfg.study, "params": source_name(params)},
                                                              sort_keys=False))

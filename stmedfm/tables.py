@@ -18,9 +18,8 @@ import pandas as pd
 
 from stmedfm import registry, seal, strategies
 from stmedfm.io import atomic_write_text
-from stmedfm.peft import parameter_table
 from stmedfm.stats import mean_ci
-from stmedfm.store import ResultStore, not_results
+from stmedfm.results import StoredResults, not_results
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
 METRIC_TABLES = {
@@ -139,14 +138,15 @@ def _order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def build_tables(store: ResultStore) -> dict[str, pd.DataFrame]:
+def build_tables(store: StoredResults) -> dict[str, pd.DataFrame]:
     """Every paper table (and the temperature-scaling table) from one result store."""
     cfg = store.config()
     metrics = store.table("metrics")
     metrics["variant"] = metrics["variant"].astype(object).fillna("")  # all-empty columns are read as float
     tables: dict[str, pd.DataFrame] = {}
 
-    params = parameter_table(tasks=cfg.downstream_tasks, strategies=cfg.strategies, **cfg.count_options())
+    params = store.parameter_counts()  # what the runs counted (runs.csv), for the study's tasks and strategies
+    params = params[params["task"].isin(cfg.downstream_tasks) & params["strategy"].isin(cfg.strategies)]
     long = params.melt(id_vars=["task", "strategy"], value_vars=["total", "trainable"], var_name="metric", value_name="mean")
     long["metric"] = long["metric"] + "_params"
     tables["table4_params"] = _order(with_paper(long, "table4_params"))
@@ -259,7 +259,7 @@ def mark(frame: pd.DataFrame, notices: list[str], name: str = "") -> pd.DataFram
 def write_tables(results: str | Path) -> list[Path]:
     """Write every table as CSV and markdown into ``<results>/tables/``; returns the written paths. Each markdown
     table starts with the store's notices (synthetic data, smoke budgets, several machines)."""
-    store = ResultStore(results)
+    store = StoredResults(results)
     out_dir = store.root / "tables"
     notices = store.notices()
     banner = "".join(f"> **{n}**\n\n" for n in notices)

@@ -24,7 +24,7 @@ import hashlib
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ from stmedfm.model import STMedFM
 from stmedfm.peft import count_parameters, prepare
 from stmedfm.precision import Precision
 from stmedfm.precision import resolve as resolve_precision
+from stmedfm.records import RunResult, RunSpec, sampling_probabilities
 
 #: Names of the phases of a run, as torch.profiler annotations (what ``stmedfm bench --profile`` sums).
 #: ``record_function`` costs about a microsecond when no profiler is running, and there are a few per run.
@@ -163,28 +164,6 @@ def train_steps(model: STMedFM, pool: Pool, steps: int, lr: float, cfg: StudyCon
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def sampling_probabilities(cfg: StudyConfig, tasks: list[str]) -> dict[str, float]:
-    """Probability of drawing each task at a pretraining step, from the *official* train sizes."""
-    if cfg.task_sampling in ("uniform", "all_tasks"):
-        return {t: 1 / len(tasks) for t in tasks}
-    if cfg.task_sampling == "temperature":
-        w = {t: registry.get(t).n_samples["train"] ** cfg.sampling_alpha for t in tasks}
-        total = sum(w.values())
-        return {t: v / total for t, v in w.items()}
-    return registry.train_proportions(tasks)
-
-
-def in_task_pretraining_steps(cfg: StudyConfig) -> dict[str, float]:
-    """Pretraining task -> the expected number of pretraining steps that drew it (``pretrain_steps`` x its
-    sampling probability; every step for ``all_tasks``): the in-task steps a pretrained model has seen before its
-    own, for contrasts of Scratch and Full at equal in-task steps (issue 28)."""
-    if not cfg.pretrain_tasks:
-        return {}
-    if cfg.task_sampling == "all_tasks":
-        return {t: float(cfg.pretrain_steps) for t in cfg.pretrain_tasks}
-    return {t: cfg.pretrain_steps * p for t, p in sampling_probabilities(cfg, list(cfg.pretrain_tasks)).items()}
-
-
 def task_schedule(cfg: StudyConfig, tasks: list[str], steps: int, g: torch.Generator) -> list[list[str]]:
     """The tasks of every pretraining step: one drawn task per step, or every task (``all_tasks``)."""
     if cfg.task_sampling == "all_tasks":
@@ -334,45 +313,6 @@ def eval_subset(n: int, cfg: StudyConfig, task: str, split: str) -> torch.Tensor
         return None
     g = generator(derive_seed("eval-subset", task, split))
     return torch.randperm(n, generator=g)[: cfg.eval_max_samples].sort().values
-
-
-@dataclass
-class RunSpec:
-    """Everything that defines one downstream run; its hash is the run's identity in the result store."""
-
-    task: str
-    strategy: str
-    seed: int
-    steps: int
-    lr: float
-    class_weights: bool
-    pretrain: tuple[str, ...] = ()  #: pretraining tasks of the starting checkpoint; () for scratch
-    k: int = 0  #: K-shot per class; 0 = the full train split
-    fewshot_split: int = -1  #: index of the random K-shot split or data-fraction repeat; -1 = none
-    detail: bool = False  #: also store per-class report, confusion matrix and reliability bins
-    fraction: float = 1.0  #: stratified fraction of the train split (data efficiency); 1.0 = all of it
-
-    def key(self) -> dict:
-        key = {"task": self.task, "strategy": self.strategy, "seed": self.seed, "steps": self.steps,
-               "lr": self.lr, "class_weights": self.class_weights, "pretrain": "+".join(self.pretrain),
-               "k": self.k, "fewshot_split": self.fewshot_split}
-        if self.fraction != 1.0:  # only when set, so the identity of every run without it is unchanged
-            key["fraction"] = self.fraction
-        return key
-
-
-@dataclass
-class RunResult:
-    spec: RunSpec
-    metrics: dict[str, float]
-    total_params: int
-    trainable_params: int
-    seconds: float
-    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
-    provenance: dict[str, str] = field(default_factory=dict)  #: where it was computed (filled by the worker)
-    #: per-image test probabilities (n_test x C, float16, rows of the evaluated split in file order): what the
-    #: hierarchical bootstrap over seeds x test images resamples (stmedfm.stats.hierarchical_bootstrap)
-    predictions: np.ndarray | None = None
 
 
 def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> STMedFM:

@@ -20,9 +20,10 @@ the variant's own fields — how ``params/contrasts.yaml`` reruns the same varia
 one budget, without a second definition of any variant.
 
 Each variant runs with :func:`stmedfm.study.run_study` into ``results/<study>/<variant>/`` (so an interrupted
-variant resumes where it stopped). Runs and checkpoints are identified by what they compute, so a run that two
+variant resumes where it stopped; :mod:`stmedfm.runvariants`, the running half: this module only reads and
+analyses, without torch). Runs and checkpoints are identified by what they compute, so a run that two
 variants share (Scratch does not depend on the pretraining sampler) is computed once and copied by id into the
-other variant's store. :func:`aggregate` then writes tidy tables with a ``variant`` column into
+other variant's store. :func:`stmedfm.runvariants.aggregate` then writes tidy tables with a ``variant`` column into
 ``results/<study>/`` (the run-level ``variant`` of the engine, e.g. '120 steps', is renamed ``setting``):
 
 =============================  ===================================================================================
@@ -64,15 +65,11 @@ from stmedfm import paths, seal, stats
 from stmedfm import plots
 from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
 from stmedfm.errors import StmedfmError
-from stmedfm.executors import reusable
 from stmedfm.io import atomic_write_text
-from stmedfm.planning import plan, study_data
-from stmedfm.store import MARKER, ResultStore
-from stmedfm.study import default_workers, run_study
+from stmedfm.records import plan, sampling_probabilities
 from stmedfm.tables import cell, markdown, summarise
-from stmedfm.train import sampling_probabilities
 
-__all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "run", "results", "complete", "aggregate", "read",
+__all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "complete", "variant_table", "summaries", "read",
            "comparisons",
            "comparison_view", "hypothesis_summary", "findings", "write_tables", "figures", "write_figures"]
 
@@ -199,20 +196,6 @@ def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> Vari
     return load(*notebook_params(params, namespace, set(StudyConfig.keys()) - {"study"}))
 
 
-# ------------------------------------------------------------------------------------------------------------
-def run(study: VariantStudy, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Run (or resume) every variant, then aggregate; returns the aggregated tables. Each variant takes the runs and
-    checkpoints of the same id that a sibling variant already has (``run_study``'s ``reuse``: an id covers
-    parameters and data, so Scratch, which does not depend on the sampler, is computed once)."""
-    first = next(iter(study.configs.values()))
-    with reusable(workers or first.workers or default_workers(), first.scheduler) as executor:  # warm across variants
-        for variant, cfg in study.configs.items():
-            siblings = [study.root / v for v in study.configs if v != variant and (study.root / v / MARKER).is_file()]
-            run_study(cfg, out=study.root / variant, progress=progress, workers=workers, scheduler=executor,
-                      reuse=siblings)
-    return aggregate(study)
-
-
 def complete(study: VariantStudy) -> bool:
     """Whether ``results/<study>/metrics.csv`` already holds every planned run of every variant."""
     path = study.root / "metrics.csv"
@@ -229,14 +212,6 @@ def complete(study: VariantStudy) -> bool:
     have = {(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), round(float(r[7]), 6))
             for r in m.itertuples(index=False)}
     return study.planned_keys() <= have
-
-
-def results(study: VariantStudy, workers: int | None = None, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """The study's tables: read from ``results/<study>/`` when they are complete (the committed full run),
-    else computed (resuming whatever runs exist)."""
-    if complete(study):
-        return read(study)
-    return run(study, workers=workers, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -259,40 +234,6 @@ def variant_table(study: VariantStudy) -> pd.DataFrame:
             row[f"{role}_batches"] = batches  # expected pretraining batches of the task
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def aggregate(study: VariantStudy) -> dict[str, pd.DataFrame]:
-    """Collect every variant's tidy tables into ``results/<study>/`` with a ``variant`` column; returns them."""
-    metrics, runs, losses = [], [], []
-    for v, cfg in study.configs.items():
-        store = ResultStore(study.root / v)
-        tables = store.consolidate(cfg, study_data(cfg))
-        for frame, acc in ((tables.get("metrics"), metrics), (tables.get("runs"), runs),
-                           (tables.get("pretrain_loss"), losses)):
-            if frame is None or frame.empty:
-                continue
-            frame = frame.rename(columns={"variant": "setting"})
-            frame.insert(0, "variant", v)
-            acc.append(frame)
-    out = {
-        "metrics": _tidy(pd.concat(metrics, ignore_index=True)) if metrics else pd.DataFrame(),
-        "runs": _tidy(pd.concat(runs, ignore_index=True)) if runs else pd.DataFrame(),
-        "pretrain_loss": pd.concat(losses, ignore_index=True) if losses else pd.DataFrame(),
-        "variants": variant_table(study),
-    }
-    out.update(summaries(out["metrics"]))
-    out["comparisons"] = comparisons(study, out["metrics"])
-    seal.write_csvs(study.root, {f"{name}.csv": frame for name, frame in out.items()})
-    write_tables(study, out)
-    return out
-
-
-def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    if "fraction" not in frame.columns:
-        frame["fraction"] = 1.0
-    frame["fraction"] = frame["fraction"].fillna(1.0)
-    frame["setting"] = frame["setting"].fillna("")
-    return frame
 
 
 def read(study: VariantStudy) -> dict[str, pd.DataFrame]:

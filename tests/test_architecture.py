@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import stmedfm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +110,52 @@ def test_the_private_name_scan_finds_each_form(tmp_path):
     assert private_names_across_modules(package) == sorted([
         "stmedfm/bench:3 from stmedfm.train import _optimizer", "stmedfm/bench:4 from stmedfm.data import _load_cached",
         "stmedfm/bench:5 D._load_cached", "stmedfm/bench:6 stmedfm.train._optimizer"])
+
+
+#: Makes torch unimportable, as on a machine without it (``sys.modules['torch'] = None`` would not do: scipy then
+#: finds a 'torch' entry and asks it for ``Tensor``).
+NO_TORCH = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, NoTorch())\n")
+
+
+def _readers() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return next(c["source_modules"] for c in config["contracts"] if c.get("id") == "readers")
+
+
+def _import_in_fresh_python(prelude: str, modules: list[str]) -> subprocess.CompletedProcess:
+    code = prelude + "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    return subprocess.run([sys.executable, "-c", code + "print(sorted(m for m in sys.modules if m == 'torch' "
+                           "or m.startswith('torch.')))"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_the_readers_import_without_torch():
+    """Issue 32: every reader of results (the ``readers`` contract, plus ``stmedfm.plots`` and the command line)
+    imports in a Python where torch cannot be imported, and importing them normally loads no torch."""
+    modules = [*_readers(), "stmedfm.plots", "stmedfm.cli"]
+    blocked = _import_in_fresh_python(NO_TORCH, modules)
+    assert blocked.returncode == 0, blocked.stderr
+    normal = _import_in_fresh_python("import sys\n", modules)
+    assert normal.returncode == 0 and normal.stdout.strip() == "[]", normal.stdout + normal.stderr
+
+
+@pytest.mark.slow
+def test_tables_and_figures_of_a_store_need_no_torch(tmp_path):
+    """`stmedfm tables` and `stmedfm figures` of a committed store run with torch unimportable; the tables are the
+    committed ones, byte for byte (Figure 1, drawn from the model, is skipped with one line)."""
+    import shutil
+
+    store = shutil.copytree(ROOT / "results" / "offline_label_safe", tmp_path / "s")
+    code = NO_TORCH + (f"from stmedfm.cli import main\nsys.exit(main(['tables', {str(store)!r}]) or "
+                       f"main(['figures', {str(store)!r}, '--out', {str(tmp_path / 'fig')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Figure 1 (drawn from the model) needs torch" in done.stderr and "Traceback" not in done.stderr
+    for path in sorted((ROOT / "results" / "offline_label_safe" / "tables").iterdir()):
+        assert (store / "tables" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert any(p.suffix == ".png" for p in (tmp_path / "fig").iterdir())

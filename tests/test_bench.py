@@ -12,7 +12,8 @@ from stmedfm import bench, bench_baseline
 from stmedfm import data as D
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
-from stmedfm.train import RunSpec, downstream_model, predict_logits, pretrain
+from stmedfm.records import RunSpec
+from stmedfm.train import downstream_model, predict_logits, pretrain
 
 
 @pytest.mark.slow
@@ -106,7 +107,8 @@ def test_trainable_stems_are_never_recorded(make_config, synthetic_dir, strategy
 def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
     """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
     from stmedfm import paths
-    from stmedfm.planning import official_data, plan, pretrain_jobs, unique_runs
+    from stmedfm.planning import official_data, unique_runs
+    from stmedfm.records import plan, pretrain_jobs
 
     out = tmp_path / "profile.csv"
     assert main(["bench", "--profile", "--quick", "--top", "5", "--out", str(out)]) == 0

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from stmedfm import methods, stats
+from stmedfm import inputs, methods, stats
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 
@@ -135,7 +135,7 @@ def test_counts_cover_every_registered_strategy():
     pytest.importorskip("peft")
     from stmedfm import strategies
 
-    c = methods.counts()
+    c = inputs.counts()
     assert list(c["strategy"]) == [strategies.label(s) for s in strategies.names()]
     assert c.set_index("strategy").loc["Pretrain+LoRA", "trainable (pathmnist)"] == 4_041
 
@@ -161,7 +161,8 @@ def test_the_study_files_plan_every_registered_strategy():
 def test_the_paper_strategies_keep_the_offline_run_ids():
     """The runs peft_methods.yaml shares with params/offline_2d.yaml, the previous reference (scratch/full/lora/adapter/linear probe, few-shot
     full/lora/adapter on retinamnist, and the checkpoints) have the same ids: the same computations."""
-    from stmedfm.planning import official_data, plan, run_id
+    from stmedfm.planning import official_data, run_id
+    from stmedfm.records import plan
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
     offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml").replace(seeds=cfg.seeds)
@@ -191,7 +192,8 @@ def test_a_study_reuses_the_runs_and_checkpoints_of_the_same_id(synthetic_dir, t
     import yaml
 
     from stmedfm import cli
-    from stmedfm.planning import plan, run_id, study_data
+    from stmedfm.planning import run_id, study_data
+    from stmedfm.records import plan
     from stmedfm.store import ResultStore
 
     base = {"workers": 1, "data_dir": str(synthetic_dir), "seeds": 1, "pretrain_tasks": ["bloodmnist"],

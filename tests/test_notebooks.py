@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from stmedfm import notebook as nb
-from stmedfm import paths, plots, registry, report
+from stmedfm import inputs, paths, plots, registry, report
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
@@ -173,25 +173,25 @@ def synthetic_cfg(synthetic_dir) -> StudyConfig:
 
 
 def test_table1_and_split_sizes(synthetic_cfg):
-    t1 = report.table1(synthetic_cfg).set_index("flag")
+    t1 = inputs.table1(synthetic_cfg).set_index("flag")
     assert list(t1.index) == ["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"]
     assert set(t1["status"]) == {"synthetic (MANIFEST)"}  # synthetic files are listed in their MANIFEST.json
     assert t1.loc["organmnist3d", "input shape"] == "(28, 28, 28)"
     assert "pretraining task 1" in t1.loc["pathmnist", "roles"] and "calibration task" in t1.loc["pathmnist", "roles"]
-    sizes = report.split_sizes(synthetic_cfg).set_index("flag")
+    sizes = inputs.split_sizes(synthetic_cfg).set_index("flag")
     assert sizes.loc["organmnist3d", "loaded as"] == "(1, 28, 28, 28)"
     assert sizes.loc["pathmnist", "train"] == 48 and sizes.loc["pathmnist", "official sizes"] == "no"
 
 
 def test_class_distribution_and_weights(synthetic_cfg):
-    dist = report.class_distribution(synthetic_cfg)
+    dist = inputs.class_distribution(synthetic_cfg)
     assert len(dist) == sum(registry.get(t).n_classes for t in synthetic_cfg.all_tasks())
     for _, d in dist.groupby("task"):
         assert d["train share"].sum() == pytest.approx(1.0)
         assert d["weight"].mean() == pytest.approx(1.0, abs=1e-5)
-    summary = report.imbalance_summary(dist).set_index("task")
+    summary = inputs.imbalance_summary(dist).set_index("task")
     assert summary.loc["organmnist3d", "classes"] == 11
-    off = report.class_distribution(synthetic_cfg.replace(class_weights=False))
+    off = inputs.class_distribution(synthetic_cfg.replace(class_weights=False))
     assert set(off["weight"]) == {1.0}
     assert isinstance(plots.fig_class_distribution(dist), Figure)
 
@@ -211,7 +211,7 @@ def test_architecture_and_parameter_counts():
     assert arch["LoRA"] == 3_072 and arch["adapters"] == 4_256 and arch["task head (pathmnist)"] == 585
     plain = plots.architecture_table(STMedFM(["bloodmnist"]))
     assert "LoRA" not in set(plain["component"])
-    t4 = report.table4_against_paper()
+    t4 = inputs.table4_against_paper()
     assert len(t4) == 16 and set(t4["same as paper"]) == {"yes"}
 
 
@@ -241,6 +241,6 @@ def test_setup_runs_then_reuses_and_writes_tables_and_figures(make_config, tmp_p
     tables = nb.study_tables(store)
     assert (store.root / "tables" / "table7_auroc.md").is_file()
     assert set(tables["table7_auroc"]["strategy"]) == {"scratch", "full"}
-    fig = plots.fig_class_distribution(report.class_distribution(cfg))
+    fig = plots.fig_class_distribution(inputs.class_distribution(cfg))
     assert nb.save_figure(fig, "figX", cfg) is fig
     assert {p.name for p in (tmp_path / "figures" / "tiny").iterdir()} == {"figX.png", "figX.svg"}

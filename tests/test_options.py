@@ -10,7 +10,8 @@ from stmedfm import options, paths, strategies
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig, parse_overrides
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import plan
 
 ROOT = paths.project_root()
 
@@ -115,7 +116,8 @@ def test_grids_read_as_users_write_them():
 @pytest.mark.slow
 def test_options_change_the_trained_model():
     from stmedfm.peft import count_parameters
-    from stmedfm.train import RunSpec, build_model, downstream_model
+    from stmedfm.records import RunSpec
+    from stmedfm.train import build_model, downstream_model
 
     base = StudyConfig.load(ROOT / "params" / "smoke.yaml")
     state = build_model(base, ["bloodmnist"], 0).state_dict()

@@ -186,7 +186,7 @@ def test_a_bad_peft_registration_is_named_in_one_line():
 def test_a_peft_method_is_one_registration_and_in_the_run_identity():
     from stmedfm.config import StudyConfig
     from stmedfm.planning import official_data, run_id
-    from stmedfm.train import RunSpec
+    from stmedfm.records import RunSpec
 
     with pytest.raises(StmedfmError, match="goes with inserts=\\('peft',\\)"):
         strategies.register(strategies.Strategy("x", "X", peft=strategies.PeftMethod.of("LoraConfig")))
@@ -207,7 +207,8 @@ def test_a_peft_method_is_one_registration_and_in_the_run_identity():
 # --- round-trips -------------------------------------------------------------------------------------------------
 def _trained(strategy: str, pretrained: dict, steps: int = 3):
     from stmedfm.config import StudyConfig
-    from stmedfm.train import Pool, RunSpec, downstream_model, generator, train_steps
+    from stmedfm.records import RunSpec
+    from stmedfm.train import Pool, downstream_model, generator, train_steps
 
     cfg = StudyConfig(pretrain_tasks=[TASK], downstream_tasks=[TASK])
     spec = RunSpec(TASK, strategy, 0, steps, 1e-2, False, (TASK,) if strategies.get(strategy).pretrained else ())
@@ -269,7 +270,8 @@ def test_peft_runs_share_the_frozen_stem_with_the_other_runs_of_their_checkpoint
     peft method hits that record (no new entry) and its logits are bit-identical to a plain evaluation."""
     from stmedfm import train
     from stmedfm.config import StudyConfig
-    from stmedfm.train import RunSpec, downstream_model, predict_logits
+    from stmedfm.records import RunSpec
+    from stmedfm.train import downstream_model, predict_logits
 
     cfg = StudyConfig(pretrain_tasks=[TASK], downstream_tasks=[TASK])
     state = {k: v.clone() for k, v in base_model([TASK]).state_dict().items()}

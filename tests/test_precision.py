@@ -12,9 +12,10 @@ from stmedfm import precision as P
 from stmedfm import paths
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import RunSpec, plan
 from stmedfm.study import run_study
-from stmedfm.train import RunSpec, run_downstream
+from stmedfm.train import run_downstream
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from stmedfm import paths, report
+from stmedfm import inputs, paths, report
 from stmedfm.config import StudyConfig
 
 SUPPORTED = {"yes", "no", "mixed", "not tested"}
@@ -276,6 +276,6 @@ def test_paper_comparison_summary():
 
 
 def test_package_versions():
-    v = report.package_versions().set_index("component")["version"]
+    v = inputs.package_versions().set_index("component")["version"]
     for name in ("python", "torch", "numpy", "pandas", "scikit-learn"):
         assert v[name] and v[name] != "not installed"

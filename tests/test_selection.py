@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from stmedfm import selection
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import plan
 from stmedfm.study import run_study
 
 GRID = {"lora": [0.001, 0.01, 0.1]}

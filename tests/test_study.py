@@ -8,7 +8,8 @@ from stmedfm import paths
 from stmedfm.cli import main
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
+from stmedfm.planning import job_id, official_data, run_id
+from stmedfm.records import plan
 from stmedfm.store import ResultStore
 from stmedfm.study import run_study
 from stmedfm.tables import write_tables
@@ -146,12 +147,30 @@ def test_cli_prints_errors_without_traceback(capsys):
 
 def test_run_identity_is_stable():
     """Stored results are found by these ids: a change here orphans every finished run (add fields via LATER_FIELDS)."""
-    from stmedfm.planning import PretrainJob
-    from stmedfm.train import RunSpec
+    from stmedfm.records import PretrainJob, RunSpec
 
     cfg = StudyConfig()
     spec = RunSpec(task="pathmnist", strategy="lora", seed=0, steps=120, lr=2e-3, class_weights=True,
                    pretrain=tuple(cfg.pretrain_tasks))
     assert run_id(cfg, spec, official_data(cfg)) == "run-43f61d1aed33087f"
-    assert PretrainJob(0, tuple(cfg.pretrain_tasks)).id(cfg, official_data(cfg)) == "pretrain-179d0ffcf32bcfe4"
+    assert job_id(cfg, PretrainJob(0, tuple(cfg.pretrain_tasks)), official_data(cfg)) == "pretrain-179d0ffcf32bcfe4"
     assert run_id(cfg.replace(flip_policy="label_safe"), spec, official_data(cfg)) != "run-43f61d1aed33087f"
+
+
+def test_opening_a_store_never_downloads(tmp_path, monkeypatch):
+    """Issue 32: ``ResultStore.open`` called preflight, so opening a store could download. Opening a committed
+    store whose config says ``download: true``, with its files absent, is one line and no download attempt;
+    fetching files is running a study's (run_study's preflight)."""
+    import shutil
+
+    from stmedfm import download
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("opening a store tried to download")
+
+    monkeypatch.setattr(download, "download", no_download)
+    store = ResultStore(shutil.copytree(paths.project_root() / "results" / "offline_label_safe", tmp_path / "s"))
+    (tmp_path / "empty").mkdir()
+    cfg = store.config().replace(download=True, data_dir=str(tmp_path / "empty"))
+    with pytest.raises(StmedfmError, match="empty"):
+        store.open(cfg)

@@ -7,7 +7,8 @@ import torch
 
 from stmedfm import registry
 from stmedfm.config import StudyConfig
-from stmedfm.train import RunSpec, generator, make_pool, run_downstream, sampling_probabilities, task_schedule
+from stmedfm.records import RunSpec, sampling_probabilities
+from stmedfm.train import generator, make_pool, run_downstream, task_schedule
 
 PAPER = ["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"]
 

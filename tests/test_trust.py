@@ -18,8 +18,10 @@ import pytest
 from stmedfm import synthetic
 from stmedfm.cli import main
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import DegenerateSplitWarning, plan, preflight, run_id, study_data
-from stmedfm.store import ResultStore, StoreWarning
+from stmedfm.planning import DegenerateSplitWarning, preflight, run_id, study_data
+from stmedfm.records import plan
+from stmedfm.results import StoreWarning
+from stmedfm.store import ResultStore
 from stmedfm.study import run_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,11 +11,12 @@ import yaml
 
 import stmedfm.study as study_mod
 import stmedfm.train as train_mod
-from stmedfm import paths, variants
+from stmedfm import paths, runvariants, variants
 from stmedfm.config import StudyConfig
 from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, plan, run_id
-from stmedfm.train import RunSpec, run_downstream
+from stmedfm.planning import official_data, run_id
+from stmedfm.records import RunSpec, plan
+from stmedfm.train import run_downstream
 
 PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 
@@ -111,7 +112,7 @@ def test_variant_study_shares_runs_aggregates_and_reads_back(make_config, tmp_pa
     calls = []
     real = study_mod.run_downstream
     monkeypatch.setattr(study_mod, "run_downstream", lambda cfg, spec, state: calls.append(spec) or real(cfg, spec, state))
-    tables = variants.run(study, workers=1, progress=False)
+    tables = runvariants.run(study, workers=1, progress=False)
     # prop: (2 + 1 budgets) x 3 strategies x 2 seeds = 18; all: the same minus its 6 Scratch runs (shared by id);
     # frac: 2 fractions x 2 repeats x 3 strategies x 1 seed = 12
     assert len(calls) == 18 + 12 + 12
@@ -135,7 +136,7 @@ def test_variant_study_shares_runs_aggregates_and_reads_back(make_config, tmp_pa
     assert (study.root / "tables" / "comparisons.md").read_text().count("## ") == comp["family"].nunique()
     assert variants.complete(study)
     calls.clear()
-    again = variants.results(study, workers=1, progress=False)  # complete: read back, nothing recomputed
+    again = runvariants.results(study, workers=1, progress=False)  # complete: read back, nothing recomputed
     assert calls == [] and len(again["metrics"]) == len(m)
     lines = variants.findings(study, again)
     assert any(line.startswith("Transfer gap on the small task dermamnist") for line in lines)

@@ -1,6 +1,6 @@
 """The paper's Figures 1-7, the variant studies' figures and the data views, drawn from tidy results or a model.
 
-Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.store.ResultStore`) or a model
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.results.StoredResults`) or a model
 and returns a :class:`matplotlib.figure.Figure`; none of them reads a result file. The figures are built with
 ``Figure()`` rather than ``pyplot``, so they are never registered with a GUI backend (no double display in a
 notebook, nothing to close). :func:`write_figures` reads one result store and writes each figure as PNG
@@ -13,11 +13,15 @@ import X`` does not depend on where X lives:
   the figure writer;
 * :mod:`~stmedfm.plots.architecture` — the study's model (:func:`study_model`), Table 2, Figure 1 (from a data
   description of the model, :func:`describe`, and a generic renderer, :func:`draw`), forward shapes;
-* :mod:`~stmedfm.plots.paper` — Figures 2-7 and :func:`write_figures`;
+* :mod:`~stmedfm.plots.paper` — Figures 2-7 and :func:`write_result_figures` (no torch);
 * :mod:`~stmedfm.plots.variants` — the variant studies' figures (:mod:`stmedfm.variants`);
 * :mod:`~stmedfm.plots.methods` — the figures of the study of every strategy (:mod:`stmedfm.methods`);
 * :mod:`~stmedfm.plots.fair` — the learning-rate selection on validation and AUROC vs budget (issue 28);
 * :mod:`~stmedfm.plots.dataset` — sample images and class distributions (notebook 01).
+
+The figures of results need no torch (``tests/test_architecture.py``); the model and data views do, so their names
+are imported on first use (PEP 562 ``__getattr__``): ``import stmedfm.plots`` and every figure of a store work on
+a machine without torch.
 
 =======  ====================================  ================================================================
 paper    function                              data
@@ -32,16 +36,12 @@ Fig. 7   :func:`fig7_confusion`                ``confusion.csv``, summed over se
 =======  ====================================  ================================================================
 """
 
-from stmedfm.plots.architecture import (
-    architecture_table,
-    describe,
-    draw,
-    fig1_architecture,
-    forward_shapes,
-    parameter_counts,
-    study_model,
-)
-from stmedfm.plots.dataset import fig_class_distribution, fig_samples
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
 from stmedfm.plots.fair import fig_budget_curves, fig_lr_selection
 from stmedfm.plots.methods import fig_fewshot_methods, fig_pareto
 from stmedfm.plots.paper import (
@@ -51,7 +51,7 @@ from stmedfm.plots.paper import (
     fig7_confusion,
     fig_fewshot,
     pool_reliability,
-    write_figures,
+    write_result_figures,
 )
 from stmedfm.plots.style import (
     STRATEGY_COLORS,
@@ -95,9 +95,29 @@ __all__ = [
     "fig7_confusion",
     "pool_reliability",
     "write_figures",
+    "write_result_figures",
     "fig_budget_auroc",
     "fig_data_efficiency",
     "fig_contrasts",
     "fig_samples",
     "fig_class_distribution",
 ]
+
+#: Names of the views drawn from a model or the data files (torch), imported on first use.
+_LAZY = {**dict.fromkeys(("architecture_table", "describe", "draw", "fig1_architecture", "forward_shapes",
+                          "parameter_counts", "study_model"), "stmedfm.plots.architecture"),
+         **dict.fromkeys(("fig_class_distribution", "fig_samples"), "stmedfm.plots.dataset")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stmedfm.plots' has no attribute {name!r}")
+
+
+def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Figures 1-7 of the result store ``results`` (PNG and SVG into ``out``, default ``figures/<study>/``):
+    Figure 1 from the study's model (:func:`stmedfm.plots.architecture.write_figure1`, needs torch), the others
+    from the store (:func:`write_result_figures`). Returns the written paths."""
+    figure1 = importlib.import_module("stmedfm.plots.architecture").write_figure1
+    return [*figure1(results, out), *write_result_figures(results, out)]

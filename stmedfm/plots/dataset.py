@@ -20,7 +20,7 @@ __all__ = ["fig_samples", "fig_class_distribution"]
 def fig_class_distribution(dist: pd.DataFrame) -> Figure:
     """Share of the training split per class (bars) with the implied class weight written beside each bar.
 
-    ``dist``: :func:`stmedfm.report.class_distribution`."""
+    ``dist``: :func:`stmedfm.inputs.class_distribution`."""
     tasks = list(dict.fromkeys(dist["task"]))
     rows = max(dist.groupby("task").size())
     with rc_context(style()):

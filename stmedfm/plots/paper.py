@@ -1,6 +1,7 @@
-"""The paper's Figures 2-7, drawn from a study's tidy results, and :func:`write_figures` (Figures 1-7 of a store).
+"""The paper's Figures 2-7, drawn from a study's tidy results, and :func:`write_result_figures` (those of a store).
+No torch: Figure 1 is drawn from the model (:mod:`stmedfm.plots.architecture`).
 
-Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.store.ResultStore`) and returns a
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.results.StoredResults`) and returns a
 :class:`matplotlib.figure.Figure`; none of them reads a file, so notebooks and tests can feed them any frame.
 """
 
@@ -21,7 +22,6 @@ from matplotlib.transforms import ScaledTranslation
 
 from stmedfm import paths, registry, seal, strategies
 from stmedfm.errors import StmedfmError
-from stmedfm.plots.architecture import fig1_architecture, study_model
 from stmedfm.plots.fair import fig_budget_curves, fig_lr_selection
 from stmedfm.plots.style import (
     STRATEGY_MARKERS,
@@ -36,12 +36,12 @@ from stmedfm.plots.style import (
     style,
     write_figure,
 )
-from stmedfm.store import ResultStore
+from stmedfm.results import StoredResults
 from stmedfm.tables import summarise
-from stmedfm.train import in_task_pretraining_steps
+from stmedfm.records import in_task_pretraining_steps
 
 __all__ = ["fig2_pretraining_loss", "fig3_train_size_auroc", "fig_fewshot", "fig6_reliability", "fig7_confusion",
-           "pool_reliability", "write_figures"]
+           "pool_reliability", "figure_target", "write_result_figures"]
 
 
 # =============================================================================================================
@@ -387,16 +387,23 @@ def fig7_confusion(confusion: pd.DataFrame, task: str, strategy: str = "full", l
     return fig
 
 
-def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
-    """Write Figures 1-7 of the result store ``results`` as PNG (150 dpi) and SVG into ``out``
-    (default ``figures/<study>/``); a figure whose data the store lacks is skipped. Returns the written paths."""
-    store = ResultStore(results)
+def figure_target(results: str | os.PathLike, out: str | os.PathLike | None = None):
+    """``(store, config, folder, write)`` for the figures of the result store ``results``: the folder is ``out``
+    (default ``figures/<study>/``), ``write(fig, folder, name)`` writes PNG and SVG with the store's notices.
+    Public because Figure 1 (:func:`stmedfm.plots.architecture.write_figure1`) is written the same way."""
+    store = StoredResults(results)
     cfg = store.config()
     out_dir = Path(out) if out is not None else paths.figures_dir(cfg.study)
     if out_dir.exists() and not out_dir.is_dir():
         raise StmedfmError(f"The figure folder '{out_dir}' is a file; pass a folder as --out.")
-    notices = store.notices()
-    _write = functools.partial(write_figure, notices=notices)
+    return store, cfg, out_dir, functools.partial(write_figure, notices=store.notices())
+
+
+def write_result_figures(results: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Write Figures 2-7 (and the selection and budget figures) of the result store ``results`` as PNG (150 dpi)
+    and SVG into ``out`` (default ``figures/<study>/``); a figure whose data the store lacks is skipped. Returns
+    the written paths. Figure 1 is :func:`stmedfm.plots.write_figures`'s (it needs the model, hence torch)."""
+    store, cfg, out_dir, _write = figure_target(results, out)
 
     def table(name: str) -> pd.DataFrame | None:
         path = store.root / f"{name}.csv"
@@ -410,9 +417,6 @@ def write_figures(results: str | os.PathLike, out: str | os.PathLike | None = No
         return None if frame.empty else frame
 
     written: list[Path] = []
-
-    # Figure 1: the model the study adapts (one head), with LoRA and adapters at the study's settings
-    written += _write(fig1_architecture(study_model(cfg)), out_dir, "fig1_architecture")
 
     loss = table("pretrain_loss")
     if loss is not None:

@@ -64,7 +64,7 @@ def fig_budget_auroc(metrics: pd.DataFrame, task: str, variants=None, metric: st
     variant (sampler, width, ...), each with its 95 % t-CI band over seeds; Scratch (which does not depend on
     the pretraining variant) is the grey dashed line, once per distinct set of Scratch runs.
 
-    ``metrics``: the tidy metrics of :func:`stmedfm.variants.aggregate` (columns variant, experiment ``budget``,
+    ``metrics``: the tidy metrics of :func:`stmedfm.runvariants.aggregate` (columns variant, experiment ``budget``,
     task, strategy, steps, seed, metric, value, run_id).
     """
     require_columns(metrics, ("variant", "experiment", "task", "strategy", "steps", "seed", "metric", "value",
