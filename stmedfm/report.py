@@ -37,6 +37,7 @@ from stmedfm import measures, registry, stats
 from stmedfm.config import PAPER_TASKS, StudyConfig
 from stmedfm.data import class_weights, load_task, status_table
 from stmedfm.peft import parameter_table
+from stmedfm.strategies import FULL, PAPER, PAPER_PEFT, SCRATCH
 from stmedfm.tables import ci95, paper_results
 from stmedfm.train import sampling_probabilities
 
@@ -402,7 +403,7 @@ def claim_peft_keeps_gain(metrics: pd.DataFrame, params: pd.DataFrame, task: str
     setting = "standard budget"
     scratch = _values(metrics, task, "scratch", metric) if task else pd.Series(dtype=float)
     full = _values(metrics, task, "full", metric) if task else pd.Series(dtype=float)
-    peft = [s for s in ("lora", "adapter") if task and not _values(metrics, task, s, metric).empty]
+    peft = [s for s in PAPER_PEFT if task and not _values(metrics, task, s, metric).empty]
     if scratch.empty or full.empty or not peft:
         return pd.DataFrame([_not_tested("peft", task, setting,
                                          f"needs scratch, full and LoRA/adapter transfer runs of {task or 'a task'}")])
@@ -476,7 +477,7 @@ def claim_calibration_not_monotonic(metrics: pd.DataFrame, tasks=None) -> pd.Dat
         text = f"{len(discordant)} of {len(pairs)} strategy pairs: the higher-AUROC method has the higher ECE"
         if discordant:
             # the example: full vs scratch when discordant (the paper's own example), else the widest AUROC gap
-            hi, lo = max(discordant, key=lambda p: (p == ("full", "scratch"),
+            hi, lo = max(discordant, key=lambda p: (p == (FULL, SCRATCH),
                                                     means.loc[p[0], "macro_auroc"] - means.loc[p[1], "macro_auroc"]))
             text += (f", e.g. {hi} vs {lo}: AUROC {means.loc[hi, 'macro_auroc']:.3f} vs "
                      f"{means.loc[lo, 'macro_auroc']:.3f}, ECE {means.loc[hi, 'ece']:.3f} vs "
@@ -635,7 +636,7 @@ def imbalance_summary(dist: pd.DataFrame) -> pd.DataFrame:
 
 def table4_against_paper(width: int = 64) -> pd.DataFrame:
     """Table 4 recomputed from the model at the paper's four flags and strategies, beside the paper's counts."""
-    ours = parameter_table(tasks=PAPER_TASKS, strategies=("scratch", "full", "lora", "adapter"), width=width)
+    ours = parameter_table(tasks=PAPER_TASKS, strategies=PAPER, width=width)
     paper = paper_params().rename(columns={"total": "paper total", "trainable": "paper trainable"})
     out = ours.merge(paper, on=["task", "strategy"], how="left")
     out["same as paper"] = np.where((out["total"] == out["paper total"]) & (out["trainable"] == out["paper trainable"]),
