@@ -216,6 +216,10 @@ def add_peft(model: STMedFM, method: strategies.PeftMethod, lora_r: int = 4, lor
     _hf_peft()
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
+    if method.targets == "layernorms" and not getattr(model, "ln_affine", True):
+        raise StmedfmError(f"{method.describe()} trains copies of the LayerNorms' scale and shift, which a model "
+                           f"with ln_affine: false does not have; use ln_affine: true or another strategy.")
+
     config = peft_config(method, model, lora_r, lora_alpha)
     with warnings.catch_warnings():
         # peft's LN-tuning asks its generic in/out-feature helper about the LayerNorms it wraps, which warns
