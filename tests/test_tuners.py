@@ -53,6 +53,7 @@ def test_lora_r_renames_lora_runs_and_never_scratchs():
     assert {k[1] for k in before if before[k] != bottleneck[k]} == {"adapter"}
 
 
+@pytest.mark.slow  # ~25 s per value on 2 Xeon cores: 15 strategies built twice, peft injection included
 @pytest.mark.parametrize("ln_affine", [True, False])
 def test_every_table_count_is_the_count_of_the_model_training_builds(ln_affine):
     """Every registered strategy, non-default LoRA rank, adapter bottleneck and VeRA rank: the table's counts are the
@@ -81,6 +82,7 @@ def test_every_table_count_is_the_count_of_the_model_training_builds(ln_affine):
     assert table.loc["dora", "trainable"] > table.loc["lora", "trainable"]  # DoRA takes the shared r=8
 
 
+@pytest.mark.slow  # ~10 s: plans a study and trains 2 steps
 def test_a_method_of_new_pieces_is_one_module_and_one_registration(registry, make_config, tmp_path, monkeypatch):
     """docs/strategies.md's gate, registered in one module: validated options, planned, trained 2 steps."""
     from stmedfm import train
