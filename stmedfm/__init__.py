@@ -19,7 +19,7 @@ checks both the imports and that this list and that one agree)::
     records | results                     what a run is (spec, result, pretraining mix); a store read (no torch)
     bootstrap | calibration | config | download | metrics | peft | precision | scheduler | selection | stats | synthetic
     data | model                          verified data as tensors; the architecture
-    errors : io : measures : options : paths : provenance : registry : seal : strategies    the foundation (``:`` may import each other)
+    errors : io : measures : options : paths : provenance : registry : seal : strategies : tuners    the foundation (``:`` may import each other)
 
 Why this order: results are a function of parameters and data only, so what a run *is* (``planning``) sits
 below where it is kept (``store``), which sits below how it is executed (``study``, ``executors``); everything

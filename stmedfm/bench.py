@@ -71,6 +71,7 @@ from stmedfm import precision as P  # P.cpu_flags looked up at call time: tests 
 from stmedfm.precision import NATIVE_CPU_FLAGS, native_cpu_bf16, resolve
 from stmedfm.provenance import cpu_model, isa_summary
 from stmedfm.stats import mean_ci
+from stmedfm.strategies import FULL, LORA, SCRATCH
 from stmedfm.study import default_workers, run_study
 from stmedfm.synthetic import split_sizes, write_synthetic, write_synthetic_streaming
 from stmedfm.train import (PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, build_model, generator,
@@ -82,10 +83,10 @@ COLUMNS = ["measure", "ours", "baseline", "ratio", "unit", "machine"]
 #: on tiny files with budgets of a few steps: it exercises every code path of both sides, fast
 QUICK_N = {"train": 48, "val": 16, "test": 32}
 QUICK_OVERRIDES = dict(seeds=1, pretrain_tasks=["bloodmnist", "organmnist3d"], pretrain_steps=4,
-                       downstream_tasks=["bloodmnist", "organmnist3d"], strategies=["scratch", "full", "lora"],
+                       downstream_tasks=["bloodmnist", "organmnist3d"], strategies=[SCRATCH, FULL, LORA],
                        scratch_steps_2d=3, scratch_steps_3d=2, finetune_steps_2d=3, finetune_steps_3d=2,
                        fewshot_tasks={"organmnist3d": 2}, fewshot_k=[1], fewshot_splits=1,
-                       fewshot_strategies=["full", "adapter"], class_weight_ablation_tasks=[], leave_out_tasks=[],
+                       fewshot_strategies=[FULL, "adapter"], class_weight_ablation_tasks=[], leave_out_tasks=[],
                        extended_tasks=[], calibration_task="bloodmnist")
 #: the single-thread throughput measures: their rows in results/bench.csv (also those of --precision)
 THROUGHPUT_LABELS = {"train_2d": "train throughput 2D, batch 32, 1 thread", "train_3d": "train throughput 3D, batch 8, 1 thread",
@@ -446,7 +447,7 @@ SIZES = (28, 64, 128, 224)
 #: --sizes: pathmnist (the largest 2D flag) at every size, full official split sizes, reduced budgets, 2 workers;
 #: evaluation covers the whole val and test splits (17,184 images), streamed batch by batch
 SIZE_STUDY = dict(seeds=1, pretrain_tasks=["pathmnist"], downstream_tasks=["pathmnist"],
-                  strategies=["scratch", "linear_probe"], pretrain_steps=10, scratch_steps_2d=10, finetune_steps_2d=10,
+                  strategies=[SCRATCH, "linear_probe"], pretrain_steps=10, scratch_steps_2d=10, finetune_steps_2d=10,
                   fewshot_tasks={}, class_weight_ablation_tasks=[], leave_out_tasks=[], extended_tasks=[],
                   calibration_task=None)
 

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats as st
 
 from stmedfm import bootstrap, measures, seal, stats
+from stmedfm.strategies import PAPER
 from stmedfm.config import StudyConfig
 from stmedfm.report import claim_roles
 
@@ -171,10 +172,10 @@ CLAIMS: tuple[Claim, ...] = (
           _t("adapter", experiment="leave_out", where=_WITHOUT)),
     *(Claim(f"class_weights_f1_{s}", f"Class weights improve macro-F1 ({s})", "§IV.G; Table 11", "small2d",
             _t(s, experiment=_CW, where=_ON), _t(s, experiment=_CW, where=_OFF), ("macro_f1",))
-      for s in ("scratch", "full", "lora", "adapter")),
+      for s in PAPER),
     *(Claim(f"class_weights_accuracy_{s}", f"Class weights reduce top-1 accuracy ({s})", "§IV.G; Table 11; §V",
             "small2d", _t(s, experiment=_CW, where=_OFF), _t(s, experiment=_CW, where=_ON), ("accuracy",))
-      for s in ("scratch", "full", "lora", "adapter")),
+      for s in PAPER),
     Claim("fewshot_2d_k", "2D few-shot AUROC rises from K=1 to K=10 (mean over methods and splits)",
           "§IV.D; Tables 9, 10b (DermaMNIST)", "fewshot2d",
           _t("full", "lora", "adapter", experiment="fewshot", where=(("k", 10),)),

@@ -56,7 +56,7 @@ STRATEGY_FIELDS = ("strategies", "fewshot_strategies", "class_weight_ablation_st
                    "budget_strategies", "data_fraction_strategies")
 #: The strategies the paper's protocol runs by default (Tables 5-8b, with our linear probe); every registered
 #: strategy (stmedfm.strategies) is accepted.
-STRATEGY_NAMES = ("scratch", "full", "lora", "adapter", "linear_probe")
+STRATEGY_NAMES = (*_strategies.PAPER, "linear_probe")
 SAMPLERS = ("proportional", "uniform", "temperature", "all_tasks")
 FLIP_POLICIES = ("all", "label_safe")
 #: A study name: it names folders (results/<study>/), so no separators, no "." or "..".
@@ -141,23 +141,23 @@ class StudyConfig:
     fewshot_tasks: dict[str, int] = field(default_factory=lambda: {"dermamnist": 40, "organmnist3d": 10})
     fewshot_k: list[int] = field(default_factory=lambda: [1, 5, 10])
     fewshot_splits: int = 3
-    fewshot_strategies: list[str] = field(default_factory=lambda: ["full", "lora", "adapter"])
+    fewshot_strategies: list[str] = field(default_factory=lambda: list(_strategies.PAPER_PRETRAINED))
 
     # --- ablations (Tables 11, 12, 12b) ------------------------------------------------------------------------
     class_weight_ablation_tasks: list[str] = field(default_factory=lambda: ["dermamnist"])
-    class_weight_ablation_strategies: list[str] = field(default_factory=lambda: ["scratch", "full", "lora", "adapter"])
+    class_weight_ablation_strategies: list[str] = field(default_factory=lambda: list(_strategies.PAPER))
     leave_out_tasks: list[str] = field(default_factory=lambda: ["organmnist3d"])
-    leave_out_strategies: list[str] = field(default_factory=lambda: ["lora", "adapter"])
+    leave_out_strategies: list[str] = field(default_factory=lambda: list(_strategies.PAPER_PEFT))
     extended_tasks: list[str] = field(default_factory=lambda: ["organmnist3d"])
     extended_scratch_steps: int = 240
     extended_full_steps: int = 150
 
     # --- beyond the paper (variant studies, stmedfm.variants; off by default) -------------------------------
     budget_tasks: dict[str, list[int]] = field(default_factory=dict)  #: task -> downstream step counts
-    budget_strategies: list[str] = field(default_factory=lambda: ["scratch", "full", "lora", "adapter"])
+    budget_strategies: list[str] = field(default_factory=lambda: list(_strategies.PAPER))
     data_fraction_tasks: list[str] = field(default_factory=list)  #: tasks trained on fractions of their train split
     data_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
-    data_fraction_strategies: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "full"])
+    data_fraction_strategies: list[str] = field(default_factory=lambda: [_strategies.SCRATCH, "linear_probe", _strategies.FULL])
     data_fraction_repeats: int = 3  #: stratified subsets per (seed, task, fraction), seeded by all four
 
     # --- fair comparisons (issue 28; off by default) ---------------------------------------------------------
@@ -420,7 +420,8 @@ class StudyConfig:
         """Everything that shapes a model's parameter count, as :func:`stmedfm.peft.parameter_table` takes it (so
         every count shown is the count of the model this study trains)."""
         return {"width": self.width, "ln_affine": self.ln_affine, "lora_r": self.lora_r,
-                "lora_alpha": self.lora_alpha, "adapter_bottleneck": self.adapter_bottleneck}
+                "lora_alpha": self.lora_alpha, "adapter_bottleneck": self.adapter_bottleneck,
+                "strategy_options": {s: _options.resolve(self, s) for s in _strategies.names()}}
 
     def lr(self, strategy: str) -> float:
         """The learning rate of ``strategy``: its ``strategy_options`` ``lr``, else the field its registry entry

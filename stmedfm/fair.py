@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from stmedfm import paths, stats
+from stmedfm.strategies import FULL, PAPER_PEFT, PAPER_PRETRAINED, SCRATCH
 from stmedfm.config import StudyConfig
 from stmedfm.io import atomic_write_csv
 from stmedfm.plots import fig_budget_curves, fig_lr_selection, write_figure
@@ -54,8 +55,7 @@ __all__ = ["METRIC", "BUDGET_CONTRASTS", "roles", "budget_summary", "budget_cont
 
 METRIC = "macro_auroc"
 #: (a, b) of every budget contrast, a - b.
-BUDGET_CONTRASTS = (("full", "scratch"), ("lora", "scratch"), ("adapter", "scratch"), ("lora", "full"),
-                    ("adapter", "full"))
+BUDGET_CONTRASTS = (*((s, SCRATCH) for s in PAPER_PRETRAINED), *((s, FULL) for s in PAPER_PEFT))
 
 
 def roles(cfg: StudyConfig) -> dict[str, str | None]:
@@ -66,7 +66,7 @@ def roles(cfg: StudyConfig) -> dict[str, str | None]:
 def _claim(a: str, b: str, task: str, role: dict) -> tuple[str, int]:
     """(claim, sign): the claim a contrast a - b tests on ``task`` and the sign of a - b the claim predicts
     (0: an equivalence claim)."""
-    if (a, b) == ("full", "scratch"):
+    if (a, b) == (FULL, SCRATCH):
         if task == role.get("small"):
             return "negative transfer", -1
         return ("pretraining helps" if task == role.get("dominant") else "transfer helps"), +1
@@ -140,7 +140,7 @@ def in_task_contrasts(metrics: pd.DataFrame, in_task: dict[str, float], role: di
     frames = []
     for task, g in rows.groupby("task", sort=False):
         shift = in_task.get(task, 0.0)
-        if not shift or not {"full", "scratch"} <= set(g["strategy"]):
+        if not shift or not {FULL, SCRATCH} <= set(g["strategy"]):
             continue
         scratch = g[g["strategy"] == "scratch"].pivot_table(index="steps", columns="seed", values="value")
         full = g[g["strategy"] == "full"].pivot_table(index="steps", columns="seed", values="value")

@@ -31,6 +31,7 @@ from scipy import stats as st
 
 from stmedfm import claims as C
 from stmedfm import measures, methods, seal, stats, variants
+from stmedfm.strategies import FULL, SCRATCH
 from stmedfm.errors import StmedfmError
 from stmedfm.results import StoredResults
 from stmedfm.tables import METRIC_TABLES, cell, paper_results
@@ -234,7 +235,7 @@ def flips_block(label_safe: str | Path, reference: str | Path, task: str = "orga
                 f"machines ({' vs '.join(' | '.join(sorted(m)) for m in machines)}); rerun one of them on the other's.\n")
     m = [s.table("metrics") for s in stores]
     lines = []
-    for strategy in ("scratch", "full"):
+    for strategy in (SCRATCH, FULL):
         parts = []
         for metric in ("accuracy", "macro_auroc"):
             sel = {"experiment": "transfer", "task": task, "strategy": strategy, "metric": metric}

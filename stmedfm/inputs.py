@@ -80,7 +80,7 @@ def imbalance_summary(dist: pd.DataFrame) -> pd.DataFrame:
 
 def table4_against_paper(width: int = 64) -> pd.DataFrame:
     """Table 4 recomputed from the model at the paper's four flags and strategies, beside the paper's counts."""
-    ours = parameter_table(tasks=PAPER_TASKS, strategies=("scratch", "full", "lora", "adapter"), width=width)
+    ours = parameter_table(tasks=PAPER_TASKS, strategies=strategies.PAPER, width=width)
     paper = paper_params().rename(columns={"total": "paper total", "trainable": "paper trainable"})
     out = ours.merge(paper, on=["task", "strategy"], how="left")
     out["same as paper"] = np.where((out["total"] == out["paper total"]) & (out["trainable"] == out["paper trainable"]),

@@ -51,10 +51,10 @@ __all__ = ["METRICS", "REFERENCES", "analyse", "write_tables", "read_tables", "s
 #: The metrics of the tables, the primary one first; ``*_ts`` only when the study scaled temperatures.
 METRICS = ("macro_auroc", "macro_f1", "ece", "brier", "ece_ts", "brier_ts")
 #: The references every method is tested against: the paper's LoRA and training from scratch.
-REFERENCES = ("lora", "scratch")
+REFERENCES = (strategies.LORA, strategies.SCRATCH)
 #: The paper's PEFT methods and Full: whether *they* are below Scratch on the small task is what "negative transfer"
 #: means in the paper (Tables 7, 10 and 12 on OrganMNIST3D).
-PAPER_PEFT = ("full", "lora", "adapter")
+PAPER_PEFT = strategies.PAPER_PRETRAINED
 BENCH_CSV = "bench_methods.csv"  #: written by ``stmedfm bench --methods`` (stmedfm.bench_methods) into the store
 TABLES = ("summary", "comparisons", "pareto", "fewshot")
 

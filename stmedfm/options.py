@@ -4,21 +4,17 @@ A parameter file sets them per strategy (issue 28)::
 
     strategy_options: {vera: {lr: 2e-2}, lora: {r: 8, alpha: 8}, adapter: {bottleneck: 32}}
 
-The options of a strategy are declared by its registry entry (:mod:`stmedfm.strategies`), not by a list here:
+The options of a strategy are declared by its method object (:mod:`stmedfm.tuners`, ``Strategy.options``; a
+strategy that inserts a built-in piece without declaring any gets the piece's), plus ``lr`` for every strategy (its
+default: the config field its entry names, ``Strategy.lr_field``). This module reads, resolves and validates them.
 
-* every strategy: ``lr``, its learning rate (default: the config field its entry names, ``Strategy.lr_field``);
-* what inserts LoRA: ``r`` and ``alpha`` (defaults: the study's ``lora_r``, ``lora_alpha``);
-* what inserts adapters: ``bottleneck`` (default: ``adapter_bottleneck``);
-* a Hugging Face peft method: ``r``/``alpha`` when its config class has a rank / a scaling (:data:`PEFT_RANKED`,
-  kept equal to peft's own fields by ``tests/test_options.py``), and every numeric option of its
-  :class:`~stmedfm.strategies.PeftMethod` (VeRA's ``r``, OFT's ``oft_block_size``, FourierFT's ``n_frequency``),
-  its registered value being the default.
-
-The shared fields (``lr_peft``, ``lora_r``, ``lora_alpha``, ``adapter_bottleneck``) keep working: they are the
-defaults of every strategy that takes the option. A run's identity (:func:`stmedfm.planning.run_id`) holds only
-its *own* strategy's options that differ from those defaults (:func:`overrides`; ``lr`` is in the run's spec
-already), so every run id of a parameter file without ``strategy_options`` is what it was before they existed, and
-tuning VeRA's rank never renames a LoRA run.
+Decision (issue 32): the shared fields (``lr_peft``, ``lora_r``, ``lora_alpha``, ``adapter_bottleneck``) stay the
+study-wide defaults of every option that names them (``Option.field``), so every parameter file keeps working; the
+method objects hold the registered defaults (the paper's values). A run's identity
+(:func:`stmedfm.planning.run_id`) holds only its *own* strategy's options that differ from the *registered*
+defaults (:func:`overrides`; ``lr`` is in the run's spec already), so tuning LoRA's rank, through
+``strategy_options`` or ``lora_r``, renames LoRA's runs (and those of every method that takes ``lora_r``) and never
+Scratch's; every id of a study at the paper's values is what it was before.
 
 Torch-free (the foundation layer), so validating parameters stays fast.
 """
@@ -32,41 +28,25 @@ from typing import Any
 from stmedfm import registry, strategies
 from stmedfm.errors import StmedfmError
 
-__all__ = ["PEFT_RANKED", "declared", "default", "resolve", "overrides", "check", "peft_method", "default_grid",
+__all__ = ["declared", "default", "resolve", "overrides", "check", "peft_method", "default_grid",
            "check_lr_grid", "owners", "check_study", "CLAIM_ROLES"]
 
-#: peft config classes with a rank field ``r`` and a scaling field (``lora_alpha`` or ``alpha``): those get the
-#: study's ``lora_r`` / ``lora_alpha`` unless the method sets them (:func:`stmedfm.peft.peft_config`).
-PEFT_RANKED = {"LoraConfig": ("r", "alpha"), "VeraConfig": ("r",), "LoHaConfig": ("r", "alpha"),
-               "LoKrConfig": ("r", "alpha"), "OFTConfig": ("r",), "HRAConfig": ("r",)}
+
+def _options(strategy: str) -> dict[str, strategies.Option]:
+    return {o.name: o for o in strategies.options_of(strategy)}
 
 
 def declared(strategy: str) -> dict[str, type]:
-    """Option name -> type (int or float) of ``strategy``, from its registry entry (unknown name: StmedfmError)."""
-    s = strategies.get(strategy)
-    out: dict[str, type] = {"lr": float}
-    if "lora" in s.inserts:
-        out.update(r=int, alpha=float)
-    if "adapter" in s.inserts:
-        out["bottleneck"] = int
-    if s.peft is not None:
-        out.update({k: (int if k == "r" else float) for k in PEFT_RANKED.get(s.peft.config, ())})
-        for k, v in s.peft.options:
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = type(v)
-    return out
+    """Option name -> type (int or float) of ``strategy``, from its method object (unknown name: StmedfmError)."""
+    return {"lr": float, **{name: o.kind for name, o in _options(strategy).items()}}
 
 
 def default(cfg, strategy: str, name: str):
     """The value ``strategy`` gets for option ``name`` when the study does not set it: the shared config field, or
-    the value its peft method registers."""
-    s = strategies.get(strategy)
-    method = dict(s.peft.options) if s.peft is not None else {}
+    the value its method object registers."""
     if name == "lr":
-        return getattr(cfg, s.lr_field)
-    if name in method:
-        return method[name]
-    return {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "bottleneck": cfg.adapter_bottleneck}[name]
+        return getattr(cfg, strategies.get(strategy).lr_field)
+    return _options(strategy)[name].value(cfg)
 
 
 def resolve(cfg, strategy: str) -> dict[str, Any]:
@@ -76,10 +56,11 @@ def resolve(cfg, strategy: str) -> dict[str, Any]:
 
 
 def overrides(cfg, strategy: str) -> dict[str, Any]:
-    """The options of ``strategy`` that the study sets to something else than their default, ``lr`` excepted (a
-    run's spec holds its learning rate): what a run's identity adds. Empty for every study without them."""
-    given = (getattr(cfg, "strategy_options", None) or {}).get(strategy, {})
-    return {k: v for k, v in sorted(given.items()) if k != "lr" and v != default(cfg, strategy, k)}
+    """The options of ``strategy`` that the study trains at another value than the registered default, ``lr``
+    excepted (a run's spec holds its learning rate): what a run's identity adds. Empty for every study at the
+    paper's values."""
+    values = resolve(cfg, strategy)
+    return {name: values[name] for name, o in sorted(_options(strategy).items()) if values[name] != o.default}
 
 
 def peft_method(cfg, strategy: str) -> strategies.PeftMethod | None:
@@ -87,9 +68,7 @@ def peft_method(cfg, strategy: str) -> strategies.PeftMethod | None:
     method = strategies.get(strategy).peft
     if method is None:
         return None
-    values = resolve(cfg, strategy)
-    return strategies.PeftMethod(method.config, method.targets,
-                                 tuple((k, values.get(k, v)) for k, v in method.options))
+    return method.with_values(resolve(cfg, strategy))
 
 
 def owners(name: str) -> list[str]:
@@ -105,8 +84,8 @@ def _number(kind: type, value) -> bool:
 
 def check(options: Mapping[str, Mapping[str, Any]], defaults=None) -> list[str]:
     """Problems of a ``strategy_options`` mapping, one line each: an unknown strategy, an option the strategy does
-    not take (saying which strategies do), a value of the wrong type or not positive (an option whose registered
-    value is 0, OFT's ``r``, may be 0). ``defaults``: a config, for the registered values."""
+    not take (saying which strategies do), a value of the wrong type or not positive (an option that may be 0,
+    OFT's ``r``, says so: ``Option.zero_ok``). ``defaults``: unused, kept for callers."""
     errors = []
     known = strategies.names()
     for strategy, given in options.items():
@@ -118,7 +97,7 @@ def check(options: Mapping[str, Mapping[str, Any]], defaults=None) -> list[str]:
             errors.append(f"'strategy_options.{strategy}' must be a mapping of option: value (e.g. {{lr: 0.02}}), "
                           f"got {given!r}.")
             continue
-        own = declared(strategy)
+        own = {"lr": strategies.Option("lr", float), **_options(strategy)}
         for name, value in given.items():
             if name not in own:
                 others = owners(name)
@@ -127,11 +106,9 @@ def check(options: Mapping[str, Mapping[str, Any]], defaults=None) -> list[str]:
                 errors.append(f"Strategy '{strategy}' has no option '{name}'.{where} Its options: "
                               f"{', '.join(own)}.")
                 continue
-            floor = 0 if defaults is not None and default(defaults, strategy, name) == 0 else None
-            if not _number(own[name], value) or (value < 0 if floor == 0 else value <= 0):
-                kind = "an integer" if own[name] is int else "a number"
-                errors.append(f"'strategy_options.{strategy}.{name}' must be {kind} "
-                              f"{'>= 0' if floor == 0 else '> 0'}, got {value!r}.")
+            problem = own[name].problem(f"strategy_options.{strategy}.{name}", value)
+            if problem:
+                errors.append(problem)
     return errors
 
 

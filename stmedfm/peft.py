@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from stmedfm import registry, strategies
+from stmedfm import strategies as strategies_  # parameter_table's argument is named strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 
@@ -40,7 +41,6 @@ __all__ = [
     "add_adapters",
     "add_peft",
     "peft_config",
-    "STRATEGIES",
     "INSERTS",
     "GROUPS",
     "prepare",
@@ -48,8 +48,6 @@ __all__ = [
     "count_parameters",
     "parameter_table",
 ]
-
-STRATEGIES = strategies.names()  #: the registered strategies (at import), for convenience
 
 
 class LoRALinear(nn.Module):
@@ -218,6 +216,10 @@ def add_peft(model: STMedFM, method: strategies.PeftMethod, lora_r: int = 4, lor
     _hf_peft()
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
+    if method.targets == "layernorms" and not getattr(model, "ln_affine", True):
+        raise StmedfmError(f"{method.describe()} trains copies of the LayerNorms' scale and shift, which a model "
+                           f"with ln_affine: false does not have; use ln_affine: true or another strategy.")
+
     config = peft_config(method, model, lora_r, lora_alpha)
     with warnings.catch_warnings():
         # peft's LN-tuning asks its generic in/out-feature helper about the LayerNorms it wraps, which warns
@@ -296,6 +298,7 @@ GROUPS = {
     "lora": lambda model, task: [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)],
     "adapter": lambda model, task: _modules(model, Adapter),
     "peft": lambda model, task: _peft_parameters(model),
+    "own": lambda model, task: [],  # a method's own surgery: set_trainable asks the surgery (Strategy.surgery)
 }
 
 
@@ -324,10 +327,13 @@ def set_trainable(model: STMedFM, strategy: str, task: str, method: strategies.P
                                f"stmedfm.peft.prepare(model, '{strategy}', task).")
         if kind == "peft":
             _check_peft(model, strategy, method)
+    if spec.surgery is not None and not spec.surgery.present(model):
+        raise StmedfmError(f"Strategy '{strategy}' needs its own modules: call "
+                           f"stmedfm.peft.prepare(model, '{strategy}', task).")
     for p in model.parameters():
         p.requires_grad_(False)
     for group in spec.trains:
-        for p in GROUPS[group](model, task):
+        for p in (spec.surgery.parameters(model) if group == "own" else GROUPS[group](model, task)):
             p.requires_grad_(True)
 
 
@@ -339,21 +345,29 @@ def prepare(
     lora_alpha: float = 4.0,
     adapter_bottleneck: int = 16,
     method: strategies.PeftMethod | None = None,
+    options: dict | None = None,
 ) -> STMedFM:
     """Make ``model`` ready to train ``task`` with ``strategy``: add its head if missing, insert the modules the
-    strategy declares (unless already there), then :func:`set_trainable`. Returns ``model``. ``method``: the
-    strategy's peft method with a study's own option values (:func:`stmedfm.options.peft_method`); None = as
-    registered.
+    strategy declares (unless already there), then :func:`set_trainable`. Returns ``model``. ``options``: the
+    strategy's own options as a study resolves them (:func:`stmedfm.options.resolve`: LoRA's ``r``/``alpha``, the
+    adapter's ``bottleneck``, a method's own), which take precedence over ``lora_r``, ``lora_alpha`` and
+    ``adapter_bottleneck`` (the shared fields, kept for callers that have no study). ``method``: the strategy's peft
+    method with a study's own option values (:func:`stmedfm.options.peft_method`); None = as registered.
     """
     spec = strategies.get(strategy)
     if task not in model.heads:
         model.add_head(task)
-    method = method or spec.peft
-    options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "adapter_bottleneck": adapter_bottleneck, "peft": method}
+    method = method or (spec.peft.with_values(options) if spec.peft is not None and options else spec.peft)
+    own = {o.name: o.default for o in strategies.options_of(spec) if o.field is None}
+    own.update(options or {})
+    pieces = {"lora_r": own.get("r", lora_r), "lora_alpha": own.get("alpha", lora_alpha),
+              "adapter_bottleneck": own.get("bottleneck", adapter_bottleneck), "peft": method}
     for kind in spec.inserts:
         present, insert = INSERTS[kind]
         if not present(model):
-            insert(model, options)
+            insert(model, pieces)
+    if spec.surgery is not None and not spec.surgery.present(model):
+        spec.surgery.insert(model, own)
     set_trainable(model, strategy, task, method)
     return model
 
@@ -366,20 +380,25 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def parameter_table(
     tasks: Iterable[str] = registry.PAPER_TASKS,
-    strategies: Iterable[str] = ("scratch", "full", "lora", "adapter"),
+    strategies: Iterable[str] | None = None,
     width: int = 64,
     ln_affine: bool = True,
+    strategy_options: dict | None = None,
     **options,
 ) -> pd.DataFrame:
     """Table 4 recomputed: one fresh single-head model per (task, strategy); columns task, strategy, total,
     trainable. Needs no data or training, since counts depend only on the architecture: pass every option that
-    shapes it (``StudyConfig.count_options()``: width, LayerNorm affine, LoRA rank, adapter bottleneck), or the
-    counts are those of another model than the study trained.
+    shapes it (``StudyConfig.count_options()``: width, LayerNorm affine, the shared LoRA rank and adapter bottleneck,
+    and each strategy's own options, ``strategy_options``: strategy -> :func:`stmedfm.options.resolve`), or the
+    counts are those of another model than the study trained (``tests/test_tuners.py`` compares every count with
+    the model training builds). ``strategies``: default the paper's (:data:`stmedfm.strategies.PAPER`).
     """
     rows = []
+    strategies = strategies_.PAPER if strategies is None else strategies
     for task in tasks:
         for strategy in strategies:
-            model = prepare(STMedFM([task], width=width, ln_affine=ln_affine), strategy, task, **options)
+            model = prepare(STMedFM([task], width=width, ln_affine=ln_affine), strategy, task,
+                            options=(strategy_options or {}).get(strategy), **options)
             total, trainable = count_parameters(model)
             rows.append({"task": task, "strategy": strategy, "total": total, "trainable": trainable})
     return pd.DataFrame(rows, columns=["task", "strategy", "total", "trainable"])

@@ -33,9 +33,15 @@ from stmedfm.records import PlannedRun, PretrainJob, RunSpec
 
 #: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
 TRAINING_FIELDS = (
-    "image_size", "width", "ln_affine", "lora_r", "lora_alpha", "adapter_bottleneck", "batch_size_2d",
-    "batch_size_3d", "weight_decay", "class_weight_clip", "augment", "temperature_scaling", "eval_max_samples",
+    "image_size", "width", "ln_affine", "batch_size_2d", "batch_size_3d", "weight_decay", "class_weight_clip",
+    "augment", "temperature_scaling", "eval_max_samples",
 )
+#: What the shared method fields (``lora_r``, ``lora_alpha``, ``adapter_bottleneck``) put into *every* run's
+#: identity: their paper values, as constants. Decision: before issue 32 every id held the config's values, so
+#: Scratch was renamed when LoRA's rank changed; now a method's options enter only its own runs' ids (as the
+#: options that differ from its registered defaults, :func:`stmedfm.options.overrides`), and these constants keep
+#: every id computed before (all of them at the paper's values) byte-identical.
+LEGACY_METHOD_FIELDS = {"lora_r": 4, "lora_alpha": 4.0, "adapter_bottleneck": 16}
 PRETRAIN_FIELDS = (
     "image_size", "width", "ln_affine", "batch_size_2d", "batch_size_3d", "weight_decay", "class_weights",
     "class_weight_clip", "augment", "pretrain_steps", "pretrain_lr", "task_sampling", "sampling_alpha",
@@ -106,7 +112,7 @@ def job_id(cfg: StudyConfig, job: PretrainJob, data: StudyData) -> str:
 
 def run_id(cfg: StudyConfig, spec: RunSpec, data: StudyData) -> str:
     """Identity of a run: its spec, the training fields of the config, its data and its checkpoint's identity."""
-    fields = _fields(cfg, TRAINING_FIELDS, {**LATER_FIELDS, **LATER_RUN_FIELDS})
+    fields = {**_fields(cfg, TRAINING_FIELDS, {**LATER_FIELDS, **LATER_RUN_FIELDS}), **LEGACY_METHOD_FIELDS}
     files = _data_fields(data, [spec.task])
     if files:
         fields["data"] = files

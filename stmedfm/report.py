@@ -30,6 +30,7 @@ import pandas as pd
 
 from stmedfm import measures, registry, stats
 from stmedfm.config import StudyConfig
+from stmedfm.strategies import FULL, PAPER_PEFT, SCRATCH
 from stmedfm.tables import ci95, paper_results
 from stmedfm.records import sampling_probabilities
 
@@ -389,7 +390,7 @@ def claim_peft_keeps_gain(metrics: pd.DataFrame, params: pd.DataFrame, task: str
     setting = "standard budget"
     scratch = _values(metrics, task, "scratch", metric) if task else pd.Series(dtype=float)
     full = _values(metrics, task, "full", metric) if task else pd.Series(dtype=float)
-    peft = [s for s in ("lora", "adapter") if task and not _values(metrics, task, s, metric).empty]
+    peft = [s for s in PAPER_PEFT if task and not _values(metrics, task, s, metric).empty]
     if scratch.empty or full.empty or not peft:
         return pd.DataFrame([_not_tested("peft", task, setting,
                                          f"needs scratch, full and LoRA/adapter transfer runs of {task or 'a task'}")])
@@ -463,7 +464,7 @@ def claim_calibration_not_monotonic(metrics: pd.DataFrame, tasks=None) -> pd.Dat
         text = f"{len(discordant)} of {len(pairs)} strategy pairs: the higher-AUROC method has the higher ECE"
         if discordant:
             # the example: full vs scratch when discordant (the paper's own example), else the widest AUROC gap
-            hi, lo = max(discordant, key=lambda p: (p == ("full", "scratch"),
+            hi, lo = max(discordant, key=lambda p: (p == (FULL, SCRATCH),
                                                     means.loc[p[0], "macro_auroc"] - means.loc[p[1], "macro_auroc"]))
             text += (f", e.g. {hi} vs {lo}: AUROC {means.loc[hi, 'macro_auroc']:.3f} vs "
                      f"{means.loc[lo, 'macro_auroc']:.3f}, ECE {means.loc[hi, 'ece']:.3f} vs "

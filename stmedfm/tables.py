@@ -52,7 +52,7 @@ def medmnist_baselines() -> pd.DataFrame:
 BASELINE = {2: "ResNet-18 (28)", 3: "ResNet-18 + 3D"}
 
 
-def benchmark_table(metrics: pd.DataFrame, strategies_shown=("scratch", "full")) -> pd.DataFrame:
+def benchmark_table(metrics: pd.DataFrame, strategies_shown=(strategies.SCRATCH, strategies.FULL)) -> pd.DataFrame:
     """Our Scratch and Full beside MedMNIST v2's converged ResNet-18 on every flag we ran: how far a 160 k-parameter
     model at the paper's step budgets is from the benchmark (``gap`` = our mean - baseline)."""
     base = medmnist_baselines()

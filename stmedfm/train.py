@@ -330,10 +330,7 @@ def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -
             model.add_head(spec.task)
         model.keep_heads([spec.task])
     own = options.resolve(cfg, spec.strategy)  # its own options (stmedfm.options), the shared fields by default
-    return prepare(model, spec.strategy, spec.task, lora_r=own.get("r", cfg.lora_r),
-                   lora_alpha=own.get("alpha", cfg.lora_alpha),
-                   adapter_bottleneck=own.get("bottleneck", cfg.adapter_bottleneck),
-                   method=options.peft_method(cfg, spec.strategy))
+    return prepare(model, spec.strategy, spec.task, options=own, method=options.peft_method(cfg, spec.strategy))
 
 
 def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> RunResult:

@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from stmedfm import paths, seal, stats
+from stmedfm.strategies import PAPER_PRETRAINED
 from stmedfm import plots
 from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
 from stmedfm.errors import StmedfmError
@@ -76,7 +77,7 @@ __all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "complete", "v
 FILE_KEYS = ("study", "base", "small_task", "dominant_task", "baseline", "common", "variants", "contrasts", "extends",
              "exclude", "override")
 METRIC = "macro_auroc"
-PRETRAINED = ("full", "lora", "adapter", "linear_probe")
+PRETRAINED = (*PAPER_PRETRAINED, "linear_probe")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from stmedfm.config import StudyConfig, parse_overrides
 from stmedfm.errors import StmedfmError
 from stmedfm.planning import official_data, run_id
 from stmedfm.records import plan
+from stmedfm.tuners import hf
 
 ROOT = paths.project_root()
 
@@ -64,7 +65,7 @@ def test_declared_ranks_are_those_of_peft():
         fields = {f.name for f in dataclasses.fields(getattr(peft, name))}
         expected = tuple(k for k, present in (("r", "r" in fields), ("alpha", bool({"lora_alpha", "alpha"} & fields)))
                          if present)
-        assert options.PEFT_RANKED.get(name, ()) == expected, name
+        assert hf.PEFT_RANKED.get(name, ()) == expected, name
 
 
 @pytest.mark.parametrize("values, message", [

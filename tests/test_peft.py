@@ -10,7 +10,6 @@ import torch
 from stmedfm.errors import StmedfmError
 from stmedfm.model import STMedFM
 from stmedfm.peft import (
-    STRATEGIES,
     Adapter,
     LoRALinear,
     add_adapters,
@@ -128,7 +127,9 @@ def test_set_trainable_errors():
         set_trainable(model, "adapter", TASK)
     with pytest.raises(StmedfmError, match=r"no head for task 'bloodmnist'"):
         set_trainable(model, "full", "bloodmnist")
-    assert {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"} <= set(STRATEGIES)
+    from stmedfm import strategies
+
+    assert {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"} <= set(strategies.names())
 
 
 def test_prepare_adds_missing_head():

@@ -1,6 +1,7 @@
 """Figures 1-7: assertions on the figure objects built from small hand-made tidy frames (2 seeds), and
 write_figures on a tiny study run on synthetic files."""
 
+import importlib
 import math
 import shutil
 
@@ -363,6 +364,17 @@ def test_write_figures_defaults_to_figures_dir_and_skips_absent_data(tiny_store,
 
 
 def test_figure_styles_read_the_registry_at_use(monkeypatch):
-    """A strategy registered after import has its own label, colour and marker in every figure."""
-    monkeypatch.setitem(strategies.REGISTRY, "late", strategies.Strategy("late", "Late", color="#123456", marker="*"))
-    assert (STRATEGY_COLORS["late"], STRATEGY_MARKERS["late"]) == ("#123456", "*") and "late" in STRATEGY_COLORS
+    """A strategy registered after import has its own label, colour and marker in every figure: a generated style
+    distinct from every other (issue 32: styles are the figures', not the registry's), or the one it is given."""
+    S = importlib.import_module("stmedfm.plots.style")  # the module (stmedfm.plots.style is also a function)
+
+    monkeypatch.setitem(strategies.REGISTRY, "late", strategies.Strategy("late", "Late"))
+    monkeypatch.setitem(strategies.REGISTRY, "later", strategies.Strategy("later", "Later"))
+    styles = {n: (STRATEGY_COLORS[n], STRATEGY_MARKERS[n]) for n in strategies.names()}
+    assert len({c.lower() for c, _ in styles.values()}) == len(styles) and "late" in STRATEGY_COLORS
+    assert S.strategy_style("late") == S.strategy_style("late") != S.strategy_style("later")
+    stranger = S.strategy_style("never_registered")  # a name in a store whose module is not imported
+    assert stranger[0].lower() not in {c.lower() for c, _ in styles.values()}
+    monkeypatch.setattr(S, "STYLES", dict(S.STYLES))
+    S.set_style("late", "#123456", "+")
+    assert (STRATEGY_COLORS["late"], STRATEGY_MARKERS["late"]) == ("#123456", "+")

@@ -4,6 +4,7 @@ through the `strategies_module` parameter."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -33,19 +34,28 @@ def registry(monkeypatch):
     return strategies.REGISTRY
 
 
-def test_register_refuses_a_taken_name_colour_or_marker_in_one_line(registry):
+def test_register_refuses_a_taken_name_and_plots_a_taken_colour_or_marker_in_one_line(registry, monkeypatch):
+    """Colours and markers are the figures' (stmedfm.plots.style, issue 32); the guarantee stays: distinct styles."""
+    style = importlib.import_module("stmedfm.plots.style")  # the module (stmedfm.plots.style is also a function)
+
+    monkeypatch.setattr(style, "STYLES", dict(style.STYLES))
     with pytest.raises(StmedfmError, match="already registered"):
-        strategies.register(strategies.Strategy("lora", "again", color="#101010", marker="x"))
+        strategies.register(strategies.Strategy("lora", "again"))
     with pytest.raises(StmedfmError, match=r"color '#0173B2' is taken by 'full'") as err:
-        strategies.register(strategies.Strategy("new", "New", color="#0173B2", marker="x"))  # full's, other case
+        style.set_style("new", "#0173B2", "x")  # full's, other case
     assert "\n" not in str(err.value)
     with pytest.raises(StmedfmError, match=r"marker '\^' is taken by 'lora'.*Free markers: .*x") as err:
-        strategies.register(strategies.Strategy("new", "New", color="#101010", marker="^"))
-    assert "new" not in registry
-    exec(docs_registration(), {})  # the docs' example is legal, and then its colour is taken
+        style.set_style("new", "#101010", "^")
+    assert "new" not in style.STYLES
+    exec(docs_registration(), {})  # the docs' example is legal, and is drawn in a generated style of its own
     assert registry["ln_head"].trains == ("layernorm", "head") and "ln_head" not in strategies.BUILT_IN
+    drawn = [style.strategy_style(n) for n in registry]
+    assert len(set(drawn)) == len(drawn) and len({c.lower() for c, _ in drawn}) == len(drawn)
+    style.set_style("ln_head", "#9e0142", "x")
     with pytest.raises(StmedfmError, match="taken by 'ln_head'"):
-        strategies.register(strategies.Strategy("other", "Other", color="#9E0142", marker="1"))
+        style.set_style("other", "#9E0142", "1")
+    with pytest.raises(StmedfmError, match="surgery"):
+        strategies.register(strategies.Strategy("mine", "Mine", trains=("own", "head")))
 
 
 def test_a_study_names_the_strategies_of_its_module(registry, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ notebook, nothing to close). :func:`write_figures` reads one result store and wr
 The subpackage is split by what is drawn; this module re-exports the public names, so ``from stmedfm.plots
 import X`` does not depend on where X lives:
 
-* :mod:`~stmedfm.plots.style` — rcParams, strategy colours / markers / labels (from :mod:`stmedfm.strategies`),
+* :mod:`~stmedfm.plots.style` — rcParams, strategy colours and markers (its :data:`~stmedfm.plots.style.STYLES`, a generated style for a strategy without an entry), labels (from :mod:`stmedfm.strategies`),
   the figure writer;
 * :mod:`~stmedfm.plots.architecture` — the study's model (:func:`study_model`), Table 2, Figure 1 (from a data
   description of the model, :func:`describe`, and a generic renderer, :func:`draw`), forward shapes;
@@ -57,9 +57,12 @@ from stmedfm.plots.style import (
     STRATEGY_COLORS,
     STRATEGY_LABELS,
     STRATEGY_MARKERS,
+    STYLES,
     TASK_COLORS,
     VARIANT_COLORS,
     save_figure_file,
+    set_style,
+    strategy_style,
     short_label,
     style,
     write_figure,
@@ -74,6 +77,9 @@ __all__ = [
     "STRATEGY_COLORS",
     "STRATEGY_LABELS",
     "STRATEGY_MARKERS",
+    "STYLES",
+    "set_style",
+    "strategy_style",
     "TASK_COLORS",
     "VARIANT_COLORS",
     "DATA_EFFICIENCY_LABELS",

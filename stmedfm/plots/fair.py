@@ -11,7 +11,16 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from stmedfm import strategies
-from stmedfm.plots.style import metric_label, n_range, no_data, present_strategies, require_columns, style
+from stmedfm.plots.style import (
+    metric_label,
+    n_range,
+    no_data,
+    present_strategies,
+    require_columns,
+    strategy_color,
+    strategy_marker,
+    style,
+)
 from stmedfm.tables import summarise
 
 __all__ = ["fig_lr_selection", "fig_budget_curves"]
@@ -34,9 +43,9 @@ def fig_lr_selection(table: pd.DataFrame) -> Figure:
             sub = table[(table["task"] == task) & (table["n"] > 0)]
             for strategy in present_strategies(sub["strategy"]):
                 g = sub[sub["strategy"] == strategy].sort_values("lr")
-                color = strategies.color(strategy)
+                color = strategy_color(strategy)
                 ax.errorbar(g["lr"], g["val_auroc_mean"], yerr=g["val_auroc_sd"].fillna(0), color=color,
-                            marker=strategies.marker(strategy), ms=4.5, lw=1.4, capsize=2,
+                            marker=strategy_marker(strategy), ms=4.5, lw=1.4, capsize=2,
                             label=strategies.label(strategy))
                 best = g[g["selected"].astype(bool)]
                 edge = best["at_edge"].astype(bool).to_numpy() if "at_edge" in best else [False] * len(best)
@@ -74,9 +83,9 @@ def fig_budget_curves(metrics: pd.DataFrame, metric: str = "macro_auroc", pretra
             s = summary[summary["task"] == task]
             for strategy in present_strategies(s["strategy"]):
                 g = s[s["strategy"] == strategy].sort_values("steps")
-                color = strategies.color(strategy)
+                color = strategy_color(strategy)
                 x, mean, ci = (g[c].to_numpy(dtype=float) for c in ("steps", "mean", "ci95"))
-                ax.plot(x, mean, marker=strategies.marker(strategy), ms=4.5, lw=1.6, color=color,
+                ax.plot(x, mean, marker=strategy_marker(strategy), ms=4.5, lw=1.6, color=color,
                         label=strategies.label(strategy), zorder=3)
                 ok = np.isfinite(ci)
                 if ok.any():

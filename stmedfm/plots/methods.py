@@ -17,7 +17,15 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import ScaledTranslation
 
 from stmedfm import measures, strategies
-from stmedfm.plots.style import metric_label, no_data, present_strategies, require_columns, style
+from stmedfm.plots.style import (
+    metric_label,
+    no_data,
+    present_strategies,
+    require_columns,
+    strategy_color,
+    strategy_marker,
+    style,
+)
 
 __all__ = ["fig_pareto", "fig_fewshot_methods"]
 
@@ -57,8 +65,8 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric: str = "macro_auroc") -> Figur
                 shift = ax.transData + ScaledTranslation((i - (k - 1) / 2) * 0.09, 0, fig.dpi_scale_trans)
                 lo, hi = max(r.ci_low, 0.0), min(r.ci_high, 1.0)  # an AUROC lives in [0, 1]
                 err = [[r.mean - lo], [hi - r.mean]] if np.isfinite(r.ci_low) else None
-                color = strategies.color(r.strategy)
-                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=strategies.marker(r.strategy), color=color,
+                color = strategy_color(r.strategy)
+                ax.errorbar(r.trainable_params, r.mean, yerr=err, fmt=strategy_marker(r.strategy), color=color,
                             ms=11 if r.front else 8.5, capsize=3, lw=1.1, elinewidth=1.1, alpha=1.0 if r.front else 0.9,
                             mec="black" if r.front else color, mew=1.2,
                             label=strategies.label(r.strategy), zorder=4 if r.front else 3, transform=shift)
@@ -147,7 +155,7 @@ def _family_legend(fig: Figure, axes) -> None:
         text.set_position((-28, 0))  # headings start where the markers do
 
 
-def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lora", "full")) -> Figure:
+def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=(strategies.LORA, strategies.FULL)) -> Figure:
     """Few-shot AUROC vs K on ``task``, one small panel per pretrained method (mean ± 95 % CI over seeds, registry
     colour) with the ``references`` (the paper's LoRA, Full) as grey lines in every panel, so each method reads
     against the same yardstick without eleven overlapping lines."""
@@ -173,8 +181,8 @@ def fig_fewshot_methods(fewshot_frame: pd.DataFrame, task: str, references=("lor
                 if not r.empty and ref != strategy:
                     ax.plot(r["k"], r["mean"], ls=ls, color="#888888", lw=1.2, label=strategies.label(ref))
             g = g0[g0["strategy"] == strategy].sort_values("k")
-            color = strategies.color(strategy)
-            ax.plot(g["k"], g["mean"], marker=strategies.marker(strategy), color=color, lw=1.8, ms=5)
+            color = strategy_color(strategy)
+            ax.plot(g["k"], g["mean"], marker=strategy_marker(strategy), color=color, lw=1.8, ms=5)
             ok = g["ci_low"].notna().to_numpy()
             if ok.any():  # an AUROC lives in [0, 1]
                 ax.fill_between(g["k"][ok], g["ci_low"][ok].clip(lower=0), g["ci_high"][ok].clip(upper=1),

@@ -24,7 +24,6 @@ from stmedfm import paths, registry, seal, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.plots.fair import fig_budget_curves, fig_lr_selection
 from stmedfm.plots.style import (
-    STRATEGY_MARKERS,
     TASK_COLORS,
     metric_label,
     n_range,
@@ -33,6 +32,8 @@ from stmedfm.plots.style import (
     require_columns,
     seeds_text,
     short_label,
+    strategy_color,
+    strategy_marker,
     style,
     write_figure,
 )
@@ -190,8 +191,8 @@ def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None
         shown = present_strategies(summary["strategy"])
         for strategy, dx in zip(shown, _dodge(len(shown))):
             g = summary[summary["strategy"] == strategy].sort_values("size")
-            _errorbar(ax, g["size"], g["mean"], g["ci95"], dx, color=strategies.color(strategy),
-                      marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
+            _errorbar(ax, g["size"], g["mean"], g["ci95"], dx, color=strategy_color(strategy),
+                      marker=strategy_marker(strategy), ms=6, lw=1.6, capsize=4, capthick=1.3,
                       label=strategies.label(strategy), zorder=3)
         ax.set_xscale("log")
         xs = np.array(sorted(size_of.values()), dtype=float)
@@ -241,8 +242,8 @@ def fig_fewshot(metrics: pd.DataFrame, task: str, metric: str = "macro_auroc") -
         ax = fig.add_subplot()
         for strategy, dx in zip(shown, _dodge(len(shown))):
             g = stats[stats["strategy"] == strategy].sort_values("k")
-            _errorbar(ax, g["k"], g["mean"], g["std"], dx, color=strategies.color(strategy),
-                      marker=STRATEGY_MARKERS.get(strategy, "o"), ms=6, lw=1.6, capsize=4, capthick=1.3,
+            _errorbar(ax, g["k"], g["mean"], g["std"], dx, color=strategy_color(strategy),
+                      marker=strategy_marker(strategy), ms=6, lw=1.6, capsize=4, capthick=1.3,
                       label=strategies.label(strategy), zorder=3)
         ax.set_xticks(ks)
         ax.set_xticklabels([str(k) for k in ks])
@@ -301,7 +302,7 @@ def fig6_reliability(reliability: pd.DataFrame, task: str, strategy: str = "full
     n_seeds = sub["seed"].nunique()
     full = pooled[pooled["count"] > 0]
     width = (full["upper"] - full["lower"]).to_numpy()
-    colour = strategies.color(strategy)
+    colour = strategy_color(strategy)
 
     with rc_context(style()):
         fig = Figure(figsize=(9.6, 7.0))

@@ -1,13 +1,16 @@
 """The one look of every figure, and the one way a figure reaches disk.
 
-Colours, markers and legend names of the adaptation strategies are read from their registry
-(:mod:`stmedfm.strategies`), so a newly registered strategy is drawn without touching this package. The helpers
+Legend names of the adaptation strategies are read from their registry (:mod:`stmedfm.strategies`); their colours
+and markers are this module's (:data:`STYLES`, keyed by strategy name), and a strategy without an entry gets a
+generated style distinct from every other (:func:`strategy_style`), so a newly registered strategy is drawn without
+touching this package. :func:`set_style` gives one a chosen style, refusing a taken colour or marker. The helpers
 below are shared by the figure modules of :mod:`stmedfm.plots` (checks of the tidy frames, seed counts, tick
 labels); they are public names because they are used across modules, but not part of ``stmedfm.plots``' API.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,15 +22,80 @@ from stmedfm import measures, strategies
 from stmedfm.errors import StmedfmError
 from stmedfm.io import atomic_path
 
-class _Registered(Mapping):
-    """One attribute of every registered strategy, read from the registry at each use (not copied at import, so a
-    strategy registered later has its own label, colour and marker in every figure)."""
+# seaborn's "colorblind" palette (Okabe-Ito-like), fixed per strategy so every figure uses the same colour
+PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"]
+#: Markers matplotlib draws, for the refusal of a taken one and the generated styles.
+MARKERS = ("o", "s", "^", "v", "<", ">", "D", "d", "P", "X", "p", "h", "H", "8", "*", "+", "x", "1", "2", "3", "4")
+#: Colour and marker of each strategy of the package (decision: a family's members share a hue; figures tell the
+#: kinds apart by hue and the members by marker and label). Every colour and every marker is distinct.
+STYLES: dict[str, tuple[str, str]] = {
+    "scratch": (PALETTE[7], "s"), "full": (PALETTE[0], "o"), "lora": (PALETTE[1], "^"), "adapter": (PALETTE[2], "D"),
+    "linear_probe": (PALETTE[4], "v"), "bitfit": ("#67001f", "P"), "dora": (PALETTE[3], "<"),
+    "vera": (PALETTE[8], ">"), "ia3": ("#00441b", "X"), "loha": ("#fdb863", "h"), "lokr": ("#8c510a", "p"),
+    "oft": ("#7b3294", "d"), "hra": ("#c2a5cf", "H"), "fourierft": ("#7f3b08", "8"), "ln_tuning": ("#c51b7d", "*"),
+}
 
-    def __init__(self, attr: str) -> None:
-        self.attr = attr
+
+def set_style(name: str, color: str, marker: str) -> None:
+    """Give strategy ``name`` its own colour and marker (a module registering a strategy may call it). Refused, in
+    one line naming the owner, when another strategy has the colour (case-insensitive) or the marker: figures tell
+    strategies apart by both."""
+    for what, value, taken in (("color", color.lower(), {c.lower(): n for n, (c, _) in STYLES.items() if n != name}),
+                               ("marker", marker, {m: n for n, (_, m) in STYLES.items() if n != name})):
+        if value in taken:
+            free = f" Free markers: {' '.join(m for m in MARKERS if m not in taken)}." if what == "marker" else ""
+            raise StmedfmError(f"Strategy '{name}': {what} {(color if what == 'color' else marker)!r} is taken by "
+                               f"'{taken[value]}'; figures tell strategies apart by {what}, so give it another.{free}")
+    STYLES[name] = (color, marker)
+
+
+def _generated(k: int) -> tuple[str, str]:
+    """The ``k``-th generated style: a hue of the golden-angle sequence (never one of :data:`STYLES`' colours) and
+    the markers :data:`STYLES` leaves free, in turn."""
+    import colorsys
+
+    taken = {c.lower() for c, _ in STYLES.values()}
+    free = [m for m in MARKERS if m not in {m for _, m in STYLES.values()}] or list(MARKERS)
+    for j in range(k, k + 1000):
+        r, g, b = colorsys.hsv_to_rgb((0.11 + j * 0.618034) % 1.0, 0.75, 0.45 + 0.4 * (j % 2))
+        color = f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+        if color not in taken:
+            return color, free[k % len(free)]
+    raise AssertionError("unreachable: 1000 hues cannot all be taken")
+
+
+def strategy_style(name: str) -> tuple[str, str]:
+    """``(colour, marker)`` of a strategy: its :data:`STYLES` entry, else a generated one — numbered by its place
+    among the registered strategies without an entry (so two of them never share a style), or, for a name nobody
+    registered, after those, by a stable digest of the name."""
+    if name in STYLES:
+        return STYLES[name]
+    unstyled = [n for n in strategies.names() if n not in STYLES]
+    if name in unstyled:
+        return _generated(unstyled.index(name))
+    digest = int(hashlib.sha256(str(name).encode()).hexdigest()[:8], 16)
+    return _generated(len(unstyled) + digest % 997)
+
+
+def strategy_color(name: str) -> str:
+    return strategy_style(name)[0]
+
+
+def strategy_marker(name: str) -> str:
+    return strategy_style(name)[1]
+
+
+class _Registered(Mapping):
+    """One attribute of every registered strategy, read at each use (not copied at import, so a strategy
+    registered later has its own label, colour and marker in every figure)."""
+
+    def __init__(self, read) -> None:
+        self.read = read
 
     def __getitem__(self, name: str):
-        return getattr(strategies.REGISTRY[name], self.attr)
+        if name not in strategies.REGISTRY:
+            raise KeyError(name)
+        return self.read(name)
 
     def __iter__(self):
         return iter(strategies.REGISTRY)
@@ -36,11 +104,10 @@ class _Registered(Mapping):
         return len(strategies.REGISTRY)
 
 
-#: Legend names, colours and markers of the adaptation strategies: views of their registry (stmedfm.strategies).
-STRATEGY_LABELS = _Registered("label")
-STRATEGY_COLORS = _Registered("color")
-STRATEGY_MARKERS = _Registered("marker")
-PALETTE = strategies.PALETTE
+#: Legend names, colours and markers of the registered strategies.
+STRATEGY_LABELS = _Registered(strategies.label)
+STRATEGY_COLORS = _Registered(strategy_color)
+STRATEGY_MARKERS = _Registered(strategy_marker)
 #: Colours of tasks (Figure 2's points), distinct from the strategy colours where possible.
 TASK_COLORS = [PALETTE[0], PALETTE[3], PALETTE[2], PALETTE[4], PALETTE[1], PALETTE[9], PALETTE[5], PALETTE[6],
                PALETTE[8], PALETTE[7]]

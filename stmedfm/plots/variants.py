@@ -15,13 +15,14 @@ from matplotlib.patches import Patch
 
 from stmedfm import strategies
 from stmedfm.plots.style import (
-    STRATEGY_MARKERS,
     VARIANT_COLORS,
     metric_label,
     n_range,
     no_data,
     present_strategies,
     require_columns,
+    strategy_color,
+    strategy_marker,
     style,
 )
 from stmedfm.tables import summarise
@@ -86,7 +87,7 @@ def fig_budget_auroc(metrics: pd.DataFrame, task: str, variants=None, metric: st
             for j, v in enumerate(scratch_sets.values()):
                 g = summary[(summary["variant"] == v) & (summary["strategy"] == "scratch")].sort_values("steps")
                 label = "Scratch" if j == 0 else f"Scratch ({v})"
-                _band(ax, g["steps"], g["mean"], g["ci95"], strategies.color("scratch"), label,
+                _band(ax, g["steps"], g["mean"], g["ci95"], strategy_color("scratch"), label,
                       ls="--" if j == 0 else ":", marker="s", alpha=0.12)
             for v in order:
                 g = summary[(summary["variant"] == v) & (summary["strategy"] == strategy)].sort_values("steps")
@@ -133,9 +134,9 @@ def fig_data_efficiency(metrics: pd.DataFrame, tasks=None, metric: str = "macro_
             g0 = summary[(summary["task"] == task) & (summary["variant"] == variant)]
             for strategy in present_strategies(g0["strategy"]):
                 g = g0[g0["strategy"] == strategy].sort_values("percent")
-                _band(ax, g["percent"], g["mean"], g["ci95"], strategies.color(strategy),
+                _band(ax, g["percent"], g["mean"], g["ci95"], strategy_color(strategy),
                       DATA_EFFICIENCY_LABELS.get(strategy, strategies.label(strategy)),
-                      ls="--" if strategy == "scratch" else "-", marker=STRATEGY_MARKERS.get(strategy, "o"))
+                      ls="--" if strategy == "scratch" else "-", marker=strategy_marker(strategy))
             _log_ticks(ax, g0["percent"], "{:g}")
             ax.set_title(f"{task}" + (f" ({variant})" if multi_variant else "") + f"\nn = {n_range(g0['n'])} per point",
                          fontsize=10.5)
@@ -168,7 +169,7 @@ def fig_contrasts(comparisons: pd.DataFrame, task: str) -> Figure:
         for yi, r in zip(y, sub.itertuples()):
             c = hcolor[r.hypothesis]
             ax.errorbar(r.mean_diff, yi, xerr=[[r.mean_diff - r.ci_low], [r.ci_high - r.mean_diff]]
-                        if np.isfinite(r.ci_low) else None, fmt=STRATEGY_MARKERS.get(r.strategy, "o"), color=c,
+                        if np.isfinite(r.ci_low) else None, fmt=strategy_marker(r.strategy), color=c,
                         ms=5, capsize=3, lw=1.3)
             ax.annotate(f"{r.n_pos}/{r.n}", xy=(1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
                         textcoords="offset points", va="center", fontsize=8, color="#555555")
