@@ -244,6 +244,14 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _link_predictions(others, store: ResultStore, rid: str) -> None:
+    """Link the run's ``predictions/<rid>.npy`` from the first store of ``others`` that has it (its sha256 is in the
+    run record, so :meth:`~stmedfm.results.StoredResults.load_predictions` checks the link like any other file)."""
+    other = next((o for o in others if o.predictions_path(rid).is_file()), None)
+    if other is not None:
+        _link_or_copy(other.predictions_path(rid), store.predictions_path(rid))
+
+
 def reuse_sources(sources, root: str | os.PathLike) -> list[Path]:
     """The stores named by --reuse, checked (each must be a result store), without the store at ``root`` itself;
     the command line calls it before it claims a folder, so a bad --reuse leaves no trace."""
@@ -269,10 +277,13 @@ def reuse_runs(cfg: StudyConfig, store: ResultStore, sources, data: StudyData,
     runs = jobs = 0
     for rid in unique_runs(cfg, planned, data):
         if store.has_run(rid):
+            if not store.predictions_path(rid).is_file():  # a run taken before its predictions were linked too
+                _link_predictions(others, store, rid)
             continue
         other = next((o for o in others if o.has_run(rid)), None)
         if other is not None:
             _link_or_copy(other.run_path(rid), store.run_path(rid))
+            _link_predictions([other], store, rid)  # the per-image probabilities the claims' bootstrap resamples
             runs += store.load_run_on(rid, data) is not None  # taken by its id *and* its data, else quarantined
     for job in pretrain_jobs(planned):
         jid = job_id(cfg, job, data)
