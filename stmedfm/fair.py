@@ -28,8 +28,9 @@ Contrasts (families: Holm runs within each ``family``):
 
 Verdicts: a directional claim (pretraining helps: Full > Scratch on the dominant task; negative transfer: Scratch >
 Full on the small task) uses :func:`stmedfm.stats.verdict`; "PEFT keeps the gain" (LoRA/Adapter vs Full) and
-"held-out transfer matches" are *equivalence* claims, supported only when TOST shows the difference inside the
-margin. Roles come from :func:`roles` (``claim_roles`` in the parameters, else :func:`stmedfm.report.claim_roles`).
+"held-out transfer matches" are *equivalence* claims (:func:`stmedfm.stats.equivalence_verdict`): supported only
+when TOST shows the difference inside the margin, contradicted when it is significant and its interval lies wholly
+outside the margin. Roles come from :func:`roles` (``claim_roles`` in the parameters, else :func:`stmedfm.report.claim_roles`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _claim(a: str, b: str, task: str, role: dict) -> tuple[str, int]:
 
 def _verdict(row, sign: int) -> str:
     if sign == 0:
-        return "supported" if bool(row.get("equivalent", False)) else "inconclusive"
+        return stats.equivalence_verdict(row["p_tost_holm"], row["p_holm"], row["ci_low"], row["ci_high"], row["margin"])
     return stats.verdict(sign * row["mean_diff"], row["p_holm"])
 
 
@@ -239,3 +240,33 @@ def write_figures(store, out: str | os.PathLike | None = None) -> list[Path]:
         if not table.empty and (table["n"] > 0).any():
             written += write_figure(fig_lr_selection(table), out_dir, "lr_selection", notices)
     return written
+
+
+def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The committed ``fair_*.csv`` of a store (written by :func:`write_tables`), read through the seal."""
+    store = StoredResults(results)
+    return {"budget": store.table("fair_budget"), "contrasts": store.table("fair_contrasts")}
+
+
+def verdicts_markdown(results: str | os.PathLike) -> str:
+    """The generated block of docs/fair.md: per claim, how many of its contrasts are supported / contradicted /
+    inconclusive at every budget, at equal in-task steps and on held-out tasks, then Full - Scratch per budget on
+    each task (the claim that motivated the study), all from the committed ``fair_contrasts.csv``."""
+    c = read_tables(results)["contrasts"]
+    kind = c["family"].str.split(":").str[0]
+    counts = (c.assign(kind=kind).groupby(["claim", "kind", "verdict"]).size().unstack(fill_value=0)
+              .reindex(columns=["supported", "contradicted", "inconclusive"], fill_value=0))
+    n = int(c["n"].max()) if len(c) else 0
+    lines = [f"Every contrast paired over {n} seeds, AUROC, Holm within its family (one family per task x budget, "
+             f"per task at equal in-task steps, per held-out task); margin ±{c['margin'].dropna().iloc[0]:g} for "
+             "the claims of no difference.", "",
+             "| claim | contrasts at | supported | contradicted | inconclusive |", "|---|---|---|---|---|"]
+    for (claim, where), r in counts.iterrows():
+        lines.append(f"| {claim} | {where} | {r['supported']} | {r['contradicted']} | {r['inconclusive']} |")
+    lines += ["", "Full − Scratch (AUROC, mean [95 % CI], verdict of the claim it tests) at each budget:", ""]
+    fs = c[(c["label"] == f"{FULL} - {SCRATCH}") & kind.eq("budget")]
+    for task, g in fs.groupby("task", sort=False):
+        cells = "; ".join(f"{int(r.steps)}: {r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] {r.verdict}"
+                          for r in g.sort_values("steps").itertuples())
+        lines.append(f"- {task} ({g['claim'].iloc[0]}): {cells}")
+    return "\n".join(lines) + "\n"

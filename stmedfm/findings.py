@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats as st
 
 from stmedfm import claims as C
-from stmedfm import measures, methods, seal, stats, variants
+from stmedfm import fair, measures, methods, seal, selection, stats, variants
 from stmedfm.strategies import FULL, SCRATCH
 from stmedfm.errors import StmedfmError
 from stmedfm.results import StoredResults
@@ -173,7 +173,7 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
 #: findings of the study of every strategy, :func:`methods_block`) or ``<!-- stmedfm:changes BEFORE AFTER -->`` (which
 #: of its conclusions differ between two such studies, :func:`stmedfm.methods.changes_markdown`), each closed by
 #: ``<!-- /stmedfm -->``.
-BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|changes|inference|verdicts|claims) "
+BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|changes|fair|lrs|inference|verdicts|claims) "
                    r"(?P<arg>[^>]+?) -->\n)"
                    r"(?P<body>.*?)"
                    r"(<!-- /stmedfm -->)", re.S)
@@ -258,7 +258,7 @@ def update_markdown(text: str, root: str | Path = ".") -> str:
     def body(m: re.Match) -> str:
         args = [Path(root) / a for a in m.group("arg").split()]
         blocks = {"reference": reference_block, "variants": variants_block, "beyond": variants_block,
-                  "flips": flips_block, "methods": methods_block, "changes": methods.changes_markdown, "inference": lambda _: C.inference_markdown(),
+                  "flips": flips_block, "methods": methods_block, "changes": methods.changes_markdown, "fair": fair.verdicts_markdown, "lrs": selection.selected_markdown, "inference": lambda _: C.inference_markdown(),
                   "verdicts": verdicts_block, "claims": claims_block}
         return blocks[m.group("kind")](*args)
 

@@ -73,3 +73,22 @@ def chosen(frame: pd.DataFrame) -> dict[tuple[str, str], float]:
         return {}
     picked = frame[frame["selected"].astype(bool)]
     return {(r.strategy, r.task): float(r.lr) for r in picked.itertuples()}
+
+
+def selected_markdown(results) -> str:
+    """The generated block ``<!-- stmedfm:lrs STORE -->``: the selected learning rate per strategy x task of a
+    store's committed ``lr_selection.csv`` (a star marks a choice at its grid's edge)."""
+    from pathlib import Path
+
+    from stmedfm.seal import read_csv
+
+    frame = read_csv(Path(results), "lr_selection.csv")
+    picked = frame[frame["selected"].astype(bool)]
+    edge = picked["at_edge"].astype(bool) if "at_edge" in picked else pd.Series(False, index=picked.index)
+    cells = picked.assign(cell=[f"{lr:g}{' *' if e else ''}" for lr, e in zip(picked["lr"], edge)])
+    wide = cells.pivot(index="strategy", columns="task", values="cell")
+    wide = wide.reindex(index=list(dict.fromkeys(picked["strategy"])), columns=list(dict.fromkeys(picked["task"])))
+    lines = ["| strategy | " + " | ".join(wide.columns) + " |", "|---" * (len(wide.columns) + 1) + "|"]
+    lines += [f"| {s} | " + " | ".join(str(v) for v in row) + " |" for s, row in wide.iterrows()]
+    note = "\n\n\\* at the edge of its grid." if edge.any() else ""
+    return "\n".join(lines) + note + "\n"

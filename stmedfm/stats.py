@@ -51,7 +51,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from stmedfm import measures
 from stmedfm.errors import StmedfmError
 
-__all__ = ["ALPHA", "significant", "decide", "verdict", "per_seed", "pair", "paired_test", "compare", "t_test_p",
+__all__ = ["ALPHA", "significant", "decide", "verdict", "equivalence_verdict", "per_seed", "pair", "paired_test", "compare", "t_test_p",
            "holm", "rank_biserial", "mean_ci", "prediction_interval", "min_two_sided_p", "format_p", "tost",
            "DEFAULT_MARGIN"]
 
@@ -135,6 +135,20 @@ def verdict(estimate: float, p_holm: float, alpha: float = ALPHA) -> str:
     """:func:`decide` named for a claim (each claim is written as "a is better than b"): *supported* (+1),
     *contradicted* (-1) or *inconclusive* (0)."""
     return {1: "supported", -1: "contradicted", 0: "inconclusive"}[decide(estimate, p_holm, alpha)]
+
+
+def equivalence_verdict(p_tost_holm: float, p_holm: float, ci_low: float, ci_high: float, margin: float,
+                        alpha: float = ALPHA) -> str:
+    """The verdict of a claim of *no difference* ("PEFT keeps the gain", "held-out transfer matches"): *supported*
+    when the paired TOST shows equivalence within ``margin`` (``p_tost_holm`` < ``alpha``), *contradicted* when the
+    difference is significant (``p_holm`` < ``alpha``) and its 95 % interval lies wholly outside [-margin, margin]
+    (so no value inside the margin is compatible with the data), else *inconclusive*. A non-significant difference
+    never supports such a claim."""
+    if significant(p_tost_holm, alpha):
+        return "supported"
+    if significant(p_holm, alpha) and (ci_high < -margin or ci_low > margin):
+        return "contradicted"
+    return "inconclusive"
 
 
 def per_seed(frame: pd.DataFrame, selection: dict, on: Sequence[str] = ("seed",), value: str = "value",

@@ -39,7 +39,7 @@ def test_the_generated_blocks_are_what_the_committed_results_give(path):
 
 
 @pytest.mark.slow  # the hierarchical bootstrap of every claim of the reference (about 20 s)
-@pytest.mark.parametrize("store", ["offline", "offline_2d"])
+@pytest.mark.parametrize("store", ["offline", "offline_2d", "offline_lr"])
 def test_committed_claims_are_recomputed_exactly(store):
     """claims.csv and paper_single_run.csv are regenerated from the committed store alone: its metrics, its
     per-image predictions (predictions.npz) and the saved bootstrap replicates of the runs whose predictions are

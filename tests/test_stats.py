@@ -105,3 +105,16 @@ def test_compare_adds_tost_with_holm_within_the_family():
     alone = stats.compare(pd.DataFrame(rows), [({"strategy": "a"}, {"strategy": "b"})], pair_on=["seed"], margin=0.01)
     assert alone["equivalent"].tolist() == [True]  # one comparison: p 0.039 < 0.05
     assert "p_tost" not in stats.compare(pd.DataFrame(rows), [({"strategy": "a"}, {"strategy": "b"})], ["seed"])
+
+
+def test_a_claim_of_no_difference_needs_tost_to_hold_and_a_clear_difference_to_fail():
+    from stmedfm.stats import equivalence_verdict
+
+    assert equivalence_verdict(0.01, 0.9, -0.004, 0.005, 0.01) == "supported"
+    # significant and wholly outside the margin: contradicted
+    assert equivalence_verdict(1.0, 0.01, -0.063, -0.029, 0.01) == "contradicted"
+    # significant but the interval reaches into the margin: a small difference, not shown to matter
+    assert equivalence_verdict(1.0, 0.01, -0.02, -0.004, 0.01) == "inconclusive"
+    # not significant, not equivalent: nothing is shown either way
+    assert equivalence_verdict(0.3, 0.5, -0.03, 0.02, 0.01) == "inconclusive"
+    assert equivalence_verdict(float("nan"), float("nan"), float("nan"), float("nan"), 0.01) == "inconclusive"
