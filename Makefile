@@ -32,7 +32,7 @@ NB_ARGS   := $(subst =, ,$(ARGS))
 # kernel shutdown starts with an interrupt that ipykernel may log as "ERROR | KeyboardInterrupt caught in kernel",
 # and it warns about TCP on every start; cell errors still stop papermill with the cell's traceback.
 # papermill calls parameters injected with ARGS "unknown" (they are read from the notebook's namespace,
-# stmedfm.config.notebook_params); without ARGS (make quick) it has none to call so.
+# stmedfm.core.config.notebook_params); without ARGS (make quick) it has none to call so.
 NB_RUN    := JUPYTER_PATH=$(CURDIR)/tools/jupyter $(BIN)/papermill
 
 study: setup
@@ -59,7 +59,7 @@ study: setup
 quick:
 	$(MAKE) study PARAMS=params/quick.yaml
 
-# Variant studies beyond the paper (notebook 09, stmedfm.variants): the variants of VARIANTS into results/<name>/,
+# Variant studies beyond the paper (notebook 09, stmedfm.analysis.variants): the variants of VARIANTS into results/<name>/,
 # their tables, figures into figures/<name>/, and the executed notebook into runs/<name>/ (+ HTML).
 # `make beyond` (and BEYOND=file) is the former name of the same target.
 VARIANTS ?= $(or $(BEYOND),params/beyond.yaml)
@@ -75,7 +75,7 @@ variants: setup
 
 beyond: variants
 
-# Every PEFT method (issue 22; notebook 10, stmedfm.methods): every registered strategy of PEFT_METHODS (default
+# Every PEFT method (issue 22; notebook 10, stmedfm.analysis.methods): every registered strategy of PEFT_METHODS (default
 # params/peft_methods_lr.yaml, rates selected on validation, 10 seeds; params/peft_methods.yaml: one rate for all)
 # into results/<study>/, then notebook 10 executed on it into runs/<study>/
 # (+ HTML; it writes results/<study>/methods_*.csv and figures/<study>/), then the paper tables and the generated

@@ -29,11 +29,11 @@ import warnings
 import pandas as pd
 
 from stmedfm import __version__
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 
 def _frame_out(frame: pd.DataFrame, fmt: str) -> str:
-    from stmedfm.tables import markdown
+    from stmedfm.analysis.tables import markdown
 
     if fmt == "csv":
         return frame.to_csv(index=False)
@@ -43,7 +43,8 @@ def _frame_out(frame: pd.DataFrame, fmt: str) -> str:
 
 
 def cmd_data(args) -> None:
-    from stmedfm import data, paths
+    from stmedfm import data
+    from stmedfm.core import paths
 
     frame = data.status_table(data_dir=args.data_dir, size=args.size)
     if args.format == "table":
@@ -52,7 +53,7 @@ def cmd_data(args) -> None:
 
 
 def cmd_download(args) -> None:
-    from stmedfm import download
+    from stmedfm.data import download
 
     for flag in args.flags:
         path = download.download(flag, size=args.size, data_dir=args.data_dir, mirror=args.mirror,
@@ -61,11 +62,11 @@ def cmd_download(args) -> None:
 
 
 def cmd_params(args) -> None:
-    from stmedfm.config import PAPER_TASKS
-    from stmedfm.peft import parameter_table
+    from stmedfm.core.config import PAPER_TASKS
+    from stmedfm.model.peft import parameter_table
 
     tasks = args.tasks.split(",") if args.tasks else list(PAPER_TASKS)
-    from stmedfm import strategies
+    from stmedfm.core import strategies
 
     chosen = args.strategies.split(",") if args.strategies else list(strategies.names())
     frame = parameter_table(tasks=tasks, strategies=chosen, width=args.width)
@@ -73,7 +74,7 @@ def cmd_params(args) -> None:
 
 
 def cmd_synthetic(args) -> None:
-    from stmedfm.synthetic import write_synthetic
+    from stmedfm.data.synthetic import write_synthetic
 
     written = write_synthetic(args.directory, args.flags, n=args.n, size=args.size, seed=args.seed, scale=args.scale)
     for flag, path in written.items():
@@ -81,7 +82,7 @@ def cmd_synthetic(args) -> None:
 
 
 def _config(args):
-    from stmedfm.config import StudyConfig, parse_overrides
+    from stmedfm.core.config import StudyConfig, parse_overrides
 
     overrides = parse_overrides(args.param)
     if args.seeds is not None:
@@ -96,10 +97,10 @@ def _config(args):
 
 
 def cmd_config(args) -> None:
-    from stmedfm.config import StudyConfig, is_variant_file, parse_overrides, read_params_file
+    from stmedfm.core.config import StudyConfig, is_variant_file, parse_overrides, read_params_file
 
     if args.params is not None and is_variant_file(read_params_file(args.params)):
-        from stmedfm import variants
+        from stmedfm.analysis import variants
 
         overrides = {k: v for k, v in parse_overrides(args.param).items() if k != "study"}
         study = variants.load(args.params, overrides)
@@ -113,7 +114,7 @@ def cmd_config(args) -> None:
         print(cfg.to_yaml(), end="")
         return
     if args.get not in StudyConfig.keys():
-        from stmedfm import registry
+        from stmedfm.core import registry
 
         raise StmedfmError(f"Unknown parameter '{args.get}'.{registry.closest(args.get, StudyConfig.keys())}")
     value = getattr(cfg, args.get)
@@ -127,28 +128,28 @@ def yaml_dump(value) -> str:
 
 
 def cmd_study(args) -> None:
-    from stmedfm.scheduler import check_scheduler, resolve_scheduler
+    from stmedfm.core.scheduler import check_scheduler, resolve_scheduler
 
     cfg = _config(args)
     if isinstance(resolve_scheduler(cfg.scheduler), str):  # a bad address: one line, before torch is even loaded
         check_scheduler(resolve_scheduler(cfg.scheduler))
 
-    from stmedfm import launch
+    from stmedfm.run import launch
 
     store = launch.run(cfg, args.params, out=args.out, reuse=args.reuse or (), progress=not args.quiet)
     print(f"study '{cfg.study}': results in {store.root}")
 
 
 def cmd_bench(args) -> None:
-    from stmedfm.bench import SIZES, run_bench, run_precision_bench, run_profile, run_scaling_bench, run_size_bench
+    from stmedfm.run.bench import SIZES, run_bench, run_precision_bench, run_profile, run_scaling_bench, run_size_bench
 
     if args.methods:
-        from stmedfm.bench_methods import run_methods_bench
+        from stmedfm.run.bench_methods import run_methods_bench
 
         run_methods_bench(args.methods, task=args.task, rounds=args.rounds, out=args.out, data_dir=args.data_dir)
         return
     if args.project:
-        from stmedfm import scaling
+        from stmedfm.run import scaling
 
         table = scaling.projection(args.project, pretrain_seconds=args.pretrain_seconds)
         print(_frame_out(table.round(3), "markdown"), end="")
@@ -156,7 +157,8 @@ def cmd_bench(args) -> None:
               f"(within 5 % of its critical path, {table['critical_path_s'].iloc[0]:.1f} s)")
         return
     if args.scaling:
-        from stmedfm import paths, variants
+        from stmedfm.analysis import variants
+        from stmedfm.core import paths
 
         over = {"workers": 2, **({"data_dir": args.data_dir} if args.data_dir else {})}
         vstudy = variants.load(str(paths.params_dir() / "beyond_smoke.yaml"), over)
@@ -179,8 +181,8 @@ def cmd_bench(args) -> None:
 
 
 def cmd_variants(args) -> None:
-    from stmedfm import variants
-    from stmedfm.config import parse_overrides
+    from stmedfm.analysis import variants
+    from stmedfm.core.config import parse_overrides
 
     overrides = parse_overrides(args.param)
     if args.data_dir is not None:
@@ -189,7 +191,7 @@ def cmd_variants(args) -> None:
     if args.reanalyse:
         tables = variants.reanalyse(study)
     else:
-        from stmedfm import runvariants  # the running half imports torch; --reanalyse reads only
+        from stmedfm.run import runvariants  # the running half imports torch; --reanalyse reads only
 
         tables = runvariants.run(study, workers=args.workers, progress=not args.quiet)
     variants.write_figures(study, tables)
@@ -199,7 +201,7 @@ def cmd_variants(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    from stmedfm.tables import write_tables
+    from stmedfm.analysis.tables import write_tables
 
     written = write_tables(args.results)
     for path in written:
@@ -207,7 +209,7 @@ def cmd_tables(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from stmedfm import findings
+    from stmedfm.analysis import findings
 
     from pathlib import Path
 
@@ -222,14 +224,14 @@ def cmd_report(args) -> None:
         text = Path(path).read_text()
         new = findings.update_markdown(text)
         if new != text:
-            from stmedfm.io import atomic_write_text
+            from stmedfm.core.io import atomic_write_text
 
             atomic_write_text(path, new)
         print(f"{path}: generated blocks {'rewritten' if new != text else 'already up to date'}")
 
 
 def cmd_seal(args) -> None:
-    from stmedfm import seal
+    from stmedfm.core import seal
 
     failed = False
     for folder in args.folders:
@@ -244,18 +246,18 @@ def cmd_seal(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from stmedfm.export import export
+    from stmedfm.run.export import export
 
     out = export(args.results, args.out, task=args.task, strategy=args.strategy, seed=args.seed,
                  pretrained=args.pretrained)
-    print(f"exported to {out}: load it with stmedfm.inference.load_model({str(out)!r})")
+    print(f"exported to {out}: load it with stmedfm.run.inference.load_model({str(out)!r})")
 
 
 def cmd_figures(args) -> None:
-    from stmedfm.plots import write_result_figures
+    from stmedfm.analysis.plots import write_result_figures
 
     try:  # Figure 1 is drawn from the model, so it needs torch; every other figure reads the store only
-        from stmedfm.plots.architecture import write_figure1
+        from stmedfm.analysis.plots.architecture import write_figure1
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
             raise
@@ -268,7 +270,7 @@ def cmd_figures(args) -> None:
 
 
 def cmd_fair(args) -> None:
-    from stmedfm import fair
+    from stmedfm.analysis import fair
 
     for path in [*fair.write_tables(args.results), *fair.write_figures(args.results, args.out)]:
         print(path)
@@ -372,7 +374,7 @@ def _run_commands(sub) -> None:
                    help="instead: peak RSS and seconds per run of a reduced study at each image size, merged in")
     p.add_argument("--scaling", action="store_true",
                    help="instead: wall time of a study (params/smoke.yaml, 2 seeds) on 1 and 2 Dask workers, "
-                        "interleaved (--rounds), and its projection to more workers (stmedfm.scaling)")
+                        "interleaved (--rounds), and its projection to more workers (stmedfm.run.scaling)")
     p.add_argument("--scaling-params", metavar="PARAMS", help="--scaling: the study to time (default params/smoke.yaml)")
     p.add_argument("--project", metavar="STORE",
                    help="instead: the projected wall time of a finished study vs workers, from its runs' seconds")
@@ -382,7 +384,7 @@ def _run_commands(sub) -> None:
                    help="--sizes: fraction of the official split sizes (1.0: full files, ~16 GB at 224 px)")
     p.add_argument("--methods", metavar="PARAMS",
                    help="instead: seconds and peak memory of one training run of each strategy of PARAMS, each in "
-                        "its own process (stmedfm.bench_methods; default --out results/<study>/bench_methods.csv)")
+                        "its own process (stmedfm.run.bench_methods; default --out results/<study>/bench_methods.csv)")
     p.add_argument("--task", help="--methods: the task trained (default: the file's first few-shot task)")
     p.set_defaults(func=cmd_bench)
 
@@ -451,9 +453,9 @@ def _warning(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def _os_error(exc: OSError) -> str:
-    """One line for an operating-system error. Writes are atomic (:mod:`stmedfm.io`), so a failed write changed
+    """One line for an operating-system error. Writes are atomic (:mod:`stmedfm.core.io`), so a failed write changed
     nothing: the line says so, and that the same command resumes."""
-    from stmedfm.io import WriteFailed
+    from stmedfm.core.io import WriteFailed
 
     what = exc.strerror or type(exc).__name__
     if isinstance(exc, WriteFailed) or exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, option, None) is not None and not str(getattr(args, option)).strip():
                 raise StmedfmError(f"--{option.replace('_', '-')} needs a folder, got an empty path.")
         if getattr(args, "seeds", None) is not None:
-            from stmedfm.config import parse_overrides
+            from stmedfm.core.config import parse_overrides
 
             args.seeds = parse_overrides([f"seeds={args.seeds if ',' not in args.seeds else f'[{args.seeds}]'}"])["seeds"]
         args.func(args)

@@ -6,16 +6,16 @@ per cell and no logic is copied between them. Three jobs, nothing else:
   (:func:`colab_cell`) every notebook starts with, and :func:`relink`, which rewrites them after a fork
   (``python -m stmedfm.notebook relink notebooks/*.ipynb``).
 * **Setup**: :func:`setup` turns the ``parameters`` cell (``params`` plus anything papermill injected) into a
-  validated :class:`~stmedfm.config.StudyConfig`, runs or resumes the study into the shared store
+  validated :class:`~stmedfm.core.config.StudyConfig`, runs or resumes the study into the shared store
   ``results/<study>/`` and returns ``(cfg, store)``; :func:`config` does the same without running anything;
   :func:`ensure_data` is the one data helper (downloads when ``download`` is true, else says how in one line).
 * **Display**: :func:`position` ("Notebook 2 of 10", counted from the notebooks that exist), :func:`show`,
   :func:`show_tables`, :func:`study_tables` (the paper tables, written into ``results/<study>/tables/``),
-  :func:`save_figure` (a figure of :mod:`stmedfm.plots` into ``figures/<study>/``) and :func:`show_source` (the
+  :func:`save_figure` (a figure of :mod:`stmedfm.analysis.plots` into ``figures/<study>/``) and :func:`show_source` (the
   code a notebook explains, read from the package).
 
-What a notebook *shows* lives next to what it shows: data tables in :mod:`stmedfm.report`, figures, Table 2 and
-the study's model in :mod:`stmedfm.plots`. The maintenance of the committed notebooks (strip outputs, refresh the
+What a notebook *shows* lives next to what it shows: data tables in :mod:`stmedfm.analysis.report`, figures, Table 2 and
+the study's model in :mod:`stmedfm.analysis.plots`. The maintenance of the committed notebooks (strip outputs, refresh the
 nbval reference outputs, list policy problems) is a developer tool, ``tools/notebooks.py``, outside the package.
 """
 
@@ -38,11 +38,11 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from stmedfm import paths, registry, seal
-from stmedfm.config import StudyConfig, from_namespace, params_path
-from stmedfm.errors import StmedfmError
+from stmedfm.core import paths, registry, seal
+from stmedfm.core.config import StudyConfig, from_namespace, params_path
+from stmedfm.core.errors import StmedfmError
 
-# tqdm.auto (the progress bars of stmedfm.study) draws a widget in Jupyter with ipywidgets (the notebooks extra);
+# tqdm.auto (the progress bars of stmedfm.run.study) draws a widget in Jupyter with ipywidgets (the notebooks extra);
 # without it, it warns once ("IProgress not found") and falls back to text bars: import it here, quietly.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -57,7 +57,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = tuple(sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")))
 #: The notebook the README's badges open.
 FIRST_NOTEBOOK = "01_data"
-#: The paper's captions of the tables of :func:`stmedfm.tables.build_tables`.
+#: The paper's captions of the tables of :func:`stmedfm.analysis.tables.build_tables`.
 TABLE_TITLES = {
     "table4_params": "Table 4 · Total and trainable parameters per task and strategy (single-task heads)",
     "table5_accuracy": "Table 5 · Test accuracy",
@@ -76,8 +76,8 @@ TABLE_TITLES = {
     "medmnist_benchmark": "Beside MedMNIST v2's own baselines · our Scratch and Full vs ResNet-18 (28) / ResNet-18 + 3D",
 }
 DEFAULT_PARAMS = "params/smoke.yaml"
-#: Notebooks with their own smoke default: 09_beyond reads a beyond file of variants (stmedfm.variants), 10_peft_methods
-#: the study of every registered strategy (stmedfm.methods); `make study` runs 01-08 only, `make variants` runs 09 and
+#: Notebooks with their own smoke default: 09_beyond reads a beyond file of variants (stmedfm.analysis.variants), 10_peft_methods
+#: the study of every registered strategy (stmedfm.analysis.methods); `make study` runs 01-08 only, `make variants` runs 09 and
 #: `make peft-methods` 10.
 NOTEBOOK_PARAMS = {"09_beyond": "params/beyond_smoke.yaml", "10_peft_methods": "params/peft_methods_smoke.yaml"}
 #: The parameter files that give a notebook its results (named in its parameters cell).
@@ -155,7 +155,7 @@ COLAB_DIR = "/content/stmedfm"
 
 def parameters_cell(notebook: str) -> str:
     """Source of every notebook's first code cell, tagged ``parameters`` (papermill injects its values after it):
-    every parameter a reader sets. Any other field of :class:`~stmedfm.config.StudyConfig` can be injected too
+    every parameter a reader sets. Any other field of :class:`~stmedfm.core.config.StudyConfig` can be injected too
     (``-p seeds 5``)."""
     default = NOTEBOOK_PARAMS.get(notebook, DEFAULT_PARAMS)
     results = RESULT_PARAMS.get(notebook, "params/offline.yaml or params/paper.yaml")
@@ -196,7 +196,7 @@ if "google.colab" in sys.modules:  # Colab only: fetch and install the project (
 def _png(fig) -> bytes:
     from matplotlib import rc_context
 
-    from stmedfm.plots import style
+    from stmedfm.analysis.plots import style
 
     buf = io.BytesIO()
     with rc_context(style()):
@@ -223,7 +223,7 @@ def _display_setup() -> None:
 
 def config(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None = None) -> StudyConfig:
     """The notebook's config: the parameter file ``params`` overridden by every variable of ``namespace`` named
-    like a :class:`~stmedfm.config.StudyConfig` field (papermill's ``-p key value``); sets up display."""
+    like a :class:`~stmedfm.core.config.StudyConfig` field (papermill's ``-p key value``); sets up display."""
     _display_setup()
     return from_namespace(params, dict(namespace or {}))
 
@@ -234,7 +234,7 @@ def ensure_data(cfg: StudyConfig) -> None:
     With ``download = True`` (the parameters cell, or papermill's ``-p download True``) missing official files are
     downloaded into the usual data directory (``data_dir``, else ``$STMEDFM_DATA``, else ``~/.medmnist``; a mirror
     from ``$STMEDFM_MIRROR``), MD5-verified, with a progress bar. Otherwise, when files are missing, raises a
-    :class:`~stmedfm.errors.StmedfmError` whose one line says how to get them (shown without a traceback). Present
+    :class:`~stmedfm.core.errors.StmedfmError` whose one line says how to get them (shown without a traceback). Present
     files are verified when they are read. Every notebook that reads data calls this first (``setup`` does)."""
     from stmedfm import data as D
 
@@ -253,7 +253,7 @@ def ensure_data(cfg: StudyConfig) -> None:
             f"Missing MedMNIST file(s) {names}: set download = True in the parameters cell (papermill: -p download "
             f"True) to download them, verified, into {target}, or copy the official files there (or point "
             f"${paths.ENV_DATA} at a directory holding them).")
-    from stmedfm.download import download
+    from stmedfm.data.download import download
 
     print(f"downloading {len(missing)} official MedMNIST file(s) into {target}: {names}", flush=True)
     for task in missing:
@@ -272,16 +272,16 @@ def setup(params: str | os.PathLike = DEFAULT_PARAMS, namespace: Mapping | None 
     """``(cfg, store)``: the notebook's config and its result store, after running or resuming the study.
 
     The store is ``results/<study>/`` of the ``study`` parameter, claimed for the parameter file
-    (:func:`stmedfm.studyname.claim`: another file naming the same study stops here). Finished runs are reused
+    (:func:`stmedfm.run.studyname.claim`: another file naming the same study stops here). Finished runs are reused
     (``make study`` computes them with workers before the notebooks run), so a notebook recomputes nothing that
     exists; while runs compute, a progress bar (tqdm.auto: a widget in Jupyter) counts them, and one summary line
     says how many runs were reused and computed.
     """
-    from stmedfm import launch
-    from stmedfm.planning import run_id, study_data
-    from stmedfm.records import plan
-    from stmedfm.store import ResultStore
-    from stmedfm.studyname import check
+    from stmedfm.run import launch
+    from stmedfm.run.planning import run_id, study_data
+    from stmedfm.core.records import plan
+    from stmedfm.run.store import ResultStore
+    from stmedfm.run.studyname import check
 
     cfg = config(params, namespace)
     if not run:
@@ -314,9 +314,9 @@ def _relative(path: Path) -> str:
 
 
 def study_tables(store) -> dict[str, pd.DataFrame]:
-    """Write every paper table of the store into ``results/<study>/tables/`` (:func:`stmedfm.tables.write_tables`)
+    """Write every paper table of the store into ``results/<study>/tables/`` (:func:`stmedfm.analysis.tables.write_tables`)
     and return them, read back from those CSV files."""
-    from stmedfm.tables import write_tables
+    from stmedfm.analysis.tables import write_tables
 
     out = {}
     for path in write_tables(store.root):
@@ -329,7 +329,7 @@ def study_tables(store) -> dict[str, pd.DataFrame]:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    from stmedfm.tables import format_markdown
+    from stmedfm.analysis.tables import format_markdown
 
     if "mean" not in frame.columns:
         frame = frame.copy()
@@ -347,7 +347,7 @@ def show(frame: pd.DataFrame, title: str | None = None) -> None:
 
 
 def show_markdown(text: str) -> None:
-    """Display markdown text (e.g. :func:`stmedfm.report.claims_markdown`); printed outside IPython."""
+    """Display markdown text (e.g. :func:`stmedfm.analysis.report.claims_markdown`); printed outside IPython."""
     try:
         from IPython.display import Markdown, display
     except ImportError:  # pragma: no cover - IPython comes with the notebook extra
@@ -368,9 +368,9 @@ def show_tables(tables: Mapping[str, pd.DataFrame], *names: str) -> None:
 
 def save_figure(fig, name: str, cfg: StudyConfig):
     """Write ``fig`` as ``figures/<study>/<name>.png`` (150 dpi) and ``.svg``, atomically; returns ``fig`` so that a
-    cell ending with this call also displays it. Names follow :func:`stmedfm.plots.write_figures`."""
-    from stmedfm.plots import write_figure
-    from stmedfm.store import ResultStore
+    cell ending with this call also displays it. Names follow :func:`stmedfm.analysis.plots.write_figures`."""
+    from stmedfm.analysis.plots import write_figure
+    from stmedfm.run.store import ResultStore
 
     notices = ResultStore(paths.results_dir(cfg.study)).notices()  # synthetic data, smoke budgets, machines
     write_figure(copy.deepcopy(fig), paths.figures_dir(cfg.study), name, notices)  # the shown figure stays as is

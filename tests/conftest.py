@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm import paths, synthetic
-from stmedfm.config import StudyConfig
+from stmedfm.core import paths
+from stmedfm.data import synthetic
+from stmedfm.core.config import StudyConfig
 
 # Captured at import, before any test edits the environment: where CI keeps the real official files.
 REAL_DATA = os.environ.get(paths.ENV_DATA)
@@ -100,7 +101,7 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 def tiny_store(make_config, tmp_path_factory):
     """A finished tiny study (:data:`STORE`, study 'tiny') on the synthetic files, run once per session and shared:
     read it, or copy it before changing anything (checked when the session ends)."""
-    from stmedfm.study import run_study
+    from stmedfm.run.study import run_study
 
     store = run_study(make_config(STORE), out=tmp_path_factory.mktemp("tiny-store") / "tiny", progress=False)
     before = _files(store.root)

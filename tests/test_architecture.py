@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(stmedfm.__file__).parent
 
 
-def _contract_layers() -> list[str]:
+def _contract_layers() -> dict[str, list[str]]:
+    """Container -> its layers, for every ``layers`` contract of ``pyproject.toml``."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    return next(c["layers"] for c in config["contracts"] if c["type"] == "layers")
+    return {c["containers"][0]: c["layers"] for c in config["contracts"] if c["type"] == "layers"}
 
 
 def test_import_contracts_are_kept():
@@ -34,9 +35,23 @@ def test_import_contracts_are_kept():
 def test_the_package_docstring_states_the_checked_layers():
     """The layer order is written for readers in the package docstring and checked from pyproject.toml: the two
     lists must be the same, so neither can drift."""
-    block = stmedfm.__doc__.split("::\n", 1)[1].split("\n\n", 1)[0]
-    written = [re.split(r"\s{2,}", line.strip())[0] for line in block.splitlines() if line.strip()]
+    blocks = re.findall(r"^``([\w.]+)``[^\n]*::\n\n((?:    .*\n)+)", stmedfm.__doc__, re.M)
+    written = {container: [re.split(r"\s{2,}", line.strip())[0] for line in block.splitlines()]
+               for container, block in blocks}
     assert written == _contract_layers()
+
+
+def test_the_folders_are_the_layers():
+    """Every subpackage of ``stmedfm/`` is a layer of the first contract, and every layered subpackage's modules are
+    its folder's: the tree is the diagram."""
+    layers = _contract_layers()
+    top = {name for layer in layers["stmedfm"] for name in re.split(r"[|:]", layer.replace(" ", ""))}
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} <= top
+    for container, its_layers in layers.items():
+        folder = PACKAGE.parent.joinpath(*container.split("."))
+        modules = {name for layer in its_layers for name in re.split(r"[|:]", layer.replace(" ", ""))}
+        present = {p.stem for p in folder.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+        assert modules == present - {"__init__", "__main__"}, container
 
 
 def _absolute(node: ast.ImportFrom, module: str) -> str:
@@ -55,10 +70,12 @@ def _module_names(tree: ast.Module, module: str, package: Path) -> dict[str, str
             for a in node.names:
                 if a.name.split(".")[0] == top:
                     names[a.asname or top] = a.name if a.asname else top
-        elif isinstance(node, ast.ImportFrom) and _absolute(node, module) == top:
+        elif isinstance(node, ast.ImportFrom) and _absolute(node, module).split(".")[0] == top:
+            source = _absolute(node, module)
+            folder = package.parent.joinpath(*source.split("."))
             for a in node.names:
-                if (package / f"{a.name}.py").is_file() or (package / a.name).is_dir():
-                    names[a.asname or a.name] = f"{top}.{a.name}"
+                if (folder / f"{a.name}.py").is_file() or (folder / a.name).is_dir():
+                    names[a.asname or a.name] = f"{source}.{a.name}"
     return names
 
 
@@ -135,9 +152,9 @@ def _import_in_fresh_python(prelude: str, modules: list[str]) -> subprocess.Comp
 
 @pytest.mark.slow
 def test_the_readers_import_without_torch():
-    """Issue 32: every reader of results (the ``readers`` contract, plus ``stmedfm.plots`` and the command line)
+    """Issue 32: every reader of results (the ``readers`` contract, plus ``stmedfm.analysis.plots`` and the command line)
     imports in a Python where torch cannot be imported, and importing them normally loads no torch."""
-    modules = [*_readers(), "stmedfm.plots", "stmedfm.cli"]
+    modules = [*_readers(), "stmedfm.analysis.plots", "stmedfm.cli"]
     blocked = _import_in_fresh_python(NO_TORCH, modules)
     assert blocked.returncode == 0, blocked.stderr
     normal = _import_in_fresh_python("import sys\n", modules)

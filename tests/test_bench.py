@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from stmedfm import bench, bench_baseline
+from stmedfm.run import bench, bench_baseline
 from stmedfm import data as D
 from stmedfm.cli import main
-from stmedfm.config import StudyConfig
-from stmedfm.records import RunSpec
-from stmedfm.train import downstream_model, predict_logits, pretrain
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.records import RunSpec
+from stmedfm.run.train import downstream_model, predict_logits, pretrain
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_shared_stem_outputs_follow_the_weights(make_config, synthetic_dir):
 
 @pytest.mark.parametrize("strategy", ["scratch", "full"])
 def test_trainable_stems_are_never_recorded(make_config, synthetic_dir, strategy):
-    from stmedfm import train
+    from stmedfm.run import train
 
     cfg = make_config()
     state = pretrain(cfg, ["bloodmnist"], 0)[0] if strategy != "scratch" else None
@@ -106,9 +106,9 @@ def test_trainable_stems_are_never_recorded(make_config, synthetic_dir, strategy
 @pytest.mark.slow
 def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_path):
     """`stmedfm bench --profile --quick`: one row per phase, the top operators, shares that add up."""
-    from stmedfm import paths
-    from stmedfm.planning import official_data, unique_runs
-    from stmedfm.records import plan, pretrain_jobs
+    from stmedfm.core import paths
+    from stmedfm.run.planning import official_data, unique_runs
+    from stmedfm.core.records import plan, pretrain_jobs
 
     out = tmp_path / "profile.csv"
     assert main(["bench", "--profile", "--quick", "--top", "5", "--out", str(out)]) == 0
@@ -131,7 +131,7 @@ def test_quick_profile_accounts_for_every_run_and_names_the_hot_operators(tmp_pa
 
 # --------------------------------------------------------------------------------------------- fp32 vs bf16, sizes
 def test_precision_bench_says_so_instead_of_timing_without_native_bf16(tmp_path, monkeypatch):
-    from stmedfm import precision
+    from stmedfm.model import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda *a, **k: frozenset({"avx2", "fma"}))
     monkeypatch.setattr(bench, "_measure", lambda payload: pytest.fail("bf16 must not be timed here"))
@@ -182,7 +182,7 @@ def test_parity_table_pairs_runs_and_gives_mean_and_ci(tmp_path):
 
 
 def test_streamed_synthetic_file_loads_like_any_other(tmp_path):
-    from stmedfm import synthetic
+    from stmedfm.data import synthetic
 
     path = synthetic.write_synthetic_streaming(tmp_path, "pathmnist", size=64, scale=0.002, block=12)
     assert path.name == "pathmnist_64.npz" and D.verify(path, "pathmnist", 64) == "manifest"

@@ -1,4 +1,4 @@
-"""stmedfm bench --methods (stmedfm.bench_methods): each strategy's training run in its own process, its seconds
+"""stmedfm bench --methods (stmedfm.run.bench_methods): each strategy's training run in its own process, its seconds
 and the peak memory it adds, measured with the kernel's resident-set high-water mark."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import bench_methods
+from stmedfm.run import bench_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_the_cli_measures_every_strategy_in_its_own_process(synthetic_dir, tmp_p
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out)
     assert list(table.columns) == bench_methods.COLUMNS
-    from stmedfm.config import StudyConfig
+    from stmedfm.core.config import StudyConfig
 
     cfg = StudyConfig.load(params)
     assert table["strategy"].tolist() == list(cfg.strategies)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stmedfm.calibration import apply_temperature, fit_temperature, softmax
-from stmedfm.errors import StmedfmError
-from stmedfm.metrics import classification_metrics, ece, nll
+from stmedfm.model.calibration import apply_temperature, fit_temperature, softmax
+from stmedfm.core.errors import StmedfmError
+from stmedfm.model.metrics import classification_metrics, ece, nll
 
 
 def _well_specified(seed: int = 0, n: int = 20000, c: int = 5) -> tuple[np.ndarray, np.ndarray]:

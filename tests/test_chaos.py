@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stmedfm.tables import write_tables
+from stmedfm.analysis.tables import write_tables
 
 CLIENT = "import sys; from stmedfm.cli import main; sys.exit(main(sys.argv[1:]))"
 TABLES = ("metrics.csv", "per_class.csv", "confusion.csv", "reliability.csv", "pretrain_loss.csv")

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import bootstrap, claims, metrics, stats
-from stmedfm.config import StudyConfig
+from stmedfm.analysis import claims
+from stmedfm.core import bootstrap, stats
+from stmedfm.model import metrics
+from stmedfm.core.config import StudyConfig
 
 TASK, N_IMAGES, N_CLASSES = "organamnist", 40, 11
 
@@ -143,7 +145,7 @@ def test_the_retained_fraction_by_hand_and_when_full_has_no_gain(tmp_path):
 
 
 def test_medmnist_baselines_cover_every_role_and_the_gap_is_ours_minus_theirs():
-    from stmedfm import tables
+    from stmedfm.analysis import tables
 
     base = tables.medmnist_baselines()
     for flag in ("pathmnist", "bloodmnist", "dermamnist", "organamnist", "retinamnist"):

@@ -29,7 +29,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from stmedfm import data, registry
+from stmedfm import data
+from stmedfm.core import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("organamnist", "bloodmnist", "retinamnist")  # the files of params/smoke.yaml

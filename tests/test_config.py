@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm.config import StudyConfig, parse_overrides
-from stmedfm.errors import StmedfmError
-from stmedfm import paths
+from stmedfm.core.config import StudyConfig, parse_overrides
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core import paths
 
 
 def test_defaults_are_the_paper_protocol():
@@ -78,7 +78,7 @@ def test_missing_parameter_file():
 
 
 def test_notebook_namespace_overrides_only_named_fields(tmp_path, monkeypatch):
-    from stmedfm.config import from_namespace
+    from stmedfm.core.config import from_namespace
 
     monkeypatch.chdir(tmp_path)  # like a notebook outside the project: the path resolves against the root
     monkeypatch.setenv("STMEDFM_ROOT", str(Path(__file__).resolve().parents[1]))
@@ -96,7 +96,7 @@ def test_notebook_namespace_overrides_only_named_fields(tmp_path, monkeypatch):
     ({"unrelated": 1}, "Unknown notebook parameter 'unrelated' = 1."),
 ])
 def test_notebook_namespace_refuses_injected_typos(namespace, message, monkeypatch):
-    from stmedfm.config import from_namespace
+    from stmedfm.core.config import from_namespace
 
     monkeypatch.setenv("STMEDFM_ROOT", str(Path(__file__).resolve().parents[1]))
     with pytest.raises(StmedfmError) as err:
@@ -175,7 +175,7 @@ def test_malformed_override_yaml():
 
 
 def test_variants_notebook_refuses_injected_typos():
-    from stmedfm import variants
+    from stmedfm.analysis import variants
 
     with pytest.raises(StmedfmError, match="Unknown notebook parameter 'seed' = 3. Did you mean 'seeds'?"):
         variants.from_namespace(paths.project_root() / "params" / "beyond_smoke.yaml", {"seed": 3})

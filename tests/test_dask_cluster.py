@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stmedfm import synthetic
-from stmedfm.executors import ENV_SCHEDULER, check_scheduler
+from stmedfm.data import synthetic
+from stmedfm.run.executors import ENV_SCHEDULER, check_scheduler
 
 distributed = pytest.importorskip("distributed")
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from stmedfm import data, paths, registry, synthetic
-from stmedfm.errors import StmedfmError
+from stmedfm import data
+from stmedfm.core import paths, registry
+from stmedfm.data import synthetic
+from stmedfm.core.errors import StmedfmError
 
 # --------------------------------------------------------------------------------------------------- helpers
 
@@ -326,7 +328,7 @@ def test_rgb_task_shapes_and_values(synthetic_dir):
 
 
 def test_grayscale_task_repeats_its_channel(tmp_path):
-    from stmedfm import synthetic
+    from stmedfm.data import synthetic
 
     synthetic.write_synthetic(tmp_path, ["organamnist"], n=20)
     task = data.load_task("organamnist", data_dir=tmp_path)
@@ -347,7 +349,7 @@ def test_3d_task_shapes(synthetic_dir):
 
 
 def test_multilabel_task_keeps_label_rows(tmp_path):
-    from stmedfm import synthetic
+    from stmedfm.data import synthetic
 
     synthetic.write_synthetic(tmp_path, ["chestmnist"], n=20)
     labels = data.load_task("chestmnist", data_dir=tmp_path)["val"].labels
@@ -366,7 +368,7 @@ def test_load_task_is_cached_until_the_file_changes(synthetic_dir, tmp_path):
 
 
 def test_load_task_never_downloads_load_or_download_does(synthetic_dir, tmp_path, monkeypatch, no_default_data):
-    from stmedfm import download as download_mod
+    from stmedfm.data import download as download_mod
 
     calls = []
 
@@ -503,9 +505,9 @@ def _former_split(path, flag, split):
 
 @pytest.mark.parametrize("flag", ["bloodmnist", "organamnist", "organmnist3d"])  # RGB, grayscale, 3D
 def test_mapped_cache_gives_bit_identical_batches(tmp_path, flag):
-    from stmedfm import synthetic
-    from stmedfm.config import StudyConfig
-    from stmedfm.train import Pool, build_model, generator, predict_logits
+    from stmedfm.data import synthetic
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.run.train import Pool, build_model, generator, predict_logits
 
     synthetic.write_synthetic(tmp_path, [flag], n={"train": 70, "val": 20, "test": 45}, seed=3)
     task = data.load_task(flag, data_dir=tmp_path)
@@ -536,7 +538,7 @@ def test_mapped_cache_gives_bit_identical_batches(tmp_path, flag):
 
 
 def test_mapped_cache_is_reused_and_follows_the_verified_file(tmp_path):
-    from stmedfm import synthetic
+    from stmedfm.data import synthetic
 
     synthetic.write_synthetic(tmp_path, ["bloodmnist"], n=20, seed=1)
     path = tmp_path / "bloodmnist.npz"
@@ -562,7 +564,7 @@ def test_mapped_cache_is_reused_and_follows_the_verified_file(tmp_path):
 
 
 def test_mapped_pages_are_dropped_after_release_bytes(tmp_path, monkeypatch):
-    from stmedfm import synthetic
+    from stmedfm.data import synthetic
 
     synthetic.write_synthetic(tmp_path, ["bloodmnist"], n=20, seed=1)
     images = data.load_task("bloodmnist", data_dir=tmp_path)["train"].images

@@ -1,4 +1,4 @@
-"""stmedfm.download against a local HTTP server (127.0.0.1 only): success, 404, 5xx, cut bodies, bad bytes."""
+"""stmedfm.data.download against a local HTTP server (127.0.0.1 only): success, 404, 5xx, cut bodies, bad bytes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm import data, paths, registry
-from stmedfm.download import download, download_many, load_or_download, source_url
-from stmedfm.errors import StmedfmError
+from stmedfm import data
+from stmedfm.core import paths, registry
+from stmedfm.data.download import download, download_many, load_or_download, source_url
+from stmedfm.core.errors import StmedfmError
 
 
 class Server:
@@ -330,7 +331,7 @@ def test_a_part_left_by_sigkill_is_resumed_with_a_range_and_gets_the_umask(serve
 
     md5 = hashlib.md5(blood_bytes).hexdigest()
     server.mode = "hang"
-    code = (f"from stmedfm.download import download; download('bloodmnist', data_dir={str(tmp_path)!r}, "
+    code = (f"from stmedfm.data.download import download; download('bloodmnist', data_dir={str(tmp_path)!r}, "
             f"mirror={server.base!r}, md5={md5!r}, progress=False, backoff=0, retries=0)")
     root = Path(__file__).resolve().parents[1]
     child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(root)})

@@ -6,10 +6,10 @@ import sys
 import pandas as pd
 import pytest
 
-from stmedfm import executors as E
-from stmedfm.errors import StmedfmError
-from stmedfm.store import ResultStore
-from stmedfm.study import run_study
+from stmedfm.run import executors as E
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.store import ResultStore
+from stmedfm.run.study import run_study
 
 
 #: Every experiment of the protocol (2D and 3D, pretrained and scratch) with budgets of a few steps, two seeds

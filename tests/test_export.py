@@ -15,9 +15,9 @@ import torch
 
 from stmedfm import cli
 from stmedfm import data as D
-from stmedfm.errors import StmedfmError
-from stmedfm.hub import STMedFMHub, sha256_file
-from stmedfm.inference import load_model
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.hub import STMedFMHub, sha256_file
+from stmedfm.run.inference import load_model
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_the_backbone_has_every_pretraining_head_and_adapts(exported, synthetic_
     m = load_model(folder, task="dermamnist")
     raw, _ = _raw(synthetic_dir, "dermamnist")
     assert m.predict(raw).shape == (len(raw), 7)
-    from stmedfm.peft import prepare
+    from stmedfm.model.peft import prepare
 
     prepare(STMedFMHub.from_pretrained(folder), "lora", "bloodmnist")  # a user adapts it like the study does
 

@@ -1,13 +1,13 @@
-"""stmedfm.fair on hand-made tidy tables: the claims at every budget, at equal in-task steps (interpolated in
+"""stmedfm.analysis.fair on hand-made tidy tables: the claims at every budget, at equal in-task steps (interpolated in
 log steps), on held-out tasks, with their verdicts (paired test or TOST)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import fair
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.analysis import fair
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 
 SEEDS = range(8)
 JITTER = [0.001, -0.002, 0.0015, -0.001, 0.002, -0.0015, 0.0005, -0.0005]  # per seed, so differences are not constant
@@ -82,7 +82,7 @@ def test_roles_by_parameters():
 
 
 def test_budget_curves_figure_shifts_full_by_its_in_task_steps():
-    from stmedfm.plots import fig_budget_curves
+    from stmedfm.analysis.plots import fig_budget_curves
 
     metrics = pd.DataFrame(_budget({("scratch", 10): 0.60, ("scratch", 1000): 0.80, ("full", 10): 0.75,
                                     ("full", 1000): 0.85}))
@@ -93,8 +93,8 @@ def test_budget_curves_figure_shifts_full_by_its_in_task_steps():
 
 
 def test_the_roles_a_study_may_name_are_the_reports():
-    from stmedfm import options
-    from stmedfm.report import claim_roles
+    from stmedfm.core import options
+    from stmedfm.analysis.report import claim_roles
 
     assert set(options.CLAIM_ROLES) == set(claim_roles(StudyConfig()))
 
@@ -103,7 +103,7 @@ def test_the_roles_a_study_may_name_are_the_reports():
 def test_a_fair_study_end_to_end(make_config, tmp_path, capsys):
     """Budgets and leave-one-task-out on the synthetic files, then `stmedfm fair`: its tables and figure."""
     from stmedfm.cli import main
-    from stmedfm.study import run_study
+    from stmedfm.run.study import run_study
 
     cfg = make_config(seeds=[0, 1], pretrain_tasks=["bloodmnist", "dermamnist"], pretrain_steps=4,
                       downstream_tasks=["bloodmnist", "dermamnist"], strategies=["scratch", "full"],

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from stmedfm import findings, seal, stats
-from stmedfm.config import StudyConfig
+from stmedfm.analysis import findings
+from stmedfm.core import seal, stats
+from stmedfm.core.config import StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def test_every_generated_block_has_a_home():
 @pytest.mark.parametrize("path", [p for p in MARKDOWN if findings.BLOCK.search(p.read_text())],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_generated_blocks_are_what_the_committed_results_give(path):
-    """Every number in a generated block of the README or docs/ comes from results/ through stmedfm.findings."""
+    """Every number in a generated block of the README or docs/ comes from results/ through stmedfm.analysis.findings."""
     text = path.read_text()
     assert findings.BLOCK.search(text), f"{path.name} has generated blocks"
     assert findings.update_markdown(text, ROOT) == text, (
@@ -44,7 +45,7 @@ def test_committed_claims_are_recomputed_exactly(store):
     """claims.csv and paper_single_run.csv are regenerated from the committed store alone: its metrics, its
     per-image predictions (predictions.npz) and the saved bootstrap replicates of the runs whose predictions are
     too large to commit (replicates.npz), so every interval and verdict comes from committed files."""
-    from stmedfm.store import ResultStore
+    from stmedfm.run.store import ResultStore
 
     store = ResultStore(ROOT / "results" / store)
     cfg, metrics = store.config(), store.table("metrics")

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import data, paths, registry, synthetic
-from stmedfm.config import StudyConfig
-from stmedfm.download import download, source_url
-from stmedfm.errors import StmedfmError
-from stmedfm.study import run_study
-from stmedfm.tables import write_tables
+from stmedfm import data
+from stmedfm.core import paths, registry
+from stmedfm.data import synthetic
+from stmedfm.core.config import StudyConfig
+from stmedfm.data.download import download, source_url
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.study import run_study
+from stmedfm.analysis.tables import write_tables
 
 #: Budgets of a few steps and small batches, applied on top of a parameter file or of the tiny config.
 BUDGETS = dict(seeds=1, pretrain_steps=3, scratch_steps_2d=2, scratch_steps_3d=1, finetune_steps_2d=2,
@@ -59,7 +61,7 @@ def test_example_params_file_runs_other_flags_end_to_end(other_flags_dir, tmp_pa
     per_class = pd.read_csv(store.root / "tables" / "table13_per_class.csv")
     assert set(per_class["name"]) == {"normal", "pneumonia"}
     # the 3D flag takes OrganMNIST3D's claims by parameters only, decided from its stored per-image predictions
-    from stmedfm import findings
+    from stmedfm.analysis import findings
 
     claims = findings.write_findings(store.root)["claims"].set_index(["claim", "metric"])
     row = claims.loc[("negative_transfer", "macro_auroc")]
@@ -70,7 +72,7 @@ def test_example_params_file_runs_other_flags_end_to_end(other_flags_dir, tmp_pa
 
 
 def test_a_missing_3d_file_is_one_line_naming_it(tmp_path, no_default_data):
-    from stmedfm.planning import preflight
+    from stmedfm.run.planning import preflight
 
     synthetic.write_synthetic(tmp_path, ["organamnist", "bloodmnist", "retinamnist"], n=12)
     cfg = StudyConfig.load(paths.project_root() / "params" / "offline.yaml", {"data_dir": str(tmp_path)})

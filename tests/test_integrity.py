@@ -14,16 +14,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import stmedfm.study as study_mod
-from stmedfm import paths, provenance, seal, synthetic
+import stmedfm.run.study as study_mod
+from stmedfm.core import paths, provenance, seal
+from stmedfm.data import synthetic
 from stmedfm.cli import main
-from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, run_id, study_data
-from stmedfm.records import plan
-from stmedfm.results import StoreWarning
-from stmedfm.store import PROVENANCE, ResultStore
-from stmedfm.study import run_study
-from stmedfm.tables import write_tables
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.planning import official_data, run_id, study_data
+from stmedfm.core.records import plan
+from stmedfm.core.results import StoreWarning
+from stmedfm.run.store import PROVENANCE, ResultStore
+from stmedfm.run.study import run_study
+from stmedfm.analysis.tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Issue 32, outcome 3: metrics and inference rules defined once.
 
-The rules (stmedfm.measures: each metric's label and direction; stmedfm.stats: one level ALPHA, one decision rule,
+The rules (stmedfm.core.measures: each metric's label and direction; stmedfm.core.stats: one level ALPHA, one decision rule,
 one orientation "positive favours a", one pairing over seeds) each have a test that fails when a second definition
 appears, and value tests that a lower-is-better metric (ECE) is reported as favouring the arm with the lower value
 everywhere a paired difference is shown."""
@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import claims, findings, measures, methods, report, stats, strategies
-from stmedfm.config import StudyConfig
+from stmedfm.analysis import claims, findings, methods, report
+from stmedfm.core import measures, stats, strategies
+from stmedfm.core.config import StudyConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stmedfm"
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -43,7 +44,7 @@ def _where(path: Path, node: ast.AST) -> str:
 
 
 def test_metric_labels_and_directions_are_only_in_the_metric_table():
-    """No module but stmedfm.measures maps metric names to labels (a dict of >= 2 metric names to strings) or keeps
+    """No module but stmedfm.core.measures maps metric names to labels (a dict of >= 2 metric names to strings) or keeps
     a set of lower- or higher-is-better metrics; the removed tables stay removed."""
     names = set(measures.METRICS)
     found = []
@@ -66,7 +67,7 @@ def test_metric_labels_and_directions_are_only_in_the_metric_table():
                 for t in targets:
                     if isinstance(t, ast.Name) and t.id in ("METRIC_NAMES", "LOWER_IS_BETTER", "HIGHER_IS_BETTER"):
                         found.append(f"{_where(path, node)}: {t.id}")
-    assert not found, "metric labels or directions outside stmedfm.measures:\n" + "\n".join(found)
+    assert not found, "metric labels or directions outside stmedfm.core.measures:\n" + "\n".join(found)
     assert not hasattr(methods, "LOWER_IS_BETTER") and not hasattr(report, "METRIC_NAMES")
 
 

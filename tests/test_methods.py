@@ -1,4 +1,4 @@
-"""stmedfm.methods on hand-made tidy tables: summaries, paired tests (method - reference, Holm per family), the
+"""stmedfm.analysis.methods on hand-made tidy tables: summaries, paired tests (method - reference, Holm per family), the
 Pareto front, findings sentences and figures; and the study files of issue 22."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from stmedfm import inputs, methods, stats
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.analysis import methods
+from stmedfm.core import stats
+from stmedfm.run import inputs
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = range(8)
@@ -133,7 +135,7 @@ def test_figures_and_views(tables):
 
 def test_counts_cover_every_registered_strategy():
     pytest.importorskip("peft")
-    from stmedfm import strategies
+    from stmedfm.core import strategies
 
     c = inputs.counts()
     assert list(c["strategy"]) == [strategies.label(s) for s in strategies.names()]
@@ -142,7 +144,7 @@ def test_counts_cover_every_registered_strategy():
 
 def test_the_study_files_plan_every_registered_strategy():
     """Every strategy of the package (strategies.BUILT_IN; one registered by a user module is not the package's)."""
-    from stmedfm import strategies
+    from stmedfm.core import strategies
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
     offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml")  # the reference it reused (2D pretraining)
@@ -161,8 +163,8 @@ def test_the_study_files_plan_every_registered_strategy():
 def test_the_paper_strategies_keep_the_offline_run_ids():
     """The runs peft_methods.yaml shares with params/offline_2d.yaml, the previous reference (scratch/full/lora/adapter/linear probe, few-shot
     full/lora/adapter on retinamnist, and the checkpoints) have the same ids: the same computations."""
-    from stmedfm.planning import official_data, run_id
-    from stmedfm.records import plan
+    from stmedfm.run.planning import official_data, run_id
+    from stmedfm.core.records import plan
 
     cfg = StudyConfig.load(ROOT / "params" / "peft_methods.yaml")
     offline = StudyConfig.load(ROOT / "params" / "offline_2d.yaml").replace(seeds=cfg.seeds)
@@ -173,8 +175,8 @@ def test_the_paper_strategies_keep_the_offline_run_ids():
 
 
 def test_the_findings_generator_writes_the_methods_block_from_committed_tables(tables, tmp_path):
-    from stmedfm import findings
-    from stmedfm.store import ResultStore
+    from stmedfm.analysis import findings
+    from stmedfm.run.store import ResultStore
 
     store = ResultStore(tmp_path / "peft_methods")
     store.root.mkdir()
@@ -192,9 +194,9 @@ def test_a_study_reuses_the_runs_and_checkpoints_of_the_same_id(synthetic_dir, t
     import yaml
 
     from stmedfm import cli
-    from stmedfm.planning import run_id, study_data
-    from stmedfm.records import plan
-    from stmedfm.store import ResultStore
+    from stmedfm.run.planning import run_id, study_data
+    from stmedfm.core.records import plan
+    from stmedfm.run.store import ResultStore
 
     base = {"workers": 1, "data_dir": str(synthetic_dir), "seeds": 1, "pretrain_tasks": ["bloodmnist"],
             "pretrain_steps": 2, "downstream_tasks": ["bloodmnist"], "scratch_steps_2d": 2, "finetune_steps_2d": 2,
@@ -231,7 +233,7 @@ def test_pareto_figure_groups_strategies_by_family_and_labels_the_front_without_
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
-    from stmedfm import strategies
+    from stmedfm.core import strategies
 
     pareto = pd.read_csv(ROOT / "results" / "peft_methods" / "methods_pareto.csv")
     fig = methods.fig_pareto(pareto)

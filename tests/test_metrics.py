@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from stmedfm.errors import StmedfmError
-from stmedfm.metrics import (
+from stmedfm.core.errors import StmedfmError
+from stmedfm.model.metrics import (
     brier,
     classification_metrics,
     confusion,

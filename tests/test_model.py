@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM, Encoder, ResidualMLPBlock
-from stmedfm.peft import count_parameters, parameter_table, prepare
+from stmedfm.model.peft import count_parameters, parameter_table, prepare
 
 # Table 4 of the paper, typed in verbatim: (task, strategy, total, trainable).
 TABLE4 = [

@@ -1,6 +1,6 @@
 """The committed notebooks (numbered, no outputs except nbval reference outputs, a parameters cell that defines
 only ``params``, badges, the Colab cell, one alias per module, their position printed) and the helpers they call:
-stmedfm.notebook (links, setup, display) and the views in stmedfm.report and stmedfm.plots.
+stmedfm.notebook (links, setup, display) and the views in stmedfm.analysis.report and stmedfm.analysis.plots.
 
 The policy is defined once, in the developer tool ``tools/notebooks.py`` (outside the package), imported here by
 path. Running the notebooks is nbval's job: ``pytest --nbval-lax notebooks/`` (part of ``make test``)."""
@@ -17,9 +17,11 @@ from matplotlib.figure import Figure
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from stmedfm import notebook as nb
-from stmedfm import inputs, paths, plots, registry, report
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.analysis import plots, report
+from stmedfm.core import paths, registry
+from stmedfm.run import inputs
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +56,10 @@ def test_position_is_counted_from_the_notebooks_that_exist(capsys):
 def test_show_source_displays_the_code_that_runs(capsys, monkeypatch):
     shown = []
     monkeypatch.setattr(nb, "show_markdown", shown.append)
-    from stmedfm.peft import Adapter, LoRALinear
+    from stmedfm.model.peft import Adapter, LoRALinear
 
     nb.show_source(LoRALinear, Adapter)
-    assert "`stmedfm.peft.LoRALinear`" in shown[0] and "class Adapter(nn.Module):" in shown[0]
+    assert "`stmedfm.model.peft.LoRALinear`" in shown[0] and "class Adapter(nn.Module):" in shown[0]
     assert "```python\nclass LoRALinear(nn.Module):" in shown[0]
 
 
@@ -166,7 +168,7 @@ def test_problems_names_what_is_wrong(tmp_path):
     assert 'no cell calls nb.position("01_data")' in text
 
 
-# --- the views notebooks 01 and 02 call (stmedfm.report, stmedfm.plots), on synthetic files of official shapes ---
+# --- the views notebooks 01 and 02 call (stmedfm.analysis.report, stmedfm.analysis.plots), on synthetic files of official shapes ---
 @pytest.fixture
 def synthetic_cfg(synthetic_dir) -> StudyConfig:
     return StudyConfig(data_dir=str(synthetic_dir))  # the paper's four flags, 2D and 3D

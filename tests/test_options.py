@@ -1,4 +1,4 @@
-"""Per-strategy options (stmedfm.options, issue 28): one place, validated against the strategy's own options, and
+"""Per-strategy options (stmedfm.core.options, issue 28): one place, validated against the strategy's own options, and
 a run's identity holds only its own strategy's non-default options (every existing run id stays valid)."""
 
 import dataclasses
@@ -6,13 +6,13 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from stmedfm import options, paths, strategies
+from stmedfm.core import options, paths, strategies
 from stmedfm.cli import main
-from stmedfm.config import StudyConfig, parse_overrides
-from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, run_id
-from stmedfm.records import plan
-from stmedfm.tuners import hf
+from stmedfm.core.config import StudyConfig, parse_overrides
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.planning import official_data, run_id
+from stmedfm.core.records import plan
+from stmedfm.core.tuners import hf
 
 ROOT = paths.project_root()
 
@@ -116,9 +116,9 @@ def test_grids_read_as_users_write_them():
 
 @pytest.mark.slow
 def test_options_change_the_trained_model():
-    from stmedfm.peft import count_parameters
-    from stmedfm.records import RunSpec
-    from stmedfm.train import build_model, downstream_model
+    from stmedfm.model.peft import count_parameters
+    from stmedfm.core.records import RunSpec
+    from stmedfm.run.train import build_model, downstream_model
 
     base = StudyConfig.load(ROOT / "params" / "smoke.yaml")
     state = build_model(base, ["bloodmnist"], 0).state_dict()

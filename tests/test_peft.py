@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
-from stmedfm.peft import (
+from stmedfm.model.peft import (
     Adapter,
     LoRALinear,
     add_adapters,
@@ -127,7 +127,7 @@ def test_set_trainable_errors():
         set_trainable(model, "adapter", TASK)
     with pytest.raises(StmedfmError, match=r"no head for task 'bloodmnist'"):
         set_trainable(model, "full", "bloodmnist")
-    from stmedfm import strategies
+    from stmedfm.core import strategies
 
     assert {"scratch", "full", "lora", "adapter", "linear_probe", "bitfit"} <= set(strategies.names())
 
@@ -201,7 +201,7 @@ def test_matches_hf_peft(alpha):
 
 
 def test_bitfit_counts_by_hand():
-    """BitFit, registered in stmedfm.strategies alone: every bias + the LayerNorms + the head (issue 19).
+    """BitFit, registered in stmedfm.core.strategies alone: every bias + the LayerNorms + the head (issue 19).
 
     Biases: 2D stem 32 + 64 + 64, 3D stem 16 + 32 + 64, encoder fc1/fc2 2 x (128 + 64) = 656; LayerNorms 3 x 2 x 64 =
     384 (their biases counted once); head 64 C + C. Trainable = 1,040 + 65 C (both stems count, as in Table 4).
@@ -213,7 +213,7 @@ def test_bitfit_counts_by_hand():
 
 
 def test_every_registered_strategy_trains_from_the_registry():
-    from stmedfm import strategies
+    from stmedfm.core import strategies
     from stmedfm.model import STMedFM
 
     for name in strategies.names():
@@ -225,7 +225,7 @@ def test_every_registered_strategy_trains_from_the_registry():
 
 @pytest.mark.slow
 def test_a_study_runs_a_registered_strategy_end_to_end(make_config, tmp_path):
-    from stmedfm.study import run_study
+    from stmedfm.run.study import run_study
 
     cfg = make_config(study="bitfit", strategies=["scratch", "bitfit"])
     runs = run_study(cfg, out=tmp_path / "s", progress=False).table("runs").set_index("strategy")
@@ -236,8 +236,8 @@ def test_a_study_runs_a_registered_strategy_end_to_end(make_config, tmp_path):
 def test_table4_counts_the_model_the_study_trains_ln_affine_and_sizes_included():
     """Issue 32: parameter_table ignored ln_affine (params/beyond.yaml's variant with ln_affine: false showed the
     counts of another model); every count now comes from the options that shape the trained model."""
-    from stmedfm import train
-    from stmedfm.config import StudyConfig
+    from stmedfm.run import train
+    from stmedfm.core.config import StudyConfig
 
     cfg = StudyConfig.from_dict({"ln_affine": False, "lora_r": 8, "adapter_bottleneck": 8})
     table = parameter_table(["bloodmnist"], ["scratch", "lora", "adapter"], **cfg.count_options())

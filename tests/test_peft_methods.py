@@ -1,5 +1,5 @@
 """Hugging Face peft methods as strategies (issue 22): counts by hand, identity at insertion, exact trainable sets,
-frozen stems, round-trips through a state dict and through stmedfm.inference.load_model."""
+frozen stems, round-trips through a state dict and through stmedfm.run.inference.load_model."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import io
 import pytest
 import torch
 
-from stmedfm import strategies
-from stmedfm.errors import StmedfmError
+from stmedfm.core import strategies
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
-from stmedfm.peft import GROUPS, count_parameters, parameter_table, prepare, set_trainable
+from stmedfm.model.peft import GROUPS, count_parameters, parameter_table, prepare, set_trainable
 
 pytest.importorskip("peft")
 
@@ -166,14 +166,14 @@ def test_peft_layers_of_another_method_are_refused():
     prepare(model, "dora", TASK)  # e.g. after loading a DoRA state dict: no second injection
     with pytest.raises(StmedfmError, match="needs its peft layers"):
         set_trainable(base_model([TASK]), "loha", TASK)
-    from stmedfm.peft import add_peft
+    from stmedfm.model.peft import add_peft
 
     with pytest.raises(StmedfmError, match="already has peft layers"):
         add_peft(model, strategies.get("dora").peft)
 
 
 def test_a_bad_peft_registration_is_named_in_one_line():
-    from stmedfm.peft import peft_config
+    from stmedfm.model.peft import peft_config
 
     for method, match in ((strategies.PeftMethod.of("NoSuchConfig"), "has no config class 'NoSuchConfig'"),
                           (strategies.PeftMethod.of("LoraConfig", rank=3), r"rejects LoraConfig\(rank=3\)"),
@@ -184,9 +184,9 @@ def test_a_bad_peft_registration_is_named_in_one_line():
 
 
 def test_a_peft_method_is_one_registration_and_in_the_run_identity():
-    from stmedfm.config import StudyConfig
-    from stmedfm.planning import official_data, run_id
-    from stmedfm.records import RunSpec
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.run.planning import official_data, run_id
+    from stmedfm.core.records import RunSpec
 
     with pytest.raises(StmedfmError, match="goes with inserts=\\('peft',\\)"):
         strategies.register(strategies.Strategy("x", "X", peft=strategies.PeftMethod.of("LoraConfig")))
@@ -206,9 +206,9 @@ def test_a_peft_method_is_one_registration_and_in_the_run_identity():
 
 # --- round-trips -------------------------------------------------------------------------------------------------
 def _trained(strategy: str, pretrained: dict, steps: int = 3):
-    from stmedfm.config import StudyConfig
-    from stmedfm.records import RunSpec
-    from stmedfm.train import Pool, downstream_model, generator, train_steps
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.core.records import RunSpec
+    from stmedfm.run.train import Pool, downstream_model, generator, train_steps
 
     cfg = StudyConfig(pretrain_tasks=[TASK], downstream_tasks=[TASK])
     spec = RunSpec(TASK, strategy, 0, steps, 1e-2, False, (TASK,) if strategies.get(strategy).pretrained else ())
@@ -222,7 +222,7 @@ def _trained(strategy: str, pretrained: dict, steps: int = 3):
 
 @pytest.mark.parametrize("strategy", strategies.names())
 def test_a_trained_run_reloads_from_its_state_dict_to_identical_outputs(strategy):
-    from stmedfm.train import downstream_model
+    from stmedfm.run.train import downstream_model
 
     pretrained = {k: v.clone() for k, v in base_model([TASK]).state_dict().items()}
     cfg, spec, model = _trained(strategy, pretrained)
@@ -243,9 +243,9 @@ def test_load_model_handles_every_peft_method(synthetic_dir, tmp_path):
     import numpy as np
 
     from stmedfm import data as D
-    from stmedfm.config import StudyConfig
-    from stmedfm.inference import load_model
-    from stmedfm.study import run_study
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.run.inference import load_model
+    from stmedfm.run.study import run_study
 
     cfg = StudyConfig.from_dict({
         "study": "tinypeft", "workers": 1, "data_dir": str(synthetic_dir), "pretrain_tasks": ["bloodmnist"],
@@ -268,10 +268,10 @@ def test_load_model_handles_every_peft_method(synthetic_dir, tmp_path):
 def test_peft_runs_share_the_frozen_stem_with_the_other_runs_of_their_checkpoint():
     """Evaluation replays the stem outputs recorded by the first frozen-stem run of a checkpoint (LoRA here): every
     peft method hits that record (no new entry) and its logits are bit-identical to a plain evaluation."""
-    from stmedfm import train
-    from stmedfm.config import StudyConfig
-    from stmedfm.records import RunSpec
-    from stmedfm.train import downstream_model, predict_logits
+    from stmedfm.run import train
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.core.records import RunSpec
+    from stmedfm.run.train import downstream_model, predict_logits
 
     cfg = StudyConfig(pretrain_tasks=[TASK], downstream_tasks=[TASK])
     state = {k: v.clone() for k, v in base_model([TASK]).state_dict().items()}
@@ -291,8 +291,8 @@ def test_peft_runs_share_the_frozen_stem_with_the_other_runs_of_their_checkpoint
 
 def test_a_registration_naming_unknown_pieces_fails_when_made():
     """Unknown inserts, groups or learning-rate fields fail at register(), not in a worker after pretraining; the
-    names the registry accepts are exactly those stmedfm.peft implements."""
-    from stmedfm.peft import INSERTS
+    names the registry accepts are exactly those stmedfm.model.peft implements."""
+    from stmedfm.model.peft import INSERTS
 
     assert set(strategies.INSERT_KINDS) == set(INSERTS) and set(strategies.TRAIN_GROUPS) == set(GROUPS)
     for bad in (dict(trains=("biases",)), dict(inserts=("ia3",), trains=("head",)), dict(lr_field="speed")):
@@ -304,7 +304,7 @@ def test_a_registration_naming_unknown_pieces_fails_when_made():
 def test_peft_strategies_without_peft_installed_stop_before_any_work(monkeypatch, make_config):
     import importlib.util
 
-    from stmedfm import config
+    from stmedfm.core import config
 
     real = importlib.util.find_spec
     monkeypatch.setattr(config.importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))

@@ -15,12 +15,12 @@ import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 from scipy import stats
 
-from stmedfm import metrics as M
-from stmedfm import paths, registry, strategies
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.model import metrics as M
+from stmedfm.core import paths, registry, strategies
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
-from stmedfm.plots import (
+from stmedfm.analysis.plots import (
     STRATEGY_COLORS,
     STRATEGY_MARKERS,
     describe,
@@ -37,7 +37,7 @@ from stmedfm.plots import (
     style,
     write_figures,
 )
-from stmedfm.plots.architecture import Arrow, Box, Column, Diagram, Line
+from stmedfm.analysis.plots.architecture import Arrow, Box, Column, Diagram, Line
 
 KEY = dict(run_id="run-x", variant="", steps=3, lr=0.002, class_weights=True, pretrain="bloodmnist+dermamnist",
            k=0, fewshot_split=-1)
@@ -366,7 +366,7 @@ def test_write_figures_defaults_to_figures_dir_and_skips_absent_data(tiny_store,
 def test_figure_styles_read_the_registry_at_use(monkeypatch):
     """A strategy registered after import has its own label, colour and marker in every figure: a generated style
     distinct from every other (issue 32: styles are the figures', not the registry's), or the one it is given."""
-    S = importlib.import_module("stmedfm.plots.style")  # the module (stmedfm.plots.style is also a function)
+    S = importlib.import_module("stmedfm.analysis.plots.style")  # the module (stmedfm.analysis.plots.style is also a function)
 
     monkeypatch.setitem(strategies.REGISTRY, "late", strategies.Strategy("late", "Late"))
     monkeypatch.setitem(strategies.REGISTRY, "later", strategies.Strategy("later", "Later"))

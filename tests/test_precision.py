@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from stmedfm import precision as P
-from stmedfm import paths
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, run_id
-from stmedfm.records import RunSpec, plan
-from stmedfm.study import run_study
-from stmedfm.train import run_downstream
+from stmedfm.model import precision as P
+from stmedfm.core import paths
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.planning import official_data, run_id
+from stmedfm.core.records import RunSpec, plan
+from stmedfm.run.study import run_study
+from stmedfm.run.train import run_downstream
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -61,7 +61,7 @@ def test_explicit_choices_and_errors():
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     f = tmp_path / "cpuinfo"
     f.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n")
-    from stmedfm import provenance
+    from stmedfm.core import provenance
 
     flags = P.cpu_flags(f)
     assert {"avx2", "avx512_bf16", "amx_bf16"} <= flags
@@ -112,7 +112,7 @@ def test_bf16_runs_under_autocast_with_fp32_weights_and_finite_metrics(make_conf
     cfg = make_config(TWO_TASKS, precision="bf16")
     seen = []
     spec = RunSpec(task="bloodmnist", strategy="scratch", seed=0, steps=3, lr=2e-3, class_weights=True)
-    from stmedfm import train
+    from stmedfm.run import train
 
     real = train.downstream_model
 

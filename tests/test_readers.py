@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from stmedfm import __version__, cli, paths
+from stmedfm import __version__, cli
+from stmedfm.core import paths
 from stmedfm import notebook as nb
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -88,15 +89,15 @@ def test_colab_cell_installs_the_extras_its_notebook_imports():
 
 def test_notebook_download_failure_gives_notebook_advice(no_default_data, monkeypatch):
     """A failed download in a notebook names what to set there (a mirror by %env, data_dir), never --mirror."""
-    import stmedfm.download
+    import stmedfm.data.download
 
-    real = stmedfm.download.download
+    real = stmedfm.data.download.download
 
     def failing(task, size=28, data_dir=None, **kwargs):  # the real message of a failed download
         return real(task, size=size, data_dir=data_dir, retries=0, timeout=5, progress=False)
 
     monkeypatch.setenv(paths.ENV_MIRROR, "http://127.0.0.1:9/")  # a closed port: refused at once
-    monkeypatch.setattr(stmedfm.download, "download", failing)
+    monkeypatch.setattr(stmedfm.data.download, "download", failing)
     cfg = StudyConfig.load(ROOT / "params" / "smoke.yaml", {"download": True})
     with pytest.raises(StmedfmError) as err:
         nb.ensure_data(cfg)
@@ -143,9 +144,9 @@ def test_ensure_data_with_download_fetches_verified_files(no_default_data, monke
         path.write_bytes(b"x")
         return path
 
-    import stmedfm.download
+    import stmedfm.data.download
 
-    monkeypatch.setattr(stmedfm.download, "download", fake_download)
+    monkeypatch.setattr(stmedfm.data.download, "download", fake_download)
     cfg = StudyConfig.load(ROOT / "params" / "smoke.yaml", {"download": True})
     nb.ensure_data(cfg)
     assert [c[0] for c in calls] == ["organamnist", "bloodmnist", "retinamnist"]
@@ -161,19 +162,19 @@ def test_first_notebook_tells_binder_and_colab_users_how_to_get_the_data():
 
 # --- 4. first success offline, and advice that never repeats the failed command -----------------------------------------
 def test_preflight_advice_never_names_the_study_that_failed(no_default_data, monkeypatch):
-    from stmedfm.planning import preflight
+    from stmedfm.run.planning import preflight
 
     offline = StudyConfig.load(ROOT / "params" / "offline.yaml")
     with pytest.raises(StmedfmError) as err:
         preflight(offline)
     assert "params/offline.yaml" not in str(err.value) and "make quick" not in str(err.value)
 
-    import stmedfm.download
+    import stmedfm.data.download
 
     def offline_download(task, **kwargs):
         raise StmedfmError(f"Could not download {task}: no network")
 
-    monkeypatch.setattr(stmedfm.download, "download", offline_download)
+    monkeypatch.setattr(stmedfm.data.download, "download", offline_download)
     with pytest.raises(StmedfmError) as err:
         preflight(StudyConfig.load(ROOT / "params" / "paper.yaml", {"download": True}))
     text = str(err.value)
@@ -183,8 +184,8 @@ def test_preflight_advice_never_names_the_study_that_failed(no_default_data, mon
 
 def test_preflight_suggests_the_offline_protocol_when_its_files_are_here(no_default_data, synthetic_dir, tmp_path,
                                                                         monkeypatch):
-    from stmedfm import synthetic
-    from stmedfm.planning import preflight
+    from stmedfm.data import synthetic
+    from stmedfm.run.planning import preflight
 
     data = tmp_path / "data"
     synthetic.write_synthetic(data, ["organamnist", "bloodmnist", "retinamnist", "adrenalmnist3d"], n=12)
@@ -227,7 +228,7 @@ READER_STUDY = dict(pretrain_tasks=["bloodmnist", "dermamnist"], strategies=["sc
 
 
 def test_a_copied_params_file_cannot_touch_another_study(make_config, tmp_path, monkeypatch, capsys):
-    from stmedfm.studyname import claim
+    from stmedfm.run.studyname import claim
 
     monkeypatch.setenv(paths.ENV_ROOT, str(tmp_path))
     (tmp_path / "params").mkdir()
@@ -331,7 +332,7 @@ def test_make_quick_runs_its_own_params_file_and_injects_no_undeclared_parameter
 
 def test_claims_of_a_one_seed_study_are_untestable_not_an_error(tiny_store):
     """make quick (one seed) stopped in notebook 08: with no testable claim the table had no p column (KeyError)."""
-    from stmedfm.claims import claims_table
+    from stmedfm.analysis.claims import claims_table
 
     table = claims_table(tiny_store.config(), tiny_store.table("metrics"))
     assert len(table) and (table["verdict"] == "untestable").all() and table["p_holm"].isna().all()
@@ -426,9 +427,9 @@ def test_load_model_rematerialises_verifies_saves_and_predicts(tiny_store, synth
     import torch
 
     from stmedfm import data as D
-    from stmedfm.inference import load_model, model_path
-    from stmedfm.peft import LoRALinear
-    from stmedfm.store import ResultStore
+    from stmedfm.run.inference import load_model, model_path
+    from stmedfm.model.peft import LoRALinear
+    from stmedfm.run.store import ResultStore
 
     store = ResultStore(shutil.copytree(tiny_store.root, tmp_path / "tiny"))  # load_model writes into the store
     m = load_model(store.root, task="bloodmnist", strategy="lora", seed=0)

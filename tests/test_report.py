@@ -1,4 +1,4 @@
-"""stmedfm.report: roles and substitutions, protocol differences, pretraining mix, temperature scaling, and the
+"""stmedfm.analysis.report: roles and substitutions, protocol differences, pretraining mix, temperature scaling, and the
 claim checks on hand-made metric frames (and on the paper's own numbers, which must support every claim)."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import math
 import pandas as pd
 import pytest
 
-from stmedfm import inputs, paths, report
-from stmedfm.config import StudyConfig
+from stmedfm.analysis import report
+from stmedfm.core import paths
+from stmedfm.run import inputs
+from stmedfm.core.config import StudyConfig
 
 SUPPORTED = {"yes", "no", "mixed", "not tested"}
 

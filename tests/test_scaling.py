@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from stmedfm import scaling
+from stmedfm.run import scaling
 from stmedfm.cli import main
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 #: A pretraining job P (2 s) unblocking runs a (3 s) and b (1 s); a scratch run s (4 s).
 GRAPH = [("P", 2.0, 100.0, ()), ("a", 3.0, 3.0, ("P",)), ("b", 1.0, 1.0, ("P",)), ("s", 4.0, 4.0, ())]

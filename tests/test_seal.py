@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm import seal
+from stmedfm.core import seal
 from stmedfm.cli import main
-from stmedfm.errors import StmedfmError
-from stmedfm.store import ResultStore
-from stmedfm.tables import write_tables
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.store import ResultStore
+from stmedfm.analysis.tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Every committed folder of derived tables: the result stores and the variant studies.
@@ -105,7 +105,7 @@ def test_committed_tables_match_their_digests(folder):
 def test_a_local_cache_listed_in_the_digests_is_not_missing_from_a_clone(tmp_path):
     """A store sealed where notebook 04 had saved inference weights (models/*.pt, gitignored) is whole in a clean
     clone without them (CI failed on results/offline); a changed or missing table still is not."""
-    from stmedfm import seal
+    from stmedfm.core import seal
 
     (tmp_path / "metrics.csv").write_text("a\n1\n")
     (tmp_path / "models").mkdir()

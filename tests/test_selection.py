@@ -1,14 +1,14 @@
-"""Learning rates selected on validation only (stmedfm.selection, issue 28): the rule, that no test number enters
+"""Learning rates selected on validation only (stmedfm.core.selection, issue 28): the rule, that no test number enters
 it, and a study that selects, then trains its transfer runs at the selected rate, resumably."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import selection
-from stmedfm.planning import official_data, run_id
-from stmedfm.records import plan
-from stmedfm.study import run_study
+from stmedfm.core import selection
+from stmedfm.run.planning import official_data, run_id
+from stmedfm.core.records import plan
+from stmedfm.run.study import run_study
 
 GRID = {"lora": [0.001, 0.01, 0.1]}
 
@@ -102,7 +102,7 @@ def test_a_study_selects_on_validation_then_trains_at_the_choice(make_config, tm
 
 
 def test_selection_figure_rings_the_choice():
-    from stmedfm.plots import fig_lr_selection
+    from stmedfm.analysis.plots import fig_lr_selection
 
     table = selection.table(_metrics(VAL, TEST), GRID, ["bloodmnist"], [100, 101])
     fig = fig_lr_selection(table)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stmedfm import stats
+from stmedfm.core import stats
 
 
 def test_holm_by_hand():
@@ -108,7 +108,7 @@ def test_compare_adds_tost_with_holm_within_the_family():
 
 
 def test_a_claim_of_no_difference_needs_tost_to_hold_and_a_clear_difference_to_fail():
-    from stmedfm.stats import equivalence_verdict
+    from stmedfm.core.stats import equivalence_verdict
 
     assert equivalence_verdict(0.01, 0.9, -0.004, 0.005, 0.01) == "supported"
     # significant and wholly outside the margin: contradicted

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm import strategies
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.core import strategies
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "strategies.md"
@@ -35,8 +35,8 @@ def registry(monkeypatch):
 
 
 def test_register_refuses_a_taken_name_and_plots_a_taken_colour_or_marker_in_one_line(registry, monkeypatch):
-    """Colours and markers are the figures' (stmedfm.plots.style, issue 32); the guarantee stays: distinct styles."""
-    style = importlib.import_module("stmedfm.plots.style")  # the module (stmedfm.plots.style is also a function)
+    """Colours and markers are the figures' (stmedfm.analysis.plots.style, issue 32); the guarantee stays: distinct styles."""
+    style = importlib.import_module("stmedfm.analysis.plots.style")  # the module (stmedfm.analysis.plots.style is also a function)
 
     monkeypatch.setattr(style, "STYLES", dict(style.STYLES))
     with pytest.raises(StmedfmError, match="already registered"):
@@ -110,7 +110,7 @@ def test_the_docs_registration_keeps_the_registry_tests_green(tmp_path):
 @pytest.mark.slow
 def test_strategies_module_reaches_the_worker_processes(make_config, registry, tmp_path, monkeypatch):
     """Two spawned pool workers (no state inherited) run the module's strategy: they import it from the config."""
-    from stmedfm.study import run_study
+    from stmedfm.run.study import run_study
 
     (tmp_path / "mystrategies_w.py").write_text(docs_registration())
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path

@@ -3,16 +3,16 @@
 import pandas as pd
 import pytest
 
-import stmedfm.study as study_mod
-from stmedfm import paths
+import stmedfm.run.study as study_mod
+from stmedfm.core import paths
 from stmedfm.cli import main
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.planning import job_id, official_data, run_id
-from stmedfm.records import plan
-from stmedfm.store import ResultStore
-from stmedfm.study import run_study
-from stmedfm.tables import write_tables
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.planning import job_id, official_data, run_id
+from stmedfm.core.records import plan
+from stmedfm.run.store import ResultStore
+from stmedfm.run.study import run_study
+from stmedfm.analysis.tables import write_tables
 
 
 #: Every experiment of the protocol, 2D and 3D, with budgets of a few steps (changes to the tiny config).
@@ -147,7 +147,7 @@ def test_cli_prints_errors_without_traceback(capsys):
 
 def test_run_identity_is_stable():
     """Stored results are found by these ids: a change here orphans every finished run (add fields via LATER_FIELDS)."""
-    from stmedfm.records import PretrainJob, RunSpec
+    from stmedfm.core.records import PretrainJob, RunSpec
 
     cfg = StudyConfig()
     spec = RunSpec(task="pathmnist", strategy="lora", seed=0, steps=120, lr=2e-3, class_weights=True,
@@ -163,7 +163,7 @@ def test_opening_a_store_never_downloads(tmp_path, monkeypatch):
     fetching files is running a study's (run_study's preflight)."""
     import shutil
 
-    from stmedfm import download
+    from stmedfm.data import download
 
     def no_download(*args, **kwargs):
         raise AssertionError("opening a store tried to download")

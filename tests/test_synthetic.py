@@ -1,4 +1,4 @@
-"""stmedfm.synthetic: official layout, manifest, verification, and a learnable class signal."""
+"""stmedfm.data.synthetic: official layout, manifest, verification, and a learnable class signal."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from stmedfm import data, paths, registry, synthetic
-from stmedfm.errors import StmedfmError
+from stmedfm import data
+from stmedfm.core import paths, registry
+from stmedfm.data import synthetic
+from stmedfm.core.errors import StmedfmError
 
 
 def _arrays(path):

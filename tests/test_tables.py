@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from stmedfm.tables import ci95, format_markdown, summarise, with_paper
+from stmedfm.analysis.tables import ci95, format_markdown, summarise, with_paper
 
 
 def test_ci95_is_the_t_interval_half_width():

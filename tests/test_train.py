@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from stmedfm import registry
-from stmedfm.config import StudyConfig
-from stmedfm.records import RunSpec, sampling_probabilities
-from stmedfm.train import generator, make_pool, run_downstream, task_schedule
+from stmedfm.core import registry
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.records import RunSpec, sampling_probabilities
+from stmedfm.run.train import generator, make_pool, run_downstream, task_schedule
 
 PAPER = ["pathmnist", "bloodmnist", "dermamnist", "organmnist3d"]
 
@@ -70,7 +70,7 @@ def test_label_safe_flips_spare_lateral_flags_only(synthetic_dir):
 
 # --- training options beyond the paper (UMedPT): accumulation step, loss normalisation -------------------------
 def _count_optimizer_steps(monkeypatch):
-    import stmedfm.train as train_mod
+    import stmedfm.run.train as train_mod
 
     calls = {"step": 0}
     real = train_mod.optimizer
@@ -93,7 +93,7 @@ def _count_optimizer_steps(monkeypatch):
 @pytest.mark.parametrize("sampling", [pytest.param("all_tasks", marks=pytest.mark.slow),  # about 5 s of CPU
                                       "proportional"])
 def test_pretraining_step_touches_every_task_once_per_update_under_all_tasks(synthetic_dir, monkeypatch, sampling):
-    from stmedfm.train import pretrain
+    from stmedfm.run.train import pretrain
 
     tasks = ["bloodmnist", "dermamnist", "organmnist3d"]
     cfg = StudyConfig(data_dir=str(synthetic_dir), pretrain_tasks=tasks, pretrain_steps=4, task_sampling=sampling,
@@ -110,7 +110,7 @@ def test_pretraining_step_touches_every_task_once_per_update_under_all_tasks(syn
 
 
 def test_loss_log_normalisation_values():
-    from stmedfm.train import Pool, loss_fn
+    from stmedfm.run.train import Pool, loss_fn
 
     pool = Pool("bloodmnist", torch.empty(0), torch.empty(0), None, 32)
     y = torch.tensor([0, 3])
@@ -126,7 +126,7 @@ def test_loss_log_normalisation_values():
 
 
 def test_eval_batches_are_capped_only_where_activations_would_grow():
-    from stmedfm.train import EVAL_ACTIVATION_BYTES, eval_batch_size
+    from stmedfm.run.train import EVAL_ACTIVATION_BYTES, eval_batch_size
 
     cfg = StudyConfig()
     # 28 px (every committed result) and 2D 64 px: the configured batches, unchanged

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm import synthetic
+from stmedfm.data import synthetic
 from stmedfm.cli import main
-from stmedfm.errors import StmedfmError
-from stmedfm.planning import DegenerateSplitWarning, preflight, run_id, study_data
-from stmedfm.records import plan
-from stmedfm.results import StoreWarning
-from stmedfm.store import ResultStore
-from stmedfm.study import run_study
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.planning import DegenerateSplitWarning, preflight, run_id, study_data
+from stmedfm.core.records import plan
+from stmedfm.core.results import StoreWarning
+from stmedfm.run.store import ResultStore
+from stmedfm.run.study import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = dict(strategies=["scratch"])
@@ -75,8 +75,8 @@ def test_saved_weights_are_checked_at_load(tiny_store, tmp_path):
     by up to 0.052); a foreign pickle was refused only by torch's raw UnpicklingError."""
     import torch
 
-    from stmedfm import seal
-    from stmedfm.inference import load_model, model_path
+    from stmedfm.core import seal
+    from stmedfm.run.inference import load_model, model_path
 
     store = ResultStore(shutil.copytree(tiny_store.root, tmp_path / "S"))
     first = load_model(store.root, task="bloodmnist", strategy="full", seed=0)
@@ -143,7 +143,7 @@ def test_an_explicit_data_dir_never_falls_back(case, retina_env, tmp_path, monke
 def test_a_failed_write_is_one_line_and_loses_nothing(code, tiny_store, tmp_path, monkeypatch, capsys):
     """ENOSPC (a full disk), EACCES and EROFS (a read-only folder; tests run as root, whom chmod does not stop,
     so the refusal is raised where the write happens)."""
-    import stmedfm.io
+    import stmedfm.core.io
 
     store = shutil.copytree(tiny_store.root, tmp_path / "S")
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
@@ -154,7 +154,7 @@ def test_a_failed_write_is_one_line_and_loses_nothing(code, tiny_store, tmp_path
             raise OSError(code, os.strerror(code), str(src))
         return real(src, dst, *a, **k)
 
-    monkeypatch.setattr(stmedfm.io.os, "replace", failing)
+    monkeypatch.setattr(stmedfm.core.io.os, "replace", failing)
     assert main(["tables", str(store)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -162,7 +162,7 @@ def test_a_failed_write_is_one_line_and_loses_nothing(code, tiny_store, tmp_path
     assert "the store is intact" in err and "resumes" in err
     after = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     assert after == before, "nothing changed, no temporary file left"
-    monkeypatch.setattr(stmedfm.io.os, "replace", real)
+    monkeypatch.setattr(stmedfm.core.io.os, "replace", real)
     assert main(["tables", str(store)]) == 0
 
 
@@ -179,7 +179,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.slow
 def test_a_file_too_large_is_one_line_and_the_study_resumes(retina_env, tmp_path):
     """The issue's reproduction: `(ulimit -f 200; stmedfm study …)` was a traceback ending in
-    `OSError: [Errno 27] File too large` from stmedfm/io.py. A checkpoint (about 0.7 MB) exceeds 200 KiB."""
+    `OSError: [Errno 27] File too large` from stmedfm/core/io.py. A checkpoint (about 0.7 MB) exceeds 200 KiB."""
     args = ["study", str(ROOT / "params" / "smoke.yaml"), *MIN, "-p", "strategies=[full]", "--data-dir",
             str(retina_env), "--out", str(tmp_path / "S")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STMEDFM_CACHE": str(tmp_path / "cache")}
@@ -209,8 +209,8 @@ def test_a_peft_size_larger_than_the_model_is_refused_unless_forced(field, strat
     assert f"'{field}' = 100000 makes {strategy} train {trainable}" in err  # RetinaMNIST's head: 5 classes
     assert "than full fine-tuning of the whole model (159," in err and "allow_large_peft: true" in err
     assert not (tmp_path / "S" / "runs").exists()
-    from stmedfm.config import StudyConfig
-    from stmedfm.planning import check_limits
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.run.planning import check_limits
 
     check_limits(StudyConfig.from_dict({field: 100000, "allow_large_peft": True}))  # forced: accepted
     check_limits(StudyConfig.from_dict({field: 200}))  # large but smaller than the model: accepted
@@ -219,8 +219,8 @@ def test_a_peft_size_larger_than_the_model_is_refused_unless_forced(field, strat
 def test_explicit_bf16_on_a_cpu_that_emulates_it_is_refused_unless_forced(monkeypatch):
     import torch
 
-    from stmedfm.config import StudyConfig
-    from stmedfm.planning import check_limits
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.run.planning import check_limits
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     avx2 = frozenset({"avx2", "fma"})
@@ -238,11 +238,11 @@ def test_a_split_of_one_class_is_named_at_load_and_the_table_says_why_its_cell_i
     """The issue's reproduction: a test split with one class gave AUROC NaN with no warning, and Table 7 showed a
     blank mean with n = 0."""
     from stmedfm import data
-    from stmedfm.tables import write_tables
+    from stmedfm.analysis.tables import write_tables
 
     import numpy as np
 
-    from stmedfm import registry
+    from stmedfm.core import registry
 
     d = tmp_path / "data"
     target = synthetic.write_synthetic(d, ["bloodmnist"], n={"train": 48, "val": 16, "test": 32}, seed=0)["bloodmnist"]

@@ -1,4 +1,4 @@
-"""Issue 32, outcome 2: one method object per adaptation method (stmedfm/tuners/). A method of new pieces is one
+"""Issue 32, outcome 2: one method object per adaptation method (stmedfm/core/tuners/). A method of new pieces is one
 module + one registration; a run's identity holds only its own method's non-default options; every parameter count
 is the built model's; no strategy list is written out outside the registry."""
 
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from stmedfm import options, strategies
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.peft import count_parameters, parameter_table
-from stmedfm.planning import official_data, run_id
-from stmedfm.records import plan
+from stmedfm.core import options, strategies
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.model.peft import count_parameters, parameter_table
+from stmedfm.run.planning import official_data, run_id
+from stmedfm.core.records import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The modules allowed to write strategy names out as a list: the registry and the method objects.
-REGISTRY_MODULES = {"stmedfm/strategies.py"}
+REGISTRY_MODULES = {"stmedfm/core/strategies.py"}
 
 
 def docs_gate() -> str:
@@ -58,9 +58,9 @@ def test_lora_r_renames_lora_runs_and_never_scratchs():
 @pytest.mark.parametrize("ln_affine", [True, False])
 def test_every_table_count_is_the_count_of_the_model_training_builds(ln_affine):
     """Every registered strategy, non-default LoRA rank, adapter bottleneck and VeRA rank: the table's counts are the
-    trainable/total parameters of the model stmedfm.train builds for the run (not a second computation)."""
+    trainable/total parameters of the model stmedfm.run.train builds for the run (not a second computation)."""
     pytest.importorskip("peft")
-    from stmedfm import train
+    from stmedfm.run import train
     from stmedfm.model import STMedFM
 
     cfg = StudyConfig.from_dict({"ln_affine": ln_affine, "lora_r": 8, "adapter_bottleneck": 8,
@@ -86,7 +86,7 @@ def test_every_table_count_is_the_count_of_the_model_training_builds(ln_affine):
 @pytest.mark.slow  # ~10 s: plans a study and trains 2 steps
 def test_a_method_of_new_pieces_is_one_module_and_one_registration(registry, make_config, tmp_path, monkeypatch):
     """docs/strategies.md's gate, registered in one module: validated options, planned, trained 2 steps."""
-    from stmedfm import train
+    from stmedfm.run import train
 
     (tmp_path / "mygate.py").write_text(docs_gate())
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -126,6 +126,6 @@ def test_no_strategy_list_outside_the_registry():
     names = set(strategies.names())
     found = [hit for p in sorted((ROOT / "stmedfm").rglob("*.py"))
              if str(p.relative_to(ROOT)) not in REGISTRY_MODULES for hit in strategy_lists(p, names)]
-    assert not found, "strategy lists written out (derive them from stmedfm.strategies):\n" + "\n".join(found)
+    assert not found, "strategy lists written out (derive them from stmedfm.core.strategies):\n" + "\n".join(found)
     # the check can fail: the registry's own lists (PAPER, ...) are found
     assert strategy_lists(ROOT / "stmedfm" / "strategies.py", names)

@@ -1,4 +1,4 @@
-"""Beyond the paper: budget and data-efficiency experiments, variant studies (stmedfm.variants), their tables and
+"""Beyond the paper: budget and data-efficiency experiments, variant studies (stmedfm.analysis.variants), their tables and
 figures."""
 
 from __future__ import annotations
@@ -9,14 +9,16 @@ import pytest
 import torch
 import yaml
 
-import stmedfm.study as study_mod
-import stmedfm.train as train_mod
-from stmedfm import paths, runvariants, variants
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.planning import official_data, run_id
-from stmedfm.records import RunSpec, plan
-from stmedfm.train import run_downstream
+import stmedfm.run.study as study_mod
+import stmedfm.run.train as train_mod
+from stmedfm.analysis import variants
+from stmedfm.core import paths
+from stmedfm.run import runvariants
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.planning import official_data, run_id
+from stmedfm.core.records import RunSpec, plan
+from stmedfm.run.train import run_downstream
 
 PAPER_PRETRAIN = ("pathmnist", "bloodmnist", "dermamnist", "organmnist3d")
 
@@ -201,8 +203,8 @@ def _budget_frame() -> pd.DataFrame:
 
 
 def test_budget_figure_draws_means_and_ci_bands():
-    from stmedfm.plots import fig_budget_auroc
-    from stmedfm.tables import ci95
+    from stmedfm.analysis.plots import fig_budget_auroc
+    from stmedfm.analysis.tables import ci95
 
     fig = fig_budget_auroc(_budget_frame(), "retinamnist")
     (ax,) = [a for a in fig.axes if a.get_title() == "Pretrain+Full"]
@@ -218,7 +220,7 @@ def test_budget_figure_draws_means_and_ci_bands():
 
 
 def test_data_efficiency_figure_has_percent_axis_and_one_line_per_strategy():
-    from stmedfm.plots import fig_data_efficiency
+    from stmedfm.analysis.plots import fig_data_efficiency
 
     rows = [dict(variant="de", experiment="data_efficiency", task="bloodmnist", strategy=s, fraction=f, seed=seed,
                  fewshot_split=r, metric="macro_auroc", value=0.5 + f / 2 + (0.1 if s != "scratch" else 0))

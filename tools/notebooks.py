@@ -27,7 +27,7 @@ from pathlib import Path
 import nbformat
 
 from stmedfm import notebook as nb
-from stmedfm.config import StudyConfig
+from stmedfm.core.config import StudyConfig
 
 #: Marker of cells whose output nbval compares with the committed reference output.
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"

@@ -3,18 +3,18 @@
 **The inference, written before any table** (``docs/study.md`` and notebook 08 state the same, from here):
 
 * **Unit.** A claim compares two arms that share each seed's data order, initialisation and pretraining
-  checkpoint, so the unit is the per-seed difference of :mod:`stmedfm.stats`, oriented so that ``d > 0`` favours
-  ``a`` (``a - b``, or ``b - a`` for a metric where lower is better, :data:`stmedfm.measures.METRICS`); every claim
+  checkpoint, so the unit is the per-seed difference of :mod:`stmedfm.core.stats`, oriented so that ``d > 0`` favours
+  ``a`` (``a - b``, or ``b - a`` for a metric where lower is better, :data:`stmedfm.core.measures.METRICS`); every claim
   is written as "a is better than b", so ``d > 0`` is what the paper says (for ECE, ``a`` is the arm the paper says
   is better calibrated).
 * **Families.** AUROC rows form the *primary* family (the paper's claims are AUROC claims); accuracy, macro-F1 and
-  ECE rows form the *secondary* family. Each family is Holm-adjusted on its own (:func:`stmedfm.stats.holm`),
+  ECE rows form the *secondary* family. Each family is Holm-adjusted on its own (:func:`stmedfm.core.stats.holm`),
   and the tables show the two apart.
-* **Interval and p-value.** The hierarchical bootstrap over seeds x test images (:mod:`stmedfm.bootstrap`,
-  :data:`~stmedfm.bootstrap.REPLICATES` replicates): its 95 % percentile interval and its two-sided p-value. A
+* **Interval and p-value.** The hierarchical bootstrap over seeds x test images (:mod:`stmedfm.core.bootstrap`,
+  :data:`~stmedfm.core.bootstrap.REPLICATES` replicates): its 95 % percentile interval and its two-sided p-value. A
   store without per-image predictions (older stores) falls back to the Wilcoxon signed-rank p over seeds; the
   ``p_source`` column says which was used. The seed-only t-interval, Wilcoxon and t-test p-values stay beside.
-* **Verdict** at :data:`stmedfm.stats.ALPHA` (:func:`stmedfm.stats.verdict`, the one decision rule): *supported*
+* **Verdict** at :data:`stmedfm.core.stats.ALPHA` (:func:`stmedfm.core.stats.verdict`, the one decision rule): *supported*
   when the Holm-adjusted p < alpha and the estimate is positive, *contradicted* when it is < alpha and negative,
   *inconclusive* otherwise. A claim whose
   role has no flag in the parameter file, or whose runs are missing, is listed as *untestable*, never dropped.
@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from stmedfm import bootstrap, measures, seal, stats
-from stmedfm.strategies import PAPER
-from stmedfm.config import StudyConfig
-from stmedfm.report import claim_roles
+from stmedfm.core import bootstrap, measures, seal, stats
+from stmedfm.core.strategies import PAPER
+from stmedfm.core.config import StudyConfig
+from stmedfm.analysis.report import claim_roles
 
 __all__ = ["PRIMARY", "Side", "Claim", "CLAIMS", "Predictions", "claims_table", "seeds_for_power", "family_of",
            "inference_markdown"]
@@ -58,7 +58,7 @@ def inference_markdown() -> str:
         f"- **Claims**: {len(CLAIMS)} claims of the paper, {n_primary + n_secondary} claim x metric rows, each a "
         f"paired contrast of a and b over seeds, oriented so that a positive difference favours a (a − b; b − a "
         f"where lower is better: {_and(lower_is_better_labels())}) and written so that a favoured a is what the "
-        f"paper says (`stmedfm.claims.CLAIMS`, with the paper section or table of each).",
+        f"paper says (`stmedfm.analysis.claims.CLAIMS`, with the paper section or table of each).",
         f"- **Primary metric**: {measures.axis_label(PRIMARY)}; its {n_primary} rows form the primary family. "
         f"{_upper_first(_and(secondary_labels()))} rows ({n_secondary}) form the secondary family, tested and shown "
         f"apart.",
@@ -81,7 +81,7 @@ def family_of(metric: str) -> str:
 
 
 def secondary_labels() -> list[str]:
-    """The labels of the secondary family's metrics (:mod:`stmedfm.measures`), in the order the claims name them."""
+    """The labels of the secondary family's metrics (:mod:`stmedfm.core.measures`), in the order the claims name them."""
     names = dict.fromkeys(m for c in CLAIMS for m in c.metrics if m != PRIMARY)
     return [measures.label(m) for m in names]
 
@@ -114,8 +114,8 @@ class Side:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the paper as "a is better than b" on the task of ``role`` (:func:`stmedfm.report.claim_roles`):
-    the oriented difference of :mod:`stmedfm.stats` is positive; ``location`` is where the paper says it."""
+    """A claim of the paper as "a is better than b" on the task of ``role`` (:func:`stmedfm.analysis.report.claim_roles`):
+    the oriented difference of :mod:`stmedfm.core.stats` is positive; ``location`` is where the paper says it."""
 
     key: str
     text: str
@@ -206,7 +206,7 @@ class Predictions:
     def __post_init__(self):
         path = Path(self.root) / "predictions.npz"
         if path.is_file():
-            seal.check(self.root, path.name)  # the bytes the study wrote (stmedfm.seal)
+            seal.check(self.root, path.name)  # the bytes the study wrote (stmedfm.core.seal)
             with np.load(path, allow_pickle=False) as z:
                 self._bundle = {k: z[k] for k in z.files}
 
@@ -380,7 +380,7 @@ def _hierarchical(claim: Claim, task: str, metric: str, sels: list[pd.DataFrame]
         if any(v is None for v in vals):
             return None
         arms.append(_reduce(sel, side, np.stack(vals)).loc[seeds].to_numpy())  # seeds x replicates
-    d = measures.better(metric) * (arms[0] - arms[1])  # oriented: positive favours a (stmedfm.stats)
+    d = measures.better(metric) * (arms[0] - arms[1])  # oriented: positive favours a (stmedfm.core.stats)
     idx = bootstrap.resample_seeds(len(seeds), reps.n, _stable_seed("seeds", claim.key, metric))
     est = d[idx, np.arange(reps.n)[:, None]].mean(axis=1)
     return {"ci": bootstrap.percentile_interval(est), "p": bootstrap.two_sided_p(est), "idx": idx}

@@ -8,7 +8,7 @@ task pretrained without itself). This module only reads the store's tidy tables 
 
 =======================  =========================================================================================
 ``fair_budget``          test AUROC per task x strategy x steps: mean, 95 % t-CI over seeds, n
-``fair_contrasts``       every contrast below, paired over seeds (``mean_diff`` = a - b, :func:`stmedfm.stats.compare`
+``fair_contrasts``       every contrast below, paired over seeds (``mean_diff`` = a - b, :func:`stmedfm.core.stats.compare`
                          with the study's ``equivalence_margin``: Wilcoxon + Holm, TOST + Holm), the ``claim`` it
                          tests and its ``verdict``
 =======================  =========================================================================================
@@ -19,7 +19,7 @@ Contrasts (families: Holm runs within each ``family``):
   paper's claims at every budget instead of one.
 * ``in-task:<task>``: Full at ``s`` steps against Scratch at ``s + p`` steps, where ``p`` is the expected number of
   pretraining steps that drew the task (``pretrain_steps`` x its sampling probability,
-  :func:`stmedfm.records.in_task_pretraining_steps`): equal *in-task* steps. Decision: Scratch's AUROC at ``s + p`` is
+  :func:`stmedfm.core.records.in_task_pretraining_steps`): equal *in-task* steps. Decision: Scratch's AUROC at ``s + p`` is
   interpolated per seed, linearly in log(steps) between the two nearest budgets of the grid (no extrapolation: a
   budget whose ``s + p`` lies beyond the grid is left out), so no extra run is needed; Scratch at equal *total*
   steps is the ``budget`` family's Full - Scratch.
@@ -27,10 +27,10 @@ Contrasts (families: Holm runs within each ``family``):
   Scratch (transfer runs, same seeds) and against the same strategy from the full checkpoint.
 
 Verdicts: a directional claim (pretraining helps: Full > Scratch on the dominant task; negative transfer: Scratch >
-Full on the small task) uses :func:`stmedfm.stats.verdict`; "PEFT keeps the gain" (LoRA/Adapter vs Full) and
-"held-out transfer matches" are *equivalence* claims (:func:`stmedfm.stats.equivalence_verdict`): supported only
+Full on the small task) uses :func:`stmedfm.core.stats.verdict`; "PEFT keeps the gain" (LoRA/Adapter vs Full) and
+"held-out transfer matches" are *equivalence* claims (:func:`stmedfm.core.stats.equivalence_verdict`): supported only
 when TOST shows the difference inside the margin, contradicted when it is significant and its interval lies wholly
-outside the margin. Roles come from :func:`roles` (``claim_roles`` in the parameters, else :func:`stmedfm.report.claim_roles`).
+outside the margin. Roles come from :func:`roles` (``claim_roles`` in the parameters, else :func:`stmedfm.analysis.report.claim_roles`).
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stmedfm import paths, stats
-from stmedfm.strategies import FULL, PAPER_PEFT, PAPER_PRETRAINED, SCRATCH
-from stmedfm.config import StudyConfig
-from stmedfm.io import atomic_write_csv
-from stmedfm.plots import fig_budget_curves, fig_lr_selection, write_figure
-from stmedfm.report import claim_roles
-from stmedfm.results import StoredResults
-from stmedfm.tables import summarise
-from stmedfm.records import in_task_pretraining_steps
+from stmedfm.core import paths, stats
+from stmedfm.core.strategies import FULL, PAPER_PEFT, PAPER_PRETRAINED, SCRATCH
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.io import atomic_write_csv
+from stmedfm.analysis.plots import fig_budget_curves, fig_lr_selection, write_figure
+from stmedfm.analysis.report import claim_roles
+from stmedfm.core.results import StoredResults
+from stmedfm.analysis.tables import summarise
+from stmedfm.core.records import in_task_pretraining_steps
 
 __all__ = ["METRIC", "BUDGET_CONTRASTS", "roles", "budget_summary", "budget_contrasts", "in_task_contrasts",
            "held_out_contrasts", "analyse", "write_tables", "write_figures"]
@@ -60,7 +60,7 @@ BUDGET_CONTRASTS = (*((s, SCRATCH) for s in PAPER_PRETRAINED), *((s, FULL) for s
 
 
 def roles(cfg: StudyConfig) -> dict[str, str | None]:
-    """The claims' tasks: ``claim_roles`` of the parameters over :func:`stmedfm.report.claim_roles`."""
+    """The claims' tasks: ``claim_roles`` of the parameters over :func:`stmedfm.analysis.report.claim_roles`."""
     return {**claim_roles(cfg), **cfg.claim_roles}
 
 

@@ -9,10 +9,10 @@ every number a reader sees comes from a committed file through this code.
 Decisions (written down once, here):
 
 * **The claims and their inference** (primary metric, families, interval, verdict rule) are defined once, in
-  :mod:`stmedfm.claims`; this module writes and shows them.
+  :mod:`stmedfm.analysis.claims`; this module writes and shows them.
 * **Power**: the seeds a paired t-test needs to detect a difference of 0.01 at 80 % power, two-sided
-  :data:`stmedfm.stats.ALPHA`,
-  given the observed SD of the paired differences (noncentral t; :func:`stmedfm.claims.seeds_for_power`).
+  :data:`stmedfm.core.stats.ALPHA`,
+  given the observed SD of the paired differences (noncentral t; :func:`stmedfm.analysis.claims.seeds_for_power`).
 * **The paper beside us.** The paper reports one run per cell. The right yardstick for one run is the 95 %
   *prediction* interval of a single run of ours, ``mean ± t(0.975, n-1) · sd · sqrt(1 + 1/n)``, not the
   confidence interval of our mean (which shrinks with seeds while single runs do not).
@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from stmedfm import claims as C
-from stmedfm import fair, measures, methods, seal, selection, stats, variants
-from stmedfm.strategies import FULL, SCRATCH
-from stmedfm.errors import StmedfmError
-from stmedfm.results import StoredResults
-from stmedfm.tables import METRIC_TABLES, cell, paper_results
+from stmedfm.analysis import claims as C
+from stmedfm.analysis import fair, methods, variants
+from stmedfm.core import measures, seal, selection, stats
+from stmedfm.core.strategies import FULL, SCRATCH
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.results import StoredResults
+from stmedfm.analysis.tables import METRIC_TABLES, cell, paper_results
 
 __all__ = ["claims_table", "seeds_for_power", "paper_single_run", "reference_block", "write_findings"]
 
@@ -131,7 +132,7 @@ def claims_block(results: str | Path) -> str:
 
 
 def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
-    """The claims table as markdown: the inference first (as :mod:`stmedfm.claims` defines it), then the primary
+    """The claims table as markdown: the inference first (as :mod:`stmedfm.analysis.claims` defines it), then the primary
     family (AUROC) and the secondary family apart; untestable claims last, with why."""
     source = "; ".join(sorted(set(claims["p_source"].dropna()) - {""}))
     lines = ["", f"The paper's claims (`{where}`). Inference, fixed before the tables: estimate = mean per-seed "
@@ -171,7 +172,7 @@ def claims_lines(claims: pd.DataFrame, where: str) -> list[str]:
 #: committed tables, :func:`variants_block`; ``stmedfm:beyond``, its former name, still works) or
 #: ``<!-- stmedfm:flips ... -->`` (:func:`flips_block`) or ``<!-- stmedfm:methods results/peft_methods -->`` (the
 #: findings of the study of every strategy, :func:`methods_block`) or ``<!-- stmedfm:changes BEFORE AFTER -->`` (which
-#: of its conclusions differ between two such studies, :func:`stmedfm.methods.changes_markdown`), each closed by
+#: of its conclusions differ between two such studies, :func:`stmedfm.analysis.methods.changes_markdown`), each closed by
 #: ``<!-- /stmedfm -->``.
 BLOCK = re.compile(r"(<!-- stmedfm:(?P<kind>reference|variants|beyond|flips|methods|changes|fair|lrs|inference|verdicts|claims) "
                    r"(?P<arg>[^>]+?) -->\n)"
@@ -210,7 +211,7 @@ def verdicts_block(previous: str | Path, current: str | Path) -> str:
 
 def variants_block(params: str | Path) -> str:
     """The findings of the variant study ``params`` as a markdown list, from its committed tables
-    (:func:`stmedfm.variants.findings`; nothing is computed: an incomplete study is an error)."""
+    (:func:`stmedfm.analysis.variants.findings`; nothing is computed: an incomplete study is an error)."""
     study = variants.load(params)
     if not variants.complete(study):
         raise StmedfmError(f"The tables of '{params}' in {study.root} are incomplete: run `stmedfm variants {params}`.")
@@ -219,7 +220,7 @@ def variants_block(params: str | Path) -> str:
 
 def methods_block(results: str | Path) -> str:
     """The findings of the study of every strategy (``params/peft_methods.yaml``, notebook 10) as a markdown list,
-    from its committed ``methods_*.csv`` tables (:func:`stmedfm.methods.findings`; nothing is computed)."""
+    from its committed ``methods_*.csv`` tables (:func:`stmedfm.analysis.methods.findings`; nothing is computed)."""
     return "".join(f"- {line}\n" for line in methods.findings(methods.read_tables(results)))
 
 

@@ -6,7 +6,7 @@ The study itself is an ordinary one (``stmedfm study``): this module only reads 
 
 ========================  ==========================================================================================
 ``methods_summary``       per task x strategy x metric: mean, 95 % t-CI over seeds, n, trainable parameters
-``methods_comparisons``   each method vs the paper's LoRA and vs Scratch, paired over seeds (:mod:`stmedfm.stats`,
+``methods_comparisons``   each method vs the paper's LoRA and vs Scratch, paired over seeds (:mod:`stmedfm.core.stats`,
                           ``mean_diff`` > 0 favours the method), Holm within each (task, metric, reference) family
 ``methods_pareto``        per task: AUROC and trainable parameters of each strategy, ``front`` = on the Pareto front
 ``methods_fewshot``       few-shot AUROC per task x strategy x K: splits averaged per seed, then mean and 95 % CI
@@ -17,15 +17,15 @@ Decisions, written down once:
 
 * **Metrics**: macro AUROC (the primary one), macro-F1, ECE and Brier score of the test split; with temperature
   scaling on, ECE and Brier after scaling too (``ece_ts``, ``brier_ts``). Every difference is oriented by
-  :mod:`stmedfm.stats` (positive favours the method: for ECE and Brier, the method's is lower).
+  :mod:`stmedfm.core.stats` (positive favours the method: for ECE and Brier, the method's is lower).
 * **Equivalence is shown, not assumed** (issue 28): on AUROC every comparison also carries the paired TOST of
-  equivalence within the study's ``equivalence_margin`` (default 0.01 AUROC; :func:`stmedfm.stats.tost`), Holm
+  equivalence within the study's ``equivalence_margin`` (default 0.01 AUROC; :func:`stmedfm.core.stats.tost`), Holm
   within its family (``p_tost_holm``, ``equivalent``). A non-significant Wilcoxon p alone never decides anything.
 * **Pareto front** (per task, on the means): a strategy is on it when no other strategy has at most as many
   trainable parameters and at least its AUROC, one of the two strictly. The *Pareto-best* method of a task is the
   cheapest front member that is the task's best or *equivalent* to it (TOST, Holm over the task's methods
   compared with the best): the cheapest way to the top, shown to be within the margin.
-* **Negative transfer on the small task** (the smallest pretraining task, :func:`stmedfm.report.claim_roles`): a
+* **Negative transfer on the small task** (the smallest pretraining task, :func:`stmedfm.analysis.report.claim_roles`): a
   pretrained method *removes* it when its AUROC is equivalent to Scratch's (TOST, Holm in the vs-Scratch family)
   or significantly above it; it *beats* Scratch when significantly above.
 """
@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stmedfm import measures, paths, seal, stats, strategies
-from stmedfm.errors import StmedfmError
-from stmedfm.plots import fig_fewshot_methods, fig_pareto, write_figure
-from stmedfm.report import claim_roles
-from stmedfm.results import StoredResults
+from stmedfm.core import measures, paths, seal, stats, strategies
+from stmedfm.core.errors import StmedfmError
+from stmedfm.analysis.plots import fig_fewshot_methods, fig_pareto, write_figure
+from stmedfm.analysis.report import claim_roles
+from stmedfm.core.results import StoredResults
 
 __all__ = ["METRICS", "REFERENCES", "analyse", "write_tables", "read_tables", "summary", "comparisons", "pareto",
            "fewshot", "task_table", "comparison_view", "pareto_best", "findings", "figures", "write_figures"]
@@ -55,7 +55,7 @@ REFERENCES = (strategies.LORA, strategies.SCRATCH)
 #: The paper's PEFT methods and Full: whether *they* are below Scratch on the small task is what "negative transfer"
 #: means in the paper (Tables 7, 10 and 12 on OrganMNIST3D).
 PAPER_PEFT = strategies.PAPER_PRETRAINED
-BENCH_CSV = "bench_methods.csv"  #: written by ``stmedfm bench --methods`` (stmedfm.bench_methods) into the store
+BENCH_CSV = "bench_methods.csv"  #: written by ``stmedfm bench --methods`` (stmedfm.run.bench_methods) into the store
 TABLES = ("summary", "comparisons", "pareto", "fewshot")
 
 
@@ -80,7 +80,7 @@ def summary(metrics: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame | Non
     """Mean and 95 % t-CI over seeds of every metric of :data:`METRICS` per task x strategy (transfer experiment),
     with the strategy's trainable and total parameters on that task, the median seconds of its runs (training and
     evaluation, one torch thread) and its learning rate (the selected one when the study has ``lr_grid``), from
-    ``runs.csv``; with ``bench`` (the store's ``bench_methods.csv``, :mod:`stmedfm.bench_methods`), each
+    ``runs.csv``; with ``bench`` (the store's ``bench_methods.csv``, :mod:`stmedfm.run.bench_methods`), each
     strategy's measured training seconds and peak training memory (``peak_train_mib``) of one run on the bench's
     task, the same for every task row (memory is a property of the method on this backbone, measured once)."""
     m = _transfer(metrics)
@@ -106,10 +106,10 @@ def summary(metrics: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame | Non
 def comparisons(metrics: pd.DataFrame, references=REFERENCES, margin: float = stats.DEFAULT_MARGIN) -> pd.DataFrame:
     """Each strategy vs each reference (default: the paper's LoRA and Scratch) on every task and metric, and on
     AUROC also vs the task's best strategy (highest mean AUROC), paired over seeds with
-    :func:`stmedfm.stats.compare` (``mean_diff`` > 0 favours the strategy); Holm within each family (task, metric,
+    :func:`stmedfm.core.stats.compare` (``mean_diff`` > 0 favours the strategy); Holm within each family (task, metric,
     reference), i.e. over the methods compared with that reference. ``against`` names the family's kind ('lora',
     'scratch' or 'best') and ``reference`` the strategy compared with. On AUROC, also the TOST of equivalence within
-    ``margin`` (``p_tost``, ``p_tost_holm``, ``equivalent``; :func:`stmedfm.stats.compare`).
+    ``margin`` (``p_tost``, ``p_tost_holm``, ``equivalent``; :func:`stmedfm.core.stats.compare`).
 
     The 'best' family picks its reference on the same data, which biases the best's mean upwards; it is used only to
     ask which cheaper methods are *not* shown to be worse (:func:`pareto_best`), where that bias makes the answer
@@ -173,7 +173,7 @@ def fewshot(metrics: pd.DataFrame, metric: str = "macro_auroc") -> pd.DataFrame:
 
 
 def analyse(store) -> dict[str, pd.DataFrame]:
-    """The tables of :data:`TABLES` computed from a study's store (a :class:`~stmedfm.results.StoredResults` or its
+    """The tables of :data:`TABLES` computed from a study's store (a :class:`~stmedfm.core.results.StoredResults` or its
     path), plus ``small_task`` / ``dominant_task`` as one-row frames of the roles."""
     store = store if isinstance(store, StoredResults) else StoredResults(store)
     metrics, runs = store.table("metrics"), store.table("runs")
@@ -199,7 +199,7 @@ def read_tables(results: str | os.PathLike) -> dict[str, pd.DataFrame]:
     for name in (*TABLES, "roles"):
         path = root / f"methods_{name}.csv"
         if not path.is_file():
-            raise StmedfmError(f"'{path}' does not exist: run notebook 10 (or stmedfm.methods.write_tables) on "
+            raise StmedfmError(f"'{path}' does not exist: run notebook 10 (or stmedfm.analysis.methods.write_tables) on "
                                f"{root} first.")
         out[name] = seal.read_csv(root, path.name)
     return out
@@ -267,12 +267,12 @@ def _comparison(tables, task: str, strategy: str, against: str, metric: str = "m
 
 def _significant(row, sign: int) -> bool:
     """Whether ``row`` favours its strategy (``sign`` +1) or its reference (-1) by the one decision rule
-    (:func:`stmedfm.stats.decide`, Holm p)."""
+    (:func:`stmedfm.core.stats.decide`, Holm p)."""
     return row is not None and stats.decide(row["mean_diff"], row["p_holm"]) == sign
 
 
 def _equivalent(row) -> bool:
-    """TOST-equivalent to its reference within the margin (Holm p < :data:`stmedfm.stats.ALPHA` in its family)."""
+    """TOST-equivalent to its reference within the margin (Holm p < :data:`stmedfm.core.stats.ALPHA` in its family)."""
     if row is None or "p_tost_holm" not in row:
         return False
     return stats.significant(row["p_tost_holm"])
@@ -423,7 +423,7 @@ def changes_markdown(before_results: str | os.PathLike, after_results: str | os.
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures (drawn by stmedfm.plots.methods from the tidy tables; written with the project's figure writer)
+# figures (drawn by stmedfm.analysis.plots.methods from the tidy tables; written with the project's figure writer)
 # ---------------------------------------------------------------------------------------------------------------
 def figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
     """Every figure of the tables: ``pareto_auroc`` and one ``fewshot_methods_<task>`` per few-shot task."""

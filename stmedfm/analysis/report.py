@@ -2,19 +2,19 @@
 paper's, the realised pretraining mix, temperature scaling before/after, and whether our results support each
 claim of the paper's discussion. It reads results only (no torch); the tables that load the data files or build
 the model (Table 1, class distributions, Table 4 beside the paper's, the package versions) are
-:mod:`stmedfm.inputs`.
+:mod:`stmedfm.run.inputs`.
 
-Every function returns a tidy :class:`pandas.DataFrame` computed from a :class:`~stmedfm.config.StudyConfig` and
-the tidy tables of a result store (``metrics.csv``, ``pretrain_loss.csv``) or the tables of :mod:`stmedfm.tables`,
+Every function returns a tidy :class:`pandas.DataFrame` computed from a :class:`~stmedfm.core.config.StudyConfig` and
+the tidy tables of a result store (``metrics.csv``, ``pretrain_loss.csv``) or the tables of :mod:`stmedfm.analysis.tables`,
 so the notebooks only display them and the tests can feed them hand-made frames.
 
 The claim checks (:func:`check_claims`) run the *same code* on the paper's published numbers
 (:func:`paper_metrics`, :func:`paper_params`) and on ours, so the report shows the paper's evidence and ours side
 by side. Verdicts are descriptive and follow one rule (:func:`verdict`):
 
-* a comparison *favours* the claim when the one decision rule (:func:`stmedfm.stats.decide`) says its oriented
+* a comparison *favours* the claim when the one decision rule (:func:`stmedfm.core.stats.decide`) says its oriented
   difference favours the claim's side: with several seeds on the paired t-test of the per-seed differences (p below
-  :data:`stmedfm.stats.ALPHA`, i.e. the 95 % t-interval excludes 0), with one seed (the paper) by its sign;
+  :data:`stmedfm.core.stats.ALPHA`, i.e. the 95 % t-interval excludes 0), with one seed (the paper) by its sign;
 * ``yes`` when every comparison favours the claim, ``no`` when none does, ``mixed`` otherwise, ``not tested``
   when the study has no runs for it (e.g. the role's task is not a downstream task of the parameter file).
 """
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stmedfm import measures, registry, stats
-from stmedfm.config import StudyConfig
-from stmedfm.strategies import FULL, PAPER_PEFT, SCRATCH
-from stmedfm.tables import ci95, paper_results
-from stmedfm.records import sampling_probabilities
+from stmedfm.core import measures, registry, stats
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.strategies import FULL, PAPER_PEFT, SCRATCH
+from stmedfm.analysis.tables import ci95, paper_results
+from stmedfm.core.records import sampling_probabilities
 
 __all__ = [
     "CLAIMS",
@@ -223,7 +223,7 @@ def realised_proportions(loss: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
 
 def temperature_table(ts: pd.DataFrame) -> pd.DataFrame:
     """Calibration before and after temperature scaling, one row per task and strategy, from the
-    ``temperature_scaling`` table of :func:`stmedfm.tables.build_tables` (means over seeds): ECE, Brier and NLL
+    ``temperature_scaling`` table of :func:`stmedfm.analysis.tables.build_tables` (means over seeds): ECE, Brier and NLL
     raw and scaled, their change, and the fitted temperature T (T > 1: the model was over-confident)."""
     if ts.empty:
         return pd.DataFrame(columns=["task", "strategy"])
@@ -265,7 +265,7 @@ def paper_metrics() -> pd.DataFrame:
 
 def paper_params() -> pd.DataFrame:
     """The paper's Table 4 as ``task, strategy, total, trainable`` (the layout of
-    :func:`stmedfm.peft.parameter_table`)."""
+    :func:`stmedfm.model.peft.parameter_table`)."""
     paper = paper_results()
     t4 = paper[paper["table"] == "table4_params"]
     wide = t4.pivot_table(index=["task", "strategy"], columns="metric", values="value", sort=False).reset_index()
@@ -278,9 +278,9 @@ def paper_params() -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
-    """a vs b for one metric, oriented as :func:`stmedfm.stats.paired_test` orients it (``delta`` > 0 favours a):
+    """a vs b for one metric, oriented as :func:`stmedfm.core.stats.paired_test` orients it (``delta`` > 0 favours a):
     means over seeds, the mean paired difference, its 95 % half-width, and the direction by
-    :func:`stmedfm.stats.decide`: ``up`` (favours a) / ``down`` (favours b), ``unclear`` or ``equal``."""
+    :func:`stmedfm.core.stats.decide`: ``up`` (favours a) / ``down`` (favours b), ``unclear`` or ``equal``."""
 
     metric: str
     a: float
@@ -300,7 +300,7 @@ class Comparison:
 
 def compare(a: pd.Series, b: pd.Series, metric: str = "") -> Comparison | None:
     """a vs b of per-seed values ``a`` and ``b`` (Series indexed by seed), paired on the seeds both have
-    (:func:`stmedfm.stats.pair`) and oriented by ``metric`` (positive favours a); None when they share no seed."""
+    (:func:`stmedfm.core.stats.pair`) and oriented by ``metric`` (positive favours a); None when they share no seed."""
     joined = stats.pair(a, b)
     if joined.empty:
         return None
@@ -494,7 +494,7 @@ def claims_report(cfg: StudyConfig, metrics: pd.DataFrame, params: pd.DataFrame)
 
     Columns: ``claim``, ``setting``, ``paper_task``, ``paper_evidence``, ``paper_supported``, ``task``, ``evidence``,
     ``supported``. The per-task calibration rows are ours only (the paper's are summarised in ``all tasks``).
-    ``params``: the study's parameter counts (:meth:`stmedfm.results.StoredResults.parameter_counts`).
+    ``params``: the study's parameter counts (:meth:`stmedfm.core.results.StoredResults.parameter_counts`).
     """
     roles = claim_roles(cfg)
     ours = check_claims(metrics, params, roles["dominant"], roles["small"], tasks=cfg.downstream_tasks)
@@ -527,7 +527,7 @@ def claims_markdown(report: pd.DataFrame) -> str:
 # paper deltas and versions
 # ---------------------------------------------------------------------------------------------------------------
 def paper_comparison_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per table of :func:`stmedfm.tables.build_tables`: rows, rows with a paper value (our flag is the paper's),
+    """Per table of :func:`stmedfm.analysis.tables.build_tables`: rows, rows with a paper value (our flag is the paper's),
     mean and largest |delta|, and how many of those rows have the paper's value inside our 95 % interval."""
     rows = []
     for name, frame in tables.items():

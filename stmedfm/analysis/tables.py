@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stmedfm import registry, seal, strategies
-from stmedfm.io import atomic_write_text
-from stmedfm.stats import mean_ci
-from stmedfm.results import StoredResults, not_results
+from stmedfm.core import registry, seal, strategies
+from stmedfm.core.io import atomic_write_text
+from stmedfm.core.stats import mean_ci
+from stmedfm.core.results import StoredResults, not_results
 
 METRICS = ("accuracy", "macro_f1", "macro_auroc", "ece", "brier")
 METRIC_TABLES = {
@@ -73,7 +73,7 @@ def benchmark_table(metrics: pd.DataFrame, strategies_shown=(strategies.SCRATCH,
 
 def ci95(values) -> float:
     """Half-width of the two-sided 95 % t-interval of the mean (NaN for fewer than two values): the interval of
-    :func:`stmedfm.stats.mean_ci`, as a half-width."""
+    :func:`stmedfm.core.stats.mean_ci`, as a half-width."""
     mean, _, high = mean_ci(values)
     return high - mean
 

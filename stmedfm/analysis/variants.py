@@ -1,7 +1,7 @@
 """Variant studies: several variants of one study, run through the same engine, compared with paired tests.
 
 Beyond the paper, the questions are about settings that act on *pretraining* (task sampling, width, LayerNorm),
-so one variant study is a set of variant :class:`~stmedfm.config.StudyConfig` objects read from one parameter
+so one variant study is a set of variant :class:`~stmedfm.core.config.StudyConfig` objects read from one parameter
 file (``params/beyond.yaml``, the study named ``beyond``; ``stmedfm variants FILE``, formerly ``stmedfm beyond``,
 which still works)::
 
@@ -19,11 +19,11 @@ drops the variants listed under ``exclude`` and applies ``override`` (StudyConfi
 the variant's own fields — how ``params/contrasts.yaml`` reruns the same variants and contrasts at more seeds on
 one budget, without a second definition of any variant.
 
-Each variant runs with :func:`stmedfm.study.run_study` into ``results/<study>/<variant>/`` (so an interrupted
-variant resumes where it stopped; :mod:`stmedfm.runvariants`, the running half: this module only reads and
+Each variant runs with :func:`stmedfm.run.study.run_study` into ``results/<study>/<variant>/`` (so an interrupted
+variant resumes where it stopped; :mod:`stmedfm.run.runvariants`, the running half: this module only reads and
 analyses, without torch). Runs and checkpoints are identified by what they compute, so a run that two
 variants share (Scratch does not depend on the pretraining sampler) is computed once and copied by id into the
-other variant's store. :func:`stmedfm.runvariants.aggregate` then writes tidy tables with a ``variant`` column into
+other variant's store. :func:`stmedfm.run.runvariants.aggregate` then writes tidy tables with a ``variant`` column into
 ``results/<study>/`` (the run-level ``variant`` of the engine, e.g. '120 steps', is renamed ``setting``):
 
 =============================  ===================================================================================
@@ -31,7 +31,7 @@ other variant's store. :func:`stmedfm.runvariants.aggregate` then writes tidy ta
 ``variants.csv``               each variant's pretraining settings and the small task's share of pretraining
 ``budget_auroc.csv``           macro AUROC mean +- 95 % CI over seeds per variant, task, strategy, step budget
 ``data_efficiency_auroc.csv``  macro AUROC per variant, task, strategy, fraction of the train split
-``comparisons.csv``            every paired comparison (:mod:`stmedfm.stats`), with its family and Holm p
+``comparisons.csv``            every paired comparison (:mod:`stmedfm.core.stats`), with its family and Holm p
 =============================  ===================================================================================
 
 The *transfer gap* of a pretrained strategy is its AUROC minus Scratch's AUROC of the same variant (same seed,
@@ -39,9 +39,9 @@ same budget); negative = negative transfer. Hypothesis contrasts compare the gap
 seeds, after averaging it over the budget grid (one number per seed: the mean AUROC across budgets, i.e. the
 normalised area under the AUROC-vs-budget curve), so each (contrast, strategy) is one test.
 
-Verdicts (decision, as for the reference claims in :mod:`stmedfm.findings`): one hypothesis is one family — its
+Verdicts (decision, as for the reference claims in :mod:`stmedfm.analysis.findings`): one hypothesis is one family — its
 contrasts x strategies are Holm-adjusted together, not with the other hypotheses' tests — and each test gets the
-verdict of :func:`stmedfm.stats.verdict` (the one decision rule of :func:`stmedfm.stats.decide` on the Holm p, every
+verdict of :func:`stmedfm.core.stats.verdict` (the one decision rule of :func:`stmedfm.core.stats.decide` on the Holm p, every
 contrast written so that its hypothesis predicts a positive difference: supported; the other sign: contradicted;
 else inconclusive). A hypothesis is *supported* when at least one of its tests is and
 none contradicts it, *contradicted* in the mirror case, *mixed* when both occur, else *inconclusive*. Every
@@ -61,14 +61,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stmedfm import paths, seal, stats
-from stmedfm.strategies import PAPER_PRETRAINED
-from stmedfm import plots
-from stmedfm.config import StudyConfig, notebook_params, params_path, read_params_file
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_text
-from stmedfm.records import plan, sampling_probabilities
-from stmedfm.tables import cell, markdown, summarise
+from stmedfm.core import paths, seal, stats
+from stmedfm.core.strategies import PAPER_PRETRAINED
+from stmedfm.analysis import plots
+from stmedfm.core.config import StudyConfig, notebook_params, params_path, read_params_file
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_write_text
+from stmedfm.core.records import plan, sampling_probabilities
+from stmedfm.analysis.tables import cell, markdown, summarise
 
 __all__ = ["VariantStudy", "load", "reanalyse", "from_namespace", "complete", "variant_table", "summaries", "read",
            "comparisons",
@@ -193,7 +193,7 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 def from_namespace(params: str | os.PathLike, namespace: dict[str, Any]) -> VariantStudy:
     """A notebook's study: the variant-study file ``params`` with every variable of ``namespace`` named like a
     StudyConfig field applied to every variant (how papermill's ``-p key value`` and the parameters cell's
-    ``download`` reach it; :func:`stmedfm.config.notebook_params`, as for one study)."""
+    ``download`` reach it; :func:`stmedfm.core.config.notebook_params`, as for one study)."""
     return load(*notebook_params(params, namespace, set(StudyConfig.keys()) - {"study"}))
 
 
@@ -300,7 +300,7 @@ def _per_seed_gap(metrics: pd.DataFrame, task: str, by_budget: bool = False) -> 
 def _family(rows: list[dict], family: str, holm_by: str | None = None) -> pd.DataFrame:
     """The rows of one family with Holm-adjusted p (within the family, or within each value of ``holm_by``: one
     hypothesis's contrasts are one family of tests, whatever other hypotheses are tested beside it) and the
-    verdict of each row (:func:`stmedfm.stats.verdict`)."""
+    verdict of each row (:func:`stmedfm.core.stats.verdict`)."""
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -315,7 +315,7 @@ def _family(rows: list[dict], family: str, holm_by: str | None = None) -> pd.Dat
 
 
 def _pair(a: pd.Series, b: pd.Series) -> dict:
-    """The paired test of two keyed AUROC series (or transfer gaps), paired by :func:`stmedfm.stats.pair`."""
+    """The paired test of two keyed AUROC series (or transfer gaps), paired by :func:`stmedfm.core.stats.pair`."""
     joined = stats.pair(a, b)
     return stats.paired_test(joined["a"], joined["b"], metric=METRIC)
 

@@ -14,7 +14,7 @@ sampling error is as large as the effects. Each replicate here
 Written here rather than with ``scipy.stats.bootstrap`` because scipy resamples one level of one sample; two
 nested levels with a resample shared across arms, and weighted versions of the paper's metrics evaluated for
 thousands of weight vectors at once (one sort per class and run), are not something it offers. The weighted
-metrics reproduce :mod:`stmedfm.metrics` exactly for unit weights (tested).
+metrics reproduce :mod:`stmedfm.model.metrics` exactly for unit weights (tested).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _brier(y, p, w):
     return w @ ((p - onehot) ** 2).sum(axis=1) / w.sum(axis=1)
 
 
-#: The metrics the bootstrap can recompute from per-image probabilities (the names of stmedfm.metrics).
+#: The metrics the bootstrap can recompute from per-image probabilities (the names of stmedfm.model.metrics).
 METRICS = {"accuracy": _accuracy, "macro_f1": _macro_f1, "macro_auroc": _macro_auroc, "ece": _ece,
            "brier": _brier}
 

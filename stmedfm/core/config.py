@@ -45,24 +45,24 @@ from typing import Any
 
 import yaml
 
-from stmedfm import options as _options
-from stmedfm import paths, registry
-from stmedfm import strategies as _strategies
-from stmedfm.errors import StmedfmError
+from stmedfm.core import options as _options
+from stmedfm.core import paths, registry
+from stmedfm.core import strategies as _strategies
+from stmedfm.core.errors import StmedfmError
 
 PAPER_TASKS = registry.PAPER_TASKS  #: defined once, in the registry of flags
 #: The fields that name adaptation strategies (each checked against the registry).
 STRATEGY_FIELDS = ("strategies", "fewshot_strategies", "class_weight_ablation_strategies", "leave_out_strategies",
                    "budget_strategies", "data_fraction_strategies")
 #: The strategies the paper's protocol runs by default (Tables 5-8b, with our linear probe); every registered
-#: strategy (stmedfm.strategies) is accepted.
+#: strategy (stmedfm.core.strategies) is accepted.
 STRATEGY_NAMES = (*_strategies.PAPER, "linear_probe")
 SAMPLERS = ("proportional", "uniform", "temperature", "all_tasks")
 FLIP_POLICIES = ("all", "label_safe")
 #: A study name: it names folders (results/<study>/), so no separators, no "." or "..".
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 MAX_SEEDS = 10_000
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # stmedfm.precision.PRECISIONS (not imported: config stays torch-free)
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # stmedfm.model.precision.PRECISIONS (not imported: config stays torch-free)
 
 
 @dataclass
@@ -93,7 +93,7 @@ class StudyConfig:
     width: int = 64  #: encoder width (the paper's 64; Table 4 counts hold only at 64)
     ln_affine: bool = True  #: LayerNorms with learnable scale/shift
     lora_r: int = 4
-    lora_alpha: float = 4.0  #: LoRA scaling = alpha / r = 1.0 (see stmedfm.peft)
+    lora_alpha: float = 4.0  #: LoRA scaling = alpha / r = 1.0 (see stmedfm.model.peft)
     adapter_bottleneck: int = 16
 
     # --- optimisation shared by every stage (Table 3) -----------------------------------------------------------
@@ -110,9 +110,9 @@ class StudyConfig:
     flip_policy: str = "all"
     #: fp32 (default: the reference numbers) | bf16 (autocast, fp32 weights, optimiser, loss and metrics) | auto
     #: (bf16 where the device runs it natively, fp16 + gradient scaler on a CUDA GPU without bf16, else fp32;
-    #: see stmedfm.precision). Part of a run's identity only when it is not fp32.
+    #: see stmedfm.model.precision). Part of a run's identity only when it is not fp32.
     precision: str = "fp32"
-    #: sanity limits (checked before any work by stmedfm.planning.check_limits; not part of any run's identity):
+    #: sanity limits (checked before any work by stmedfm.run.planning.check_limits; not part of any run's identity):
     #: a LoRA rank or adapter bottleneck whose trainable count exceeds the whole model's is refused unless this is
     #: true; so is an explicit ``precision: bf16`` on a CPU that emulates bf16 (10-26x slower) unless the next one is
     allow_large_peft: bool = False
@@ -121,7 +121,7 @@ class StudyConfig:
     # --- downstream transfer (Tables 5-8b) ---------------------------------------------------------------------
     downstream_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
-    #: a module whose ``stmedfm.strategies.register`` calls add strategies named here (docs/strategies.md); imported
+    #: a module whose ``stmedfm.core.strategies.register`` calls add strategies named here (docs/strategies.md); imported
     #: before names are checked, by the client and every worker (each rebuilds the config with from_dict)
     strategies_module: str | None = None
     scratch_steps_2d: int = 150
@@ -132,7 +132,7 @@ class StudyConfig:
     lr_full: float = 1.5e-3
     lr_peft: float = 2e-3  #: LoRA and adapters
     lr_linear_probe: float = 2e-3
-    #: per-strategy hyperparameters, e.g. {vera: {lr: 2e-2}, lora: {r: 8}} (stmedfm.options: each strategy's own
+    #: per-strategy hyperparameters, e.g. {vera: {lr: 2e-2}, lora: {r: 8}} (stmedfm.core.options: each strategy's own
     #: options, validated against its registry entry; unset ones keep the shared fields above)
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     temperature_scaling: bool = True  #: fit T on validation logits; report ECE/Brier/NLL before and after
@@ -152,7 +152,7 @@ class StudyConfig:
     extended_scratch_steps: int = 240
     extended_full_steps: int = 150
 
-    # --- beyond the paper (variant studies, stmedfm.variants; off by default) -------------------------------
+    # --- beyond the paper (variant studies, stmedfm.analysis.variants; off by default) -------------------------------
     budget_tasks: dict[str, list[int]] = field(default_factory=dict)  #: task -> downstream step counts
     budget_strategies: list[str] = field(default_factory=lambda: list(_strategies.PAPER))
     data_fraction_tasks: list[str] = field(default_factory=list)  #: tasks trained on fractions of their train split
@@ -161,13 +161,13 @@ class StudyConfig:
     data_fraction_repeats: int = 3  #: stratified subsets per (seed, task, fraction), seeded by all four
 
     # --- fair comparisons (issue 28; off by default) ---------------------------------------------------------
-    #: strategy -> learning rates tried on validation (a list, or 'default': stmedfm.options.default_grid; the whole
+    #: strategy -> learning rates tried on validation (a list, or 'default': stmedfm.core.options.default_grid; the whole
     #: field 'default' = every strategy of 'strategies'); the transfer runs then train at the selected one
     lr_grid: dict[str, list[float]] = field(default_factory=dict)
     lr_selection_seeds: list[int] = field(default_factory=list)  #: seeds of the selection runs, disjoint from 'seeds'
-    equivalence_margin: float = 0.01  #: TOST margin of "equivalent" (AUROC units; stmedfm.stats.tost)
+    equivalence_margin: float = 0.01  #: TOST margin of "equivalent" (AUROC units; stmedfm.core.stats.tost)
     #: the claims' tasks by name, e.g. {small: adrenalmnist3d} (keys dominant, small; default: by pretraining size,
-    #: stmedfm.report.claim_roles), so a flag that is no pretraining task (held out) can take a role
+    #: stmedfm.analysis.report.claim_roles), so a flag that is no pretraining task (held out) can take a role
     claim_roles: dict[str, str] = field(default_factory=dict)
 
     # --- outputs ---------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ class StudyConfig:
             except StmedfmError as exc:
                 errors.append(str(exc))
         errors += [f"Unknown parameter '{key}'.{registry.closest(str(key), known)} Parameters are the fields of "
-                  f"stmedfm.config.StudyConfig (see `stmedfm config --help`)." for key in values if key not in known]
+                  f"stmedfm.core.config.StudyConfig (see `stmedfm config --help`)." for key in values if key not in known]
         try:
             cfg = cls(**{k: v for k, v in values.items() if k in known}).validate()
         except StmedfmError as exc:
@@ -360,7 +360,7 @@ class StudyConfig:
                               f"'strategies' ({', '.join(self.strategies)}).")
 
     def _check_fair(self, errors: list[str]) -> None:
-        """Per-strategy options, learning-rate grids (expanded here) and claim roles (:func:`stmedfm.options.check_study`)."""
+        """Per-strategy options, learning-rate grids (expanded here) and claim roles (:func:`stmedfm.core.options.check_study`)."""
         errors += _options.check_study(self)
 
     def uses_pretraining(self) -> bool:
@@ -417,7 +417,7 @@ class StudyConfig:
         return self.finetune_steps_3d if three_d else self.finetune_steps_2d
 
     def count_options(self) -> dict[str, Any]:
-        """Everything that shapes a model's parameter count, as :func:`stmedfm.peft.parameter_table` takes it (so
+        """Everything that shapes a model's parameter count, as :func:`stmedfm.model.peft.parameter_table` takes it (so
         every count shown is the count of the model this study trains)."""
         return {"width": self.width, "ln_affine": self.ln_affine, "lora_r": self.lora_r,
                 "lora_alpha": self.lora_alpha, "adapter_bottleneck": self.adapter_bottleneck,
@@ -452,7 +452,7 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def is_variant_file(doc: Mapping[str, Any]) -> bool:
-    """Whether the keys of a parameter file are those of a variant study (:mod:`stmedfm.variants`) rather than of
+    """Whether the keys of a parameter file are those of a variant study (:mod:`stmedfm.analysis.variants`) rather than of
     one StudyConfig. Here, beside :func:`read_params_file`, so that telling them apart loads no torch."""
     return "variants" in doc or "extends" in doc
 
@@ -555,7 +555,7 @@ def _repeats(values) -> list:
 REPEATABLE = {"class_weight_clip"}
 
 
-#: Fields keyed by strategy (stmedfm.options checks names and values, so every problem gets its own line there).
+#: Fields keyed by strategy (stmedfm.core.options checks names and values, so every problem gets its own line there).
 _NESTED = {"strategy_options": "a mapping of strategy to its options (e.g. {vera: {lr: 0.02}})",
            "lr_grid": "'default' or a mapping of strategy to learning rates (e.g. {lora: [0.001, 0.01, 0.1]})"}
 
@@ -652,7 +652,7 @@ def notebook_overrides(namespace: Mapping[str, Any], known=None) -> dict[str, An
     if unknown:
         raise StmedfmError("\n".join(
             f"Unknown notebook parameter '{k}' = {namespace[k]!r}.{registry.closest(k, known)} Notebook parameters "
-            f"are 'params' and the fields of stmedfm.config.StudyConfig." for k in unknown))
+            f"are 'params' and the fields of stmedfm.core.config.StudyConfig." for k in unknown))
     return {k: v for k, v in namespace.items() if k in known}
 
 
@@ -669,7 +669,7 @@ def notebook_params(params: str | os.PathLike, namespace: Mapping[str, Any], kno
     ``namespace`` named like a field of ``known`` (default all of StudyConfig's; :func:`notebook_overrides`).
 
     The one way a notebook turns its namespace into parameters, for a study (:func:`from_namespace`) and for
-    variant studies (:func:`stmedfm.variants.from_namespace`). The ``parameters`` cell of a notebook defines only
+    variant studies (:func:`stmedfm.analysis.variants.from_namespace`). The ``parameters`` cell of a notebook defines only
     ``params`` (the file), so nothing a notebook sets for itself can leak into a run with another parameter file;
     a mistyped injected name is refused."""
     if not isinstance(params, (str, os.PathLike)):

@@ -2,12 +2,12 @@
 sentences, and which way is better.
 
 Every reader of results (tables, figures, the report, the claims, the methods and variant studies, the generated
-findings) takes a metric's label and direction from :data:`METRICS`; :func:`stmedfm.stats.paired_test` orients
+findings) takes a metric's label and direction from :data:`METRICS`; :func:`stmedfm.core.stats.paired_test` orients
 every paired difference with :func:`better` so that a positive difference favours ``a`` whatever the metric
 (for ECE, a has the *lower* ECE). ``tests/test_measures.py`` fails when a second label table or a second
 "lower is better" set appears in the package.
 
-Plain data in the foundation layer (it imports only :mod:`stmedfm.errors`), so what the metrics are called
+Plain data in the foundation layer (it imports only :mod:`stmedfm.core.errors`), so what the metrics are called
 never needs numpy or torch.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 __all__ = ["Metric", "METRICS", "get", "label", "axis_label", "higher_is_better", "better"]
 
@@ -70,5 +70,5 @@ def higher_is_better(name: str) -> bool:
 def better(name: str | None) -> int:
     """+1 when a higher value of metric ``name`` is better, -1 when a lower one is (``None``: a quantity without a
     metric, e.g. a transfer gap, where higher is better). A paired difference ``a - b`` times this sign is positive
-    exactly when it favours ``a`` (:func:`stmedfm.stats.paired_test`)."""
+    exactly when it favours ``a`` (:func:`stmedfm.core.stats.paired_test`)."""
     return 1 if name is None or higher_is_better(name) else -1

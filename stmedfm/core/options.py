@@ -4,14 +4,14 @@ A parameter file sets them per strategy (issue 28)::
 
     strategy_options: {vera: {lr: 2e-2}, lora: {r: 8, alpha: 8}, adapter: {bottleneck: 32}}
 
-The options of a strategy are declared by its method object (:mod:`stmedfm.tuners`, ``Strategy.options``; a
+The options of a strategy are declared by its method object (:mod:`stmedfm.core.tuners`, ``Strategy.options``; a
 strategy that inserts a built-in piece without declaring any gets the piece's), plus ``lr`` for every strategy (its
 default: the config field its entry names, ``Strategy.lr_field``). This module reads, resolves and validates them.
 
 Decision (issue 32): the shared fields (``lr_peft``, ``lora_r``, ``lora_alpha``, ``adapter_bottleneck``) stay the
 study-wide defaults of every option that names them (``Option.field``), so every parameter file keeps working; the
 method objects hold the registered defaults (the paper's values). A run's identity
-(:func:`stmedfm.planning.run_id`) holds only its *own* strategy's options that differ from the *registered*
+(:func:`stmedfm.run.planning.run_id`) holds only its *own* strategy's options that differ from the *registered*
 defaults (:func:`overrides`; ``lr`` is in the run's spec already), so tuning LoRA's rank, through
 ``strategy_options`` or ``lora_r``, renames LoRA's runs (and those of every method that takes ``lora_r``) and never
 Scratch's; every id of a study at the paper's values is what it was before.
@@ -25,8 +25,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from stmedfm import registry, strategies
-from stmedfm.errors import StmedfmError
+from stmedfm.core import registry, strategies
+from stmedfm.core.errors import StmedfmError
 
 __all__ = ["declared", "default", "resolve", "overrides", "check", "peft_method", "default_grid",
            "check_lr_grid", "owners", "check_study", "CLAIM_ROLES"]
@@ -154,7 +154,7 @@ def check_lr_grid(grid: Mapping[str, Any]) -> list[str]:
 
 
 #: The roles of the paper's claims a study may set by name (``claim_roles``): the keys of
-#: :func:`stmedfm.report.claim_roles` (tests/test_fair.py keeps them equal).
+#: :func:`stmedfm.analysis.report.claim_roles` (tests/test_fair.py keeps them equal).
 CLAIM_ROLES = ("dominant", "small", "small2d", "blood", "fewshot2d", "fewshot3d")
 
 

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 ENV_DATA = "STMEDFM_DATA"
 ENV_MIRROR = "STMEDFM_MIRROR"

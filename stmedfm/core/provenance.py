@@ -1,6 +1,6 @@
 """Where a number was made: the machine, the software and the code version, recorded with every run.
 
-Provenance is not identity. A run's identity (:func:`stmedfm.planning.run_id`) says what it computes — parameters
+Provenance is not identity. A run's identity (:func:`stmedfm.run.planning.run_id`) says what it computes — parameters
 and data — so a committed result stays usable on any machine. Provenance says where and with what it was
 computed, because the *same* seed gives bit-identical numbers only on the same hardware and software: recomputing
 a run on another CPU (another SIMD instruction set in oneDNN/ATen kernels) changes floating-point summation order
@@ -72,7 +72,7 @@ def machine(device: str | torch.device | None = None) -> str:
 def git_commit() -> str:
     """The commit of the code that runs, when it runs from a git checkout ('+dirty' with uncommitted changes to
     tracked files), else '' (an installed package)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package, stmedfm/
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:

@@ -1,12 +1,12 @@
 """What a run *is* and what a study runs, without torch: a run's spec (:class:`RunSpec`, whose key enters its
-identity, :func:`stmedfm.planning.run_id`), its result record (:class:`RunResult`), the plan of a config
+identity, :func:`stmedfm.run.planning.run_id`), its result record (:class:`RunResult`), the plan of a config
 (:func:`plan`: every run and pretraining job its parameters ask for) and the pretraining mix a config implies
 (:func:`sampling_probabilities`, :func:`in_task_pretraining_steps`).
 
-Kept apart from :mod:`stmedfm.train` (which computes runs) so that everything that reads results — the store's
+Kept apart from :mod:`stmedfm.run.train` (which computes runs) so that everything that reads results — the store's
 tables, the report, the figures — can name a run and its pretraining mix without importing torch
 (``tests/test_architecture.py`` checks that the readers import none of it). Identities stay in
-:mod:`stmedfm.planning`: they hold what ``precision: auto`` resolves to on this machine, which asks torch.
+:mod:`stmedfm.run.planning`: they hold what ``precision: auto`` resolves to on this machine, which asks torch.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from stmedfm import registry, strategies
-from stmedfm.config import StudyConfig
+from stmedfm.core import registry, strategies
+from stmedfm.core.config import StudyConfig
 
 __all__ = ["RunSpec", "RunResult", "PretrainJob", "PlannedRun", "EXPERIMENTS", "SELECTED_LR_EXPERIMENTS", "plan",
            "pretrain_jobs", "sampling_probabilities", "in_task_pretraining_steps"]
@@ -63,14 +63,14 @@ class RunResult:
     extras: dict[str, pd.DataFrame] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)  #: where it was computed (filled by the worker)
     #: per-image test probabilities (n_test x C, float16, rows of the evaluated split in file order): what the
-    #: hierarchical bootstrap over seeds x test images resamples (stmedfm.stats.hierarchical_bootstrap)
+    #: hierarchical bootstrap over seeds x test images resamples (stmedfm.core.stats.hierarchical_bootstrap)
     predictions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class PretrainJob:
     """One pretraining run (a checkpoint): its seed and tasks. Its identity is
-    :func:`stmedfm.planning.job_id` (it holds the config's pretraining fields and the data's bytes)."""
+    :func:`stmedfm.run.planning.job_id` (it holds the config's pretraining fields and the data's bytes)."""
 
     seed: int
     tasks: tuple[str, ...]
@@ -97,9 +97,9 @@ def plan(cfg: StudyConfig, selected: Mapping[tuple[str, str], float] | None = No
     """Every (experiment, run) the parameters ask for, in a stable order; the same spec may appear twice.
 
     With ``lr_grid``, the plan holds the ``lr_selection`` runs (each grid point x ``lr_selection_seeds``) and, for
-    each (strategy, task) that ``selected`` decides (:func:`stmedfm.selection.chosen` of the store's selection runs),
+    each (strategy, task) that ``selected`` decides (:func:`stmedfm.core.selection.chosen` of the store's selection runs),
     the runs of :data:`SELECTED_LR_EXPERIMENTS` at the selected rate; runs still waiting for their selection are
-    left out (the study plans again once the selection runs are in, :func:`stmedfm.study.run_study`)."""
+    left out (the study plans again once the selection runs are in, :func:`stmedfm.run.study.run_study`)."""
     full_pretrain = tuple(cfg.pretrain_tasks)
     out: list[PlannedRun] = []
     selected = selected or {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 SIZES = (28, 64, 128, 224)
 #: The paper's four tasks (PathMNIST, BloodMNIST, DermaMNIST, OrganMNIST3D): its protocol, Table 4's counts.

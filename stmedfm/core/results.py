@@ -1,5 +1,5 @@
 """A result store as its readers see it: the files of one study under ``results/<study>/``, read without torch.
-Tables, figures, the report and the analyses open a store as :class:`StoredResults`; :class:`stmedfm.store.ResultStore`
+Tables, figures, the report and the analyses open a store as :class:`StoredResults`; :class:`stmedfm.run.store.ResultStore`
 (a subclass) adds everything that writes one: claiming a folder, run records, checkpoints, the tidy tables. Kept
 apart so that reading results needs none of the training machinery (``tests/test_architecture.py``: the readers
 import no torch).
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stmedfm import seal
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.core import seal
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 
 #: The marker of a result store: which study it holds and whether its data is real or synthetic.
 MARKER = "store.json"
@@ -38,7 +38,7 @@ class StoreWarning(UserWarning):
 
 class StoredResults:
     """The files of one study under ``results/<study>/``, read (see the module docstring and
-    :class:`stmedfm.store.ResultStore`)."""
+    :class:`stmedfm.run.store.ResultStore`)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)

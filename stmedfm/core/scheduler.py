@@ -1,8 +1,8 @@
 """Where a Dask scheduler is, and whether it answers as one: checked before anything heavy is imported.
 
-Torch-free (only :mod:`stmedfm.errors`; ``distributed`` is imported when an address is checked), so the command
+Torch-free (only :mod:`stmedfm.core.errors`; ``distributed`` is imported when an address is checked), so the command
 line refuses a bad address, one line within seconds, before it loads torch or claims a result folder.
-:mod:`stmedfm.executors` connects to what this module has checked.
+:mod:`stmedfm.run.executors` connects to what this module has checked.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 ENV_SCHEDULER = "DASK_SCHEDULER_ADDRESS"
 LOCAL = "local"  #: scheduler value that forces the local pool even when $DASK_SCHEDULER_ADDRESS is set

@@ -21,7 +21,7 @@ A result store (or a variant study's folder) keeps ``digests.json`` beside its t
 
 What is covered: ``*.csv``, ``*.npz`` (per-image predictions, bootstrap replicates) and ``config.yaml`` at the
 folder's top, ``tables/*.csv`` and the inference weights
-``models/*.pt`` (:mod:`stmedfm.inference`). Markdown (``tables/*.md``)
+``models/*.pt`` (:mod:`stmedfm.run.inference`). Markdown (``tables/*.md``)
 is a rendering for people, rewritten from the CSV beside it, and is not covered.
 
 Hand-written on ``hashlib`` and ``json`` (a few dozen lines) because no library does this job for a folder of CSV
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_bytes
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_write_bytes
 
 DIGESTS = "digests.json"
 FORMAT = 1

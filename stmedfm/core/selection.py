@@ -80,7 +80,7 @@ def selected_markdown(results) -> str:
     store's committed ``lr_selection.csv`` (a star marks a choice at its grid's edge)."""
     from pathlib import Path
 
-    from stmedfm.seal import read_csv
+    from stmedfm.core.seal import read_csv
 
     frame = read_csv(Path(results), "lr_selection.csv")
     picked = frame[frame["selected"].astype(bool)]

@@ -8,7 +8,7 @@ The inference rules of every reader of results are defined here, once:
 * **Orientation: positive favours a.** A comparison pairs two settings that share everything random that can be
   shared (same seed, same repeat, same budget), so the unit of analysis is the *pair*. Its difference is
   ``d_i = s · (a_i - b_i)`` with ``s = +1`` when a higher value of the metric is better and ``-1`` when a lower one
-  is (:func:`stmedfm.measures.better`): ``d > 0`` favours a for every metric (a has the higher AUROC, the lower
+  is (:func:`stmedfm.core.measures.better`): ``d > 0`` favours a for every metric (a has the higher AUROC, the lower
   ECE). Every table, sentence and verdict reads this sign.
 * **One level** :data:`ALPHA` and **one decision rule**, :func:`decide`: a difference favours a (+1) or b (-1) when
   its p-value is below :data:`ALPHA`, else neither (0). :func:`verdict` names the three outcomes for a claim
@@ -29,7 +29,7 @@ With an equivalence ``margin`` (:func:`compare`, issue 28), absence of evidence 
 absence: ``p_tost`` is the two one-sided t-tests (TOST, statsmodels ``ttost_paired``) of H0: |mean d| >= margin,
 ``p_tost_holm`` its Holm adjustment within the family and ``equivalent`` whether it is below :data:`ALPHA`, i.e.
 the 90 % t-interval of the mean difference lies inside (-margin, margin). "Equivalent to", "Pareto-best" and
-"removes negative transfer" are decided by it (:mod:`stmedfm.methods`), never by a non-significant Wilcoxon p.
+"removes negative transfer" are decided by it (:mod:`stmedfm.analysis.methods`), never by a non-significant Wilcoxon p.
 
 Be plain about power: with n pairs and no ties the smallest possible exact two-sided Wilcoxon p is
 ``2 / 2**n`` — 0.0625 for 5 pairs, so 5 seeds can *never* reach p < 0.05 two-sided, whatever the effect;
@@ -48,8 +48,8 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
-from stmedfm import measures
-from stmedfm.errors import StmedfmError
+from stmedfm.core import measures
+from stmedfm.core.errors import StmedfmError
 
 __all__ = ["ALPHA", "significant", "decide", "verdict", "equivalence_verdict", "per_seed", "pair", "paired_test", "compare", "t_test_p",
            "holm", "rank_biserial", "mean_ci", "prediction_interval", "min_two_sided_p", "format_p", "tost",

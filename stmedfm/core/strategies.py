@@ -1,17 +1,17 @@
 """The adaptation strategies: one registry, the extension point of the study (as peft has one of methods).
 
-Each method object (:class:`~stmedfm.tuners.base.Strategy`, one module per method in :mod:`stmedfm.tuners`)
+Each method object (:class:`~stmedfm.core.tuners.base.Strategy`, one module per method in :mod:`stmedfm.core.tuners`)
 declares everything the rest of the package needs to know about it — its name and label, its options with their
 defaults, what it inserts into the model, which parameter groups it trains, its learning-rate field and whether it
 starts from a checkpoint; its position here is its order in tables and figures (their colours and markers are
-:mod:`stmedfm.plots.style`'s). Config validation, training
-(:func:`stmedfm.peft.prepare`), ``stmedfm params``, tables, plots and the report read only from here; this module
+:mod:`stmedfm.analysis.plots.style`'s). Config validation, training
+(:func:`stmedfm.model.peft.prepare`), ``stmedfm params``, tables, plots and the report read only from here; this module
 imports no torch, so validating parameters stays fast.
 
-*What it inserts* and *what it trains* are names: :mod:`stmedfm.peft` holds the model surgery behind each
+*What it inserts* and *what it trains* are names: :mod:`stmedfm.model.peft` holds the model surgery behind each
 (``INSERTS``: 'lora', 'adapter', 'peft'; ``GROUPS``: 'all', 'head', 'layernorm', 'bias', 'lora', 'adapter', 'peft')
 or a method brings its own ``surgery`` (its group ``'own'``). Adding a strategy is one module + one :func:`register`
-call; see ``docs/strategies.md``. A method of Hugging Face peft is one row of :mod:`stmedfm.tuners.hf`: its
+call; see ``docs/strategies.md``. A method of Hugging Face peft is one row of :mod:`stmedfm.core.tuners.hf`: its
 :class:`PeftMethod` (config class, what it wraps, options) is data, and the generic 'peft' insert builds and
 injects it (issue 22).
 """
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import importlib
 
-from stmedfm import registry, tuners
-from stmedfm.errors import StmedfmError
-from stmedfm.tuners.base import Option, PeftMethod, Strategy
+from stmedfm.core import tuners
+from stmedfm.core import registry
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.tuners.base import Option, PeftMethod, Strategy
 
 __all__ = ["Strategy", "PeftMethod", "Option", "INSERT_KINDS", "TRAIN_GROUPS", "register", "get", "names", "label",
            "order", "REGISTRY", "BUILT_IN", "import_module", "FAMILIES", "options_of", "where",
@@ -30,7 +31,7 @@ __all__ = ["Strategy", "PeftMethod", "Option", "INSERT_KINDS", "TRAIN_GROUPS", "
 
 
 REGISTRY: dict[str, Strategy] = {}
-#: The module kinds (``inserts``) and parameter groups (``trains``) that :mod:`stmedfm.peft` implements
+#: The module kinds (``inserts``) and parameter groups (``trains``) that :mod:`stmedfm.model.peft` implements
 #: (``peft.INSERTS``, ``peft.GROUPS``; a test keeps the names equal). Named here so that a registration naming
 #: something unknown fails when it is made, not in a worker after pretraining.
 INSERT_KINDS = ("lora", "adapter", "peft")
@@ -95,7 +96,7 @@ def label(name: str) -> str:
 
 
 def options_of(name_or_strategy) -> tuple[Option, ...]:
-    """The options of a strategy besides ``lr`` (:func:`stmedfm.tuners.options_of`)."""
+    """The options of a strategy besides ``lr`` (:func:`stmedfm.core.tuners.options_of`)."""
     s = name_or_strategy if isinstance(name_or_strategy, Strategy) else get(name_or_strategy)
     return tuners.options_of(s)
 
@@ -113,7 +114,7 @@ def order(name: str) -> int:
 
 def import_module(name: str) -> None:
     """Import the module ``name`` whose ``register`` calls add strategies (the ``strategies_module`` parameter:
-    :meth:`stmedfm.config.StudyConfig.from_dict` calls this before checking strategy names, in the client and in
+    :meth:`stmedfm.core.config.StudyConfig.from_dict` calls this before checking strategy names, in the client and in
     every worker, which rebuild the config from its fields). Importing twice is a no-op, so nothing registers twice."""
     try:
         importlib.import_module(name)
@@ -123,7 +124,7 @@ def import_module(name: str) -> None:
                            f"working folder, or installed), workers included.") from None
 
 
-for _method in tuners.BUILT_IN:  # one module per method (stmedfm.tuners), registered in the order of the tables
+for _method in tuners.BUILT_IN:  # one module per method (stmedfm.core.tuners), registered in the order of the tables
     register(_method)
 
 #: The strategies every analysis names by their role: training from scratch (the reference without pretraining),

@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stmedfm import paths, registry
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_text
-from stmedfm.registry import SPLITS, FlagInfo
+from stmedfm.core import paths, registry
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_write_text
+from stmedfm.core.registry import SPLITS, FlagInfo
 
 CHUNK = 1 << 20  # hash and copy in 1 MiB chunks
 VERIFIED_CACHE = "verified.json"
@@ -115,7 +115,7 @@ class TaskData:
 
 
 def locate(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> Path:
-    """The first directory of :func:`stmedfm.paths.data_dirs` holding the flag's file, so users choose by precedence."""
+    """The first directory of :func:`stmedfm.core.paths.data_dirs` holding the flag's file, so users choose by precedence."""
     info = registry.get(flag)
     name = info.filename(size)
     searched = paths.data_dirs(data_dir)
@@ -150,7 +150,7 @@ def file_digests(path: str | os.PathLike, algorithms: tuple[str, ...] = ("md5",)
 def manifest_entry(path: Path) -> dict | None:
     """The entry of ``MANIFEST.json`` beside ``path`` naming it (with a sha256), or None.
 
-    Public because the writers of synthetic files (:mod:`stmedfm.synthetic`, ``stmedfm bench``) read it too: an
+    Public because the writers of synthetic files (:mod:`stmedfm.data.synthetic`, ``stmedfm bench``) read it too: an
     entry saying ``synthetic`` with the wanted split sizes means the file need not be written again."""
     manifest = path.parent / paths.MANIFEST_NAME
     try:
@@ -559,8 +559,8 @@ def release_cache() -> None:
 def load_task(flag: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> TaskData:
     """Locate, verify and map all splits of one task (see the module docstring), cached in-process.
 
-    Never downloads: this module sits below :mod:`stmedfm.download` (which verifies with it), so fetching a
-    missing file first is :func:`stmedfm.download.load_or_download`."""
+    Never downloads: this module sits below :mod:`stmedfm.data.download` (which verifies with it), so fetching a
+    missing file first is :func:`stmedfm.data.download.load_or_download`."""
     info = registry.get(flag)
     registry.check_size(size)
     path = locate(info.flag, size, data_dir)

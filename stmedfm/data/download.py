@@ -33,8 +33,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stmedfm import __version__, data, paths, registry
-from stmedfm.errors import StmedfmError
+from stmedfm import __version__, data
+from stmedfm.core import paths, registry
+from stmedfm.core.errors import StmedfmError
 
 CHUNK = 1 << 20  # 1 MiB
 TIMEOUT = 60.0  # seconds without data before a connection counts as failed
@@ -273,7 +274,7 @@ def download(
     timeout: float = TIMEOUT,
     deadline: float = DEADLINE,
 ) -> Path:
-    """Download one flag's file into :func:`stmedfm.paths.download_dir` and return its path.
+    """Download one flag's file into :func:`stmedfm.core.paths.download_dir` and return its path.
 
     Returns at once when a verified file is already there. ``deadline`` bounds the whole download (attempts and
     waits) in seconds; ``timeout`` bounds one wait for data. ``.part`` files of this flag left by a killed

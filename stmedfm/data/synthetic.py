@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stmedfm import data, paths, registry
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_path
-from stmedfm.registry import SPLITS, FlagInfo
+from stmedfm import data
+from stmedfm.core import paths, registry
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_path
+from stmedfm.core.registry import SPLITS, FlagInfo
 
 DEFAULT_N = {"train": 64, "val": 16, "test": 32}
 NOISE_SD = 20.0
@@ -138,7 +139,7 @@ def _merge_manifest(directory: Path, entries: list[dict]) -> None:
     doc["files"] = files
     doc.setdefault(
         "synthetic_note",
-        "Entries with synthetic: true are generated test files (stmedfm.synthetic); never report them as results.",
+        "Entries with synthetic: true are generated test files (stmedfm.data.synthetic); never report them as results.",
     )
     text = json.dumps(doc, indent=2) + "\n"
     _write_atomic(manifest, lambda fh: fh.write(text.encode()))

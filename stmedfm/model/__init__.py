@@ -3,7 +3,7 @@
 Both stems always exist, even in a single-task model, because the paper's Table 4 "total" counts include both
 (2D stem 56,320 + 3D stem 69,664 + encoder 33,536 + one head 64*C + C). Heads are plain ``Linear(width, C)``
 layers keyed by task, so the multi-task checkpoint carries one head per pretraining task and a downstream model
-keeps only its own (:meth:`STMedFM.keep_heads`). LoRA and adapters are added later by :mod:`stmedfm.peft`;
+keeps only its own (:meth:`STMedFM.keep_heads`). LoRA and adapters are added later by :mod:`stmedfm.model.peft`;
 this module only leaves the places for them (``ResidualMLPBlock.fc1/fc2`` and ``Encoder.adapters``).
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from stmedfm import registry
-from stmedfm.errors import StmedfmError
+from stmedfm.core import registry
+from stmedfm.core.errors import StmedfmError
 
 __all__ = ["ResidualMLPBlock", "Encoder", "STMedFM", "stem2d", "stem3d"]
 
@@ -40,7 +40,7 @@ class ResidualMLPBlock(nn.Module):
 class Encoder(nn.Module):
     """The shared, modality-agnostic part: ``n_blocks`` residual MLP blocks and a final LayerNorm.
 
-    ``adapters`` stays empty for the plain model (so it adds no parameters); :func:`stmedfm.peft.add_adapters`
+    ``adapters`` stays empty for the plain model (so it adds no parameters); :func:`stmedfm.model.peft.add_adapters`
     fills it with one adapter per block, applied right after that block ("after the encoder MLP blocks").
     """
 
@@ -54,7 +54,7 @@ class Encoder(nn.Module):
         if self.adapters and len(self.adapters) != len(self.blocks):
             raise StmedfmError(
                 f"The encoder has {len(self.blocks)} blocks but {len(self.adapters)} adapters; "
-                "add adapters with stmedfm.peft.add_adapters, which inserts exactly one per block."
+                "add adapters with stmedfm.model.peft.add_adapters, which inserts exactly one per block."
             )
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -96,7 +96,7 @@ class STMedFM(nn.Module):
     """Cross-modal multi-task backbone: ``head[task](encoder(stem_{2D|3D}(x)))``.
 
     ``tasks`` is either a mapping ``flag -> n_classes`` or an iterable of MedMNIST flags (classes and
-    dimensionality then come from :mod:`stmedfm.registry`). A head for a name outside the registry is added with
+    dimensionality then come from :mod:`stmedfm.core.registry`). A head for a name outside the registry is added with
     :meth:`add_head` giving both ``n_classes`` and ``dim``. Defaults reproduce the paper (width 64, hidden 128,
     2 blocks); ``ln_affine=False`` gives parameter-free LayerNorms for ablations.
     """

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 
 def softmax(logits) -> np.ndarray:

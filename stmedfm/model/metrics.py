@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 NLL_EPS = 1e-12
 _ROW_SUM_ATOL = 1e-3  # loose enough for float32 softmax, tight enough to catch logits passed as probs
@@ -63,7 +63,7 @@ def _check(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
     if p.min() < -1e-6 or p.max() > 1 + 1e-6 or not np.allclose(p.sum(axis=1), 1.0, atol=_ROW_SUM_ATOL):
         raise StmedfmError(
             "probs rows must be probabilities in [0, 1] summing to 1; these look like logits or scores. "
-            "Apply a softmax first (stmedfm.calibration.softmax)."
+            "Apply a softmax first (stmedfm.model.calibration.softmax)."
         )
     return y.astype(np.int64), p
 

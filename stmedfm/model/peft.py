@@ -1,4 +1,4 @@
-"""The model surgery behind the adaptation strategies of :mod:`stmedfm.strategies` (paper section III.E).
+"""The model surgery behind the adaptation strategies of :mod:`stmedfm.core.strategies` (paper section III.E).
 
 The registry declares each strategy; this module implements the pieces it names: module kinds a strategy inserts
 (:data:`INSERTS`) and parameter groups it trains (:data:`GROUPS`). LoRA (Hu et al., 2022) wraps the four encoder
@@ -7,7 +7,7 @@ residual bottleneck after each encoder block. Both are initialised so that inser
 outputs unchanged, which is what makes "Pretrain+PEFT" start exactly from the pretrained function.
 
 The ``'peft'`` insert is generic: it builds the Hugging Face peft config a strategy's
-:class:`~stmedfm.strategies.PeftMethod` describes (:func:`peft_config`) and injects it into the model in place
+:class:`~stmedfm.core.strategies.PeftMethod` describes (:func:`peft_config`) and injects it into the model in place
 (:func:`add_peft`), so the model stays an :class:`~stmedfm.model.STMedFM` (same forward, same stems, same state-dict
 layout around the wrapped layers) and every peft method takes the training path of our own LoRA. Its trainable
 group ``'peft'`` is exactly the parameters peft lists as the method's own (``adapter_layer_names`` of each tuner
@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from stmedfm import registry, strategies
-from stmedfm import strategies as strategies_  # parameter_table's argument is named strategies
-from stmedfm.errors import StmedfmError
+from stmedfm.core import registry, strategies
+from stmedfm.core import strategies as strategies_  # parameter_table's argument is named strategies
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
 
 __all__ = [
@@ -306,7 +306,7 @@ def _check_task(model: STMedFM, task: str) -> None:
     if task not in model.heads:
         raise StmedfmError(
             f"The model has no head for task '{task}' (heads: {', '.join(model.heads) or 'none'}); "
-            f"add one with model.add_head('{task}') or use stmedfm.peft.prepare, which adds it."
+            f"add one with model.add_head('{task}') or use stmedfm.model.peft.prepare, which adds it."
         )
 
 
@@ -324,12 +324,12 @@ def set_trainable(model: STMedFM, strategy: str, task: str, method: strategies.P
     for kind in spec.inserts:
         if not INSERTS[kind][0](model):
             raise StmedfmError(f"Strategy '{strategy}' needs {_INSERT_NAMES.get(kind, kind)}: call "
-                               f"stmedfm.peft.prepare(model, '{strategy}', task).")
+                               f"stmedfm.model.peft.prepare(model, '{strategy}', task).")
         if kind == "peft":
             _check_peft(model, strategy, method)
     if spec.surgery is not None and not spec.surgery.present(model):
         raise StmedfmError(f"Strategy '{strategy}' needs its own modules: call "
-                           f"stmedfm.peft.prepare(model, '{strategy}', task).")
+                           f"stmedfm.model.peft.prepare(model, '{strategy}', task).")
     for p in model.parameters():
         p.requires_grad_(False)
     for group in spec.trains:
@@ -349,10 +349,10 @@ def prepare(
 ) -> STMedFM:
     """Make ``model`` ready to train ``task`` with ``strategy``: add its head if missing, insert the modules the
     strategy declares (unless already there), then :func:`set_trainable`. Returns ``model``. ``options``: the
-    strategy's own options as a study resolves them (:func:`stmedfm.options.resolve`: LoRA's ``r``/``alpha``, the
+    strategy's own options as a study resolves them (:func:`stmedfm.core.options.resolve`: LoRA's ``r``/``alpha``, the
     adapter's ``bottleneck``, a method's own), which take precedence over ``lora_r``, ``lora_alpha`` and
     ``adapter_bottleneck`` (the shared fields, kept for callers that have no study). ``method``: the strategy's peft
-    method with a study's own option values (:func:`stmedfm.options.peft_method`); None = as registered.
+    method with a study's own option values (:func:`stmedfm.core.options.peft_method`); None = as registered.
     """
     spec = strategies.get(strategy)
     if task not in model.heads:
@@ -389,9 +389,9 @@ def parameter_table(
     """Table 4 recomputed: one fresh single-head model per (task, strategy); columns task, strategy, total,
     trainable. Needs no data or training, since counts depend only on the architecture: pass every option that
     shapes it (``StudyConfig.count_options()``: width, LayerNorm affine, the shared LoRA rank and adapter bottleneck,
-    and each strategy's own options, ``strategy_options``: strategy -> :func:`stmedfm.options.resolve`), or the
+    and each strategy's own options, ``strategy_options``: strategy -> :func:`stmedfm.core.options.resolve`), or the
     counts are those of another model than the study trained (``tests/test_tuners.py`` compares every count with
-    the model training builds). ``strategies``: default the paper's (:data:`stmedfm.strategies.PAPER`).
+    the model training builds). ``strategies``: default the paper's (:data:`stmedfm.core.strategies.PAPER`).
     """
     rows = []
     strategies = strategies_.PAPER if strategies is None else strategies

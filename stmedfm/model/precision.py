@@ -18,7 +18,7 @@ AMD EPYC Zen 4 (avx512_bf16, no AMX) bf16 autocast was measured faster than fp32
 this model (see :data:`NATIVE_CPU_FLAGS`); on CPUs with neither flag bf16 is emulated (7x slower on an AVX2 EPYC),
 so ``auto`` stays fp32 there, and ``stmedfm bench`` says so instead of timing it.
 
-Run identity (:mod:`stmedfm.planning`): precision enters a run's id only when it is not fp32, and ``auto`` enters as
+Run identity (:mod:`stmedfm.run.planning`): precision enters a run's id only when it is not fp32, and ``auto`` enters as
 what it resolved to, so ``auto`` on a CPU without native bf16 *is* the fp32 run.
 """
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from stmedfm import registry
-from stmedfm.errors import StmedfmError
-from stmedfm.provenance import cpu_flags  # one definition, there
+from stmedfm.core import registry
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.provenance import cpu_flags  # one definition, there
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  #: fp16 is CUDA only (what ``auto`` picks on a T4)
 #: CPU flags (as in /proc/cpuinfo) that count as native bf16 for ``auto``; see the module docstring

@@ -1,6 +1,6 @@
 """``stmedfm bench``: our pipeline side by side with a MedMNIST-style one, on the same machine, in one run.
 
-The **baseline** (:mod:`stmedfm.bench_baseline`, imported by nothing else) is how MedMNIST's own examples train:
+The **baseline** (:mod:`stmedfm.run.bench_baseline`, imported by nothing else) is how MedMNIST's own examples train:
 a per-item ``Dataset`` with PIL / numpy transforms, a ``DataLoader`` in the same process, NCHW, fp32, every run in
 one process with torch's default threads and glibc's default allocator. It trains the same model with the same
 batch sizes, budgets, batch indices and evaluation splits as ours; it only differs in how batches are made and fed.
@@ -33,7 +33,7 @@ and the operators with the most self CPU time, written to ``results/profile.csv`
 Measured, and left out (docs/performance.md): ``torch.compile`` (30 s to compile the 3D training step, which
 then ran slower; 1.28x on 3D evaluation after 4 s per graph, and every strategy, batch size and worker needs its
 own graphs: it does not pay back in a study of a few minutes); bf16 autocast by default (7x slower on CPUs without
-native bf16; faster where it is native: ``precision: bf16 | auto``, :mod:`stmedfm.precision`); the first 3D
+native bf16; faster where it is native: ``precision: bf16 | auto``, :mod:`stmedfm.model.precision`); the first 3D
 convolution as a 2D convolution over depth slices (about 5 % on 3D training throughput, within the noise of the
 measure, and it would change the 3D numbers); in-place ReLU (no difference).
 
@@ -57,24 +57,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stmedfm import bench_baseline as baseline
+from stmedfm.run import bench_baseline as baseline
 from stmedfm import data as D
-from stmedfm import measures, paths, registry, scaling
-from stmedfm.config import PAPER_TASKS, StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.executors import prepare_worker, restore_allocator
-from stmedfm.io import atomic_write_text
-from stmedfm.peft import prepare
-from stmedfm.planning import preflight, study_data, unique_runs
-from stmedfm.records import plan, pretrain_jobs
-from stmedfm import precision as P  # P.cpu_flags looked up at call time: tests stand in another CPU
-from stmedfm.precision import NATIVE_CPU_FLAGS, native_cpu_bf16, resolve
-from stmedfm.provenance import cpu_model, isa_summary
-from stmedfm.stats import mean_ci
-from stmedfm.strategies import FULL, LORA, SCRATCH
-from stmedfm.study import default_workers, run_study
-from stmedfm.synthetic import split_sizes, write_synthetic, write_synthetic_streaming
-from stmedfm.train import (PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, build_model, generator,
+from stmedfm.core import measures, paths, registry
+from stmedfm.run import scaling
+from stmedfm.core.config import PAPER_TASKS, StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.executors import prepare_worker, restore_allocator
+from stmedfm.core.io import atomic_write_text
+from stmedfm.model.peft import prepare
+from stmedfm.run.planning import preflight, study_data, unique_runs
+from stmedfm.core.records import plan, pretrain_jobs
+from stmedfm.model import precision as P  # P.cpu_flags looked up at call time: tests stand in another CPU
+from stmedfm.model.precision import NATIVE_CPU_FLAGS, native_cpu_bf16, resolve
+from stmedfm.core.provenance import cpu_model, isa_summary
+from stmedfm.core.stats import mean_ci
+from stmedfm.core.strategies import FULL, LORA, SCRATCH
+from stmedfm.run.study import default_workers, run_study
+from stmedfm.data.synthetic import split_sizes, write_synthetic, write_synthetic_streaming
+from stmedfm.run.train import (PHASE_EVALUATE, PHASE_METRICS, PHASE_PRETRAIN, PHASE_TRAIN, build_model, generator,
                            make_pool, predict_logits, pretrain, run_downstream, train_steps)
 
 COLUMNS = ["measure", "ours", "baseline", "ratio", "unit", "machine"]
@@ -107,7 +108,7 @@ def profile_protocol(cfg: StudyConfig, top: int = 15) -> pd.DataFrame:
     stays bounded however long the protocol is (one profiler over a whole study holds millions of events).
 
     Returns a tidy frame (:data:`PROFILE_COLUMNS`): ``kind`` 'total' (profiled wall time), 'phase' (pretrain,
-    train, evaluate, metrics: the annotations of :mod:`stmedfm.train`, inclusive; 'other' is building models
+    train, evaluate, metrics: the annotations of :mod:`stmedfm.run.train`, inclusive; 'other' is building models
     and drawing subsets) and 'op' (the ``top`` operators by self CPU time, summed over runs).
     ``share`` is a fraction of the total. The profiler adds its own overhead to every operator call, so shares
     are what to compare, not seconds.
@@ -293,7 +294,7 @@ def _measure(payload: dict) -> dict:
         psutil = None
     with tempfile.TemporaryDirectory(prefix="stmedfm-bench-") as tmp:
         out_path, err_path = Path(tmp) / "out.json", Path(tmp) / "err.txt"
-        cmd = [sys.executable, "-m", "stmedfm.bench", json.dumps(payload), str(out_path)]
+        cmd = [sys.executable, "-m", "stmedfm.run.bench", json.dumps(payload), str(out_path)]
         env = {**os.environ, "KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6")}  # no profiler chatter
         with open(err_path, "w") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=os.getcwd(), env=env)
@@ -609,10 +610,10 @@ def run_size_bench(sizes=SIZES, scale: float = 1.0, out: str | os.PathLike | Non
 def run_scaling_bench(vstudy, params: str | None = None, seeds: int = 2, data_dir: str | os.PathLike | None = None,
                       rounds: int = 2, out: str | os.PathLike | None = None, log=print) -> pd.DataFrame:
     """``stmedfm bench --scaling``: a study (default params/smoke.yaml, ``seeds`` seeds) on a Dask LocalCluster of 1
-    and 2 workers, interleaved, the fastest of ``rounds`` kept; then the model of :mod:`stmedfm.scaling`, its
+    and 2 workers, interleaved, the fastest of ``rounds`` kept; then the model of :mod:`stmedfm.run.scaling`, its
     serial seconds fitted at 1 worker, checked against the 2-worker measure and projected to many workers; and
     the variants of ``vstudy`` (the command line: params/beyond_smoke.yaml, 2 workers; loaded there, so the
-    benchmark's measure processes never import the plotting of :mod:`stmedfm.variants`) on one warm local pool
+    benchmark's measure processes never import the plotting of :mod:`stmedfm.analysis.variants`) on one warm local pool
     vs a pool per variant."""
     _, mach, out, load = _begin(" --scaling", False, 2, out, log)
     params = params or str(paths.params_dir() / "smoke.yaml")
@@ -667,6 +668,6 @@ def format_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # one measure in a fresh process: python -m stmedfm.bench PAYLOAD_JSON OUT_JSON
+if __name__ == "__main__":  # one measure in a fresh process: python -m stmedfm.run.bench PAYLOAD_JSON OUT_JSON
     result = _child_main(json.loads(sys.argv[1]))
     Path(sys.argv[2]).write_text(json.dumps(result))

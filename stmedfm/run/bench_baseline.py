@@ -8,7 +8,7 @@ cannot be PIL images, so their per-item transforms are numpy (as MedMNIST's 3D e
 model with the same batch sizes, budgets, batch indices and evaluation splits as the study; it only differs in
 how batches are made and fed.
 
-Only :mod:`stmedfm.bench` imports this module (an import-linter ``protected`` contract in ``pyproject.toml``):
+Only :mod:`stmedfm.run.bench` imports this module (an import-linter ``protected`` contract in ``pyproject.toml``):
 it is a yardstick, never a way to compute results.
 """
 
@@ -20,11 +20,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stmedfm import data as D
-from stmedfm import registry
-from stmedfm.config import StudyConfig
-from stmedfm.planning import preflight, study_data, unique_runs
-from stmedfm.records import plan, pretrain_jobs
-from stmedfm.train import (build_model, derive_seed, downstream_model, eval_subset, generator, make_pool, optimizer,
+from stmedfm.core import registry
+from stmedfm.core.config import StudyConfig
+from stmedfm.run.planning import preflight, study_data, unique_runs
+from stmedfm.core.records import plan, pretrain_jobs
+from stmedfm.run.train import (build_model, derive_seed, downstream_model, eval_subset, generator, make_pool, optimizer,
                            run_metrics, task_schedule)
 
 

@@ -2,13 +2,13 @@
 
 peft's ``method_comparison`` reports each method's training time and peak memory beside its accuracy and
 trainable count; this is that measure for our strategies (issue 28), written to ``results/<study>/bench_methods.csv`` and
-joined onto the methods tables by :func:`stmedfm.methods.summary`.
+joined onto the methods tables by :func:`stmedfm.analysis.methods.summary`.
 
 **How peak memory is measured, and why so.** Each strategy's run happens in a fresh Python process (nothing of
 another method's allocations is left in the heap). The process loads the task and builds the starting model first,
 and warms up with a 2-step run of the same method (torch initialises its kernels and autograd engine once per
 process, ~100 MiB that no method owns), then resets the kernel's resident-set high-water mark (``/proc/self/clear_refs``, value 5, Linux ≥ 4.0) and runs
-the training half of a run (:func:`stmedfm.train.adapt`: building the single-head model, inserting the method,
+the training half of a run (:func:`stmedfm.run.train.adapt`: building the single-head model, inserting the method,
 ``steps`` optimiser steps). ``peak_train_mib`` is the high-water mark after training minus the resident set just
 before it: the memory the method's training adds, which is what differs between methods. On CPU, torch has no
 ``max_memory_allocated`` (peft reads it on GPUs), and Python's ``tracemalloc`` does not see torch's buffers, so the
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stmedfm import paths
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_text
-from stmedfm.methods import BENCH_CSV
+from stmedfm.core import paths
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_write_text
+from stmedfm.analysis.methods import BENCH_CSV
 
 COLUMNS = ["strategy", "task", "steps", "train_seconds", "peak_train_mib", "rss_before_mib", "trainable_params",
            "rounds", "memory_method", "machine"]
@@ -68,12 +68,12 @@ def measure_one(params: str | None, overrides: dict, strategy: str, task: str) -
     import torch
 
     from stmedfm import data as D
-    from stmedfm import strategies
-    from stmedfm.config import StudyConfig
-    from stmedfm.records import RunSpec
-    from stmedfm.train import adapt, build_model
+    from stmedfm.core import strategies
+    from stmedfm.core.config import StudyConfig
+    from stmedfm.core.records import RunSpec
+    from stmedfm.run.train import adapt, build_model
 
-    torch.set_num_threads(1)  # as in a pool worker (stmedfm.executors)
+    torch.set_num_threads(1)  # as in a pool worker (stmedfm.run.executors)
     cfg = StudyConfig.load(params, overrides)
     pretrained = strategies.get(strategy).pretrained
     pretrain = tuple(cfg.pretrain_tasks) if pretrained else ()
@@ -100,7 +100,7 @@ def _measure_in_child(params: str | None, overrides: dict, strategy: str, task: 
     with tempfile.TemporaryDirectory(prefix="stmedfm-bench-methods-") as tmp:
         out = Path(tmp) / "out.json"
         payload = json.dumps({"params": params, "overrides": overrides, "strategy": strategy, "task": task})
-        proc = subprocess.run([sys.executable, "-m", "stmedfm.bench_methods", payload, str(out)],
+        proc = subprocess.run([sys.executable, "-m", "stmedfm.run.bench_methods", payload, str(out)],
                               capture_output=True, text=True, cwd=os.getcwd())
         if proc.returncode != 0 or not out.is_file():
             raise StmedfmError(f"bench --methods: the run of {strategy} on {task} failed (exit {proc.returncode}): "
@@ -113,9 +113,9 @@ def run_methods_bench(params: str, task: str | None = None, strategies_: list[st
     """Every strategy of ``params`` (or ``strategies_``) on ``task`` (default: the parameter file's first
     few-shot task, else its last downstream task), each in its own process, ``rounds`` interleaved rounds
     (median kept); written to ``out`` (default ``results/<study>/bench_methods.csv``, beside the study's tables,
-    where :func:`stmedfm.methods.summary` finds it)."""
-    from stmedfm.bench import machine
-    from stmedfm.config import StudyConfig
+    where :func:`stmedfm.analysis.methods.summary` finds it)."""
+    from stmedfm.run.bench import machine
+    from stmedfm.core.config import StudyConfig
 
     overrides = {"data_dir": data_dir} if data_dir else {}
     cfg = StudyConfig.load(params, overrides)

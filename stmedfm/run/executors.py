@@ -16,7 +16,7 @@ Executors (pick one with :func:`make_executor`):
   ``$DASK_SCHEDULER_ADDRESS``) or a ``distributed.Client``. Dask is an optional extra (``pip install
   'stmedfm[dask]'``) and is imported only here, only when asked for.
 
-Every task is a pure function of its arguments (see :mod:`stmedfm.train`), so the executor changes the wall
+Every task is a pure function of its arguments (see :mod:`stmedfm.run.train`), so the executor changes the wall
 time and never a number: the same seed gives bit-identical metrics inline, on a pool of any size or on a cluster.
 Workers never touch the result store. Large values shared by many tasks (a pretrained checkpoint, as bytes) go
 through :meth:`Executor.share`, which a cluster turns into one scattered object instead of one copy per task (and
@@ -47,8 +47,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from stmedfm import __version__
-from stmedfm.errors import StmedfmError
-from stmedfm.scheduler import (CLIENT_TIMEOUT, CONNECT_TIMEOUT, ENV_SCHEDULER, LOCAL, check_scheduler,
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.scheduler import (CLIENT_TIMEOUT, CONNECT_TIMEOUT, ENV_SCHEDULER, LOCAL, check_scheduler,
                                import_distributed, resolve_scheduler)
 
 
@@ -120,7 +120,7 @@ _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 @contextlib.contextmanager
 def single_thread():
     """Run the block with one torch thread, as every worker runs its tasks: reductions then add in the same order,
-    so a run recomputed here (e.g. by :func:`stmedfm.inference.load_model`) gives the worker's very floats."""
+    so a run recomputed here (e.g. by :func:`stmedfm.run.inference.load_model`) gives the worker's very floats."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

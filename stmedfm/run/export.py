@@ -1,9 +1,9 @@
 """``stmedfm export``: one trained model of a result store as a folder in the Hugging Face convention.
 
 ``export(store, out, task=, strategy=, seed=)`` writes the downstream model of one transfer run (the model
-:func:`stmedfm.inference.load_model` returns, re-materialised and checked against the stored metrics when the
+:func:`stmedfm.run.inference.load_model` returns, re-materialised and checked against the stored metrics when the
 store has not kept it); ``export(store, out, pretrained=True, seed=)`` writes the multi-task checkpoint of that
-seed with every pretraining head (the backbone to adapt). The folder (:mod:`stmedfm.hub`): ``model.safetensors``,
+seed with every pretraining head (the backbone to adapt). The folder (:mod:`stmedfm.run.hub`): ``model.safetensors``,
 ``config.json`` (architecture, strategy, heads and class names, input convention, the study's parameters,
 provenance, the weights' sha256) and ``README.md``, a model card written with ``huggingface_hub.ModelCard`` /
 ``ModelCardData`` whose numbers are read from the store (this run's test metrics; mean ± 95 % CI over the store's
@@ -26,15 +26,16 @@ import pandas as pd
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from stmedfm import hub, registry, strategies
-from stmedfm.errors import StmedfmError
-from stmedfm.inference import load_model
+from stmedfm.core import registry, strategies
+from stmedfm.run import hub
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.inference import load_model
 from stmedfm.model import STMedFM
-from stmedfm.planning import job_id, study_data
-from stmedfm.records import PretrainJob
-from stmedfm.provenance import software
-from stmedfm.store import ResultStore, checkpoint_state
-from stmedfm.tables import METRIC_TABLES, summarise
+from stmedfm.run.planning import job_id, study_data
+from stmedfm.core.records import PretrainJob
+from stmedfm.core.provenance import software
+from stmedfm.run.store import ResultStore, checkpoint_state
+from stmedfm.analysis.tables import METRIC_TABLES, summarise
 
 __all__ = ["export", "default_name"]
 
@@ -159,9 +160,9 @@ def _card(store: ResultStore, cfg, config: dict, digest: str) -> ModelCard:
               "Research and education: reproducing and extending a study of small multi-task backbones on MedMNIST. "
               "**Not for clinical use**: it was trained on 28-pixel research images, at small budgets, and is "
               "validated for nothing but the metrics below.", "",
-              "```python", "from stmedfm.inference import load_model", f'm = load_model("{name}")   # this folder',
+              "```python", "from stmedfm.run.inference import load_model", f'm = load_model("{name}")   # this folder',
               "probabilities = m.predict(images)   # uint8 images in MedMNIST's layout", "```", "",
-              "or `stmedfm.hub.STMedFMHub.from_pretrained(folder)` for the `torch.nn.Module` (forward(x, task)).", "",
+              "or `stmedfm.run.hub.STMedFMHub.from_pretrained(folder)` for the `torch.nn.Module` (forward(x, task)).", "",
               "## Training data and budgets", "",
               "| flag | role | classes | official split sizes (train / val / test) | licence | file used |", "|---|---|---|---|---|---|"]
     for f in flags:

@@ -1,6 +1,6 @@
 """A trained model as a shareable artefact: a folder in the Hugging Face convention, loaded without retraining.
 
-A folder written by ``stmedfm export`` (:mod:`stmedfm.export`) holds ``model.safetensors`` (the weights),
+A folder written by ``stmedfm export`` (:mod:`stmedfm.run.export`) holds ``model.safetensors`` (the weights),
 ``config.json`` (the architecture, the strategy and its options, the task heads and class names, the input
 convention, the study's parameters and provenance, and the sha256 of the weights) and ``README.md`` (the model
 card). :class:`STMedFMHub` is the model class with Hugging Face's :class:`~huggingface_hub.PyTorchModelHubMixin`,
@@ -8,12 +8,12 @@ so ``STMedFMHub.from_pretrained(folder_or_hub_id)``, ``save_pretrained`` and ``p
 own; safetensors reads and writes the weights (no pickle). What this module adds, and why it is ours:
 
 * the constructor rebuilds the *adapted* model from ``config.json`` — the strategy's modules (LoRA, adapters, a peft
-  method) are inserted by :data:`stmedfm.peft.INSERTS`, the same surgery training used, so the state dict's keys
+  method) are inserted by :data:`stmedfm.model.peft.INSERTS`, the same surgery training used, so the state dict's keys
   are the trained model's and the load is strict (a missing or extra tensor is an error, not a silent default);
 * the weights' sha256, recorded in ``config.json`` when the folder is written, is checked before they are read: a
   changed or truncated file is refused in one line.
 
-The layer: below :mod:`stmedfm.inference` (whose ``load_model`` reads such a folder), above :mod:`stmedfm.peft`.
+The layer: below :mod:`stmedfm.run.inference` (whose ``load_model`` reads such a folder), above :mod:`stmedfm.model.peft`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 
-from stmedfm import peft as P
-from stmedfm import strategies
-from stmedfm.errors import StmedfmError
+from stmedfm.model import peft as P
+from stmedfm.core import strategies
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
-from stmedfm.seal import sha256_file  # one streaming digest for stores and exports
+from stmedfm.core.seal import sha256_file  # one streaming digest for stores and exports
 
 __all__ = ["STMedFMHub", "WEIGHTS", "CONFIG", "FORMAT", "sha256_file", "is_export", "read_config"]
 
@@ -70,7 +70,7 @@ def _peft_method(value: dict | None) -> strategies.PeftMethod | None:
 
 
 def peft_dict(method: strategies.PeftMethod | None) -> dict | None:
-    """A :class:`~stmedfm.strategies.PeftMethod` as JSON (what :class:`STMedFMHub` rebuilds it from)."""
+    """A :class:`~stmedfm.core.strategies.PeftMethod` as JSON (what :class:`STMedFMHub` rebuilds it from)."""
     if method is None:
         return None
     return {"config": method.config, "targets": method.targets,

@@ -10,12 +10,12 @@ tables report (a mismatch, e.g. another torch, raises instead of handing out a d
 then kept as ``results/<study>/models/<run id>.pt`` (the model's ``state_dict``, read back with
 ``weights_only=True``), so the next load takes milliseconds. Run ids and the store's other files are unchanged.
 
-A model to hand on is a folder written by ``stmedfm export`` (:mod:`stmedfm.export`, :mod:`stmedfm.hub`:
+A model to hand on is a folder written by ``stmedfm export`` (:mod:`stmedfm.run.export`, :mod:`stmedfm.run.hub`:
 safetensors weights, config.json, a model card); ``load_model(folder)`` reads it, checks its sha256 and trains
 nothing. The repository commits the reference study's seed-0 backbone and one adapted model per task in
 ``models/`` (docs/models.md):
 
->>> from stmedfm.inference import load_model
+>>> from stmedfm.run.inference import load_model
 >>> m = load_model("models/stmedfm-offline-bloodmnist-adapter-seed0")
 >>> m.predict(images)            # (N, 28, 28, 3) uint8 as in MedMNIST's .npz -> (N, 8) class probabilities
 >>> m.labels[m.predict(images).argmax(1)]
@@ -33,17 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stmedfm import hub, registry, seal
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.executors import single_thread
+from stmedfm.core import registry, seal
+from stmedfm.run import hub
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.executors import single_thread
 from stmedfm.model import STMedFM
-from stmedfm.planning import job_id, study_data
-from stmedfm.records import PretrainJob, RunSpec
-from stmedfm.planning import run_id as make_id
-from stmedfm.registry import FlagInfo
-from stmedfm.store import ResultStore, checkpoint_state
-from stmedfm.train import adapt, downstream_model, evaluate, predict_logits
+from stmedfm.run.planning import job_id, study_data
+from stmedfm.core.records import PretrainJob, RunSpec
+from stmedfm.run.planning import run_id as make_id
+from stmedfm.core.registry import FlagInfo
+from stmedfm.run.store import ResultStore, checkpoint_state
+from stmedfm.run.train import adapt, downstream_model, evaluate, predict_logits
 
 __all__ = ["TrainedModel", "load_model", "find_run"]
 
@@ -109,7 +110,7 @@ def find_run(store, task: str | None = None, strategy: str | None = None, seed: 
              experiment: str = "transfer", run_id: str | None = None, data=None):
     """``(run id, RunSpec)`` of one finished run of the store's plan: by ``run_id``, or the ``experiment``'s run of
     ``task`` x ``strategy`` x ``seed`` (default: the first task, strategy and seed of the config). ``data``: the
-    identities of the study's files (:func:`stmedfm.planning.study_data`, read when None)."""
+    identities of the study's files (:func:`stmedfm.run.planning.study_data`, read when None)."""
     cfg = store.config()
     data = study_data(cfg) if data is None else data
     runs = [(make_id(cfg, p.spec, data), p) for p in store.planned(cfg, data)]

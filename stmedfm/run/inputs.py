@@ -1,7 +1,7 @@
 """The tables that describe the study's inputs rather than its results: the data files (Table 1, split sizes, class
 distributions; notebook 01), parameter counts computed from the model (Table 4 beside the paper's, notebook 02;
 every strategy's counts, notebook 10) and the software that computes. They load files and build models, so they
-need torch; the report of results (:mod:`stmedfm.report`, :mod:`stmedfm.tables`) reads parameter counts from the
+need torch; the report of results (:mod:`stmedfm.analysis.report`, :mod:`stmedfm.analysis.tables`) reads parameter counts from the
 store (``runs.csv``) and imports none of it (``tests/test_architecture.py``).
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stmedfm import registry, strategies
-from stmedfm.config import PAPER_TASKS, StudyConfig
+from stmedfm.core import registry, strategies
+from stmedfm.core.config import PAPER_TASKS, StudyConfig
 from stmedfm.data import class_weights, load_task, status_table
-from stmedfm.peft import parameter_table
-from stmedfm.report import paper_params, role_assignments
+from stmedfm.model.peft import parameter_table
+from stmedfm.analysis.report import paper_params, role_assignments
 
 __all__ = ["table1", "split_sizes", "class_distribution", "imbalance_summary", "table4_against_paper", "counts",
            "package_versions"]

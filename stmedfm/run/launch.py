@@ -3,19 +3,19 @@
 
 The order is what keeps a failure cheap and traceless: the ``--reuse`` stores are checked, the executor is
 connected (a scheduler that cannot be reached stops here), and only then is the result folder claimed for the
-parameter file (:func:`stmedfm.studyname.claim`: refused when it holds another study or another file's results;
-the data files fetched when ``download`` is on) and the study run (:func:`stmedfm.study.run_study`).
+parameter file (:func:`stmedfm.run.studyname.claim`: refused when it holds another study or another file's results;
+the data files fetched when ``download`` is on) and the study run (:func:`stmedfm.run.study.run_study`).
 """
 
 from __future__ import annotations
 
 import os
 
-from stmedfm.config import StudyConfig
-from stmedfm.executors import connect
-from stmedfm.store import ResultStore
-from stmedfm.study import reuse_sources, run_study
-from stmedfm.studyname import claim
+from stmedfm.core.config import StudyConfig
+from stmedfm.run.executors import connect
+from stmedfm.run.store import ResultStore
+from stmedfm.run.study import reuse_sources, run_study
+from stmedfm.run.studyname import claim
 
 __all__ = ["run"]
 

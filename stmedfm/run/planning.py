@@ -1,6 +1,6 @@
 """What a study computes, and under which identity: the runs its parameters plan, and whether their files are here.
 
-* :func:`stmedfm.records.plan` turns a :class:`~stmedfm.config.StudyConfig` into pretraining jobs and downstream
+* :func:`stmedfm.core.records.plan` turns a :class:`~stmedfm.core.config.StudyConfig` into pretraining jobs and downstream
   runs (no torch); here, each gets its identity (:func:`run_id`, :func:`job_id`). A run is identified
   by what defines it (task, strategy, steps, lr, class weights, starting checkpoint, K, split, seed, the training
   fields of the config, and the bytes of its data when they are not the official file), not by the experiment
@@ -8,7 +8,7 @@
 * :func:`preflight` is everything that can fail before training (files missing or corrupt, K larger than a
   class), so a study stops at once, with one message, instead of after an hour.
 
-Nothing here reads or writes a result store (:mod:`stmedfm.store`) or runs anything (:mod:`stmedfm.study`): an
+Nothing here reads or writes a result store (:mod:`stmedfm.run.store`) or runs anything (:mod:`stmedfm.run.study`): an
 identity must not depend on where a run is kept or how it is executed.
 """
 
@@ -23,13 +23,14 @@ from collections.abc import Mapping
 import torch
 
 from stmedfm import data as D
-from stmedfm import download, options, paths, registry, strategies
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
+from stmedfm.core import options, paths, registry, strategies
+from stmedfm.data import download
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
-from stmedfm.peft import count_parameters, prepare
-from stmedfm.precision import NATIVE_CPU_FLAGS, identity_name, native_cpu_bf16, resolve
-from stmedfm.records import PlannedRun, PretrainJob, RunSpec
+from stmedfm.model.peft import count_parameters, prepare
+from stmedfm.model.precision import NATIVE_CPU_FLAGS, identity_name, native_cpu_bf16, resolve
+from stmedfm.core.records import PlannedRun, PretrainJob, RunSpec
 
 #: Config fields that change what a run computes (besides its RunSpec). Changing one gives new run ids.
 TRAINING_FIELDS = (
@@ -39,7 +40,7 @@ TRAINING_FIELDS = (
 #: What the shared method fields (``lora_r``, ``lora_alpha``, ``adapter_bottleneck``) put into *every* run's
 #: identity: their paper values, as constants. Decision: before issue 32 every id held the config's values, so
 #: Scratch was renamed when LoRA's rank changed; now a method's options enter only its own runs' ids (as the
-#: options that differ from its registered defaults, :func:`stmedfm.options.overrides`), and these constants keep
+#: options that differ from its registered defaults, :func:`stmedfm.core.options.overrides`), and these constants keep
 #: every id computed before (all of them at the paper's values) byte-identical.
 LEGACY_METHOD_FIELDS = {"lora_r": 4, "lora_alpha": 4.0, "adapter_bottleneck": 16}
 PRETRAIN_FIELDS = (
@@ -191,7 +192,7 @@ def check_limits(cfg: StudyConfig, flags: frozenset[str] | None = None) -> None:
 
 class DegenerateSplitWarning(UserWarning):
     """A validation or test split holds a single class: AUROC is undefined on it (and temperature scaling is fitted
-    on one class); the tables say so where a cell is empty (:func:`stmedfm.tables.summarise`)."""
+    on one class); the tables say so where a cell is empty (:func:`stmedfm.analysis.tables.summarise`)."""
 
 
 def warn_degenerate(task: D.TaskData) -> None:

@@ -1,19 +1,19 @@
-"""Running a variant study (:mod:`stmedfm.variants`): every variant through :func:`stmedfm.study.run_study` into
+"""Running a variant study (:mod:`stmedfm.analysis.variants`): every variant through :func:`stmedfm.run.study.run_study` into
 ``results/<study>/<variant>/``, then the tidy tables of all variants aggregated into ``results/<study>/``. Kept apart
-from :mod:`stmedfm.variants`, which reads and analyses those tables without torch (``tests/test_architecture.py``).
+from :mod:`stmedfm.analysis.variants`, which reads and analyses those tables without torch (``tests/test_architecture.py``).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from stmedfm import seal
-from stmedfm.executors import reusable
-from stmedfm.planning import study_data
-from stmedfm.results import MARKER
-from stmedfm.store import ResultStore
-from stmedfm.study import default_workers, run_study
-from stmedfm.variants import VariantStudy, comparisons, complete, read, summaries, variant_table, write_tables
+from stmedfm.core import seal
+from stmedfm.run.executors import reusable
+from stmedfm.run.planning import study_data
+from stmedfm.core.results import MARKER
+from stmedfm.run.store import ResultStore
+from stmedfm.run.study import default_workers, run_study
+from stmedfm.analysis.variants import VariantStudy, comparisons, complete, read, summaries, variant_table, write_tables
 
 __all__ = ["run", "results", "aggregate"]
 

@@ -1,9 +1,9 @@
 """How a study's wall time scales with workers: measured per-task seconds, projected by replaying the scheduler.
 
-A study is a graph of tasks (:mod:`stmedfm.executors`): pretraining jobs, and runs of which most wait for one
+A study is a graph of tasks (:mod:`stmedfm.run.executors`): pretraining jobs, and runs of which most wait for one
 checkpoint. Its wall time on N single-thread workers is at least the total work over N and at least its critical
 path (a pretraining job, then the longest run of its checkpoint), plus what the client does alone (start-up,
-checks, the tables at the end). :func:`simulate` replays :func:`stmedfm.executors.run_tasks`'s policy (pretraining
+checks, the tables at the end). :func:`simulate` replays :func:`stmedfm.run.executors.run_tasks`'s policy (pretraining
 first, then the longest ready task, each worker taking the next task as it frees up) on the seconds a store
 measured: every run's ``seconds`` in ``runs.csv`` and every pretraining job's in its checkpoint. With the client's
 serial seconds fitted on a one-worker measure (:func:`serial_seconds`), :func:`projection` gives the wall time at
@@ -31,9 +31,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stmedfm.errors import StmedfmError
-from stmedfm.executors import reusable
-from stmedfm.study import PRETRAIN_PRIORITY, run_study
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.executors import reusable
+from stmedfm.run.study import PRETRAIN_PRIORITY, run_study
 
 #: Worker counts of a projection table.
 WORKERS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -157,7 +157,7 @@ def measure(cfg, workers=(1, 2), rounds: int = 1, folder: str | os.PathLike = ".
 
 
 def warm_vs_cold(study, workers: int = 2, rounds: int = 2, log=print) -> dict[str, list[float]]:
-    """Wall seconds of computing every variant of a variant study (:mod:`stmedfm.variants`), each time into a new
+    """Wall seconds of computing every variant of a variant study (:mod:`stmedfm.analysis.variants`), each time into a new
     folder, on ``workers`` local processes: ``warm``, one pool kept across the variants (what ``runvariants.run``
     does), or ``cold``, a pool spawned per variant (each worker starting Python, importing torch and loading its
     files again); interleaved (warm, cold, then cold, warm, ...) so drifting load hits both alike."""

@@ -9,9 +9,9 @@
 * ``store.json`` marks a folder as the store of one study and one kind of data (real or synthetic), so results
   of two studies, or of synthetic and real files, can never mix.
 
-Kept apart from :mod:`stmedfm.study` (which executes runs) so that inference and export open a store without the
+Kept apart from :mod:`stmedfm.run.study` (which executes runs) so that inference and export open a store without the
 execution machinery; what only *reads* a store (tables, figures, the report) uses its torch-free base
-:class:`stmedfm.results.StoredResults`.
+:class:`stmedfm.core.results.StoredResults`.
 """
 
 from __future__ import annotations
@@ -28,25 +28,26 @@ import pandas as pd
 import torch
 import yaml
 
-from stmedfm import __version__, seal, selection
+from stmedfm import __version__
+from stmedfm.core import seal, selection
 from stmedfm import data as D
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_bytes, atomic_write_text
-from stmedfm.planning import StudyData, data_kind, job_id, run_id, study_data
-from stmedfm.records import RunResult, plan, pretrain_jobs
-from stmedfm.results import MARKER, StoredResults
-from stmedfm.train import build_model, eval_subset
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_write_bytes, atomic_write_text
+from stmedfm.run.planning import StudyData, data_kind, job_id, run_id, study_data
+from stmedfm.core.records import RunResult, plan, pretrain_jobs
+from stmedfm.core.results import MARKER, StoredResults
+from stmedfm.run.train import build_model, eval_subset
 
 #: The per-image predictions of runs whose test split has at most this many images go into the store's one
 #: committed file ``predictions.npz`` (retinamnist's 400 and adrenalmnist3d's 298 test images: about 3 MB for the
 #: 20-seed reference); larger test splits (bloodmnist 3,421, organamnist 17,778 images: 0.05-0.4 MB per run) stay in
 #: ``predictions/<rid>.npy`` beside the run records, and their claims' bootstrap replicates are committed instead
-#: (``replicates.npz``, :mod:`stmedfm.claims`).
+#: (``replicates.npz``, :mod:`stmedfm.analysis.claims`).
 BUNDLE_MAX_IMAGES = 1000
 BUNDLE = "predictions.npz"
 
-#: Columns of runs.csv that say where and with what a run was computed (see stmedfm.provenance).
+#: Columns of runs.csv that say where and with what a run was computed (see stmedfm.core.provenance).
 PROVENANCE = ("data", "machine", "pretrain_machine", "stmedfm", "git_commit", "torch")
 
 
@@ -104,8 +105,8 @@ class ResultStore(StoredResults):
     def open(self, cfg: StudyConfig) -> StudyData:
         """The one way into a store before computing: refuse a folder that is not this study's (before anything is
         written), then claim it for the kind of data the study reads. Returns the study's data identities. Opening
-        never downloads: fetching missing files is :func:`stmedfm.planning.preflight`'s, which running a study
-        (:func:`stmedfm.study.run_study`) calls first; here a missing file is one line (:func:`study_data`)."""
+        never downloads: fetching missing files is :func:`stmedfm.run.planning.preflight`'s, which running a study
+        (:func:`stmedfm.run.study.run_study`) calls first; here a missing file is one line (:func:`study_data`)."""
         self.check_claim(cfg, None)
         data = study_data(cfg)
         self.claim(cfg, data_kind(data))
@@ -263,14 +264,14 @@ class ResultStore(StoredResults):
 
     def planned(self, cfg: StudyConfig, data: StudyData, lr_selection: pd.DataFrame | None = None) -> list:
         """The plan of ``cfg`` as far as this store decides it: with ``lr_grid``, the runs at the learning rates its
-        selection runs chose (:func:`stmedfm.records.plan`)."""
+        selection runs chose (:func:`stmedfm.core.records.plan`)."""
         if not cfg.lr_grid:
             return plan(cfg)
         table = self.lr_selection(cfg, data) if lr_selection is None else lr_selection
         return plan(cfg, selection.chosen(table))
 
     def lr_selection(self, cfg: StudyConfig, data: StudyData) -> pd.DataFrame:
-        """The ``lr_selection`` table (:func:`stmedfm.selection.table`) of the selection runs this store holds:
+        """The ``lr_selection`` table (:func:`stmedfm.core.selection.table`) of the selection runs this store holds:
         only their validation AUROC is read. ``selection.chosen`` of it is what the study plans with."""
         rows = []
         for p in plan(cfg):
@@ -296,7 +297,7 @@ class ResultStore(StoredResults):
                 return None
         return rec
 
-    # digests (stmedfm.seal) -------------------------------------------------------------------------------------
+    # digests (stmedfm.core.seal) -------------------------------------------------------------------------------------
     def write_tables(self, tables: dict[str, pd.DataFrame]) -> None:
         """Write the tidy tables and record their digests with those of the run records they were built from (the
         runs listed in ``runs.csv``), so every later read can prove the tables are the ones written here."""

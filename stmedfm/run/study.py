@@ -1,9 +1,9 @@
 """A study: execute every planned run that its result store lacks, then rebuild the store's tidy tables.
 
-What runs is decided by :mod:`stmedfm.planning` (the plan and every run's identity), where results are kept by
-:mod:`stmedfm.store`; this module only executes. Runs fan out over worker processes (``workers``, default = CPU
+What runs is decided by :mod:`stmedfm.run.planning` (the plan and every run's identity), where results are kept by
+:mod:`stmedfm.run.store`; this module only executes. Runs fan out over worker processes (``workers``, default = CPU
 cores), each with one torch thread; a single worker runs in-process, also with one thread, so the same seed gives
-the same numbers whatever the count (or on a Dask cluster: :mod:`stmedfm.executors`).
+the same numbers whatever the count (or on a Dask cluster: :mod:`stmedfm.run.executors`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import torch
 from tqdm.auto import tqdm
 
 from stmedfm import data as D
-from stmedfm import paths, provenance, registry, selection
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.executors import InlineExecutor, Task, executor_for, run_tasks
-from stmedfm.io import atomic_write_bytes, atomic_write_text
-from stmedfm.planning import StudyData, job_id, preflight, unique_runs
-from stmedfm.records import PlannedRun, PretrainJob, RunResult, RunSpec, plan, pretrain_jobs
-from stmedfm.precision import identity_name, resolve
-from stmedfm.results import MARKER
-from stmedfm.store import ResultStore
-from stmedfm.train import pretrain, run_downstream
+from stmedfm.core import paths, provenance, registry, selection
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.run.executors import InlineExecutor, Task, executor_for, run_tasks
+from stmedfm.core.io import atomic_write_bytes, atomic_write_text
+from stmedfm.run.planning import StudyData, job_id, preflight, unique_runs
+from stmedfm.core.records import PlannedRun, PretrainJob, RunResult, RunSpec, plan, pretrain_jobs
+from stmedfm.model.precision import identity_name, resolve
+from stmedfm.core.results import MARKER
+from stmedfm.run.store import ResultStore
+from stmedfm.run.train import pretrain, run_downstream
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def _pretrain_job(cfg_dict: dict, job: PretrainJob, jid: str, expected: dict[str
     buf = io.BytesIO()
     made = {"machine": provenance.machine(next(iter(state.values())).device), "torch": str(torch.__version__),
             "data": files, "seed": job.seed, "pretrain": "+".join(job.tasks),
-            "seconds": round(time.perf_counter() - t0, 3)}  # what stmedfm.scaling projects wall times from
+            "seconds": round(time.perf_counter() - t0, 3)}  # what stmedfm.run.scaling projects wall times from
     torch.save({"job_id": jid, "state_dict": state, "provenance": made}, buf)
     return buf.getvalue(), losses.to_csv(index=False), time.perf_counter() - t0
 
@@ -118,7 +118,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
 
     Runs execute on a local process pool of ``workers`` processes (default: ``cfg.workers``, else CPU cores;
     one worker = in this process), or on a Dask cluster when ``scheduler`` (an address such as
-    ``tcp://host:8786``, a ``distributed.Client`` or an open :class:`~stmedfm.executors.Executor`, which is used and
+    ``tcp://host:8786``, a ``distributed.Client`` or an open :class:`~stmedfm.run.executors.Executor`, which is used and
     left open), ``cfg.scheduler`` or ``$DASK_SCHEDULER_ADDRESS`` is given; ``'local'`` forces the pool. Scratch
     runs start at once, next to pretraining; the runs of a checkpoint start as soon as it is written. The numbers
     do not depend on any of this. ``reuse``: stores whose runs and checkpoints of the same id are taken instead of
@@ -132,7 +132,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
     with store.locked():
         store.remove_partial_writes()
         # with lr_grid: the selection runs (and every run that waits for no selection) first, then the runs at the
-        # learning rates their validation AUROC selected (stmedfm.selection); without it there is one pass
+        # learning rates their validation AUROC selected (stmedfm.core.selection); without it there is one pass
         for _ in range(2 if cfg.lr_grid else 1):
             chosen = selection.chosen(store.lr_selection(cfg, data)) if cfg.lr_grid else None
             planned = plan(cfg, chosen)  # once per pass: what is reused and what is computed are the same plan
@@ -149,7 +149,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike | None = None, progress: 
 
 def _execute(cfg: StudyConfig, store: ResultStore, data: StudyData, progress: bool, workers: int, scheduler,
              planned: list[PlannedRun]) -> None:
-    """Compute every run and checkpoint of ``planned`` (:func:`stmedfm.records.plan` at the learning rates selected
+    """Compute every run and checkpoint of ``planned`` (:func:`stmedfm.core.records.plan` at the learning rates selected
     so far) that the store lacks (damaged ones are quarantined first)."""
     cfg_dict = cfg.to_dict()  # what the workers get: where they run is not theirs to know
     cfg_dict.update(data_dir=_shipped_data_dir(cfg), scheduler=None)
@@ -246,7 +246,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _link_predictions(others, store: ResultStore, rid: str) -> None:
     """Link the run's ``predictions/<rid>.npy`` from the first store of ``others`` that has it (its sha256 is in the
-    run record, so :meth:`~stmedfm.results.StoredResults.load_predictions` checks the link like any other file)."""
+    run record, so :meth:`~stmedfm.core.results.StoredResults.load_predictions` checks the link like any other file)."""
     other = next((o for o in others if o.predictions_path(rid).is_file()), None)
     if other is not None:
         _link_or_copy(other.predictions_path(rid), store.predictions_path(rid))

@@ -5,7 +5,7 @@ or ``-p study=NAME``; the file's name only when the file has no such key), every
 notebooks and the Makefile (which asks ``stmedfm config PARAMS --get study``).
 
 A result store belongs to the parameter file that created it. :func:`claim` marks the store
-(:meth:`stmedfm.store.ResultStore.claim`: ``store.json``, its study and data kind) and records that file in
+(:meth:`stmedfm.run.store.ResultStore.claim`: ``store.json``, its study and data kind) and records that file in
 ``results/<study>/source.yaml``; :func:`check` (and so :func:`claim`) refuses, before any work, a *different* file
 naming the same study: a copy ``params/mine.yaml`` of ``smoke.yaml`` (still saying ``study: smoke``) stops with one
 line asking for its own name instead of rewriting ``results/smoke/``. Overrides (``-p seeds=5``) of the same file
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import yaml
 
-from stmedfm import paths
-from stmedfm.config import StudyConfig
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_write_text
-from stmedfm.planning import preflight
-from stmedfm.store import ResultStore
+from stmedfm.core import paths
+from stmedfm.core.config import StudyConfig
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_write_text
+from stmedfm.run.planning import preflight
+from stmedfm.run.store import ResultStore
 
 SOURCE_FILE = "source.yaml"
 DEFAULTS = "(StudyConfig defaults)"
@@ -58,7 +58,7 @@ def check(cfg: StudyConfig, params: str | os.PathLike | None, out: str | os.Path
     """The store of ``cfg`` (``out``, else ``results/<cfg.study>``) if ``params`` may use it; writes nothing.
 
     Raises :class:`StmedfmError` when the folder is not a store of this study
-    (:meth:`~stmedfm.store.ResultStore.check_claim`) or was created from another parameter file.
+    (:meth:`~stmedfm.run.store.ResultStore.check_claim`) or was created from another parameter file.
     """
     store = ResultStore(out if out is not None else paths.results_dir(cfg.study))
     store.check_claim(cfg, None)
@@ -71,7 +71,7 @@ def check(cfg: StudyConfig, params: str | os.PathLike | None, out: str | os.Path
 
 
 def claim(cfg: StudyConfig, params: str | os.PathLike | None, out: str | os.PathLike | None = None) -> Path:
-    """:func:`check`, then, for a store without a record, mark it (after :func:`stmedfm.planning.preflight`: its
+    """:func:`check`, then, for a store without a record, mark it (after :func:`stmedfm.run.planning.preflight`: its
     files are present, downloaded when ``cfg.download``) and record ``params`` as its owner. A store without a
     record (the committed reference results, older stores) is adopted by the first file that runs into it."""
     root = check(cfg, params, out)

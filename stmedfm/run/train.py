@@ -1,7 +1,7 @@
 """Training and evaluation loops: multi-task pretraining, one downstream run, evaluation.
 
 Everything is a pure function of its inputs and an integer seed, so a run gives the same numbers in any
-process and with any number of workers (each run uses one torch thread; see :mod:`stmedfm.study`).
+process and with any number of workers (each run uses one torch thread; see :mod:`stmedfm.run.study`).
 Batches are drawn from in-memory uint8 tensors, converted and flipped as whole batches; evaluation runs
 under ``torch.inference_mode()`` once per split, and temperature scaling reuses the validation logits.
 
@@ -13,7 +13,7 @@ Decisions the paper leaves open, written down here:
 * A downstream run on a task that was pretrained starts from the pretrained head; otherwise a fresh head.
   Downstream models keep one head only, which is how Table 4 counts parameters.
 * No learning-rate schedule, no gradient clipping: the paper names none.
-* ``precision`` (:mod:`stmedfm.precision`): with bf16/fp16 only the forward pass (and hence its backward) runs
+* ``precision`` (:mod:`stmedfm.model.precision`): with bf16/fp16 only the forward pass (and hence its backward) runs
   under autocast; the loss is computed in fp32 from the logits, and weights, optimiser state and metrics stay
   fp32. fp32 adds no code path at all (the context is a no-op), so its numbers are unchanged to the bit.
 """
@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from stmedfm import data as D
-from stmedfm import options, registry, strategies
-from stmedfm.calibration import apply_temperature, fit_temperature, softmax
-from stmedfm.config import StudyConfig
-from stmedfm.metrics import brier, classification_metrics, confusion, ece, nll, per_class_report, reliability_bins
+from stmedfm.core import options, registry, strategies
+from stmedfm.model.calibration import apply_temperature, fit_temperature, softmax
+from stmedfm.core.config import StudyConfig
+from stmedfm.model.metrics import brier, classification_metrics, confusion, ece, nll, per_class_report, reliability_bins
 from stmedfm.model import STMedFM
-from stmedfm.peft import count_parameters, prepare
-from stmedfm.precision import Precision
-from stmedfm.precision import resolve as resolve_precision
-from stmedfm.records import RunResult, RunSpec, sampling_probabilities
+from stmedfm.model.peft import count_parameters, prepare
+from stmedfm.model.precision import Precision
+from stmedfm.model.precision import resolve as resolve_precision
+from stmedfm.core.records import RunResult, RunSpec, sampling_probabilities
 
 #: Names of the phases of a run, as torch.profiler annotations (what ``stmedfm bench --profile`` sums).
 #: ``record_function`` costs about a microsecond when no profiler is running, and there are a few per run.
@@ -127,7 +127,7 @@ def optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.o
 
 
 def precision_of(cfg: StudyConfig, dev: torch.device) -> Precision:
-    """The precision ``cfg`` asks for, resolved on ``dev`` (``auto`` picks; see :mod:`stmedfm.precision`)."""
+    """The precision ``cfg`` asks for, resolved on ``dev`` (``auto`` picks; see :mod:`stmedfm.model.precision`)."""
     return resolve_precision(cfg.precision, dev)
 
 
@@ -329,7 +329,7 @@ def downstream_model(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -
             torch.manual_seed(init_seed)
             model.add_head(spec.task)
         model.keep_heads([spec.task])
-    own = options.resolve(cfg, spec.strategy)  # its own options (stmedfm.options), the shared fields by default
+    own = options.resolve(cfg, spec.strategy)  # its own options (stmedfm.core.options), the shared fields by default
     return prepare(model, spec.strategy, spec.task, options=own, method=options.peft_method(cfg, spec.strategy))
 
 
@@ -343,7 +343,7 @@ def run_downstream(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> 
 
 def adapt(cfg: StudyConfig, spec: RunSpec, pretrained: dict | None) -> tuple[STMedFM, D.TaskData, tuple[int, int]]:
     """The training half of a run: ``(trained model, task data, (total, trainable) parameter counts)``.
-    Deterministic for a spec, a checkpoint and a torch thread count (:mod:`stmedfm.inference` relies on it)."""
+    Deterministic for a spec, a checkpoint and a torch thread count (:mod:`stmedfm.run.inference` relies on it)."""
     task_data = D.load_task(spec.task, size=cfg.image_size, data_dir=cfg.data_dir)
     info = task_data.info
     indices = None

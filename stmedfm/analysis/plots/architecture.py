@@ -22,13 +22,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 from torch import nn
 
-from stmedfm.config import StudyConfig
+from stmedfm.core.config import StudyConfig
 from stmedfm.data import to_float
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 from stmedfm.model import STMedFM
-from stmedfm.peft import Adapter, LoRALinear, add_adapters, add_lora
-from stmedfm.plots.paper import figure_target
-from stmedfm.plots.style import STRATEGY_COLORS, style
+from stmedfm.model.peft import Adapter, LoRALinear, add_adapters, add_lora
+from stmedfm.analysis.plots.paper import figure_target
+from stmedfm.analysis.plots.style import STRATEGY_COLORS, style
 
 __all__ = ["study_model", "describe", "draw", "fig1_architecture", "architecture_table", "forward_shapes",
            "parameter_counts", "layer_text", "Box", "Line", "Column", "Arrow", "Diagram", "write_figure1"]
@@ -438,6 +438,6 @@ def fig1_architecture(model: STMedFM | None = None) -> Figure:
 
 def write_figure1(results, out=None) -> list:
     """Figure 1 of the result store ``results``: the model its study adapts (one head), with LoRA and adapters at
-    the study's settings, written like the other figures (:func:`stmedfm.plots.paper.figure_target`)."""
+    the study's settings, written like the other figures (:func:`stmedfm.analysis.plots.paper.figure_target`)."""
     _, cfg, out_dir, write = figure_target(results, out)
     return write(fig1_architecture(study_model(cfg)), out_dir, "fig1_architecture")

@@ -1,6 +1,6 @@
 """Figures of the data itself (notebook 01): sample images per class and the class distribution of each training
 split with the class weights it implies. They sit beside the paper's figures so they share one style; the tables
-they go with (Table 1, split sizes, class distribution) are in :mod:`stmedfm.report`.
+they go with (Table 1, split sizes, class distribution) are in :mod:`stmedfm.analysis.report`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from stmedfm.config import StudyConfig
+from stmedfm.core.config import StudyConfig
 from stmedfm.data import load_task
-from stmedfm.plots.style import PALETTE, short_label, style
+from stmedfm.analysis.plots.style import PALETTE, short_label, style
 
 __all__ = ["fig_samples", "fig_class_distribution"]
 
@@ -20,7 +20,7 @@ __all__ = ["fig_samples", "fig_class_distribution"]
 def fig_class_distribution(dist: pd.DataFrame) -> Figure:
     """Share of the training split per class (bars) with the implied class weight written beside each bar.
 
-    ``dist``: :func:`stmedfm.inputs.class_distribution`."""
+    ``dist``: :func:`stmedfm.run.inputs.class_distribution`."""
     tasks = list(dict.fromkeys(dist["task"]))
     rows = max(dist.groupby("task").size())
     with rc_context(style()):

@@ -10,8 +10,8 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from stmedfm import strategies
-from stmedfm.plots.style import (
+from stmedfm.core import strategies
+from stmedfm.analysis.plots.style import (
     metric_label,
     n_range,
     no_data,
@@ -21,7 +21,7 @@ from stmedfm.plots.style import (
     strategy_marker,
     style,
 )
-from stmedfm.tables import summarise
+from stmedfm.analysis.tables import summarise
 
 __all__ = ["fig_lr_selection", "fig_budget_curves"]
 
@@ -30,7 +30,7 @@ def fig_lr_selection(table: pd.DataFrame) -> Figure:
     """Validation macro AUROC vs learning rate (log scale), one panel per task, one line per strategy (mean ± sd
     over the selection seeds), the selected rate of each strategy ringed (dashed when it is at the grid's edge:
     the best rate may lie beyond the grid). ``table``: ``lr_selection.csv``
-    (:func:`stmedfm.selection.table`)."""
+    (:func:`stmedfm.core.selection.table`)."""
     require_columns(table, ("task", "strategy", "lr", "n", "val_auroc_mean", "val_auroc_sd", "selected"),
                     "fig_lr_selection (the lr_selection table)")
     if table.empty or not (table["n"] > 0).any():

@@ -1,7 +1,7 @@
-"""Figures of the study of every adaptation strategy (:mod:`stmedfm.methods`, notebook 10): AUROC vs trainable
+"""Figures of the study of every adaptation strategy (:mod:`stmedfm.analysis.methods`, notebook 10): AUROC vs trainable
 parameters with the Pareto front, and few-shot AUROC vs K per method.
 
-They read the tidy frames :func:`stmedfm.methods.analyse` computes (``methods_pareto``, ``methods_fewshot``) and,
+They read the tidy frames :func:`stmedfm.analysis.methods.analyse` computes (``methods_pareto``, ``methods_fewshot``) and,
 like the paper's figures, return a :class:`~matplotlib.figure.Figure` without reading or writing files.
 """
 
@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import ScaledTranslation
 
-from stmedfm import measures, strategies
-from stmedfm.plots.style import (
+from stmedfm.core import measures, strategies
+from stmedfm.analysis.plots.style import (
     metric_label,
     no_data,
     present_strategies,
@@ -44,7 +44,7 @@ def fig_pareto(pareto_frame: pd.DataFrame, metric: str = "macro_auroc") -> Figur
     front as a step line through its members, which are labelled on the plot.
 
     Legible at 14 strategies (issue 31): colours come from the registry, where a family shares a hue
-    (:data:`stmedfm.strategies.FAMILIES`); the legend beside the panels lists the strategies by family; strategies
+    (:data:`stmedfm.core.strategies.FAMILIES`); the legend beside the panels lists the strategies by family; strategies
     with the same count sit side by side; type is larger than in the other figures."""
     require_columns(pareto_frame, ("task", "strategy", "trainable_params", "mean", "ci_low", "ci_high", "front"),
                     "fig_pareto (the methods_pareto table)")

@@ -1,7 +1,7 @@
 """The paper's Figures 2-7, drawn from a study's tidy results, and :func:`write_result_figures` (those of a store).
-No torch: Figure 1 is drawn from the model (:mod:`stmedfm.plots.architecture`).
+No torch: Figure 1 is drawn from the model (:mod:`stmedfm.analysis.plots.architecture`).
 
-Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.results.StoredResults`) and returns a
+Every ``fig*`` function takes tidy frames (the CSV tables of :class:`~stmedfm.core.results.StoredResults`) and returns a
 :class:`matplotlib.figure.Figure`; none of them reads a file, so notebooks and tests can feed them any frame.
 """
 
@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
-from stmedfm import paths, registry, seal, strategies
-from stmedfm.errors import StmedfmError
-from stmedfm.plots.fair import fig_budget_curves, fig_lr_selection
-from stmedfm.plots.style import (
+from stmedfm.core import paths, registry, seal, strategies
+from stmedfm.core.errors import StmedfmError
+from stmedfm.analysis.plots.fair import fig_budget_curves, fig_lr_selection
+from stmedfm.analysis.plots.style import (
     TASK_COLORS,
     metric_label,
     n_range,
@@ -37,9 +37,9 @@ from stmedfm.plots.style import (
     style,
     write_figure,
 )
-from stmedfm.results import StoredResults
-from stmedfm.tables import summarise
-from stmedfm.records import in_task_pretraining_steps
+from stmedfm.core.results import StoredResults
+from stmedfm.analysis.tables import summarise
+from stmedfm.core.records import in_task_pretraining_steps
 
 __all__ = ["fig2_pretraining_loss", "fig3_train_size_auroc", "fig_fewshot", "fig6_reliability", "fig7_confusion",
            "pool_reliability", "figure_target", "write_result_figures"]
@@ -172,7 +172,7 @@ def fig3_train_size_auroc(metrics: pd.DataFrame, sizes: Mapping[str, int] | None
     """Figure 3: test macro AUROC of the transfer experiment vs the training-set size of each downstream task.
 
     x = official training-set size (``registry.get(task).n_samples['train']``, or ``sizes[task]``), log scale;
-    one line per strategy: mean over seeds with 95 % t-interval bars (:func:`stmedfm.tables.ci95`).
+    one line per strategy: mean over seeds with 95 % t-interval bars (:func:`stmedfm.analysis.tables.ci95`).
     """
     require_columns(metrics, ("experiment", "task", "strategy", "seed", "metric", "value"), "fig3_train_size_auroc")
     sub = metrics[(metrics["experiment"] == "transfer") & (metrics["metric"] == metric)]
@@ -274,7 +274,7 @@ def _detail_rows(frame: pd.DataFrame, task: str, strategy: str) -> pd.DataFrame:
 
 def pool_reliability(reliability: pd.DataFrame) -> pd.DataFrame:
     """Per-bin count, accuracy and confidence pooled over runs (count-weighted); the pooled ECE is
-    ``sum(|acc_sum - conf_sum|) / N``, exactly :func:`stmedfm.metrics.ece` on the concatenated predictions."""
+    ``sum(|acc_sum - conf_sum|) / N``, exactly :func:`stmedfm.model.metrics.ece` on the concatenated predictions."""
     r = reliability.copy()
     r["acc_sum"] = r["accuracy"].fillna(0.0) * r["count"]
     r["conf_sum"] = r["confidence"].fillna(0.0) * r["count"]
@@ -391,7 +391,7 @@ def fig7_confusion(confusion: pd.DataFrame, task: str, strategy: str = "full", l
 def figure_target(results: str | os.PathLike, out: str | os.PathLike | None = None):
     """``(store, config, folder, write)`` for the figures of the result store ``results``: the folder is ``out``
     (default ``figures/<study>/``), ``write(fig, folder, name)`` writes PNG and SVG with the store's notices.
-    Public because Figure 1 (:func:`stmedfm.plots.architecture.write_figure1`) is written the same way."""
+    Public because Figure 1 (:func:`stmedfm.analysis.plots.architecture.write_figure1`) is written the same way."""
     store = StoredResults(results)
     cfg = store.config()
     out_dir = Path(out) if out is not None else paths.figures_dir(cfg.study)
@@ -403,7 +403,7 @@ def figure_target(results: str | os.PathLike, out: str | os.PathLike | None = No
 def write_result_figures(results: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
     """Write Figures 2-7 (and the selection and budget figures) of the result store ``results`` as PNG (150 dpi)
     and SVG into ``out`` (default ``figures/<study>/``); a figure whose data the store lacks is skipped. Returns
-    the written paths. Figure 1 is :func:`stmedfm.plots.write_figures`'s (it needs the model, hence torch)."""
+    the written paths. Figure 1 is :func:`stmedfm.analysis.plots.write_figures`'s (it needs the model, hence torch)."""
     store, cfg, out_dir, _write = figure_target(results, out)
 
     def table(name: str) -> pd.DataFrame | None:

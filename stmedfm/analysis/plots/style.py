@@ -1,11 +1,11 @@
 """The one look of every figure, and the one way a figure reaches disk.
 
-Legend names of the adaptation strategies are read from their registry (:mod:`stmedfm.strategies`); their colours
+Legend names of the adaptation strategies are read from their registry (:mod:`stmedfm.core.strategies`); their colours
 and markers are this module's (:data:`STYLES`, keyed by strategy name), and a strategy without an entry gets a
 generated style distinct from every other (:func:`strategy_style`), so a newly registered strategy is drawn without
 touching this package. :func:`set_style` gives one a chosen style, refusing a taken colour or marker. The helpers
-below are shared by the figure modules of :mod:`stmedfm.plots` (checks of the tidy frames, seed counts, tick
-labels); they are public names because they are used across modules, but not part of ``stmedfm.plots``' API.
+below are shared by the figure modules of :mod:`stmedfm.analysis.plots` (checks of the tidy frames, seed counts, tick
+labels); they are public names because they are used across modules, but not part of ``stmedfm.analysis.plots``' API.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from stmedfm import measures, strategies
-from stmedfm.errors import StmedfmError
-from stmedfm.io import atomic_path
+from stmedfm.core import measures, strategies
+from stmedfm.core.errors import StmedfmError
+from stmedfm.core.io import atomic_path
 
 # seaborn's "colorblind" palette (Okabe-Ito-like), fixed per strategy so every figure uses the same colour
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9"]
@@ -188,7 +188,7 @@ def n_range(values) -> str:
 
 def metric_label(metric: str) -> str:
     """'macro_auroc' -> 'macro AUROC', for axis labels and titles: the metric table's axis label
-    (:func:`stmedfm.measures.axis_label`)."""
+    (:func:`stmedfm.core.measures.axis_label`)."""
     return measures.axis_label(metric)
 
 

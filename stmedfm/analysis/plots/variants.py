@@ -1,4 +1,4 @@
-"""Figures of the variant studies (:mod:`stmedfm.variants`): AUROC vs budget per pretraining variant, UMedPT-style
+"""Figures of the variant studies (:mod:`stmedfm.analysis.variants`): AUROC vs budget per pretraining variant, UMedPT-style
 data efficiency, and the forest plot of the hypothesis contrasts.
 
 They read the tidy frames the variant studies aggregate (a ``variant`` column beside the usual keys) and, like the
@@ -13,8 +13,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from stmedfm import strategies
-from stmedfm.plots.style import (
+from stmedfm.core import strategies
+from stmedfm.analysis.plots.style import (
     VARIANT_COLORS,
     metric_label,
     n_range,
@@ -25,7 +25,7 @@ from stmedfm.plots.style import (
     strategy_marker,
     style,
 )
-from stmedfm.tables import summarise
+from stmedfm.analysis.tables import summarise
 
 __all__ = ["fig_budget_auroc", "fig_data_efficiency", "fig_contrasts", "DATA_EFFICIENCY_LABELS"]
 
@@ -65,7 +65,7 @@ def fig_budget_auroc(metrics: pd.DataFrame, task: str, variants=None, metric: st
     variant (sampler, width, ...), each with its 95 % t-CI band over seeds; Scratch (which does not depend on
     the pretraining variant) is the grey dashed line, once per distinct set of Scratch runs.
 
-    ``metrics``: the tidy metrics of :func:`stmedfm.runvariants.aggregate` (columns variant, experiment ``budget``,
+    ``metrics``: the tidy metrics of :func:`stmedfm.run.runvariants.aggregate` (columns variant, experiment ``budget``,
     task, strategy, steps, seed, metric, value, run_id).
     """
     require_columns(metrics, ("variant", "experiment", "task", "strategy", "steps", "seed", "metric", "value",

@@ -1,16 +1,16 @@
 """One module per adaptation method, in the spirit of Hugging Face peft's ``tuners/<method>/``.
 
-Each module defines its method object(s) (:class:`~stmedfm.tuners.base.Strategy`): options with defaults and
-validation, what it inserts, what it trains; :mod:`stmedfm.strategies` registers them, in :data:`BUILT_IN`'s order
+Each module defines its method object(s) (:class:`~stmedfm.core.tuners.base.Strategy`): options with defaults and
+validation, what it inserts, what it trains; :mod:`stmedfm.core.strategies` registers them, in :data:`BUILT_IN`'s order
 (the order of tables and figures). Adding a method of the package is one module here + one entry of
-:data:`BUILT_IN`; a method of one's own is one module anywhere + one ``stmedfm.strategies.register`` call
-(``docs/strategies.md``). The Hugging Face peft wrappers share :mod:`~stmedfm.tuners.hf`, driven by a table.
+:data:`BUILT_IN`; a method of one's own is one module anywhere + one ``stmedfm.core.strategies.register`` call
+(``docs/strategies.md``). The Hugging Face peft wrappers share :mod:`~stmedfm.core.tuners.hf`, driven by a table.
 
-Torch-free, like the registry: the model surgery of the built-in pieces is :mod:`stmedfm.peft`'s.
+Torch-free, like the registry: the model surgery of the built-in pieces is :mod:`stmedfm.model.peft`'s.
 """
 
-from stmedfm.tuners import adapter, bitfit, hf, linear_probe, lora, scratch
-from stmedfm.tuners.base import Option, PeftMethod, Strategy
+from stmedfm.core.tuners import adapter, bitfit, hf, linear_probe, lora, scratch
+from stmedfm.core.tuners.base import Option, PeftMethod, Strategy
 
 __all__ = ["Option", "PeftMethod", "Strategy", "BUILT_IN", "options_of"]
 

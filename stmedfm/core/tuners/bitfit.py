@@ -5,7 +5,7 @@ PEFT one (``lr_peft``), as for LoRA and adapters. Made of existing pieces (group
 ``head``), so it inserts nothing.
 """
 
-from stmedfm.tuners.base import Strategy
+from stmedfm.core.tuners.base import Strategy
 
 BITFIT = Strategy("bitfit", "Pretrain+BitFit", trains=("bias", "layernorm", "head"), options=(),
                   description="every bias of the pretrained model + LayerNorms + head", family="selective")

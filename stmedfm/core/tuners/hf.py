@@ -1,5 +1,5 @@
 """Methods of Hugging Face peft (issue 22), one table: each row is a method object whose :class:`PeftMethod` is
-data; the generic ``'peft'`` insert of :mod:`stmedfm.peft` builds the config and injects it into the model in place.
+data; the generic ``'peft'`` insert of :mod:`stmedfm.model.peft` builds the config and injects it into the model in place.
 
 Decisions, shared by all of them:
 
@@ -18,12 +18,12 @@ numeric option of the :class:`PeftMethod` (VeRA's ``r``, OFT's ``oft_block_size`
 its registered value being the default.
 """
 
-from stmedfm.tuners.base import Option, PeftMethod, Strategy
+from stmedfm.core.tuners.base import Option, PeftMethod, Strategy
 
 __all__ = ["PEFT_RANKED", "options", "METHODS"]
 
 #: peft config classes with a rank field ``r`` and a scaling field (``lora_alpha`` or ``alpha``): those get the
-#: study's ``lora_r`` / ``lora_alpha`` unless the method sets them (:func:`stmedfm.peft.peft_config`).
+#: study's ``lora_r`` / ``lora_alpha`` unless the method sets them (:func:`stmedfm.model.peft.peft_config`).
 PEFT_RANKED = {"LoraConfig": ("r", "alpha"), "VeraConfig": ("r",), "LoHaConfig": ("r", "alpha"),
                "LoKrConfig": ("r", "alpha"), "OFTConfig": ("r",), "HRAConfig": ("r",)}
 _SHARED = {"r": Option("r", int, 4, field="lora_r"), "alpha": Option("alpha", float, 4.0, field="lora_alpha")}

@@ -1,11 +1,11 @@
 """LoRA (Hu et al., 2022) on the 4 encoder Linears (``fc1``/``fc2`` of both blocks) + LayerNorms + head.
 
 Options: ``r`` (rank) and ``alpha`` (scaling alpha / r), defaults the study's shared fields ``lora_r`` and
-``lora_alpha`` (the paper's r=4, our alpha=4: scaling 1). The layer is :class:`stmedfm.peft.LoRALinear` (insert
+``lora_alpha`` (the paper's r=4, our alpha=4: scaling 1). The layer is :class:`stmedfm.model.peft.LoRALinear` (insert
 ``'lora'``); its trainable group ``'lora'`` is every A and B.
 """
 
-from stmedfm.tuners.base import Option, Strategy
+from stmedfm.core.tuners.base import Option, Strategy
 
 #: LoRA's options; a strategy inserting ``'lora'`` without declaring options gets these.
 OPTIONS = (Option("r", int, 4, field="lora_r"), Option("alpha", float, 4.0, field="lora_alpha"))

@@ -1,10 +1,10 @@
 """Bottleneck adapters (Houlsby et al., 2019): one residual ``x + up(GELU(down(x)))`` after each encoder block.
 
 Option: ``bottleneck`` (default the study's shared field ``adapter_bottleneck``, the paper's 16). The module is
-:class:`stmedfm.peft.Adapter` (insert ``'adapter'``); its trainable group ``'adapter'`` is every adapter parameter.
+:class:`stmedfm.model.peft.Adapter` (insert ``'adapter'``); its trainable group ``'adapter'`` is every adapter parameter.
 """
 
-from stmedfm.tuners.base import Option, Strategy
+from stmedfm.core.tuners.base import Option, Strategy
 
 #: The adapter's options; a strategy inserting ``'adapter'`` without declaring options gets these.
 OPTIONS = (Option("bottleneck", int, 16, field="adapter_bottleneck"),)

@@ -3,11 +3,11 @@
 A :class:`Strategy` holds its name and label, its options with their defaults and validation (:class:`Option`),
 what it inserts into the model, what it trains (which parameters get ``requires_grad``), its learning-rate field
 and whether it starts from a checkpoint. Its parameter count is that of the model it builds
-(:func:`stmedfm.peft.parameter_table` prepares the model and counts it). Figure styles are not here: they belong
-to :mod:`stmedfm.plots.style`.
+(:func:`stmedfm.model.peft.parameter_table` prepares the model and counts it). Figure styles are not here: they belong
+to :mod:`stmedfm.analysis.plots.style`.
 
 Torch-free (the foundation layer), so validating parameters stays fast. What it inserts is named: a built-in piece
-of :mod:`stmedfm.peft` (``'lora'``, ``'adapter'``, ``'peft'``), or, for a method made of new pieces, its own
+of :mod:`stmedfm.model.peft` (``'lora'``, ``'adapter'``, ``'peft'``), or, for a method made of new pieces, its own
 ``surgery`` object (``insert(model, options)``, ``present(model)``, ``parameters(model)``), which may use torch
 since it runs only when a model is prepared (see ``docs/strategies.md``).
 """
@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from stmedfm.errors import StmedfmError
+from stmedfm.core.errors import StmedfmError
 
 __all__ = ["Option", "PeftMethod", "Strategy"]
 
@@ -27,7 +27,7 @@ __all__ = ["Option", "PeftMethod", "Strategy"]
 class Option:
     """One option of a method: ``name`` (as a study writes it, ``strategy_options: {lora: {r: 8}}``), ``kind`` (int
     or float), ``default`` (the registered value; a run's identity holds the option only when it differs from it),
-    ``field``: the shared :class:`~stmedfm.config.StudyConfig` field whose value is the study's default instead
+    ``field``: the shared :class:`~stmedfm.core.config.StudyConfig` field whose value is the study's default instead
     (``lora_r``; None = none), ``zero_ok``: 0 is a legal value (OFT's ``r``)."""
 
     name: str
@@ -60,7 +60,7 @@ class PeftMethod:
 
     Decision: a config with a rank ``r`` gets the study's ``lora_r``, and one with ``lora_alpha``/``alpha`` the study's
     ``lora_alpha``, unless ``options`` sets them: every low-rank method then has the paper's LoRA rank and scaling,
-    so methods differ in structure, not in rank (see :func:`stmedfm.peft.peft_config`).
+    so methods differ in structure, not in rank (see :func:`stmedfm.model.peft.peft_config`).
     """
 
     config: str
@@ -90,11 +90,11 @@ class Strategy:
 
     ``inserts``: built-in module kinds added to the (pretrained) model before training, in order. ``trains``:
     parameter groups left trainable (everything else is frozen); the paper's convention for a PEFT method is its own
-    parameters + every LayerNorm + the task's head. ``lr_field``: the :class:`~stmedfm.config.StudyConfig` field
+    parameters + every LayerNorm + the task's head. ``lr_field``: the :class:`~stmedfm.core.config.StudyConfig` field
     holding its default learning rate. ``pretrained``: False only for training from scratch. ``peft``: the Hugging
     Face peft method the generic ``'peft'`` insert adds (``inserts=("peft",)``), None for every other strategy.
     ``options``: its options besides ``lr`` (None: those of the pieces it inserts, see
-    :func:`stmedfm.tuners.options_of`). ``surgery``: a method's own model surgery (group ``'own'`` of ``trains``).
+    :func:`stmedfm.core.tuners.options_of`). ``surgery``: a method's own model surgery (group ``'own'`` of ``trains``).
     """
 
     name: str
@@ -105,6 +105,6 @@ class Strategy:
     pretrained: bool = True
     description: str = ""
     peft: PeftMethod | None = None
-    family: str = "other"  #: its kind, for figures that group strategies (stmedfm.strategies.FAMILIES)
+    family: str = "other"  #: its kind, for figures that group strategies (stmedfm.core.strategies.FAMILIES)
     options: tuple[Option, ...] | None = None
     surgery: Any = None

@@ -1,6 +1,6 @@
 """Scratch and Pretrain+Full: no adaptation method, every parameter trained (the paper's two baselines)."""
 
-from stmedfm.tuners.base import Strategy
+from stmedfm.core.tuners.base import Strategy
 
 SCRATCH = Strategy("scratch", "Scratch", trains=("all",), lr_field="lr_scratch", pretrained=False, options=(),
                    description="a fresh model, every parameter trained", family="baseline")
