@@ -129,6 +129,18 @@ def test_the_private_name_scan_finds_each_form(tmp_path):
         "stmedfm/bench:5 D._load_cached", "stmedfm/bench:6 stmedfm.train._optimizer"])
 
 
+
+def test_the_private_name_scan_follows_subpackages(tmp_path):
+    """The folders are the layers, so most imports name a subpackage: ``from stmedfm.core import paths as P`` binds
+    ``P`` to ``stmedfm.core.paths`` and ``P._root`` is found."""
+    package = tmp_path / "stmedfm"
+    (package / "core").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "core" / "__init__.py").write_text("")
+    (package / "core" / "paths.py").write_text("def _root(): ...\n")
+    (package / "cli.py").write_text("from stmedfm.core import paths as P\nP._root()\n")
+    assert private_names_across_modules(package) == ["stmedfm/cli:2 P._root"]
+
 #: Makes torch unimportable, as on a machine without it (``sys.modules['torch'] = None`` would not do: scipy then
 #: finds a 'torch' entry and asks it for ``Tensor``).
 NO_TORCH = ("import sys\n"

@@ -49,7 +49,7 @@ def test_metric_labels_and_directions_are_only_in_the_metric_table():
     names = set(measures.METRICS)
     found = []
     for path in MODULES:
-        if path.name == "measures.py" and path.parent == PACKAGE:
+        if path.name == "measures.py" and path.parent == PACKAGE / "core":
             continue
         for node in ast.walk(_tree(path)):
             if isinstance(node, ast.Dict):
@@ -98,7 +98,7 @@ def test_alpha_is_defined_once():
                 for arg, default in zip(args[len(args) - len(node.args.defaults):], node.args.defaults):
                     if (path.name, arg.arg) in NOT_ALPHA:
                         allowed.add(id(default))
-        if path.name == "stats.py" and path.parent == PACKAGE:
+        if path.name == "stats.py" and path.parent == PACKAGE / "core":
             continue
         for node in ast.walk(tree):
             if not isinstance(node, ast.Constant) or id(node) in docs or id(node) in allowed:
@@ -116,7 +116,7 @@ def test_one_decision_rule_and_one_pairing():
     found = []
     readers = {"claims.py", "findings.py", "methods.py", "report.py", "variants.py", "tables.py", "fair.py"}
     for path in MODULES:
-        if path.name == "stats.py" and path.parent == PACKAGE:
+        if path.name == "stats.py" and path.parent == PACKAGE / "core":
             continue
         text = path.read_text()
         for node in ast.walk(_tree(path)):
