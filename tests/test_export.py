@@ -128,3 +128,22 @@ def test_every_committed_model_loads_in_seconds_without_data(folder, no_default_
     probs = m.predict(np.zeros(shape, dtype=np.uint8))
     assert probs.shape == (2, m.info.n_classes) and np.allclose(probs.sum(1), 1)
     assert "Not for clinical use" in (folder / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_method_trained_with_its_own_options_exports_at_that_shape(make_config, tmp_path, synthetic_dir):
+    """strategy_options: {lora: {r: 2}} trains LoRA at rank 2; its export must carry rank 2 (config.json said the
+    shared lora_r = 4 before, so the folder could not be loaded) and predict as the store's model."""
+    from stmedfm.run.study import run_study
+
+    cfg = make_config({"study": "rank2", "strategies": ["lora"], "strategy_options": {"lora": {"r": 2}}})
+    store = run_study(cfg, out=tmp_path / "rank2", progress=False)
+    assert cli.main(["export", str(store.root), str(tmp_path / "lora2"), "--task", "bloodmnist", "--strategy", "lora",
+                     "--seed", str(cfg.seeds[0])]) == 0
+    config = json.loads((tmp_path / "lora2" / "config.json").read_text())
+    assert config["lora_r"] == 2
+    loaded = load_model(tmp_path / "lora2")
+    assert {p.shape[0] for n, p in loaded.model.named_parameters() if n.endswith("lora_A")} == {2}  # rank 2
+    raw, _ = _raw(synthetic_dir)
+    original = load_model(store.root, task="bloodmnist", strategy="lora", seed=cfg.seeds[0])
+    assert np.array_equal(loaded.logits(raw), original.logits(raw))

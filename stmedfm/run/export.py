@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from stmedfm.core import registry, strategies
+from stmedfm.core import options, registry, strategies
 from stmedfm.run import hub
 from stmedfm.core.errors import StmedfmError
 from stmedfm.run.inference import load_model
@@ -78,14 +78,19 @@ def export(results: str | os.PathLike, out: str | os.PathLike, task: str | None 
         config = {"kind": "downstream", "task": spec.task, "strategy": spec.strategy,
                   "strategy_label": strategy_.label, "strategy_description": strategy_.description,
                   "inserts": list(strategy_.inserts), "trains": list(strategy_.trains),
-                  "peft": hub.peft_dict(strategy_.peft), "run_id": trained.run_id,
+                  "peft": hub.peft_dict(options.peft_method(cfg, spec.strategy)), "run_id": trained.run_id,
                   "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()},
                   "metrics": record["metrics"], "trainable_params": record.get("trainable_params")}
+    # the sizes of the inserted modules as the run trained them: its own options (strategy_options) over the shared
+    # fields, so a study that set e.g. strategy_options: {lora: {r: 8}} exports a model of that shape
+    own = options.resolve(cfg, config["strategy"]) if config.get("kind") == "downstream" else {}
+    sizes = {"lora_r": own.get("r", cfg.lora_r), "lora_alpha": own.get("alpha", cfg.lora_alpha),
+             "adapter_bottleneck": own.get("bottleneck", cfg.adapter_bottleneck)}
     heads = {t: [model.heads[t].out_features, model.task_dims[t]] for t in model.heads}
     config = {"format": hub.FORMAT, **config, "heads": heads,
               "labels": {t: list(registry.get(t).labels) for t in heads},
               "width": model.width, "hidden": model.hidden, "n_blocks": model.n_blocks, "ln_affine": model.ln_affine,
-              "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "adapter_bottleneck": cfg.adapter_bottleneck,
+              **sizes,
               "image_size": cfg.image_size, "input": INPUT, "seed": seed, "study": cfg.study,
               "study_config": cfg.to_dict(), "notices": store.notices(),
               "provenance": {"computed_with": record.get("provenance", {}), "exported_with": software_now},
