@@ -82,16 +82,23 @@ def _number(kind: type, value) -> bool:
     return (isinstance(value, int) if kind is int else math.isfinite(value))
 
 
+def _unknown_strategy(strategy, where: str) -> str | None:
+    """The one-line error for a strategy name that is not registered, given in parameter ``where``; None if known."""
+    known = strategies.names()
+    if strategy in known:
+        return None
+    return (f"Unknown strategy '{strategy}' in '{where}'.{registry.closest(str(strategy), known)} "
+            f"Strategies: {', '.join(known)}.")
+
+
 def check(options: Mapping[str, Mapping[str, Any]], defaults=None) -> list[str]:
     """Problems of a ``strategy_options`` mapping, one line each: an unknown strategy, an option the strategy does
     not take (saying which strategies do), a value of the wrong type or not positive (an option that may be 0,
     OFT's ``r``, says so: ``Option.zero_ok``). ``defaults``: unused, kept for callers."""
     errors = []
-    known = strategies.names()
     for strategy, given in options.items():
-        if strategy not in known:
-            errors.append(f"Unknown strategy '{strategy}' in 'strategy_options'.{registry.closest(str(strategy), known)} "
-                          f"Strategies: {', '.join(known)}.")
+        if (unknown := _unknown_strategy(strategy, "strategy_options")) is not None:
+            errors.append(unknown)
             continue
         if not isinstance(given, Mapping):
             errors.append(f"'strategy_options.{strategy}' must be a mapping of option: value (e.g. {{lr: 0.02}}), "
@@ -132,11 +139,9 @@ def default_grid(cfg, strategy: str) -> list[float]:
 def check_lr_grid(grid: Mapping[str, Any]) -> list[str]:
     """Problems of an ``lr_grid`` mapping (strategy -> list of learning rates or 'default'), one line each."""
     errors = []
-    known = strategies.names()
     for strategy, values in grid.items():
-        if strategy not in known:
-            errors.append(f"Unknown strategy '{strategy}' in 'lr_grid'.{registry.closest(str(strategy), known)} "
-                          f"Strategies: {', '.join(known)}.")
+        if (unknown := _unknown_strategy(strategy, "lr_grid")) is not None:
+            errors.append(unknown)
         elif values == "default":
             continue
         elif not isinstance(values, (list, tuple)) or len(values) < 2:
