@@ -209,8 +209,12 @@ class Executor:
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        """Closed after the block; aborted when the block raised (an error, Ctrl-C), so no running task is awaited."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class InlineExecutor(Executor):
@@ -512,13 +516,8 @@ def executor_for(workers: int, scheduler: Any = None, n_tasks: int | None = None
     if isinstance(scheduler, Executor):
         yield scheduler
         return
-    ex = make_executor(workers, scheduler, n_tasks)
-    try:
+    with make_executor(workers, scheduler, n_tasks) as ex:
         yield ex
-    except BaseException:
-        ex.abort()
-        raise
-    ex.close()
 
 
 @contextlib.contextmanager
@@ -548,10 +547,5 @@ def reusable(workers: int, scheduler: Any = None):
     if int(workers) <= 1:
         yield None
         return
-    ex = PoolExecutor(int(workers))
-    try:
+    with PoolExecutor(int(workers)) as ex:
         yield ex
-    except BaseException:
-        ex.abort()
-        raise
-    ex.close()
