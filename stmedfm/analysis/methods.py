@@ -401,12 +401,12 @@ def conclusions(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def changes(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """:func:`conclusions` of two studies side by side (e.g. one learning rate for every method vs rates selected
     on validation), with ``changed`` where they differ."""
-    both = conclusions(before).merge(conclusions(after), on=["task", "conclusion"], how="outer",
-                                     suffixes=("_before", "_after"), sort=False)
-    both = both.fillna("—")
-    order = {key: i for i, key in enumerate(zip(conclusions(after)["task"], conclusions(after)["conclusion"]))}
-    both = both.iloc[sorted(range(len(both)), key=lambda i: order.get(tuple(both.iloc[i][["task", "conclusion"]]), i))]
-    return both.reset_index(drop=True).assign(changed=both["value_before"].to_numpy() != both["value_after"].to_numpy())
+    old, new = conclusions(before), conclusions(after)
+    both = old.merge(new, on=["task", "conclusion"], how="outer", suffixes=("_before", "_after")).fillna("—")
+    rank = {key: i for i, key in enumerate(zip(new["task"], new["conclusion"]))}  # the outer merge sorts: undo it
+    both["rank"] = [rank.get(key, len(rank)) for key in zip(both["task"], both["conclusion"])]
+    both = both.sort_values("rank", kind="stable").drop(columns="rank").reset_index(drop=True)
+    return both.assign(changed=both["value_before"] != both["value_after"])
 
 
 def changes_markdown(before_results: str | os.PathLike, after_results: str | os.PathLike) -> str:
